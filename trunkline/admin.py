@@ -1,0 +1,117 @@
+"""Kafka admin I/O: create and reconcile the declared topics; wait for the broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+from trunkline.topics import ALL_TOPICS, TopicSpec
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def admin_client(bootstrap: str, quiet: bool = False) -> AdminClient:
+    conf: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000}
+    if quiet:  # while waiting for a broker to come up, "connection refused" is expected
+        conf["log_level"] = 0
+    return AdminClient(conf)
+
+
+def wait_for_broker(
+    bootstrap: str, timeout: float = 60.0, alive: Callable[[], bool] | None = None
+) -> None:
+    """Return once the broker answers a metadata request; raise after `timeout` s.
+
+    `alive`, when given, is asked between attempts; waiting stops early when it says no.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    client = admin_client(bootstrap, quiet=True)
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise BrokerUnavailable(f"the broker process for {bootstrap} exited")
+        try:
+            client.list_topics(timeout=2)
+            return
+        except KafkaException as exc:
+            last = exc
+            time.sleep(0.3)
+    raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}")
+
+
+@dataclass
+class TopicResult:
+    name: str
+    action: str  # created | unchanged | updated
+    detail: str = ""
+
+
+def apply_topics(
+    bootstrap: str, prefix: str, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 30.0
+) -> list[TopicResult]:
+    """Create missing topics; raise partitions and reset configs that drifted. Idempotent."""
+    client = admin_client(bootstrap)
+    try:
+        existing = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"cannot list topics at {bootstrap}: {exc}") from exc
+    results: list[TopicResult] = []
+    to_create = [s for s in specs if s.name(prefix) not in existing]
+    if to_create:
+        futures = client.create_topics(
+            [
+                NewTopic(s.name(prefix), num_partitions=s.partitions, replication_factor=1,
+                         config=s.configs())
+                for s in to_create
+            ],
+            operation_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                results.append(TopicResult(name, "created"))
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" in str(exc):  # a concurrent apply won the race
+                    results.append(TopicResult(name, "unchanged", "created concurrently"))
+                else:
+                    raise
+    for spec in specs:
+        name = spec.name(prefix)
+        if name not in existing:
+            continue
+        changes: list[str] = []
+        have = len(existing[name].partitions)
+        if have < spec.partitions:
+            client.create_partitions([NewPartitions(name, spec.partitions)])[name].result()
+            changes.append(f"partitions {have} -> {spec.partitions}")
+        elif have > spec.partitions:
+            changes.append(f"has {have} partitions (declared {spec.partitions}; not reduced)")
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        current = client.describe_configs([resource])[resource].result()
+        drift = {
+            k: v for k, v in spec.configs().items() if k not in current or current[k].value != v
+        }
+        if drift:
+            entries = [
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                for k, v in drift.items()
+            ]
+            client.incremental_alter_configs([ConfigResource(
+                ConfigResource.Type.TOPIC, name, incremental_configs=entries)])[
+                ConfigResource(ConfigResource.Type.TOPIC, name)].result()
+            changes.append("configs " + ", ".join(f"{k}={v}" for k, v in drift.items()))
+        results.append(TopicResult(name, "updated" if changes else "unchanged", "; ".join(changes)))
+    return results

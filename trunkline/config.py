@@ -1,0 +1,370 @@
+"""Operator config (YAML) -> validated config records, with no I/O.
+
+`load_config(text)` parses and validates the whole file and returns every record to
+publish, or raises :class:`ConfigError` listing each problem as ``section[i] (id=X).field:
+message``. Validation is all-or-nothing: the caller publishes only after it passes.
+
+YAML keys are camelCase (the seed's JSON); Avro fields are snake_case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+PROVIDERS = ("SIP", "TWILIO", "TELNYX", "VONAGE")
+E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+CONFIG_NAMESPACE = uuid.UUID("5b0f3c9e-6a34-4d5e-9a56-3f4c1b7d2e10")
+
+SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules")
+AVRO_NAME = {
+    "plans": "Plan",
+    "businesses": "Business",
+    "routes": "Route",
+    "numbers": "PhoneNumber",
+    "backends": "BackendServer",
+    "bypassRules": "BypassRule",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"config has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class ConfigRecord:
+    section: str  # YAML section, e.g. "numbers"
+    key: str  # the record id, the Kafka key
+    avro_name: str  # e.g. "PhoneNumber"
+    body: dict[str, Any]  # Avro fields without the envelope
+
+    def event_id(self) -> str:
+        """Deterministic: the same record content always gets the same event id."""
+        digest = json.dumps([self.section, self.key, self.body], sort_keys=True)
+        return str(uuid.uuid5(CONFIG_NAMESPACE, digest))
+
+    def to_avro(self, occurred_at_ms: int, producer_id: str = "config") -> dict[str, Any]:
+        envelope = {
+            "event_id": self.event_id(),
+            "call_id": "",
+            "occurred_at": occurred_at_ms,
+            "producer_id": producer_id,
+        }
+        return {"envelope": envelope, **self.body}
+
+
+@dataclass
+class Config:
+    records: list[ConfigRecord] = field(default_factory=list)
+
+    def section(self, name: str) -> dict[str, ConfigRecord]:
+        return {r.key: r for r in self.records if r.section == name}
+
+    def fingerprint(self) -> str:
+        blob = json.dumps([[r.section, r.key, r.body] for r in self.records], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Checker:
+    """Collects problems for one record; each getter returns a value or None."""
+
+    def __init__(self, where: str, item: dict[str, Any], problems: list[Problem]) -> None:
+        self.where = where
+        self.item = item
+        self.problems = problems
+        self.used: set[str] = set()
+
+    def fail(self, fieldname: str | None, message: str) -> None:
+        where = f"{self.where}.{fieldname}" if fieldname else self.where
+        self.problems.append(Problem(where, message))
+
+    def _get(self, name: str, required: bool) -> Any:
+        self.used.add(name)
+        if name not in self.item or self.item[name] is None:
+            if required:
+                self.fail(name, "is required")
+            return None
+        return self.item[name]
+
+    def ident(self, name: str, required: bool = True) -> str | None:
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            self.fail(name, f"must be a string or integer id, got {type(value).__name__}")
+            return None
+        text = str(value)
+        if not ID_RE.match(text):
+            self.fail(name, f"{text!r} is not a valid id (letters, digits, . _ : @ -; max 128)")
+            return None
+        return text
+
+    def text(self, name: str, required: bool = True, default: str | None = None) -> str | None:
+        value = self._get(name, required)
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value.strip():
+            self.fail(name, f"must be a non-empty string, got {value!r}")
+            return None
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool | None:
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(name, f"must be true or false, got {value!r}")
+            return None
+        return value
+
+    def positive_int(self, name: str, maximum: int = 1_000_000) -> int | None:
+        value = self._get(name, True)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+            self.fail(name, f"must be an integer from 1 to {maximum}, got {value!r}")
+            return None
+        return value
+
+    def finish(self) -> None:
+        for extra in sorted(set(self.item) - self.used):
+            self.fail(extra, "unknown field")
+
+
+def _host_port(value: str) -> str | None:
+    """Return an error message, or None when value is host:port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        return f"{value!r} is not host:port"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{value!r} has no valid port (1..65535)"
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", host):
+            return f"{value!r}: {host!r} is neither an IP address nor a host name"
+    return None
+
+
+def _plan(c: _Checker) -> dict[str, Any]:
+    return {
+        "id": c.ident("id"),
+        "name": c.text("name", required=False),
+        "max_concurrent_calls": c.positive_int("maxConcurrentCalls"),
+    }
+
+
+def _business(c: _Checker) -> dict[str, Any]:
+    return {
+        "id": c.ident("id"),
+        "name": c.text("name"),
+        "active": c.boolean("active", True),
+        "plan_id": c.ident("plan"),
+    }
+
+
+def _route(c: _Checker) -> dict[str, Any]:
+    options = c._get("agentOptions", False) or {}
+    if not isinstance(options, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in options.items()
+    ):
+        c.fail("agentOptions", "must be a mapping of names to scalar values")
+        options = {}
+    return {
+        "id": c.ident("id"),
+        "business_id": c.ident("businessId"),
+        "agent": c.text("agent", required=False, default="greeting"),
+        "agent_options": {k: str(v) for k, v in options.items()},
+    }
+
+
+def _number(c: _Checker) -> dict[str, Any]:
+    provider = c.text("provider")
+    if provider is not None and provider.upper() not in PROVIDERS:
+        c.fail("provider", f"unknown provider {provider!r}; expected one of {', '.join(PROVIDERS)}")
+        provider = None
+    is_e164 = c.boolean("isE164Number", True)
+    number = c.text("number")
+    if number is not None and is_e164 and not E164_RE.match(number):
+        c.fail("number", f"{number!r} is not E.164 (+ then 2-15 digits) but isE164Number is true")
+    ips = c._get("allowedSourceIps", False)
+    allowed: list[str] = []
+    if ips is not None:
+        if not isinstance(ips, list):
+            c.fail("allowedSourceIps", "must be a list of IP addresses or CIDR blocks")
+        else:
+            for i, entry in enumerate(ips):
+                try:
+                    net = ipaddress.ip_network(str(entry), strict=True)
+                except ValueError as exc:
+                    c.fail(f"allowedSourceIps[{i}]", f"{entry!r} is not an IP or CIDR: {exc}")
+                    continue
+                allowed.append(str(net) if "/" in str(entry) else str(net.network_address))
+    return {
+        "id": c.ident("id"),
+        "business_id": c.ident("businessId"),
+        "provider": provider.upper() if provider else None,
+        "number": number,
+        "route_id": c.ident("routeId"),
+        "region_id": c.ident("regionId"),
+        "is_e164": is_e164,
+        "allowed_source_ips": allowed,
+    }
+
+
+def _backend(c: _Checker) -> dict[str, Any]:
+    sip = c.text("sipAddress")
+    if sip is not None and (err := _host_port(sip)):
+        c.fail("sipAddress", err)
+    media = c.text("mediaUrl")
+    if media is not None:
+        parsed = urlparse(media)
+        if parsed.scheme not in ("ws", "wss") or not parsed.netloc:
+            c.fail("mediaUrl", f"{media!r} must be a ws:// or wss:// URL with a host")
+    return {
+        "id": c.ident("id"),
+        "region_id": c.ident("regionId"),
+        "sip_address": sip,
+        "media_url": media,
+        "max_concurrent_calls": c.positive_int("maxConcurrentCalls"),
+        "enabled": c.boolean("enabled", True),
+    }
+
+
+def _bypass(c: _Checker) -> dict[str, Any]:
+    business = c.ident("businessId")
+    backend = c.ident("backendId")
+    phone = c.ident("phoneId", required=False)
+    rule_id = c.ident("id", required=False)
+    if rule_id is None and business and backend:
+        rule_id = f"{business}-{backend}" + (f"-{phone}" if phone else "")
+    return {"id": rule_id, "business_id": business, "backend_id": backend, "phone_id": phone}
+
+
+_BUILDERS: dict[str, Callable[[_Checker], dict[str, Any]]] = {
+    "plans": _plan,
+    "businesses": _business,
+    "routes": _route,
+    "numbers": _number,
+    "backends": _backend,
+    "bypassRules": _bypass,
+}
+
+
+def _label(section: str, index: int, item: Any) -> str:
+    ident = item.get("id") if isinstance(item, dict) else None
+    return f"{section}[{index}]" + (f" (id={ident})" if ident is not None else "")
+
+
+def parse_config(data: Any) -> Config:
+    """Validate an already-parsed YAML document."""
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("<file>", "must be a mapping with sections " + ", ".join(SECTIONS))])
+    for extra in sorted(set(data) - set(SECTIONS)):
+        problems.append(Problem(str(extra), f"unknown section; expected {', '.join(SECTIONS)}"))
+    built: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SECTIONS}
+    for section in SECTIONS:
+        items = data.get(section) or []
+        if not isinstance(items, list):
+            problems.append(Problem(section, "must be a list"))
+            continue
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            where = _label(section, i, item)
+            if not isinstance(item, dict):
+                problems.append(Problem(where, "must be a mapping"))
+                continue
+            checker = _Checker(where, item, problems)
+            body = _BUILDERS[section](checker)
+            checker.finish()
+            key = body.get("id")
+            if key is None:
+                continue
+            if key in seen:
+                problems.append(Problem(f"{where}.id", f"duplicate id {key!r} (also {section}[{seen[key]}])"))
+                continue
+            seen[key] = i
+            built[section].append((where, body))
+
+    ids = {s: {b["id"] for _, b in built[s]} for s in SECTIONS}
+    bodies = {s: {b["id"]: b for _, b in built[s]} for s in SECTIONS}
+
+    def ref(where: str, fieldname: str, value: Any, section: str, what: str) -> None:
+        if value is not None and value not in ids[section]:
+            problems.append(Problem(f"{where}.{fieldname}", f"{what} {value!r} is not defined in {section}"))
+
+    for where, b in built["businesses"]:
+        ref(where, "plan", b["plan_id"], "plans", "plan")
+    for where, b in built["routes"]:
+        ref(where, "businessId", b["business_id"], "businesses", "business")
+    for where, b in built["numbers"]:
+        ref(where, "businessId", b["business_id"], "businesses", "business")
+        ref(where, "routeId", b["route_id"], "routes", "route")
+        route = bodies["routes"].get(b["route_id"])
+        if route is not None and b["business_id"] is not None and route["business_id"] != b["business_id"]:
+            problems.append(Problem(
+                f"{where}.routeId",
+                f"route {b['route_id']!r} belongs to business {route['business_id']!r}, "
+                f"not {b['business_id']!r}",
+            ))
+    numbers_by_value: dict[str, str] = {}
+    for where, b in built["numbers"]:
+        if b["number"] is None or b["provider"] is None:
+            continue
+        key = f"{b['provider']}:{b['number']}"
+        if key in numbers_by_value:
+            problems.append(Problem(
+                f"{where}.number",
+                f"{b['number']!r} ({b['provider']}) is already registered as number {numbers_by_value[key]!r}",
+            ))
+        else:
+            numbers_by_value[key] = b["id"]
+    for where, b in built["bypassRules"]:
+        ref(where, "businessId", b["business_id"], "businesses", "business")
+        ref(where, "backendId", b["backend_id"], "backends", "backend")
+        ref(where, "phoneId", b["phone_id"], "numbers", "number")
+        phone = bodies["numbers"].get(b["phone_id"]) if b["phone_id"] else None
+        if phone is not None and phone["business_id"] != b["business_id"]:
+            problems.append(Problem(f"{where}.phoneId", f"number {b['phone_id']!r} belongs to business {phone['business_id']!r}"))
+    if problems:
+        raise ConfigError(problems)
+    config = Config()
+    for section in SECTIONS:
+        for _, body in built[section]:
+            config.records.append(ConfigRecord(section, body["id"], AVRO_NAME[section], body))
+    return config
+
+
+def load_config(text: str) -> Config:
+    """Parse YAML text and validate it; raises ConfigError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        raise ConfigError([Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+    return parse_config(data)

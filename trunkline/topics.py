@@ -1,0 +1,85 @@
+"""The project's topics, declared once. `trunkline topics apply` creates them from here.
+
+Keys decide partitions, and partitions decide who owns an invariant (DESIGN.md: one writer
+per invariant). Producers that are not Faust must hash keys the way Faust (aiokafka) does:
+confluent-kafka with ``partitioner=murmur2_random``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    partitions: int
+    compacted: bool
+    retention_ms: int | None  # None: broker default / infinite for compacted topics
+    key: str
+    records: tuple[str, ...]
+    doc: str
+
+    def name(self, prefix: str) -> str:
+        return f"{prefix}{self.suffix}"
+
+    def configs(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.compacted:
+            # Config is small and read at start-up: compact eagerly, keep tombstones a day
+            # so a replaying reader sees deletions.
+            cfg["min.cleanable.dirty.ratio"] = "0.1"
+            cfg["delete.retention.ms"] = str(DAY_MS)
+            cfg["retention.ms"] = "-1"
+        elif self.retention_ms is not None:
+            cfg["retention.ms"] = str(self.retention_ms)
+        return cfg
+
+
+CALL_EVENTS = TopicSpec(
+    "call-events", 6, False, 30 * DAY_MS, "call_id",
+    ("CallOffered", "CallAdmitted", "CallRejected", "CallRouted", "CallAccepted",
+     "CallAnswered", "CallEnded"),
+    "Every call lifecycle event: the history. The ClickHouse sink and replays read it.",
+)
+HEARTBEATS = TopicSpec(
+    "backend-heartbeats", 3, False, 3600 * 1000, "backend_id", ("BackendHeartbeat",),
+    "Media nodes' liveness and load; routing reads it.",
+)
+DEAD_LETTERS = TopicSpec(
+    "dead-letters", 1, False, 30 * DAY_MS, "source topic/partition/offset", ("<raw bytes>",),
+    "Records a consumer could not decode, parked with headers naming where they came from.",
+)
+PLANS = TopicSpec("config.plans", 1, True, None, "id", ("Plan",), "Plans (compacted).")
+BUSINESSES = TopicSpec(
+    "config.businesses", 1, True, None, "id", ("Business",), "Businesses (compacted)."
+)
+ROUTES = TopicSpec("config.routes", 1, True, None, "id", ("Route",), "Routes (compacted).")
+NUMBERS = TopicSpec(
+    "config.numbers", 1, True, None, "id", ("PhoneNumber",), "Phone numbers (compacted)."
+)
+BACKENDS = TopicSpec(
+    "config.backends", 1, True, None, "id", ("BackendServer",), "Backend servers (compacted)."
+)
+BYPASS_RULES = TopicSpec(
+    "config.bypass-rules", 1, True, None, "id", ("BypassRule",), "Admin bypass rules (compacted)."
+)
+
+#: config kind (the YAML section) -> its topic
+CONFIG_TOPICS: dict[str, TopicSpec] = {
+    "plans": PLANS,
+    "businesses": BUSINESSES,
+    "routes": ROUTES,
+    "numbers": NUMBERS,
+    "backends": BACKENDS,
+    "bypassRules": BYPASS_RULES,
+}
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    CALL_EVENTS,
+    HEARTBEATS,
+    DEAD_LETTERS,
+    *CONFIG_TOPICS.values(),
+)
