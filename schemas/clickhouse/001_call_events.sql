@@ -1,0 +1,41 @@
+-- Every call lifecycle event, one row per event id (the Kafka topic `call-events`).
+-- At-least-once delivery can insert an event twice; ReplacingMergeTree keyed by
+-- (call_id, event_id) folds the copies, and the `call_events` view reads with FINAL so a
+-- query never counts a re-delivered event twice, even before background merges run.
+CREATE TABLE IF NOT EXISTS {db}.call_events_log
+(
+    event_id         String,
+    event_type       LowCardinality(String),
+    call_id          String,
+    occurred_at      DateTime64(3, 'UTC'),
+    producer_id      LowCardinality(String),
+    provider         LowCardinality(String),
+    provider_call_id String,
+    business_id      String,
+    phone_id         String,
+    route_id         String,
+    region_id        LowCardinality(String),
+    edge_id          LowCardinality(String),
+    backend_id       LowCardinality(String),
+    status           LowCardinality(String),
+    status_rank      UInt8,
+    status_code      UInt16,
+    reason           String,
+    hangup_side      LowCardinality(String),
+    setup_ms         Int64,
+    talk_ms          Int64,
+    codec            LowCardinality(String),
+    packets_sent     UInt64,
+    packets_received UInt64,
+    packets_lost     UInt64,
+    jitter_ms        Float32,
+    log_type         LowCardinality(String),
+    log_message      String,
+    payload          String,
+    kafka_partition  UInt32,
+    kafka_offset     UInt64,
+    ingested_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (call_id, event_id);

@@ -1,0 +1,1 @@
+"""Stream processing: the Faust app, its tables and agents, and the sinks."""

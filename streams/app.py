@@ -1,0 +1,246 @@
+"""The Faust app: config tables, the ClickHouse sink service, and the worker's web views.
+
+Latency settings (the decision path crosses Kafka several times, DESIGN.md):
+- ``producer_linger=0.002``: 2 ms batching instead of waiting; enough to batch bursts.
+- ``broker_commit_interval=1.0``: offsets are committed every second; commits are not on
+  the decision path (a crash re-delivers at most a second of events, and every handler is
+  idempotent by event id).
+- ``stream_wait_empty=False``: do not wait for the stream buffer to drain on rebalance.
+- aiokafka's consumer is created by Faust with ``fetch_max_wait_ms=1500`` and
+  ``fetch_min_bytes=1``: the broker answers a fetch as soon as one byte is there, so the
+  1.5 s only bounds idle polls, not delivery latency.
+- ``consumer_auto_offset_reset="earliest"``: a new consumer group replays from the start
+  (the projections are rebuilt from the topics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+from faust.web import Request, Response, View
+
+from schemas.codec import Codec, make_codec
+from streams import queries
+from streams.clickhouse import ClickHouseStore
+from streams.sink import ClickHouseSink
+from trunkline.settings import Settings
+from trunkline.topics import CALL_EVENTS, CONFIG_TOPICS, DEAD_LETTERS
+
+log = logging.getLogger("trunkline.worker")
+
+
+class AvroRecordCodec(codecs.Codec):
+    """Faust codec: our Avro framing <-> dict with a ``_type`` key naming the record."""
+
+    def __init__(self, codec: Codec) -> None:
+        super().__init__()
+        self.avro = codec
+
+    def _loads(self, s: bytes) -> Any:
+        name, record = self.avro.decode(s)
+        record["_type"] = name
+        return record
+
+    def _dumps(self, s: Any) -> bytes:
+        record = dict(s)
+        name = record.pop("_type")
+        return self.avro.encode(name, record)
+
+
+class Utf8Codec(codecs.Codec):
+    def _loads(self, s: bytes) -> Any:
+        return s.decode("utf-8")
+
+    def _dumps(self, s: Any) -> bytes:
+        return str(s).encode("utf-8")
+
+
+class ConfigTable(faust.GlobalTable):
+    """A GlobalTable whose changelog is one of our compacted config topics.
+
+    faust-streaming 0.15's partition assignor looks global tables up by
+    ``_changelog_topic_name()``, which ignores a custom ``changelog_topic`` and returns
+    ``<app>-<table>-changelog``; the lookup fails inside the assignor and the group join
+    hangs. Naming the real topic fixes it.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return str(self.changelog_topic.get_topic_name())
+
+
+class TrunklineApp:
+    """Builds the Faust app for one Settings; holds the pieces views and tests reach."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.codec = make_codec(settings.schema_registry_url)
+        codecs.register("tl-avro", AvroRecordCodec(self.codec))
+        codecs.register("tl-str", Utf8Codec())
+        self.app = faust.App(
+            settings.app_id,
+            broker=f"kafka://{settings.kafka_bootstrap}",
+            store="memory://",
+            key_serializer="tl-str",
+            value_serializer="tl-avro",
+            web_enabled=True,
+            web_host=settings.worker_web_host,
+            web_port=settings.worker_web_port,
+            web_bind=settings.worker_web_host,
+            topic_replication_factor=1,
+            topic_allow_declare=True,
+            producer_linger=0.002,
+            producer_acks=-1,
+            broker_commit_interval=1.0,
+            stream_wait_empty=False,
+            consumer_auto_offset_reset="earliest",
+            datadir=str(settings.state_dir / "faust"),
+            GlobalTable=ConfigTable,
+        )
+        self.tables: dict[str, Any] = {}
+        for section, spec in CONFIG_TOPICS.items():
+            topic = self.app.topic(
+                spec.name(settings.topic_prefix),
+                key_serializer="tl-str",
+                value_serializer="tl-avro",
+                partitions=spec.partitions,
+                compacting=True,
+                deleting=False,
+            )
+            self.tables[section] = self.app.GlobalTable(
+                f"config-{section}",
+                default=None,
+                changelog_topic=topic,
+                partitions=spec.partitions,
+                schema=faust.Schema(key_serializer="tl-str", value_serializer="tl-avro"),
+                help=f"{section} from {topic.get_topic_name()}",
+            )
+        self.store: ClickHouseStore | None = None
+        self.sink: ClickHouseSink | None = None
+        self._register_sink()
+        self._register_views()
+
+    # -- the sink ------------------------------------------------------------------
+    def _register_sink(self) -> None:
+        outer = self
+
+        @self.app.task
+        async def start_sink() -> None:
+            s = outer.settings
+            store = ClickHouseStore(s.clickhouse_dsn)
+            await asyncio.get_running_loop().run_in_executor(None, store.ensure_schema)
+            outer.store = store
+            outer.sink = ClickHouseSink(
+                bootstrap=s.kafka_bootstrap,
+                topic=CALL_EVENTS.name(s.topic_prefix),
+                dead_letter_topic=DEAD_LETTERS.name(s.topic_prefix),
+                group_id=f"{s.app_id}-clickhouse-sink",
+                codec=outer.codec,
+                store=store,
+            )
+            outer.sink.start()
+            log.info("ClickHouse sink started: %s -> %s", CALL_EVENTS.name(s.topic_prefix), s.clickhouse_dsn)
+
+        @self.app.on_before_shutdown.connect
+        async def stop_sink(app: faust.App, **kwargs: Any) -> None:
+            if outer.sink is not None:
+                await asyncio.get_running_loop().run_in_executor(None, outer.sink.stop)
+            if outer.store is not None:
+                outer.store.close()
+
+    # -- web views -----------------------------------------------------------------
+    def _register_views(self) -> None:
+        outer = self
+        app = self.app
+
+        def not_ready(view: View) -> Response:
+            return view.json({"error": "ClickHouse is not open yet"}, status=503)
+
+        async def run(fn: Any, *args: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+        @app.page("/health/")
+        class Health(View):
+            async def get(self, request: Request) -> Response:
+                sink = outer.sink
+                return self.json({
+                    "app_id": outer.settings.app_id,
+                    "sink": {
+                        "alive": bool(sink and sink.alive),
+                        **(sink.stats.as_dict() if sink else {}),
+                    },
+                    "tables": {k: len(v) for k, v in outer.tables.items()},
+                    "clickhouse": outer.settings.clickhouse_dsn,
+                })
+
+        @app.page("/config/{section}/")
+        class ConfigView(View):
+            async def get(self, request: Request, section: str) -> Response:
+                table = outer.tables.get(section)
+                if table is None:
+                    return self.json(
+                        {"error": f"unknown section {section!r}", "sections": list(outer.tables)},
+                        status=404,
+                    )
+                items = {}
+                for key, value in table.items():
+                    if value is None:
+                        continue
+                    record = {k: v for k, v in value.items() if k not in ("_type", "envelope")}
+                    items[key] = record
+                return self.json(items)
+
+        @app.page("/calls/")
+        class CallsView(View):
+            async def get(self, request: Request) -> Response:
+                store = outer.store
+                if store is None:
+                    return not_ready(self)
+                q = request.query
+                try:
+                    since = queries.parse_duration(q["since"]) if q.get("since") else None
+                    limit = int(q.get("limit", "100"))
+                    if not 1 <= limit <= 10_000:
+                        raise ValueError("limit must be 1..10000")
+                except ValueError as exc:
+                    return self.json({"error": str(exc)}, status=400)
+                rows = await run(queries.list_calls, store, q.get("business") or None, since, limit)
+                return self.json(rows)
+
+        @app.page("/calls/{call_id}/")
+        class CallView(View):
+            async def get(self, request: Request, call_id: str) -> Response:
+                store = outer.store
+                if store is None:
+                    return not_ready(self)
+                entry = await run(queries.show_call, store, call_id)
+                if entry is None:
+                    return self.json({"error": f"no call {call_id!r}"}, status=404)
+                if request.query.get("events"):
+                    entry["events"] = await run(queries.call_events, store, call_id)
+                return self.json(entry)
+
+        @app.page("/events/counts/")
+        class CountsView(View):
+            async def get(self, request: Request) -> Response:
+                store = outer.store
+                if store is None:
+                    return not_ready(self)
+                return self.json(await run(queries.event_counts, store))
+
+
+def create_app(settings: Settings | None = None) -> TrunklineApp:
+    return TrunklineApp(settings or Settings.from_env())
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run the worker in the foreground until SIGINT/SIGTERM."""
+    from faust.worker import Worker
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    built = create_app(settings)
+    worker = Worker(built.app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

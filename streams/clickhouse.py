@@ -1,0 +1,83 @@
+"""ClickHouse access through clickhouse-connect: embedded chDB or a server over HTTP.
+
+chDB is in-process and one process owns a data path at a time, so with the embedded
+default the worker owns it: the sink writes and the worker's web views answer reads
+(`trunkline calls ...` asks the worker). With an HTTP DSN any process may connect.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from streams.projection import COLUMNS
+
+DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
+DEFAULT_DATABASE = "trunkline"
+
+
+class ClickHouseUnavailable(RuntimeError):
+    pass
+
+
+def ddl_statements(database: str) -> list[str]:
+    out: list[str] = []
+    for path in sorted(DDL_DIR.glob("*.sql")):
+        text = "\n".join(
+            line for line in path.read_text().splitlines() if not line.lstrip().startswith("--")
+        )
+        out.extend(s.strip().replace("{db}", database) for s in text.split(";") if s.strip())
+    return out
+
+
+class ClickHouseStore:
+    """A thread-safe handle: inserts from the sink thread, queries from the web views."""
+
+    def __init__(self, dsn: str, database: str = DEFAULT_DATABASE) -> None:
+        self.dsn = dsn
+        self.database = database
+        self._lock = threading.Lock()
+        parsed = urlparse(dsn)
+        if parsed.scheme == "chdb":
+            Path(parsed.path).mkdir(parents=True, exist_ok=True)
+        try:
+            self.client = clickhouse_connect.get_client(dsn=dsn)
+        except Exception as exc:  # clickhouse-connect raises several kinds here
+            raise ClickHouseUnavailable(f"cannot open ClickHouse at {dsn}: {exc}") from exc
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb:")
+
+    def ensure_schema(self) -> None:
+        with self._lock:
+            self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            for statement in ddl_statements(self.database):
+                self.client.command(statement)
+
+    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self.client.insert(
+                f"{self.database}.call_events_log", rows, column_names=list(COLUMNS)
+            )
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            result = self.client.query(sql, parameters=parameters or {})
+        names = result.column_names
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self.client.close()
+            except ClickHouseError:
+                pass

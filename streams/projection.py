@@ -1,0 +1,121 @@
+"""Lifecycle event -> ClickHouse row (pure).
+
+Each event advances the call's queue entry to a status (the seed's InboundCallQueue) and
+contributes one log line. `status_rank` orders the lifecycle so that the `calls` view
+takes the furthest step reached even when producers' clocks disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+COLUMNS: tuple[str, ...] = (
+    "event_id", "event_type", "call_id", "occurred_at", "producer_id", "provider",
+    "provider_call_id", "business_id", "phone_id", "route_id", "region_id", "edge_id",
+    "backend_id", "status", "status_rank", "status_code", "reason", "hangup_side",
+    "setup_ms", "talk_ms", "codec", "packets_sent", "packets_received", "packets_lost",
+    "jitter_ms", "log_type", "log_message", "payload", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+
+#: event type -> (status after it, rank)
+STATUS: dict[str, tuple[str, int]] = {
+    "CallOffered": ("Queued", 10),
+    "CallAdmitted": ("ProcessingProxy", 20),
+    "CallRouted": ("ProcessedProxy", 30),
+    "CallRejected": ("Rejected", 40),
+    "CallAccepted": ("ProcessingBackend", 50),
+    "CallAnswered": ("InProgress", 60),
+    "CallEnded": ("Ended", 70),
+}
+END_STATUS = {
+    "completed": "Completed",
+    "cancelled": "Cancelled",
+    "rejected": "Rejected",
+}
+
+
+class ProjectionError(ValueError):
+    pass
+
+
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
+    if name == "CallOffered":
+        return "Info", (
+            f"Call offered by {r['edge_id']} from {r['source_ip']} "
+            f"({r['provider']} {r.get('transport', '')}) to {r['to_number']}"
+        )
+    if name == "CallAdmitted":
+        return "Info", (
+            f"Call admitted for business {r['business_id']} "
+            f"({r['active_calls']}/{r['max_concurrent_calls']} calls on plan {r['plan_id']})"
+        )
+    if name == "CallRejected":
+        stage = str(r["stage"]).lower()
+        return "Warning", f"Call rejected by {stage}: {r['status_code']} {r['reason']}"
+    if name == "CallRouted":
+        how = " (bypass rule)" if r.get("bypass") else ""
+        return "Info", f"Call routed to {r['backend_id']}{how}"
+    if name == "CallAccepted":
+        return "Info", f"Call accepted by {r['backend_id']}"
+    if name == "CallAnswered":
+        return "Info", f"Call answered by {r['backend_id']} ({r['codec']})"
+    if name == "CallEnded":
+        reason = r["reason"]
+        side = f" by {r['hangup_side']}" if r.get("hangup_side") else ""
+        talk = f" after {r['talk_ms'] / 1000:.1f} s" if r.get("talk_ms") is not None else ""
+        level = "Info" if reason in ("completed", "cancelled") else "Error"
+        return level, f"Call ended: {reason}{side}{talk}"
+    raise ProjectionError(f"{name} is not a call lifecycle event")
+
+
+def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0) -> list[Any]:
+    """One `call_events_log` row, in COLUMNS order."""
+    try:
+        status, rank = STATUS[name]
+    except KeyError:
+        raise ProjectionError(f"{name} is not a call lifecycle event") from None
+    env = r["envelope"]
+    if not env.get("call_id"):
+        raise ProjectionError(f"{name} {env.get('event_id')} has no call_id")
+    media = r.get("media") or {}
+    if name == "CallEnded":
+        status = END_STATUS.get(r["reason"], "Failed")
+    log_type, log_message = _log(name, r)
+    return [
+        env["event_id"],
+        name,
+        env["call_id"],
+        datetime.fromtimestamp(env["occurred_at"] / 1000, tz=UTC),
+        env["producer_id"],
+        _s(r.get("provider")),
+        _s(r.get("provider_call_id")),
+        _s(r.get("business_id")),
+        _s(r.get("phone_id")),
+        _s(r.get("route_id")),
+        _s(r.get("region_id")),
+        _s(r.get("edge_id")),
+        _s(r.get("backend_id")),
+        status,
+        rank,
+        r.get("status_code") or 0,
+        _s(r.get("reason")),
+        _s(r.get("hangup_side")),
+        r.get("setup_ms") or 0,
+        r.get("talk_ms") or 0,
+        _s(r.get("codec")),
+        media.get("packets_sent", 0),
+        media.get("packets_received", 0),
+        media.get("packets_lost", 0),
+        media.get("jitter_ms", 0.0),
+        log_type,
+        log_message,
+        json.dumps(r, separators=(",", ":"), default=str),
+        partition,
+        offset,
+    ]

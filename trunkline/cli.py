@@ -1,0 +1,443 @@
+"""`trunkline`: the one command for operators. `trunkline --help` lists everything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from trunkline import kafka_local, procs
+from trunkline.settings import Settings, SettingsError, check_bootstrap
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "config.yaml"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def _broker_paths(s: Settings) -> kafka_local.BrokerPaths:
+    return kafka_local.BrokerPaths(s.state_dir / "kafka")
+
+
+# -- kafka -----------------------------------------------------------------------------
+def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
+    paths = _broker_paths(s)
+    if args.action == "fetch":
+        _say(f"Kafka jars in {kafka_local.fetch_jars(s.cache_dir)}")
+    elif args.action == "up":
+        pid = kafka_local.start(
+            paths, s.cache_dir, s.kafka_port, s.kafka_controller_port, heap=args.heap
+        )
+        _say(f"Kafka broker running: pid {pid}, bootstrap 127.0.0.1:{s.kafka_port}, "
+             f"log {paths.log_file}")
+    elif args.action == "down":
+        stopped = kafka_local.stop(paths)
+        _say("Kafka broker stopped" if stopped else "Kafka broker was not running")
+        if args.wipe:
+            import shutil
+
+            shutil.rmtree(paths.root, ignore_errors=True)
+            _say(f"wiped {paths.root}")
+    else:
+        st = kafka_local.status(paths)
+        _say(json.dumps(st, indent=2))
+        return EXIT_OK if st["running"] else EXIT_FAIL
+    return EXIT_OK
+
+
+# -- topics ----------------------------------------------------------------------------
+def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
+    from trunkline.admin import apply_topics
+    from trunkline.topics import ALL_TOPICS
+
+    if args.action == "list":
+        for spec in ALL_TOPICS:
+            policy = "compact" if spec.compacted else f"delete {spec.retention_ms} ms"
+            _say(f"{spec.name(s.topic_prefix):40} p={spec.partitions:<3} {policy:24} "
+                 f"key={spec.key:10} {spec.doc}")
+        return EXIT_OK
+    for r in apply_topics(s.kafka_bootstrap, s.topic_prefix):
+        _say(f"{r.action:9} {r.name}" + (f"  ({r.detail})" if r.detail else ""))
+    return EXIT_OK
+
+
+# -- config ----------------------------------------------------------------------------
+def _load_config_file(path: str) -> Any:
+    from trunkline.config import ConfigError, load_config
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read config file {path}: {exc.strerror}", EXIT_USAGE) from exc
+    try:
+        return load_config(text)
+    except ConfigError as exc:
+        raise CliError(f"{path}: {exc}", EXIT_USAGE) from exc
+
+
+def cmd_config(args: argparse.Namespace, s: Settings) -> int:
+    from schemas.codec import make_codec
+    from trunkline.topics import CONFIG_TOPICS
+
+    if args.action == "show":
+        return _config_show(args, s)
+    config = _load_config_file(args.file)
+    counts = {sec: len(config.section(sec)) for sec in CONFIG_TOPICS}
+    summary = ", ".join(f"{n} {sec}" for sec, n in counts.items())
+    if args.action == "check":
+        _say(f"{args.file}: valid ({summary})")
+        return EXIT_OK
+    from trunkline.admin import apply_topics
+    from trunkline.kafka_io import Outgoing, make_producer, publish_all, read_compacted
+
+    apply_topics(s.kafka_bootstrap, s.topic_prefix, tuple(CONFIG_TOPICS.values()))
+    codec = make_codec(s.schema_registry_url)
+    now_ms = int(time.time() * 1000)
+    out = [
+        Outgoing(CONFIG_TOPICS[r.section].name(s.topic_prefix), r.key.encode(),
+                 codec.encode(r.avro_name, r.to_avro(now_ms)))
+        for r in config.records
+    ]
+    pruned: list[str] = []
+    if args.prune:
+        for section, spec in CONFIG_TOPICS.items():
+            topic = spec.name(s.topic_prefix)
+            wanted = set(config.section(section))
+            for key, value in read_compacted(s.kafka_bootstrap, topic).items():
+                if value is not None and key.decode() not in wanted:
+                    out.append(Outgoing(topic, key, None))
+                    pruned.append(f"{section}/{key.decode()}")
+    n = publish_all(make_producer(s.kafka_bootstrap, log_level=3), out)
+    _say(f"published {n} record(s) from {args.file} ({summary})"
+         + (f"; deleted {', '.join(pruned)}" if pruned else ""))
+    return EXIT_OK
+
+
+def _config_show(args: argparse.Namespace, s: Settings) -> int:
+    from schemas.codec import make_codec
+    from trunkline.kafka_io import read_compacted
+    from trunkline.topics import CONFIG_TOPICS
+
+    codec = make_codec(s.schema_registry_url)
+    sections = [args.section] if args.section else list(CONFIG_TOPICS)
+    result: dict[str, Any] = {}
+    for section in sections:
+        if section not in CONFIG_TOPICS:
+            raise CliError(f"unknown section {section!r}; one of {', '.join(CONFIG_TOPICS)}",
+                           EXIT_USAGE)
+        items: dict[str, Any] = {}
+        for key, value in read_compacted(
+            s.kafka_bootstrap, CONFIG_TOPICS[section].name(s.topic_prefix)
+        ).items():
+            if value is None:
+                continue
+            _, record = codec.decode(value)
+            record.pop("envelope", None)
+            items[key.decode()] = record
+        result[section] = items
+    _say(json.dumps(result, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+# -- worker ----------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
+    from streams.app import run_worker
+
+    run_worker(s, loglevel=args.loglevel)
+    return EXIT_OK
+
+
+# -- calls -----------------------------------------------------------------------------
+def _worker_get(s: Settings, path: str, params: dict[str, str]) -> Any:
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+    url = f"{s.worker_url}{path}" + (f"?{query}" if query else "")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            detail = exc.reason
+        raise CliError(str(detail), EXIT_USAGE if exc.code in (400, 404) else EXIT_FAIL) from exc
+
+
+def _read_calls(s: Settings, path: str, params: dict[str, str]) -> Any:
+    """Ask the worker (it owns embedded chDB); with a ClickHouse server, query directly."""
+    from streams import queries
+
+    if s.is_embedded_clickhouse:
+        try:
+            return _worker_get(s, path, params)
+        except urllib.error.URLError:
+            if procs.running_pid(s.state_dir, "worker") is not None:
+                raise CliError(f"the worker runs but does not answer at {s.worker_url}") from None
+        # no worker: open the embedded engine ourselves
+    from streams.clickhouse import ClickHouseStore, ClickHouseUnavailable
+
+    try:
+        store = ClickHouseStore(s.clickhouse_dsn)
+    except ClickHouseUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    store.ensure_schema()
+    if path == "/calls/":
+        since = queries.parse_duration(params["since"]) if params.get("since") else None
+        return queries.list_calls(store, params.get("business") or None, since,
+                                  int(params.get("limit") or 100))
+    call_id = path.strip("/").split("/", 1)[1]
+    entry = queries.show_call(store, call_id)
+    if entry is None:
+        raise CliError(f"no call {call_id!r}", EXIT_USAGE)
+    if params.get("events"):
+        entry["events"] = queries.call_events(store, call_id)
+    return entry
+
+
+def cmd_calls(args: argparse.Namespace, s: Settings) -> int:
+    from streams.queries import parse_duration
+
+    if args.action == "list":
+        if args.since:
+            try:
+                parse_duration(args.since)
+            except ValueError as exc:
+                raise CliError(f"--since: {exc}", EXIT_USAGE) from exc
+        rows = _read_calls(s, "/calls/", {
+            "business": args.business or "", "since": args.since or "", "limit": str(args.limit)})
+        if args.json:
+            _say(json.dumps(rows, indent=2))
+            return EXIT_OK
+        _say(f"{'ID':38} {'STATUS':18} {'BUSINESS':10} {'NUMBER':14} {'BACKEND':12} "
+             f"{'CODE':4} {'ENQUEUED':24} REASON")
+        for r in rows:
+            _say(f"{r['id']:38} {r['status']:18} {r['business_id']:10} {r['route_number_id']:14} "
+                 f"{r['backend']:12} {r['status_code'] or '':4} {r['enqueued_at'] or '':24} "
+                 f"{r['reason']}")
+        return EXIT_OK
+    entry = _read_calls(s, f"/calls/{urllib.parse.quote(args.id, safe='')}/",
+                        {"events": "1" if args.events else ""})
+    _say(json.dumps(entry, indent=2))
+    return EXIT_OK
+
+
+# -- the local stack -------------------------------------------------------------------
+def _wait_worker(s: Settings, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if procs.running_pid(s.state_dir, "worker") is None:
+            log = procs.log_file(s.state_dir, "worker")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise CliError(f"the worker exited; log {log}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{s.worker_url}/health/", timeout=2) as resp:
+                health: dict[str, Any] = json.load(resp)
+            if health["sink"].get("alive"):
+                return health
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+            last = exc
+        time.sleep(0.5)
+    raise CliError(f"the worker did not become healthy at {s.worker_url} in {timeout:.0f}s: {last}")
+
+
+def _env_for_children(s: Settings) -> dict[str, str]:
+    return {
+        "TRUNKLINE_STATE_DIR": str(s.state_dir),
+        "TRUNKLINE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "TRUNKLINE_TOPIC_PREFIX": s.topic_prefix,
+        "TRUNKLINE_APP_ID": s.app_id,
+        "TRUNKLINE_CLICKHOUSE_DSN": s.clickhouse_dsn,
+        "TRUNKLINE_WORKER_WEB_PORT": str(s.worker_web_port),
+        "TRUNKLINE_WORKER_WEB_HOST": s.worker_web_host,
+        **({"TRUNKLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url}
+           if s.schema_registry_url else {}),
+    }
+
+
+def cmd_up(args: argparse.Namespace, s: Settings) -> int:
+    config_path = args.config or str(DEFAULT_CONFIG)
+    _load_config_file(config_path)  # refuse a bad config before starting anything
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"):
+        _say("* Kafka broker (KRaft, single node) ...")
+        cmd_kafka(argparse.Namespace(action="up", heap=args.heap), s)
+    _say("* topics ...")
+    cmd_topics(argparse.Namespace(action="apply"), s)
+    _say(f"* config {config_path} ...")
+    cmd_config(argparse.Namespace(action="apply", file=config_path, prune=False), s)
+    _say("* worker (Faust app, config tables, ClickHouse sink) ...")
+    pid = procs.start(s.state_dir, "worker", [sys.executable, "-m", "trunkline.cli", "worker"],
+                      _env_for_children(s))
+    health = _wait_worker(s, args.timeout)
+    _say(f"  worker pid {pid}, web {s.worker_url}, tables {health['tables']}")
+    _say("")
+    _say("trunkline is up. Logs: " + str(s.state_dir / "logs") + ", broker log: "
+         + str(_broker_paths(s).log_file))
+    _say("  trunkline status      what runs where")
+    _say("  trunkline calls list  calls from ClickHouse")
+    _say("  trunkline down        stop everything")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, s: Settings) -> int:
+    _say("worker stopped" if procs.stop(s.state_dir, "worker") else "worker was not running")
+    if not os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"):
+        cmd_kafka(argparse.Namespace(action="down", wipe=args.wipe), s)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, s: Settings) -> int:
+    broker = kafka_local.status(_broker_paths(s))
+    worker_pid = procs.running_pid(s.state_dir, "worker")
+    health: Any = None
+    if worker_pid is not None:
+        try:
+            with urllib.request.urlopen(f"{s.worker_url}/health/", timeout=3) as resp:
+                health = json.load(resp)
+        except (urllib.error.URLError, OSError, ValueError):
+            health = "not answering"
+    report = {
+        "state_dir": str(s.state_dir),
+        "kafka": {**broker, "bootstrap": s.kafka_bootstrap},
+        "worker": {"running": worker_pid is not None, "pid": worker_pid, "web": s.worker_url,
+                   "log": str(procs.log_file(s.state_dir, "worker")), "health": health},
+        "clickhouse": s.clickhouse_dsn,
+        "topic_prefix": s.topic_prefix,
+    }
+    _say(json.dumps(report, indent=2))
+    return EXIT_OK if broker["running"] or os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP") else EXIT_FAIL
+
+
+# -- parser ----------------------------------------------------------------------------
+def _port_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is outside 1..65535")
+    return value
+
+
+def _bootstrap_arg(text: str) -> str:
+    try:
+        return check_bootstrap(text, "--bootstrap")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="trunkline", description="Event-sourced telephony pipeline: operator commands.")
+    p.add_argument("--state-dir", help="state folder (env TRUNKLINE_STATE_DIR, default ./.state)")
+    p.add_argument("--bootstrap", type=_bootstrap_arg,
+                   help="Kafka bootstrap servers (env TRUNKLINE_KAFKA_BOOTSTRAP)")
+    p.add_argument("--kafka-port", type=_port_arg,
+                   help="local broker port (env TRUNKLINE_KAFKA_PORT, default 19092)")
+    p.add_argument("--web-port", type=_port_arg,
+                   help="worker web port (env TRUNKLINE_WORKER_WEB_PORT, default 6066)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the local stack (broker, topics, config, worker)")
+    up.add_argument("--config", help="config YAML (default examples/config.yaml)")
+    up.add_argument("--heap", default="512m", help="broker JVM heap (default 512m)")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for health")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop the local stack")
+    down.add_argument("--wipe", action="store_true", help="also delete the broker's data")
+    down.set_defaults(func=cmd_down)
+    sub.add_parser("status", help="what runs where").set_defaults(func=cmd_status)
+
+    k = sub.add_parser("kafka", help="the local single-node Kafka broker")
+    k.add_argument("action", choices=["up", "down", "status", "fetch"])
+    k.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
+    k.add_argument("--wipe", action="store_true", help="with down: delete the data folder")
+    k.set_defaults(func=cmd_kafka)
+
+    t = sub.add_parser("topics", help="the declared topics")
+    t.add_argument("action", choices=["apply", "list"])
+    t.set_defaults(func=cmd_topics)
+
+    c = sub.add_parser("config", help="validate, publish or show operator config")
+    csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    chk = csub.add_parser("check", help="validate a YAML file without connecting to anything")
+    chk.add_argument("file")
+    app_ = csub.add_parser("apply", help="validate, then publish to the compacted config topics")
+    app_.add_argument("file")
+    app_.add_argument("--prune", action="store_true",
+                      help="delete (tombstone) records that are in the topics but not the file")
+    show = csub.add_parser("show", help="print the config as the topics hold it")
+    show.add_argument("section", nargs="?")
+    c.set_defaults(func=cmd_config)
+
+    w = sub.add_parser("worker", help="run the Faust worker in the foreground")
+    w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    w.set_defaults(func=cmd_worker)
+
+    calls = sub.add_parser("calls", help="calls from ClickHouse")
+    csub2 = calls.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = csub2.add_parser("list", help="recent calls, newest first")
+    ls.add_argument("--business", help="only this business id")
+    ls.add_argument("--since", help="only calls enqueued within this duration (30s, 15m, 2h, 7d)")
+    ls.add_argument("--limit", type=int, default=100, choices=range(1, 10001), metavar="N")
+    ls.add_argument("--json", action="store_true")
+    sh = csub2.add_parser("show", help="one call's queue entry with its logs")
+    sh.add_argument("id")
+    sh.add_argument("--events", action="store_true", help="include the raw lifecycle events")
+    calls.set_defaults(func=cmd_calls)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        env = dict(os.environ)
+        if args.state_dir:
+            env["TRUNKLINE_STATE_DIR"] = args.state_dir
+        if args.bootstrap:
+            env["TRUNKLINE_KAFKA_BOOTSTRAP"] = args.bootstrap
+            os.environ["TRUNKLINE_KAFKA_BOOTSTRAP"] = args.bootstrap
+        if args.kafka_port:
+            env["TRUNKLINE_KAFKA_PORT"] = str(args.kafka_port)
+        if args.web_port:
+            env["TRUNKLINE_WORKER_WEB_PORT"] = str(args.web_port)
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"trunkline: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args, settings))
+    except CliError as exc:
+        print(f"trunkline: {exc}", file=sys.stderr)
+        return exc.code
+    except kafka_local.KafkaLocalError as exc:
+        print(f"trunkline: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:  # broker down, ClickHouse down...: say what, no traceback
+        from trunkline.admin import BrokerUnavailable
+        from trunkline.kafka_io import PublishError
+
+        if isinstance(exc, (BrokerUnavailable, PublishError)):
+            print(f"trunkline: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
