@@ -104,7 +104,8 @@ class ConfluentCodec:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.schemas = schemas or default_schemas()
-        self.client = SchemaRegistryClient({"url": url})
+        # new_client() gives the in-memory MockSchemaRegistryClient for mock:// URLs
+        self.client = SchemaRegistryClient.new_client({"url": url})
         self._ids: dict[str, int] = {}
         self._writers: dict[int, tuple[LoadedSchema, Any]] = {}
 

@@ -115,6 +115,13 @@ class TrunklineApp:
                 default=None,
                 changelog_topic=topic,
                 partitions=spec.partitions,
+                # Others (`trunkline config apply`) write these topics; keep every partition
+                # as a standby too, so the table follows changes after recovery.
+                synchronize_all_active_partitions=True,
+                # Faust routes records of a partition that is both active and standby to
+                # the *active* buffer, flushed every `recovery_buffer_size` records: with
+                # the default 1000 a live change would wait for 999 more. Config is small.
+                recovery_buffer_size=1,
                 schema=faust.Schema(key_serializer="tl-str", value_serializer="tl-avro"),
                 help=f"{section} from {topic.get_topic_name()}",
             )

@@ -1,0 +1,1 @@
+"""Media nodes: SIP backend listener, SDP/RTP, codecs, provider WebSockets, agents."""

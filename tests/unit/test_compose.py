@@ -1,0 +1,36 @@
+"""compose.yaml cannot run here (no Docker); check what reading can check."""
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from trunkline.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_compose_file_names_every_service():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"kafka", "clickhouse", "topics", "worker"} <= set(services)
+    worker_env = services["worker"]["environment"]
+    assert worker_env["TRUNKLINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    dsn = urlparse(worker_env["TRUNKLINE_CLICKHOUSE_DSN"])
+    assert (dsn.scheme, dsn.hostname, dsn.port) == ("http", "clickhouse", 8123)
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown service {dep}"
+
+
+def test_compose_environment_is_valid_settings():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    env = {k: str(v) for k, v in compose["services"]["worker"]["environment"].items()}
+    s = Settings.from_env(env)
+    assert not s.is_embedded_clickhouse and s.kafka_bootstrap == "kafka:9092"
+
+
+def test_dockerfile_copies_every_package():
+    text = (ROOT / "Dockerfile").read_text()
+    for package in ("edge", "streams", "media", "schemas", "trunkline", "examples"):
+        assert f"COPY {package} {package}" in text
