@@ -17,6 +17,7 @@ says what was wrong with the bytes.
 from __future__ import annotations
 
 import io
+import json
 import struct
 from typing import Any, Protocol
 
@@ -137,15 +138,13 @@ class ConfluentCodec:
     def _writer(self, sid: int) -> tuple[LoadedSchema, Any]:
         hit = self._writers.get(sid)
         if hit is None:
-            import json
-
             from confluent_kafka.schema_registry.error import SchemaRegistryError
 
             try:
                 registered = self.client.get_schema(sid)
             except SchemaRegistryError as exc:
                 raise CodecError(f"schema id {sid} not found in the registry: {exc}") from exc
-            writer = json.loads(registered.schema_str)
+            writer = json.loads(registered.schema_str or "{}")
             short = str(writer.get("name", "")).rsplit(".", 1)[-1]
             if short not in self.schemas:
                 raise CodecError(f"schema id {sid} is {writer.get('name')!r}, not one of ours")

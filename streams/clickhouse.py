@@ -8,7 +8,6 @@ default the worker owns it: the sink writes and the worker's web views answer re
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,7 +15,7 @@ from urllib.parse import urlparse
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from streams.projection import COLUMNS
+from streams.projection import COLUMNS, Row, json_compact_each_row
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
 DEFAULT_DATABASE = "trunkline"
@@ -61,12 +60,17 @@ class ClickHouseStore:
             for statement in ddl_statements(self.database):
                 self.client.command(statement)
 
-    def insert_events(self, rows: Sequence[Sequence[Any]]) -> None:
+    def insert_events(self, rows: list[Row]) -> None:
+        """Insert projection rows (streams.projection.event_row) as JSONCompactEachRow."""
         if not rows:
             return
+        block = json_compact_each_row(rows)
         with self._lock:
-            self.client.insert(
-                f"{self.database}.call_events_log", rows, column_names=list(COLUMNS)
+            self.client.raw_insert(
+                f"{self.database}.call_events_log",
+                list(COLUMNS),
+                insert_block=block,
+                fmt="JSONCompactEachRow",
             )
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -14,9 +14,7 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 class Queryable(Protocol):
     database: str
 
-    def query(
-        self, sql: str, parameters: dict[str, Any] | None = None
-    ) -> list[dict[str, Any]]: ...
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
 
 def parse_duration(text: str) -> int:
@@ -40,7 +38,8 @@ def _iso(value: Any) -> Any:
 def list_calls(
     store: Queryable, business: str | None = None, since_s: int | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
-    where, params = [], {"limit": limit}
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
     if business:
         where.append("business_id = {business:String}")
         params["business"] = business

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from schemas.codec import Codec, CodecError
 from streams.clickhouse import ClickHouseStore
-from streams.projection import ProjectionError, event_row
+from streams.projection import ProjectionError, Row, event_row
 
 log = logging.getLogger("trunkline.sink")
 
@@ -34,6 +35,8 @@ class SinkStats:
     last_insert_ms: float = 0.0
     errors: int = 0
     started_at: float = field(default_factory=time.time)
+    first_message_at: float = 0.0  # wall clock of the first record consumed
+    last_commit_at: float = 0.0  # wall clock of the latest commit
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,6 +72,8 @@ class ClickHouseSink:
             "fetch.wait.max.ms": 50,
             "queued.min.messages": 200_000,
             "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
         }
         self._producer_conf = {
             "bootstrap.servers": bootstrap,
@@ -92,79 +97,118 @@ class ClickHouseSink:
         return self._thread is not None and self._thread.is_alive()
 
     # -- the loop --------------------------------------------------------------------
+    # Two stages overlap: while batch N is inserted (ClickHouse works outside the GIL),
+    # batch N+1 is consumed, decoded and turned into rows. Offsets of batch N are
+    # committed only once its insert succeeded, in order.
     def _run(self) -> None:
         consumer = Consumer(self._consumer_conf)
         dlq = Producer(self._producer_conf)
         consumer.subscribe([self.topic])
+        inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
+        in_flight: tuple[Future[None], list[TopicPartition], int] | None = None
         pending: list[Message] = []
         deadline = time.monotonic() + self.flush_interval
         try:
             while not self._stop.is_set():
-                want = self.batch_size - len(pending)
-                msgs = consumer.consume(num_messages=want, timeout=0.1)
+                msgs = consumer.consume(num_messages=self.batch_size - len(pending), timeout=0.1)
+                if msgs and not self.stats.first_message_at:
+                    self.stats.first_message_at = time.time()
                 for msg in msgs:
                     err = msg.error()
                     if err is None:
                         pending.append(msg)
                     elif err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error: %s", err)
-                if pending and (len(pending) >= self.batch_size or time.monotonic() >= deadline):
-                    self._flush(consumer, dlq, pending)
+                full = len(pending) >= self.batch_size
+                if pending and (full or time.monotonic() >= deadline):
+                    rows, offsets = self._prepare(dlq, pending)
                     pending = []
+                    if in_flight is not None:
+                        self._finish(consumer, in_flight)
+                    in_flight = (inserter.submit(self._insert, rows), offsets, len(rows))
+                elif in_flight is not None and in_flight[0].done():
+                    self._finish(consumer, in_flight)
+                    in_flight = None
                 if not pending:
                     deadline = time.monotonic() + self.flush_interval
             if pending:
-                self._flush(consumer, dlq, pending)
+                rows, offsets = self._prepare(dlq, pending)
+                if in_flight is not None:
+                    self._finish(consumer, in_flight)
+                in_flight = (inserter.submit(self._insert, rows), offsets, len(rows))
+            if in_flight is not None:
+                self._finish(consumer, in_flight)
         finally:
+            inserter.shutdown(wait=True)
             dlq.flush(10)
             consumer.close()
 
-    def _flush(self, consumer: Consumer, dlq: Producer, msgs: list[Message]) -> None:
-        rows: list[list[Any]] = []
+    def _prepare(
+        self, dlq: Producer, msgs: list[Message]
+    ) -> tuple[list[Row], list[TopicPartition]]:
+        """Decode a batch into rows; park what cannot be decoded. Returns rows and the
+        offsets to commit once they are stored."""
+        rows: list[Row] = []
         seen: set[str] = set()
         parked = self.stats.dead_lettered
+        decode = self.codec.decode
         for msg in msgs:
             try:
-                name, record = self.codec.decode(msg.value() or b"")
+                name, record = decode(msg.value() or b"")
                 row = event_row(name, record, msg.partition() or 0, msg.offset() or 0)
             except (CodecError, ProjectionError, KeyError, TypeError) as exc:
                 self._dead_letter(dlq, msg, exc)
                 continue
-            if row[0] in seen:  # same event twice in one batch
+            if row[0] in seen:  # the same event (row[0] is event_id) twice in one batch
                 continue
             seen.add(row[0])
             rows.append(row)
-        backoff = 0.2
-        while True:
-            try:
-                started = time.perf_counter()
-                self.store.insert_events(rows)
-                self.stats.last_insert_ms = (time.perf_counter() - started) * 1000
-                break
-            except Exception as exc:  # noqa: BLE001 - ClickHouse down: hold, never drop
-                self.stats.errors += 1
-                log.error("insert of %d rows failed, retrying in %.1fs: %s", len(rows), backoff, exc)
-                if self._stop.wait(backoff) and backoff > 5:
-                    # stopping and ClickHouse still refuses: leave offsets uncommitted
-                    raise
-                backoff = min(backoff * 2, 10.0)
         if self.stats.dead_lettered != parked and dlq.flush(30) > 0:
             raise RuntimeError("dead-letter topic did not take parked records; not committing")
         offsets: dict[tuple[str, int], int] = {}
         for msg in msgs:
             key = (msg.topic() or "", msg.partition() or 0)
             offsets[key] = max(offsets.get(key, -1), (msg.offset() or 0) + 1)
-        consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False
-        )
-        self.stats.inserted += len(rows)
+        return rows, [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+    def _insert(self, rows: list[Row]) -> None:
+        """Insert, retrying with backoff while ClickHouse refuses: hold, never drop."""
+        backoff = 0.2
+        while True:
+            try:
+                started = time.perf_counter()
+                self.store.insert_events(rows)
+                self.stats.last_insert_ms = (time.perf_counter() - started) * 1000
+                return
+            except Exception as exc:
+                self.stats.errors += 1
+                log.error(
+                    "insert of %d rows failed, retrying in %.1fs: %s", len(rows), backoff, exc
+                )
+                if self._stop.wait(backoff) and backoff >= 5:
+                    raise  # stopping and still refused: leave the offsets uncommitted
+                backoff = min(backoff * 2, 10.0)
+
+    def _finish(
+        self, consumer: Consumer, in_flight: tuple[Future[None], list[TopicPartition], int]
+    ) -> None:
+        future, offsets, n = in_flight
+        future.result()  # raises if the insert gave up: nothing is committed
+        if offsets:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        self.stats.inserted += n
+        self.stats.last_commit_at = time.time()
         self.stats.batches += 1
-        self.stats.last_batch_size = len(rows)
+        self.stats.last_batch_size = n
 
     def _dead_letter(self, dlq: Producer, msg: Message, exc: Exception) -> None:
         self.stats.dead_lettered += 1
         log.warning(
-            "parking undecodable record %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), exc
+            "parking undecodable record %s[%s]@%s: %s",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            exc,
         )
         dlq.produce(
             self.dead_letter_topic,

@@ -49,7 +49,9 @@ def wait_for_broker(
         except KafkaException as exc:
             last = exc
             time.sleep(0.3)
-    raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}")
+    raise BrokerUnavailable(
+        f"no Kafka broker answered at {bootstrap} within {timeout:.0f}s: {last}"
+    )
 
 
 @dataclass
@@ -73,8 +75,12 @@ def apply_topics(
     if to_create:
         futures = client.create_topics(
             [
-                NewTopic(s.name(prefix), num_partitions=s.partitions, replication_factor=1,
-                         config=s.configs())
+                NewTopic(
+                    s.name(prefix),
+                    num_partitions=s.partitions,
+                    replication_factor=1,
+                    config=s.configs(),
+                )
                 for s in to_create
             ],
             operation_timeout=timeout,
@@ -109,9 +115,9 @@ def apply_topics(
                 ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
                 for k, v in drift.items()
             ]
-            client.incremental_alter_configs([ConfigResource(
-                ConfigResource.Type.TOPIC, name, incremental_configs=entries)])[
-                ConfigResource(ConfigResource.Type.TOPIC, name)].result()
+            client.incremental_alter_configs(
+                [ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)]
+            )[ConfigResource(ConfigResource.Type.TOPIC, name)].result()
             changes.append("configs " + ", ".join(f"{k}={v}" for k, v in drift.items()))
         results.append(TopicResult(name, "updated" if changes else "unchanged", "; ".join(changes)))
     return results

@@ -43,8 +43,10 @@ def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
         pid = kafka_local.start(
             paths, s.cache_dir, s.kafka_port, s.kafka_controller_port, heap=args.heap
         )
-        _say(f"Kafka broker running: pid {pid}, bootstrap 127.0.0.1:{s.kafka_port}, "
-             f"log {paths.log_file}")
+        _say(
+            f"Kafka broker running: pid {pid}, bootstrap 127.0.0.1:{s.kafka_port}, "
+            f"log {paths.log_file}"
+        )
     elif args.action == "down":
         stopped = kafka_local.stop(paths)
         _say("Kafka broker stopped" if stopped else "Kafka broker was not running")
@@ -68,8 +70,10 @@ def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
     if args.action == "list":
         for spec in ALL_TOPICS:
             policy = "compact" if spec.compacted else f"delete {spec.retention_ms} ms"
-            _say(f"{spec.name(s.topic_prefix):40} p={spec.partitions:<3} {policy:24} "
-                 f"key={spec.key:10} {spec.doc}")
+            _say(
+                f"{spec.name(s.topic_prefix):40} p={spec.partitions:<3} {policy:24} "
+                f"key={spec.key:10} {spec.doc}"
+            )
         return EXIT_OK
     for r in apply_topics(s.kafka_bootstrap, s.topic_prefix):
         _say(f"{r.action:9} {r.name}" + (f"  ({r.detail})" if r.detail else ""))
@@ -109,8 +113,11 @@ def cmd_config(args: argparse.Namespace, s: Settings) -> int:
     codec = make_codec(s.schema_registry_url)
     now_ms = int(time.time() * 1000)
     out = [
-        Outgoing(CONFIG_TOPICS[r.section].name(s.topic_prefix), r.key.encode(),
-                 codec.encode(r.avro_name, r.to_avro(now_ms)))
+        Outgoing(
+            CONFIG_TOPICS[r.section].name(s.topic_prefix),
+            r.key.encode(),
+            codec.encode(r.avro_name, r.to_avro(now_ms)),
+        )
         for r in config.records
     ]
     pruned: list[str] = []
@@ -123,8 +130,10 @@ def cmd_config(args: argparse.Namespace, s: Settings) -> int:
                     out.append(Outgoing(topic, key, None))
                     pruned.append(f"{section}/{key.decode()}")
     n = publish_all(make_producer(s.kafka_bootstrap, log_level=3), out)
-    _say(f"published {n} record(s) from {args.file} ({summary})"
-         + (f"; deleted {', '.join(pruned)}" if pruned else ""))
+    _say(
+        f"published {n} record(s) from {args.file} ({summary})"
+        + (f"; deleted {', '.join(pruned)}" if pruned else "")
+    )
     return EXIT_OK
 
 
@@ -138,8 +147,9 @@ def _config_show(args: argparse.Namespace, s: Settings) -> int:
     result: dict[str, Any] = {}
     for section in sections:
         if section not in CONFIG_TOPICS:
-            raise CliError(f"unknown section {section!r}; one of {', '.join(CONFIG_TOPICS)}",
-                           EXIT_USAGE)
+            raise CliError(
+                f"unknown section {section!r}; one of {', '.join(CONFIG_TOPICS)}", EXIT_USAGE
+            )
         items: dict[str, Any] = {}
         for key, value in read_compacted(
             s.kafka_bootstrap, CONFIG_TOPICS[section].name(s.topic_prefix)
@@ -197,8 +207,9 @@ def _read_calls(s: Settings, path: str, params: dict[str, str]) -> Any:
     store.ensure_schema()
     if path == "/calls/":
         since = queries.parse_duration(params["since"]) if params.get("since") else None
-        return queries.list_calls(store, params.get("business") or None, since,
-                                  int(params.get("limit") or 100))
+        return queries.list_calls(
+            store, params.get("business") or None, since, int(params.get("limit") or 100)
+        )
     call_id = path.strip("/").split("/", 1)[1]
     entry = queries.show_call(store, call_id)
     if entry is None:
@@ -217,20 +228,28 @@ def cmd_calls(args: argparse.Namespace, s: Settings) -> int:
                 parse_duration(args.since)
             except ValueError as exc:
                 raise CliError(f"--since: {exc}", EXIT_USAGE) from exc
-        rows = _read_calls(s, "/calls/", {
-            "business": args.business or "", "since": args.since or "", "limit": str(args.limit)})
+        rows = _read_calls(
+            s,
+            "/calls/",
+            {"business": args.business or "", "since": args.since or "", "limit": str(args.limit)},
+        )
         if args.json:
             _say(json.dumps(rows, indent=2))
             return EXIT_OK
-        _say(f"{'ID':38} {'STATUS':18} {'BUSINESS':10} {'NUMBER':14} {'BACKEND':12} "
-             f"{'CODE':4} {'ENQUEUED':24} REASON")
+        _say(
+            f"{'ID':38} {'STATUS':18} {'BUSINESS':10} {'NUMBER':14} {'BACKEND':12} "
+            f"{'CODE':4} {'ENQUEUED':24} REASON"
+        )
         for r in rows:
-            _say(f"{r['id']:38} {r['status']:18} {r['business_id']:10} {r['route_number_id']:14} "
-                 f"{r['backend']:12} {r['status_code'] or '':4} {r['enqueued_at'] or '':24} "
-                 f"{r['reason']}")
+            _say(
+                f"{r['id']:38} {r['status']:18} {r['business_id']:10} {r['route_number_id']:14} "
+                f"{r['backend']:12} {r['status_code'] or '':4} {r['enqueued_at'] or '':24} "
+                f"{r['reason']}"
+            )
         return EXIT_OK
-    entry = _read_calls(s, f"/calls/{urllib.parse.quote(args.id, safe='')}/",
-                        {"events": "1" if args.events else ""})
+    entry = _read_calls(
+        s, f"/calls/{urllib.parse.quote(args.id, safe='')}/", {"events": "1" if args.events else ""}
+    )
     _say(json.dumps(entry, indent=2))
     return EXIT_OK
 
@@ -264,8 +283,11 @@ def _env_for_children(s: Settings) -> dict[str, str]:
         "TRUNKLINE_CLICKHOUSE_DSN": s.clickhouse_dsn,
         "TRUNKLINE_WORKER_WEB_PORT": str(s.worker_web_port),
         "TRUNKLINE_WORKER_WEB_HOST": s.worker_web_host,
-        **({"TRUNKLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url}
-           if s.schema_registry_url else {}),
+        **(
+            {"TRUNKLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url}
+            if s.schema_registry_url
+            else {}
+        ),
     }
 
 
@@ -281,13 +303,21 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
     _say(f"* config {config_path} ...")
     cmd_config(argparse.Namespace(action="apply", file=config_path, prune=False), s)
     _say("* worker (Faust app, config tables, ClickHouse sink) ...")
-    pid = procs.start(s.state_dir, "worker", [sys.executable, "-m", "trunkline.cli", "worker"],
-                      _env_for_children(s))
+    pid = procs.start(
+        s.state_dir,
+        "worker",
+        [sys.executable, "-m", "trunkline.cli", "worker"],
+        _env_for_children(s),
+    )
     health = _wait_worker(s, args.timeout)
     _say(f"  worker pid {pid}, web {s.worker_url}, tables {health['tables']}")
     _say("")
-    _say("trunkline is up. Logs: " + str(s.state_dir / "logs") + ", broker log: "
-         + str(_broker_paths(s).log_file))
+    _say(
+        "trunkline is up. Logs: "
+        + str(s.state_dir / "logs")
+        + ", broker log: "
+        + str(_broker_paths(s).log_file)
+    )
     _say("  trunkline status      what runs where")
     _say("  trunkline calls list  calls from ClickHouse")
     _say("  trunkline down        stop everything")
@@ -314,13 +344,20 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
     report = {
         "state_dir": str(s.state_dir),
         "kafka": {**broker, "bootstrap": s.kafka_bootstrap},
-        "worker": {"running": worker_pid is not None, "pid": worker_pid, "web": s.worker_url,
-                   "log": str(procs.log_file(s.state_dir, "worker")), "health": health},
+        "worker": {
+            "running": worker_pid is not None,
+            "pid": worker_pid,
+            "web": s.worker_url,
+            "log": str(procs.log_file(s.state_dir, "worker")),
+            "health": health,
+        },
         "clickhouse": s.clickhouse_dsn,
         "topic_prefix": s.topic_prefix,
     }
     _say(json.dumps(report, indent=2))
-    return EXIT_OK if broker["running"] or os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP") else EXIT_FAIL
+    return (
+        EXIT_OK if broker["running"] or os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP") else EXIT_FAIL
+    )
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -343,14 +380,24 @@ def _bootstrap_arg(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="trunkline", description="Event-sourced telephony pipeline: operator commands.")
+        prog="trunkline", description="Event-sourced telephony pipeline: operator commands."
+    )
     p.add_argument("--state-dir", help="state folder (env TRUNKLINE_STATE_DIR, default ./.state)")
-    p.add_argument("--bootstrap", type=_bootstrap_arg,
-                   help="Kafka bootstrap servers (env TRUNKLINE_KAFKA_BOOTSTRAP)")
-    p.add_argument("--kafka-port", type=_port_arg,
-                   help="local broker port (env TRUNKLINE_KAFKA_PORT, default 19092)")
-    p.add_argument("--web-port", type=_port_arg,
-                   help="worker web port (env TRUNKLINE_WORKER_WEB_PORT, default 6066)")
+    p.add_argument(
+        "--bootstrap",
+        type=_bootstrap_arg,
+        help="Kafka bootstrap servers (env TRUNKLINE_KAFKA_BOOTSTRAP)",
+    )
+    p.add_argument(
+        "--kafka-port",
+        type=_port_arg,
+        help="local broker port (env TRUNKLINE_KAFKA_PORT, default 19092)",
+    )
+    p.add_argument(
+        "--web-port",
+        type=_port_arg,
+        help="worker web port (env TRUNKLINE_WORKER_WEB_PORT, default 6066)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the local stack (broker, topics, config, worker)")
@@ -379,8 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("file")
     app_ = csub.add_parser("apply", help="validate, then publish to the compacted config topics")
     app_.add_argument("file")
-    app_.add_argument("--prune", action="store_true",
-                      help="delete (tombstone) records that are in the topics but not the file")
+    app_.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete (tombstone) records that are in the topics but not the file",
+    )
     show = csub.add_parser("show", help="print the config as the topics hold it")
     show.add_argument("section", nargs="?")
     c.set_defaults(func=cmd_config)

@@ -283,7 +283,9 @@ def parse_config(data: Any) -> Config:
     """Validate an already-parsed YAML document."""
     problems: list[Problem] = []
     if not isinstance(data, dict):
-        raise ConfigError([Problem("<file>", "must be a mapping with sections " + ", ".join(SECTIONS))])
+        raise ConfigError(
+            [Problem("<file>", "must be a mapping with sections " + ", ".join(SECTIONS))]
+        )
     for extra in sorted(set(data) - set(SECTIONS)):
         problems.append(Problem(str(extra), f"unknown section; expected {', '.join(SECTIONS)}"))
     built: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SECTIONS}
@@ -305,7 +307,9 @@ def parse_config(data: Any) -> Config:
             if key is None:
                 continue
             if key in seen:
-                problems.append(Problem(f"{where}.id", f"duplicate id {key!r} (also {section}[{seen[key]}])"))
+                problems.append(
+                    Problem(f"{where}.id", f"duplicate id {key!r} (also {section}[{seen[key]}])")
+                )
                 continue
             seen[key] = i
             built[section].append((where, body))
@@ -315,7 +319,9 @@ def parse_config(data: Any) -> Config:
 
     def ref(where: str, fieldname: str, value: Any, section: str, what: str) -> None:
         if value is not None and value not in ids[section]:
-            problems.append(Problem(f"{where}.{fieldname}", f"{what} {value!r} is not defined in {section}"))
+            problems.append(
+                Problem(f"{where}.{fieldname}", f"{what} {value!r} is not defined in {section}")
+            )
 
     for where, b in built["businesses"]:
         ref(where, "plan", b["plan_id"], "plans", "plan")
@@ -325,22 +331,31 @@ def parse_config(data: Any) -> Config:
         ref(where, "businessId", b["business_id"], "businesses", "business")
         ref(where, "routeId", b["route_id"], "routes", "route")
         route = bodies["routes"].get(b["route_id"])
-        if route is not None and b["business_id"] is not None and route["business_id"] != b["business_id"]:
-            problems.append(Problem(
-                f"{where}.routeId",
-                f"route {b['route_id']!r} belongs to business {route['business_id']!r}, "
-                f"not {b['business_id']!r}",
-            ))
+        if (
+            route is not None
+            and b["business_id"] is not None
+            and route["business_id"] != b["business_id"]
+        ):
+            problems.append(
+                Problem(
+                    f"{where}.routeId",
+                    f"route {b['route_id']!r} belongs to business {route['business_id']!r}, "
+                    f"not {b['business_id']!r}",
+                )
+            )
     numbers_by_value: dict[str, str] = {}
     for where, b in built["numbers"]:
         if b["number"] is None or b["provider"] is None:
             continue
         key = f"{b['provider']}:{b['number']}"
         if key in numbers_by_value:
-            problems.append(Problem(
-                f"{where}.number",
-                f"{b['number']!r} ({b['provider']}) is already registered as number {numbers_by_value[key]!r}",
-            ))
+            problems.append(
+                Problem(
+                    f"{where}.number",
+                    f"{b['number']!r} ({b['provider']}) is already registered "
+                    f"as number {numbers_by_value[key]!r}",
+                )
+            )
         else:
             numbers_by_value[key] = b["id"]
     for where, b in built["bypassRules"]:
@@ -349,7 +364,12 @@ def parse_config(data: Any) -> Config:
         ref(where, "phoneId", b["phone_id"], "numbers", "number")
         phone = bodies["numbers"].get(b["phone_id"]) if b["phone_id"] else None
         if phone is not None and phone["business_id"] != b["business_id"]:
-            problems.append(Problem(f"{where}.phoneId", f"number {b['phone_id']!r} belongs to business {phone['business_id']!r}"))
+            problems.append(
+                Problem(
+                    f"{where}.phoneId",
+                    f"number {b['phone_id']!r} belongs to business {phone['business_id']!r}",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     config = Config()
@@ -366,5 +386,7 @@ def load_config(text: str) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
-        raise ConfigError([Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from exc
+        raise ConfigError(
+            [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from exc
     return parse_config(data)

@@ -62,17 +62,17 @@ def publish_all(producer: Producer, messages: Iterable[Outgoing], timeout: float
     return count
 
 
-def read_compacted(
-    bootstrap: str, topic: str, timeout: float = 15.0
-) -> dict[bytes, bytes | None]:
+def read_compacted(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[bytes, bytes | None]:
     """Latest value per key of a topic, start to current end (None for tombstones)."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "trunkline-cli-reader",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "log_level": 3,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "trunkline-cli-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout)
         tmeta = meta.topics.get(topic)

@@ -71,12 +71,23 @@ def fetch_jars(cache_dir: Path) -> Path:
     tmp = libs.with_name(libs.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     proc = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
-        capture_output=True, text=True,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
-        raise KafkaLocalError(f"fetching Kafka jars with Maven failed:\n{proc.stdout}\n{proc.stderr}")
+        raise KafkaLocalError(
+            f"fetching Kafka jars with Maven failed:\n{proc.stdout}\n{proc.stderr}"
+        )
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     marker.touch()
@@ -97,31 +108,33 @@ def _cluster_id() -> str:
 def write_properties(paths: BrokerPaths, port: int, controller_port: int) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.properties.write_text(
-        "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={paths.data}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=6",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            # Topics are created by `trunkline topics apply` with their own layout; Faust
-            # creates its changelog and leader topics through the admin API.
-            "auto.create.topics.enable=false",
-            "log.segment.bytes=67108864",
-            "log.cleaner.dedupe.buffer.size=16777216",
-            "",
-        ])
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={paths.data}",
+                "num.partitions=1",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=6",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                # Topics are created by `trunkline topics apply` with their own layout; Faust
+                # creates its changelog and leader topics through the admin API.
+                "auto.create.topics.enable=false",
+                "log.segment.bytes=67108864",
+                "log.cleaner.dedupe.buffer.size=16777216",
+                "",
+            ]
+        )
     )
     paths.ports_file.write_text(f"{port} {controller_port}\n")
 
@@ -141,8 +154,12 @@ def read_pid(paths: BrokerPaths) -> int | None:
 
 
 def start(
-    paths: BrokerPaths, cache_dir: Path, port: int, controller_port: int,
-    heap: str = "512m", timeout: float = 90.0,
+    paths: BrokerPaths,
+    cache_dir: Path,
+    port: int,
+    controller_port: int,
+    heap: str = "512m",
+    timeout: float = 90.0,
 ) -> int:
     """Start the broker unless it already runs; return its pid once it answers."""
     pid = read_pid(paths)
@@ -161,19 +178,41 @@ def start(
     classpath = f"{libs}/*"
     if not paths.data.joinpath("meta.properties").exists():
         fmt = subprocess.run(
-            [_java(), "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J}",
-             "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-             "-c", str(paths.properties)],
-            capture_output=True, text=True,
+            [
+                _java(),
+                "-cp",
+                classpath,
+                f"-Dlog4j2.configurationFile={LOG4J}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(paths.properties),
+            ],
+            capture_output=True,
+            text=True,
         )
         if fmt.returncode != 0:
             raise KafkaLocalError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
     log = open(paths.log_file, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [_java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-         "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J}",
-         "-cp", classpath, "kafka.Kafka", str(paths.properties)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            _java(),
+            f"-Xmx{heap}",
+            f"-Xms{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(paths.properties),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     log.close()

@@ -39,17 +39,38 @@ class TopicSpec:
 
 
 CALL_EVENTS = TopicSpec(
-    "call-events", 6, False, 30 * DAY_MS, "call_id",
-    ("CallOffered", "CallAdmitted", "CallRejected", "CallRouted", "CallAccepted",
-     "CallAnswered", "CallEnded"),
+    "call-events",
+    6,
+    False,
+    30 * DAY_MS,
+    "call_id",
+    (
+        "CallOffered",
+        "CallAdmitted",
+        "CallRejected",
+        "CallRouted",
+        "CallAccepted",
+        "CallAnswered",
+        "CallEnded",
+    ),
     "Every call lifecycle event: the history. The ClickHouse sink and replays read it.",
 )
 HEARTBEATS = TopicSpec(
-    "backend-heartbeats", 3, False, 3600 * 1000, "backend_id", ("BackendHeartbeat",),
+    "backend-heartbeats",
+    3,
+    False,
+    3600 * 1000,
+    "backend_id",
+    ("BackendHeartbeat",),
     "Media nodes' liveness and load; routing reads it.",
 )
 DEAD_LETTERS = TopicSpec(
-    "dead-letters", 1, False, 30 * DAY_MS, "source topic/partition/offset", ("<raw bytes>",),
+    "dead-letters",
+    1,
+    False,
+    30 * DAY_MS,
+    "source topic/partition/offset",
+    ("<raw bytes>",),
     "Records a consumer could not decode, parked with headers naming where they came from.",
 )
 PLANS = TopicSpec("config.plans", 1, True, None, "id", ("Plan",), "Plans (compacted).")

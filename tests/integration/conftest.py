@@ -55,7 +55,7 @@ def kafka_bootstrap(
             try:
                 wait_for_broker(bootstrap, timeout=2)
                 return True
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return False
 
         services.wait_until_responsive(timeout=120, pause=1, check=ready)
@@ -77,9 +77,7 @@ def kafka_bootstrap(
 
 
 @pytest.fixture
-def settings(
-    kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Settings:
+def settings(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     tag = uuid.uuid4().hex[:8]
     env = {
         "TRUNKLINE_STATE_DIR": str(tmp_path / "state"),
@@ -110,7 +108,11 @@ def child_env(s: Settings) -> dict[str, str]:
 def run_cli(s: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trunkline.cli", *args],
-        env=child_env(s), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env=child_env(s),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -126,7 +128,10 @@ class Worker:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "trunkline.cli", "worker"],
-                env=child_env(self.settings), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                env=child_env(self.settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         self.wait_healthy(timeout)
 

@@ -1,6 +1,7 @@
 """The real ClickHouse engine (chDB, embedded): DDL, deduplication, the calls projection."""
 
 import json
+
 from streams import queries
 from streams.clickhouse import ddl_statements
 from streams.projection import event_row
@@ -10,8 +11,14 @@ T0 = 1_700_000_000_000
 
 
 def lifecycle(call_id, t0=T0):
-    names = ["CallOffered", "CallAdmitted", "CallRouted", "CallAccepted", "CallAnswered",
-             "CallEnded"]
+    names = [
+        "CallOffered",
+        "CallAdmitted",
+        "CallRouted",
+        "CallAccepted",
+        "CallAnswered",
+        "CallEnded",
+    ]
     return [(n, sample(n, call_id=call_id, at_ms=t0 + i * 100)) for i, n in enumerate(names)]
 
 
@@ -21,8 +28,12 @@ def insert(store, events):
 
 def test_ddl_is_idempotent(ch_store):
     ch_store.ensure_schema()
-    tables = {r["name"] for r in ch_store.query(
-        f"SELECT name FROM system.tables WHERE database = '{ch_store.database}'")}
+    tables = {
+        r["name"]
+        for r in ch_store.query(
+            f"SELECT name FROM system.tables WHERE database = '{ch_store.database}'"
+        )
+    }
     assert tables == {"call_events_log", "call_events", "calls"}
     assert len(ddl_statements("x")) == 3
 
@@ -32,8 +43,12 @@ def test_event_delivered_twice_counts_once(ch_store):
     insert(ch_store, events)
     insert(ch_store, events[:3])  # re-delivery of the first three, in a separate insert
     assert queries.event_counts(ch_store) == {
-        "CallOffered": 1, "CallAdmitted": 1, "CallRouted": 1, "CallAccepted": 1,
-        "CallAnswered": 1, "CallEnded": 1,
+        "CallOffered": 1,
+        "CallAdmitted": 1,
+        "CallRouted": 1,
+        "CallAccepted": 1,
+        "CallAnswered": 1,
+        "CallEnded": 1,
     }
     raw = ch_store.query(f"SELECT count() AS n FROM {ch_store.database}.call_events_log")
     assert raw[0]["n"] in (6, 9)  # the storage may still hold the copies until a merge
@@ -57,12 +72,21 @@ def test_queue_entry_matches_the_seed_shape(ch_store):
         "processingBackendServerId": "backend-2",
         "enqueuedAt": "2023-11-14T22:13:20.000Z",
         "logs": [
-            {"at": "2023-11-14T22:13:20.000Z", "type": "Info",
-             "message": "Call offered by edge-1 from 203.0.113.10 (SIP UDP) to +15551234567"},
-            {"at": "2023-11-14T22:13:20.100Z", "type": "Info",
-             "message": "Call admitted for business 123 (1/2 calls on plan starter)"},
-            {"at": "2023-11-14T22:13:20.200Z", "type": "Info",
-             "message": "Call routed to backend-2"},
+            {
+                "at": "2023-11-14T22:13:20.000Z",
+                "type": "Info",
+                "message": "Call offered by edge-1 from 203.0.113.10 (SIP UDP) to +15551234567",
+            },
+            {
+                "at": "2023-11-14T22:13:20.100Z",
+                "type": "Info",
+                "message": "Call admitted for business 123 (1/2 calls on plan starter)",
+            },
+            {
+                "at": "2023-11-14T22:13:20.200Z",
+                "type": "Info",
+                "message": "Call routed to backend-2",
+            },
         ],
     }
 
@@ -72,8 +96,12 @@ def test_completed_call_has_talk_time_and_media_stats(ch_store):
     entry = queries.show_call(ch_store, "q-done")
     assert entry["status"] == "Completed"
     assert entry["talkMs"] == 12_300 and entry["hangupSide"] == "caller"
-    assert entry["media"] == {"packetsSent": 615, "packetsReceived": 610, "packetsLost": 5,
-                              "jitterMs": 1.5}
+    assert entry["media"] == {
+        "packetsSent": 615,
+        "packetsReceived": 610,
+        "packetsLost": 5,
+        "jitterMs": 1.5,
+    }
 
 
 def test_status_follows_lifecycle_not_clock_skew(ch_store):
@@ -99,7 +127,8 @@ def test_list_filters_by_business_and_time(ch_store):
     assert {r["id"] for r in queries.list_calls(ch_store, business="123")} == {"q-new", "q-old"}
     recent = queries.list_calls(ch_store, business="123", since_s=3600)
     assert [(r["id"], r["status"], r["status_code"]) for r in recent] == [
-        ("q-new", "Rejected", 403)]
+        ("q-new", "Rejected", 403)
+    ]
     assert recent[0]["reason"] == "source IP 198.51.100.7 not in allowedSourceIps"
 
 
@@ -111,5 +140,6 @@ def test_payload_keeps_the_whole_event(ch_store):
     events = lifecycle("q-payload")[:1]
     insert(ch_store, events)
     rows = ch_store.query(
-        f"SELECT payload FROM {ch_store.database}.call_events WHERE call_id = 'q-payload'")
+        f"SELECT payload FROM {ch_store.database}.call_events WHERE call_id = 'q-payload'"
+    )
     assert json.loads(rows[0]["payload"]) == events[0][1]

@@ -35,9 +35,10 @@ def high_watermarks(s: Settings, topic: str) -> int:
 
 def produce_events(s: Settings, events: list[tuple[str, dict]]) -> None:
     topic = CALL_EVENTS.name(s.topic_prefix)
-    publish_all(make_producer(s.kafka_bootstrap), [
-        Outgoing(topic, r["envelope"]["call_id"].encode(), CODEC.encode(n, r)) for n, r in events
-    ])
+    publish_all(
+        make_producer(s.kafka_bootstrap),
+        [Outgoing(topic, r["envelope"]["call_id"].encode(), CODEC.encode(n, r)) for n, r in events],
+    )
 
 
 def test_topics_apply_is_idempotent_and_declares_the_layout(settings):
@@ -58,8 +59,13 @@ def test_topics_apply_repairs_drifted_config(settings):
     admin = admin_client(settings.kafka_bootstrap)
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
 
-    res = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
-        ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SET)])
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        name,
+        incremental_configs=[
+            ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     for fut in admin.incremental_alter_configs([res]).values():
         fut.result()
     probe = ConfigResource(ConfigResource.Type.TOPIC, name)
@@ -79,8 +85,13 @@ def test_config_applied_from_yaml_is_read_back_from_the_worker_tables(settings, 
     worker.start()
     numbers = worker.poll("/config/numbers/", lambda b: len(b) == 2)
     assert numbers["abc"] == {
-        "id": "abc", "business_id": "123", "provider": "SIP", "number": "+15551234567",
-        "route_id": "route-abc123", "region_id": "us-east-1", "is_e164": True,
+        "id": "abc",
+        "business_id": "123",
+        "provider": "SIP",
+        "number": "+15551234567",
+        "route_id": "route-abc123",
+        "region_id": "us-east-1",
+        "is_e164": True,
         "allowed_source_ips": ["203.0.113.10", "127.0.0.0/8"],
     }
     assert worker.get("/config/plans/")["starter"]["max_concurrent_calls"] == 2
@@ -105,23 +116,45 @@ def test_config_applied_from_yaml_is_read_back_from_the_worker_tables(settings, 
 
 
 INVALID = [
-    ("numbers", 0, "allowedSourceIps", ["203.0.113.10", "not-an-ip"],
-     "numbers[0] (id=abc).allowedSourceIps[1]: 'not-an-ip' is not an IP or CIDR"),
-    ("numbers", 0, "number", "555-1234",
-     "numbers[0] (id=abc).number: '555-1234' is not E.164"),
-    ("numbers", 0, "routeId", "route-gone",
-     "numbers[0] (id=abc).routeId: route 'route-gone' is not defined in routes"),
-    ("numbers", 0, "businessId", "999",
-     "numbers[0] (id=abc).businessId: business '999' is not defined in businesses"),
-    ("businesses", 0, "plan", "gold",
-     "businesses[0] (id=123).plan: plan 'gold' is not defined in plans"),
+    (
+        "numbers",
+        0,
+        "allowedSourceIps",
+        ["203.0.113.10", "not-an-ip"],
+        "numbers[0] (id=abc).allowedSourceIps[1]: 'not-an-ip' is not an IP or CIDR",
+    ),
+    ("numbers", 0, "number", "555-1234", "numbers[0] (id=abc).number: '555-1234' is not E.164"),
+    (
+        "numbers",
+        0,
+        "routeId",
+        "route-gone",
+        "numbers[0] (id=abc).routeId: route 'route-gone' is not defined in routes",
+    ),
+    (
+        "numbers",
+        0,
+        "businessId",
+        "999",
+        "numbers[0] (id=abc).businessId: business '999' is not defined in businesses",
+    ),
+    (
+        "businesses",
+        0,
+        "plan",
+        "gold",
+        "businesses[0] (id=123).plan: plan 'gold' is not defined in plans",
+    ),
     ("plans", 1, "id", "starter", "plans[1] (id=starter).id: duplicate id 'starter'"),
     ("numbers", 0, "provider", "Plivo", "numbers[0] (id=abc).provider: unknown provider 'Plivo'"),
 ]
 
 
-@pytest.mark.parametrize(("section", "index", "field", "value", "message"), INVALID,
-                         ids=[c[2] + "-" + str(c[3]) for c in INVALID])
+@pytest.mark.parametrize(
+    ("section", "index", "field", "value", "message"),
+    INVALID,
+    ids=[c[2] + "-" + str(c[3]) for c in INVALID],
+)
 def test_invalid_config_is_refused_and_nothing_is_published(
     settings, section, index, field, value, message
 ):
@@ -166,14 +199,22 @@ def test_undecodable_record_is_parked_not_lost(settings, worker):
     worker.start()
     topic = CALL_EVENTS.name(settings.topic_prefix)
     good = sample("CallOffered", call_id="q-after-garbage")
-    publish_all(make_producer(settings.kafka_bootstrap), [
-        Outgoing(topic, b"q-bad", b"\x00garbage"),
-        Outgoing(topic, b"q-after-garbage", CODEC.encode("CallOffered", good)),
-    ])
+    publish_all(
+        make_producer(settings.kafka_bootstrap),
+        [
+            Outgoing(topic, b"q-bad", b"\x00garbage"),
+            Outgoing(topic, b"q-after-garbage", CODEC.encode("CallOffered", good)),
+        ],
+    )
     worker.poll("/calls/q-after-garbage/", lambda b: b["status"] == "Queued")
     dlq = DEAD_LETTERS.name(settings.topic_prefix)
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "dlq-probe",
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": "dlq-probe",
+            "auto.offset.reset": "earliest",
+        }
+    )
     c.subscribe([dlq])
     msg = None
     deadline = time.monotonic() + 20
@@ -194,8 +235,9 @@ def test_worker_killed_mid_stream_loses_nothing(settings, worker):
     produce_events(settings, first)
     worker.poll("/events/counts/", lambda b: b.get("CallOffered", 0) > 0)
     worker.stop(signal.SIGKILL)  # no shutdown hooks, no final commit
-    produce_events(settings, [("CallOffered", sample("CallOffered", call_id=c))
-                              for c in calls[200:]])
+    produce_events(
+        settings, [("CallOffered", sample("CallOffered", call_id=c)) for c in calls[200:]]
+    )
     produce_events(settings, first[:50])  # and some re-deliveries on top
     restarted = Worker(settings)
     try:

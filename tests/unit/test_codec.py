@@ -116,8 +116,7 @@ def test_confluent_interop_with_confluent_kafka_deserializer():
     serializer = AvroSerializer(
         codec.client,
         json.dumps(SCHEMAS["CallRouted"].expanded),
-        conf={"auto.register.schemas": True,
-              "subject.name.strategy": lambda ctx, name: name},
+        conf={"auto.register.schemas": True, "subject.name.strategy": lambda ctx, name: name},
     )
     routed = sample("CallRouted")
     name, got = codec.decode(serializer(routed, ctx))

@@ -22,8 +22,13 @@ def test_example_is_valid_and_normalised():
     config = load_config(EXAMPLE.read_text())
     numbers = config.section("numbers")
     assert numbers["abc"].body == {
-        "id": "abc", "business_id": "123", "provider": "SIP", "number": "+15551234567",
-        "route_id": "route-abc123", "region_id": "us-east-1", "is_e164": True,
+        "id": "abc",
+        "business_id": "123",
+        "provider": "SIP",
+        "number": "+15551234567",
+        "route_id": "route-abc123",
+        "region_id": "us-east-1",
+        "is_e164": True,
         "allowed_source_ips": ["203.0.113.10", "127.0.0.0/8"],
     }
     assert numbers["globex-twilio"].body["provider"] == "TWILIO"  # case-insensitive
@@ -52,40 +57,71 @@ def _mutate(fn):
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
-        (lambda d: d["numbers"][0]["allowedSourceIps"].append("203.0.113.300"),
-         "numbers[0] (id=abc).allowedSourceIps[2]: '203.0.113.300' is not an IP or CIDR"),
-        (lambda d: d["numbers"][0]["allowedSourceIps"].append("10.0.0.1/8"),
-         "numbers[0] (id=abc).allowedSourceIps[2]: '10.0.0.1/8' is not an IP or CIDR"),
-        (lambda d: d["numbers"][0].update(number="5551234567"),
-         "numbers[0] (id=abc).number: '5551234567' is not E.164"),
-        (lambda d: d["numbers"][0].update(routeId="route-missing"),
-         "numbers[0] (id=abc).routeId: route 'route-missing' is not defined in routes"),
-        (lambda d: d["numbers"][0].update(businessId=999),
-         "numbers[0] (id=abc).businessId: business '999' is not defined in businesses"),
-        (lambda d: d["businesses"][0].update(plan="platinum"),
-         "businesses[0] (id=123).plan: plan 'platinum' is not defined in plans"),
-        (lambda d: d["plans"].append({"id": "starter", "maxConcurrentCalls": 5}),
-         "plans[2] (id=starter).id: duplicate id 'starter' (also plans[0])"),
-        (lambda d: d["numbers"][0].update(provider="Plivo"),
-         "numbers[0] (id=abc).provider: unknown provider 'Plivo'"),
-        (lambda d: d["numbers"][0].pop("regionId"),
-         "numbers[0] (id=abc).regionId: is required"),
-        (lambda d: d["numbers"][0].update(alowedSourceIps=[]),
-         "numbers[0] (id=abc).alowedSourceIps: unknown field"),
-        (lambda d: d["plans"][0].update(maxConcurrentCalls=0),
-         "plans[0] (id=starter).maxConcurrentCalls: must be an integer from 1 to 1000000, got 0"),
-        (lambda d: d["businesses"][0].update(active="yes"),
-         "businesses[0] (id=123).active: must be true or false, got 'yes'"),
-        (lambda d: d["backends"][0].update(sipAddress="127.0.0.1"),
-         "backends[0] (id=backend-1).sipAddress: '127.0.0.1' is not host:port"),
-        (lambda d: d["backends"][0].update(mediaUrl="http://x"),
-         "backends[0] (id=backend-1).mediaUrl: 'http://x' must be a ws:// or wss:// URL"),
-        (lambda d: d["bypassRules"][0].update(backendId="backend-9"),
-         "bypassRules[0].backendId: backend 'backend-9' is not defined in backends"),
-        (lambda d: d["numbers"][1].update(routeId="route-abc123"),
-         "numbers[1] (id=globex-twilio).routeId: route 'route-abc123' belongs to business '123'"),
-        (lambda d: d["numbers"][1].update(number="+15551234567", provider="SIP"),
-         "numbers[1] (id=globex-twilio).number: '+15551234567' (SIP) is already registered"),
+        (
+            lambda d: d["numbers"][0]["allowedSourceIps"].append("203.0.113.300"),
+            "numbers[0] (id=abc).allowedSourceIps[2]: '203.0.113.300' is not an IP or CIDR",
+        ),
+        (
+            lambda d: d["numbers"][0]["allowedSourceIps"].append("10.0.0.1/8"),
+            "numbers[0] (id=abc).allowedSourceIps[2]: '10.0.0.1/8' is not an IP or CIDR",
+        ),
+        (
+            lambda d: d["numbers"][0].update(number="5551234567"),
+            "numbers[0] (id=abc).number: '5551234567' is not E.164",
+        ),
+        (
+            lambda d: d["numbers"][0].update(routeId="route-missing"),
+            "numbers[0] (id=abc).routeId: route 'route-missing' is not defined in routes",
+        ),
+        (
+            lambda d: d["numbers"][0].update(businessId=999),
+            "numbers[0] (id=abc).businessId: business '999' is not defined in businesses",
+        ),
+        (
+            lambda d: d["businesses"][0].update(plan="platinum"),
+            "businesses[0] (id=123).plan: plan 'platinum' is not defined in plans",
+        ),
+        (
+            lambda d: d["plans"].append({"id": "starter", "maxConcurrentCalls": 5}),
+            "plans[2] (id=starter).id: duplicate id 'starter' (also plans[0])",
+        ),
+        (
+            lambda d: d["numbers"][0].update(provider="Plivo"),
+            "numbers[0] (id=abc).provider: unknown provider 'Plivo'",
+        ),
+        (lambda d: d["numbers"][0].pop("regionId"), "numbers[0] (id=abc).regionId: is required"),
+        (
+            lambda d: d["numbers"][0].update(alowedSourceIps=[]),
+            "numbers[0] (id=abc).alowedSourceIps: unknown field",
+        ),
+        (
+            lambda d: d["plans"][0].update(maxConcurrentCalls=0),
+            "plans[0] (id=starter).maxConcurrentCalls: must be an integer from 1 to 1000000, got 0",
+        ),
+        (
+            lambda d: d["businesses"][0].update(active="yes"),
+            "businesses[0] (id=123).active: must be true or false, got 'yes'",
+        ),
+        (
+            lambda d: d["backends"][0].update(sipAddress="127.0.0.1"),
+            "backends[0] (id=backend-1).sipAddress: '127.0.0.1' is not host:port",
+        ),
+        (
+            lambda d: d["backends"][0].update(mediaUrl="http://x"),
+            "backends[0] (id=backend-1).mediaUrl: 'http://x' must be a ws:// or wss:// URL",
+        ),
+        (
+            lambda d: d["bypassRules"][0].update(backendId="backend-9"),
+            "bypassRules[0].backendId: backend 'backend-9' is not defined in backends",
+        ),
+        (
+            lambda d: d["numbers"][1].update(routeId="route-abc123"),
+            "numbers[1] (id=globex-twilio).routeId: route 'route-abc123' belongs to business '123'",
+        ),
+        (
+            lambda d: d["numbers"][1].update(number="+15551234567", provider="SIP"),
+            "numbers[1] (id=globex-twilio).number: '+15551234567' (SIP) is already registered",
+        ),
         (lambda d: d.update(trunks=[]), "trunks: unknown section"),
     ],
 )

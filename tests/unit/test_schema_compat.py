@@ -76,8 +76,9 @@ def _plan_with(field):
 
 
 def test_the_check_catches_a_new_field_without_default():
-    ok, why = backward_compatible(_plan_with({"name": "tier", "type": "string"}),
-                                  CURRENT["Plan"].expanded)
+    ok, why = backward_compatible(
+        _plan_with({"name": "tier", "type": "string"}), CURRENT["Plan"].expanded
+    )
     assert not ok and "tier" in why
 
 

@@ -71,8 +71,13 @@ def test_calls_list_rejects_bad_since(capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--kafka-port", "0", "status"], ["--bootstrap", "nohost", "status"], ["frobnicate"],
-     ["kafka", "sideways"], ["calls", "list", "--limit", "0"]],
+    [
+        ["--kafka-port", "0", "status"],
+        ["--bootstrap", "nohost", "status"],
+        ["frobnicate"],
+        ["kafka", "sideways"],
+        ["calls", "list", "--limit", "0"],
+    ],
 )
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
