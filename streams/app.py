@@ -26,7 +26,7 @@ from faust.serializers import codecs
 from faust.web import Request, Response, View
 
 from schemas.codec import Codec, make_codec
-from streams import queries
+from streams import agents, queries, routing
 from streams.clickhouse import ClickHouseStore
 from streams.sink import ClickHouseSink
 from trunkline.settings import Settings
@@ -133,6 +133,14 @@ class TrunklineApp:
             )
         self.store: ClickHouseStore | None = None
         self.sink: ClickHouseSink | None = None
+        self.state_tables: dict[str, Any] = {}
+        agents.register(
+            self,
+            routing.Settings(
+                redirect_timeout_ms=settings.redirect_timeout_ms,
+                heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+            ),
+        )
         self._register_sink()
         self._register_views()
 
@@ -211,6 +219,21 @@ class TrunklineApp:
                     record = {k: v for k, v in value.items() if k not in ("_type", "envelope")}
                     items[key] = record
                 return self.json(items)
+
+        @app.page("/state/{name}/")
+        class StateView(View):
+            """Decision state this worker holds: admission-active (business -> admitted
+            calls), routing-held (backend -> calls holding a slot), routing-heartbeats,
+            routing-open (region -> reservations awaiting their backend)."""
+
+            async def get(self, request: Request, name: str) -> Response:
+                table = outer.state_tables.get(name)
+                if table is None:
+                    return self.json(
+                        {"error": f"unknown state {name!r}", "names": sorted(outer.state_tables)},
+                        status=404,
+                    )
+                return self.json({k: v for k, v in table.items() if v is not None})
 
         @app.page("/calls/")
         class CallsView(View):

@@ -68,5 +68,6 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "BackendHeartbeat": {"backend_id": "backend-1", "region_id": "us-east-1",
                              "capacity": 100, "active_calls": 3, "interval_ms": 1000,
                              "draining": False},
+        "RoutingTick": {"region_id": "us-east-1"},
     }  # fmt: skip
     return {"envelope": env, **bodies[name]}

@@ -172,6 +172,103 @@ def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     return EXIT_OK
 
 
+# -- SIP edge --------------------------------------------------------------------------
+def cmd_sip_edge(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+    import logging
+
+    from edge.sip.service import Listen, SipEdge, run_edge
+
+    logging.basicConfig(
+        level=getattr(logging, args.loglevel.upper()),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    try:
+        listen = Listen.parse(args.listen)
+        tls = Listen.parse(args.tls_listen) if args.tls_listen else None
+    except ValueError as exc:
+        raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
+    if tls and not (args.tls_cert and args.tls_key):
+        raise CliError("--tls-listen needs --tls-cert and --tls-key", EXIT_USAGE)
+    for path in (args.tls_cert, args.tls_key):
+        if path and not Path(path).is_file():
+            raise CliError(f"TLS file {path} does not exist", EXIT_USAGE)
+    if args.decision_timeout is not None:
+        s = s.with_overrides(decision_timeout_s=args.decision_timeout)
+    edge = SipEdge(
+        s,
+        args.edge_id,
+        listen,
+        tls_listen=tls,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        udp=not args.no_udp,
+        tcp=not args.no_tcp,
+    )
+    try:
+        asyncio.run(run_edge(edge))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
+    return EXIT_OK
+
+
+def cmd_heartbeats(args: argparse.Namespace, s: Settings) -> int:
+    """Publish BackendHeartbeat for backends named in the config (a stand-in for a media
+    node's own heartbeats, to exercise routing before media nodes exist)."""
+    from schemas.codec import make_codec
+    from trunkline.kafka_io import Outgoing, make_producer, publish_all, read_compacted
+    from trunkline.topics import BACKENDS, HEARTBEATS
+
+    codec = make_codec(s.schema_registry_url)
+    known = {}
+    for key, value in read_compacted(s.kafka_bootstrap, BACKENDS.name(s.topic_prefix)).items():
+        if value is not None:
+            known[key.decode()] = codec.decode(value)[1]
+    wanted = args.backend or sorted(known)
+    missing = [b for b in wanted if b not in known]
+    if missing:
+        raise CliError(
+            f"unknown backend(s) {', '.join(missing)}; configured: "
+            f"{', '.join(sorted(known)) or 'none'}",
+            EXIT_USAGE,
+        )
+    producer = make_producer(s.kafka_bootstrap, log_level=3)
+    import uuid
+
+    sent = 0
+    while True:
+        now = int(time.time() * 1000)
+        out = []
+        for backend_id in wanted:
+            b = known[backend_id]
+            record = {
+                "envelope": {
+                    "event_id": str(uuid.uuid4()),
+                    "call_id": "",
+                    "occurred_at": now,
+                    "producer_id": f"heartbeats-{backend_id}",
+                },
+                "backend_id": backend_id,
+                "region_id": b["region_id"],
+                "capacity": args.capacity or b["max_concurrent_calls"],
+                "active_calls": 0,
+                "interval_ms": int(args.interval * 1000),
+                "draining": False,
+            }
+            out.append(
+                Outgoing(
+                    HEARTBEATS.name(s.topic_prefix),
+                    b["region_id"].encode(),
+                    codec.encode("BackendHeartbeat", record),
+                )
+            )
+        publish_all(producer, out)
+        sent += 1
+        if args.count and sent >= args.count:
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
 # -- calls -----------------------------------------------------------------------------
 def _worker_get(s: Settings, path: str, params: dict[str, str]) -> Any:
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
@@ -438,6 +535,42 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run the Faust worker in the foreground")
     w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     w.set_defaults(func=cmd_worker)
+
+    e = sub.add_parser(
+        "sip-edge", help="run the SIP proxy edge (redirect server) in the foreground"
+    )
+    e.add_argument("--edge-id", default="edge-1", help="this edge's id (decisions are keyed by it)")
+    e.add_argument(
+        "--listen", default="127.0.0.1:5060", help="UDP and TCP address (default 127.0.0.1:5060)"
+    )
+    e.add_argument("--no-udp", action="store_true", help="do not listen on UDP")
+    e.add_argument("--no-tcp", action="store_true", help="do not listen on TCP")
+    e.add_argument("--tls-listen", help="TLS address, e.g. 127.0.0.1:5061 (needs cert and key)")
+    e.add_argument("--tls-cert", help="PEM certificate chain for TLS")
+    e.add_argument("--tls-key", help="PEM private key for TLS")
+    e.add_argument(
+        "--decision-timeout",
+        type=float,
+        help="seconds to wait for a decision before 503 "
+        "(env TRUNKLINE_DECISION_TIMEOUT_MS, default 5)",
+    )
+    e.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    e.set_defaults(func=cmd_sip_edge)
+
+    hb = sub.add_parser(
+        "heartbeats", help="publish backend heartbeats (a stand-in for media nodes)"
+    )
+    hb.add_argument(
+        "--backend", action="append", help="backend id (repeatable; default: all configured)"
+    )
+    hb.add_argument("--interval", type=float, default=1.0, help="seconds between heartbeats")
+    hb.add_argument(
+        "--capacity", type=int, help="capacity to announce (default: the configured max)"
+    )
+    hb.add_argument(
+        "--count", type=int, default=0, help="stop after N rounds (default: run until stopped)"
+    )
+    hb.set_defaults(func=cmd_heartbeats)
 
     calls = sub.add_parser("calls", help="calls from ClickHouse")
     csub2 = calls.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -105,3 +105,35 @@ def read_compacted(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[by
         return out
     finally:
         consumer.close()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's and librdkafka's `murmur2` partitioner)."""
+    seed, m, r = 0x9747B28C, 0x5BD1E995, 24
+    length = len(data)
+    h = (seed ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = length % 4
+    base = length - tail
+    if tail == 3:
+        h ^= data[base + 2] << 16
+    if tail >= 2:
+        h ^= data[base + 1] << 8
+    if tail >= 1:
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition a murmur2-partitioned producer (Faust, Java, librdkafka) picks."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

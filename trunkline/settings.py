@@ -34,6 +34,15 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise SettingsError(f"{name}={raw!r} must be a positive whole number of milliseconds")
+    return int(raw)
+
+
 def check_bootstrap(value: str, name: str = "TRUNKLINE_KAFKA_BOOTSTRAP") -> str:
     parts = [p.strip() for p in value.split(",") if p.strip()]
     if not parts:
@@ -67,6 +76,9 @@ class Settings:
     schema_registry_url: str | None
     worker_web_host: str
     worker_web_port: int
+    redirect_timeout_ms: int = 10_000
+    heartbeat_timeout_ms: int = 5_000
+    decision_timeout_s: float = 5.0
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -116,4 +128,7 @@ class Settings:
             schema_registry_url=registry,
             worker_web_host=env.get("TRUNKLINE_WORKER_WEB_HOST") or "127.0.0.1",
             worker_web_port=_port(env, "TRUNKLINE_WORKER_WEB_PORT", 6066),
+            redirect_timeout_ms=_positive(env, "TRUNKLINE_REDIRECT_TIMEOUT_MS", 10_000),
+            heartbeat_timeout_ms=_positive(env, "TRUNKLINE_HEARTBEAT_TIMEOUT_MS", 5_000),
+            decision_timeout_s=_positive(env, "TRUNKLINE_DECISION_TIMEOUT_MS", 5_000) / 1000,
         )

@@ -55,15 +55,24 @@ CALL_EVENTS = TopicSpec(
     ),
     "Every call lifecycle event: the history. The ClickHouse sink and replays read it.",
 )
+ADMISSION = TopicSpec(
+    "admission", 6, False, 7 * DAY_MS, "business_id",
+    ("CallOffered", "CallEnded", "CallRejected"),
+    "Admission's input: offers from edges, and every end or later rejection (slot release).",
+)  # fmt: skip
+ROUTING = TopicSpec(
+    "routing", 6, False, 7 * DAY_MS, "region_id",
+    ("CallAdmitted", "CallAccepted", "CallEnded", "CallRejected", "RoutingTick"),
+    "Routing's input: admitted calls, acceptances, releases forwarded by admission, ticks.",
+)  # fmt: skip
 HEARTBEATS = TopicSpec(
-    "backend-heartbeats",
-    3,
-    False,
-    3600 * 1000,
-    "backend_id",
-    ("BackendHeartbeat",),
-    "Media nodes' liveness and load; routing reads it.",
-)
+    "backend-heartbeats", 6, False, 3600 * 1000, "region_id", ("BackendHeartbeat",),
+    "Media nodes' liveness and load, keyed by region: co-partitioned with routing.",
+)  # fmt: skip
+DECISIONS = TopicSpec(
+    "decisions", 6, False, DAY_MS, "edge_id", ("CallRouted", "CallRejected"),
+    "Final decisions for the edge that holds the call; each edge reads its key's partition.",
+)  # fmt: skip
 DEAD_LETTERS = TopicSpec(
     "dead-letters",
     1,
@@ -100,7 +109,10 @@ CONFIG_TOPICS: dict[str, TopicSpec] = {
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CALL_EVENTS,
+    ADMISSION,
+    ROUTING,
     HEARTBEATS,
+    DECISIONS,
     DEAD_LETTERS,
     *CONFIG_TOPICS.values(),
 )

@@ -1,0 +1,279 @@
+"""Admission: may this call proceed for this business? (keyed by business id)
+
+The single writer of each business's concurrency count: every event for a business lands
+in its partition, so the count needs no lock. Pure: `handle` takes the event, the call's
+current slot, the business's active calls, a config view and `now`; it returns the new
+slot, the new active list and the records to publish.
+
+Call slot transitions (events not listed raise TransitionError; the state stays):
+
+    (none)    --offer ok-------> ADMITTED    hold a plan slot, CallAdmitted -> routing
+    (none)    --offer refused--> REJECTED    CallRejected -> edge
+    (none)    --release--------> RELEASED    an end that overtook its offer: remembered
+    ADMITTED  --offer----------> ADMITTED    duplicate delivery: same decision again
+    ADMITTED  --release--------> RELEASED    free the plan slot, forward to routing
+    REJECTED  --offer----------> REJECTED    duplicate delivery: same decision again
+    REJECTED  --release--------> REJECTED    nothing held
+    RELEASED  --offer----------> RELEASED    a late duplicate: nothing is re-admitted
+    RELEASED  --release--------> RELEASED    released exactly once
+
+Checks, in order, with distinct answers: business exists (404) and is active (403); the
+number is configured for the business (404); its provider matches the call's (404); its
+route exists for the business (404); the packet's source IP is in the number's
+allowedSourceIps for SIP numbers (403); the plan has room (486 Busy Here).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from streams.config_view import ConfigView
+from streams.events import Emit, derived_id, envelope, fan_out
+
+log = logging.getLogger("trunkline.admission")
+PRODUCER = "admission"
+
+
+class SlotState(enum.Enum):
+    ADMITTED = "ADMITTED"
+    REJECTED = "REJECTED"
+    RELEASED = "RELEASED"
+
+
+class Input(enum.Enum):
+    OFFER_OK = "offer ok"
+    OFFER_REFUSED = "offer refused"
+    OFFER_AGAIN = "offer"
+    RELEASE = "release"
+
+
+NONE = None
+TRANSITIONS: dict[SlotState | None, dict[Input, SlotState]] = {
+    NONE: {
+        Input.OFFER_OK: SlotState.ADMITTED,
+        Input.OFFER_REFUSED: SlotState.REJECTED,
+        Input.RELEASE: SlotState.RELEASED,
+    },
+    SlotState.ADMITTED: {Input.OFFER_AGAIN: SlotState.ADMITTED, Input.RELEASE: SlotState.RELEASED},
+    SlotState.REJECTED: {Input.OFFER_AGAIN: SlotState.REJECTED, Input.RELEASE: SlotState.REJECTED},
+    SlotState.RELEASED: {Input.OFFER_AGAIN: SlotState.RELEASED, Input.RELEASE: SlotState.RELEASED},
+}
+
+
+class TransitionError(RuntimeError):
+    pass
+
+
+def step(state: SlotState | None, event: Input) -> SlotState:
+    try:
+        return TRANSITIONS[state][event]
+    except KeyError:
+        name = state.value if state else "(none)"
+        raise TransitionError(f"admission slot {name} cannot take {event.value}") from None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What admission remembers of one call (a Faust table value)."""
+
+    state: SlotState
+    business_id: str
+    region_id: str = ""
+    decision: dict[str, Any] | None = None  # the record emitted for the offer, re-sent on dup
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "business_id": self.business_id,
+            "region_id": self.region_id,
+            "decision": self.decision,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Slot | None:
+        if not data:
+            return None
+        return cls(
+            SlotState(data["state"]),
+            data["business_id"],
+            data.get("region_id", ""),
+            data.get("decision"),
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    slot: Slot | None
+    active: list[str]  # the business's admitted call ids after the event
+    emits: list[Emit]
+
+
+@lru_cache(maxsize=4096)
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(entry, strict=False)
+
+
+def source_allowed(source_ip: str, allowed: list[str]) -> bool:
+    if not allowed:
+        return True
+    try:
+        ip = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return False
+    return any(ip in _network(entry) for entry in allowed)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str
+
+
+def check_offer(
+    offer: dict[str, Any], config: ConfigView, active: int
+) -> tuple[Refusal | None, dict[str, Any]]:
+    """Run the checks; return (refusal or None, facts found: number, route, plan...)."""
+    business_id = offer.get("business_id") or ""
+    facts: dict[str, Any] = {}
+    business = config.business(business_id)
+    if business is None:
+        return Refusal(404, f"business {business_id or '(none)'} not found"), facts
+    if not business.get("active", True):
+        return Refusal(403, f"business {business_id} is not active"), facts
+    phone_id = offer.get("phone_id") or ""
+    number = (
+        config.number(phone_id)
+        if phone_id
+        else config.find_number(offer.get("to_number", ""), business_id)
+    )
+    if number is None or number.get("business_id") != business_id:
+        what = phone_id or offer.get("to_number", "")
+        return Refusal(404, f"number {what} is not configured for business {business_id}"), facts
+    facts["number"] = number
+    if number.get("provider") != offer.get("provider"):
+        return Refusal(
+            404,
+            f"number {number['id']} is a {number.get('provider')} number, "
+            f"the call came over {offer.get('provider')}",
+        ), facts
+    route = config.route(number.get("route_id", ""))
+    if route is None or route.get("business_id") != business_id:
+        return Refusal(404, f"route {number.get('route_id')} is not configured"), facts
+    facts["route"] = route
+    if offer.get("provider") == "SIP" and not source_allowed(
+        offer.get("source_ip", ""), list(number.get("allowed_source_ips") or [])
+    ):
+        return Refusal(
+            403,
+            f"source IP {offer.get('source_ip')} is not in allowedSourceIps "
+            f"of number {number['id']}",
+        ), facts
+    plan = config.plan(business.get("plan_id", ""))
+    if plan is None:
+        return Refusal(
+            503, f"plan {business.get('plan_id')} of business {business_id} is not configured"
+        ), facts
+    facts["plan"] = plan
+    limit = int(plan["max_concurrent_calls"])
+    if active >= limit:
+        return Refusal(
+            486,
+            f"plan {plan['id']} limit reached: {active}/{limit} calls "
+            f"in progress for business {business_id}",
+        ), facts
+    return None, facts
+
+
+def handle(
+    name: str, event: dict[str, Any], slot: Slot | None, active: list[str], config: ConfigView
+) -> Result:
+    """One event from the admission topic: CallOffered, CallEnded or CallRejected."""
+    if name == "CallOffered":
+        return _offer(event, slot, active, config)
+    if name in ("CallEnded", "CallRejected"):
+        return _release(name, event, slot, active)
+    raise TransitionError(f"admission does not handle {name}")
+
+
+def _offer(
+    event: dict[str, Any], slot: Slot | None, active: list[str], config: ConfigView
+) -> Result:
+    call_id = event["envelope"]["call_id"]
+    if slot is not None:
+        new_state = step(slot.state, Input.OFFER_AGAIN)
+        emits = _replay_decision(slot) if new_state is not SlotState.RELEASED else []
+        return Result(slot, active, emits)
+    now = int(event["envelope"]["occurred_at"])
+    cause = event["envelope"]["event_id"]
+    business_id = event.get("business_id") or ""
+    refusal, facts = check_offer(event, config, len(active))
+    if refusal is not None:
+        step(None, Input.OFFER_REFUSED)
+        rejected = {
+            "envelope": envelope(call_id, PRODUCER, now, derived_id(cause, "CallRejected")),
+            "stage": "ADMISSION",
+            "status_code": refusal.status,
+            "reason": refusal.reason,
+            "retry_after_s": None,
+            "business_id": business_id or None,
+            "region_id": None,
+            "edge_id": event["edge_id"],
+        }
+        decision = {"name": "CallRejected", "record": rejected}
+        new_slot = Slot(SlotState.REJECTED, business_id, "", decision)
+        return Result(new_slot, active, _decision_emits(new_slot))
+    step(None, Input.OFFER_OK)
+    number, route, plan = facts["number"], facts["route"], facts["plan"]
+    admitted = {
+        "envelope": envelope(call_id, PRODUCER, now, derived_id(cause, "CallAdmitted")),
+        "business_id": business_id,
+        "phone_id": number["id"],
+        "route_id": route["id"],
+        "region_id": number["region_id"],
+        "plan_id": plan["id"],
+        "agent": route.get("agent") or "greeting",
+        "edge_id": event["edge_id"],
+        "active_calls": len(active) + 1,
+        "max_concurrent_calls": int(plan["max_concurrent_calls"]),
+    }
+    new_slot = Slot(
+        SlotState.ADMITTED,
+        business_id,
+        number["region_id"],
+        {"name": "CallAdmitted", "record": admitted},
+    )
+    return Result(new_slot, sorted([*active, call_id]), _decision_emits(new_slot))
+
+
+def _decision_emits(slot: Slot) -> list[Emit]:
+    assert slot.decision is not None
+    name, record = slot.decision["name"], slot.decision["record"]
+    if name == "CallAdmitted":
+        return fan_out(("routing", "call-events"), {"routing": slot.region_id}, name, record)
+    return fan_out(("decisions", "call-events"), {"decisions": record["edge_id"]}, name, record)
+
+
+def _replay_decision(slot: Slot) -> list[Emit]:
+    return _decision_emits(slot) if slot.decision else []
+
+
+def _release(name: str, event: dict[str, Any], slot: Slot | None, active: list[str]) -> Result:
+    call_id = event["envelope"]["call_id"]
+    business_id = event.get("business_id") or (slot.business_id if slot else "")
+    if slot is None:
+        step(None, Input.RELEASE)
+        return Result(Slot(SlotState.RELEASED, business_id), active, [])
+    new_state = step(slot.state, Input.RELEASE)
+    if slot.state is not SlotState.ADMITTED:
+        return Result(slot, active, [])
+    remaining = [c for c in active if c != call_id]
+    # routing may hold a backend slot for an admitted call: pass the release on (same event,
+    # same id); routing ignores it when it already let go
+    emits = [Emit("routing", slot.region_id, name, event)]
+    log.info("call %s: plan slot of business %s released (%s)", call_id, business_id, name)
+    return Result(Slot(new_state, slot.business_id, slot.region_id, None), remaining, emits)

@@ -1,0 +1,43 @@
+"""Helpers shared by the state machines: emitted records, envelopes, derived ids."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Destination = Literal["admission", "routing", "decisions", "call-events"]
+_DERIVED = uuid.UUID("0c6f1d2e-3b4a-4c5d-8e9f-a0b1c2d3e4f5")
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A record a machine wants published: where, under which key, of which type."""
+
+    dest: Destination
+    key: str
+    name: str
+    record: dict[str, Any]
+
+
+def derived_id(cause_event_id: str, what: str) -> str:
+    """Deterministic id of an event caused by another: a replay emits the same ids, so
+    every downstream handler (and ClickHouse) treats the repeat as the same event."""
+    return str(uuid.uuid5(_DERIVED, f"{cause_event_id}/{what}"))
+
+
+def envelope(call_id: str, producer_id: str, at_ms: int, event_id: str) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "call_id": call_id,
+        "occurred_at": at_ms,
+        "producer_id": producer_id,
+    }
+
+
+def fan_out(
+    dests: tuple[Destination, ...], key_by: dict[str, str], name: str, record: dict[str, Any]
+) -> list[Emit]:
+    """The same record to several topics, each under its own key (call-events by call id)."""
+    call_id = record["envelope"]["call_id"]
+    return [Emit(d, call_id if d == "call-events" else key_by[d], name, record) for d in dests]
