@@ -48,6 +48,7 @@ _TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
 _REQUEST_LINE = re.compile(rf"^({_TOKEN}) (\S+) (SIP/\d+\.\d+)$")
 _STATUS_LINE = re.compile(r"^(SIP/\d+\.\d+) (\d{3}) ?(.*)$")
 _HEADER_NAME = re.compile(rf"^{_TOKEN}$")
+_VIA = re.compile(rf"^\s*SIP\s*/\s*2\.0\s*/\s*({_TOKEN})\s+(\S.*)$", re.I | re.S)
 
 
 def canonical_name(name: str) -> str:
@@ -242,13 +243,13 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        proto, _, rest = text.strip().partition(" ")
-        parts = [p.strip() for p in proto.split("/")]
-        if len(parts) != 3 or parts[0].upper() != "SIP":
+        m = _VIA.match(text)
+        if not m:
             raise ParseError(f"Via {text!r}: expected SIP/2.0/<transport> sent-by")
+        transport, rest = m.groups()
         sent_by, _, params = rest.strip().partition(";")
         host, port = _host_port(sent_by, text)
-        return cls(parts[2].upper(), host, port, parse_params(params))
+        return cls(transport.upper(), host, port, parse_params(params))
 
     @property
     def branch(self) -> str | None:

@@ -1,0 +1,126 @@
+import itertools
+
+import pytest
+
+from streams import admission
+from streams.admission import Input, Slot, SlotState, TransitionError, handle, step
+from streams.config_view import ConfigView
+from tests.samples import sample
+
+CONFIG = ConfigView({
+    "plans": {"starter": {"id": "starter", "max_concurrent_calls": 1}},
+    "businesses": {
+        "123": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter"},
+        "9": {"id": "9", "name": "Gone", "active": False, "plan_id": "starter"},
+        "7": {"id": "7", "name": "NoPlan", "active": True, "plan_id": "platinum"},
+    },
+    "routes": {"r1": {"id": "r1", "business_id": "123", "agent": "greeting"},
+               "r7": {"id": "r7", "business_id": "7", "agent": "greeting"}},
+    "numbers": {
+        "abc": {"id": "abc", "business_id": "123", "provider": "SIP", "number": "+15551234567",
+                "route_id": "r1", "region_id": "us-east-1",
+                "allowed_source_ips": ["203.0.113.10", "10.0.0.0/8"]},
+        "tw": {"id": "tw", "business_id": "123", "provider": "TWILIO", "number": "+15557654321",
+               "route_id": "r1", "region_id": "us-east-1", "allowed_source_ips": []},
+        "noroute": {"id": "noroute", "business_id": "123", "provider": "SIP",
+                    "number": "+15550000000", "route_id": "r-missing", "region_id": "x",
+                    "allowed_source_ips": []},
+        "n7": {"id": "n7", "business_id": "7", "provider": "SIP", "number": "+15557777777",
+               "route_id": "r7", "region_id": "x", "allowed_source_ips": []},
+    },
+})
+
+
+def offer(call_id="q-1", **changes):
+    record = sample("CallOffered", call_id=call_id, at_ms=1_000)
+    record.update(changes)
+    return record
+
+
+def test_admitted_call_holds_a_slot_and_goes_to_routing():
+    r = handle("CallOffered", offer(), None, [], CONFIG)
+    assert r.slot.state is SlotState.ADMITTED and r.active == ["q-1"]
+    assert [(e.dest, e.key, e.name) for e in r.emits] == [
+        ("routing", "us-east-1", "CallAdmitted"), ("call-events", "q-1", "CallAdmitted")]
+    admitted = r.emits[0].record
+    assert admitted["region_id"] == "us-east-1" and admitted["route_id"] == "r1"
+    assert (admitted["active_calls"], admitted["max_concurrent_calls"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("changes", "status", "reason"), [
+    ({"business_id": "404"}, 404, "business 404 not found"),
+    ({"business_id": "9"}, 403, "business 9 is not active"),
+    ({"phone_id": "nope"}, 404, "number nope is not configured for business 123"),
+    ({"phone_id": "", "to_number": "+19999999999"}, 404, "number +19999999999 is not configured"),
+    ({"phone_id": "tw"}, 404, "number tw is a TWILIO number, the call came over SIP"),
+    ({"phone_id": "noroute"}, 404, "route r-missing is not configured"),
+    ({"source_ip": "198.51.100.7"}, 403, "source IP 198.51.100.7 is not in allowedSourceIps"),
+    ({"source_ip": "not-an-ip"}, 403, "source IP not-an-ip is not in allowedSourceIps"),
+    ({"business_id": "7", "phone_id": "n7"}, 503, "plan platinum of business 7 is not configured"),
+])
+def test_each_check_has_its_own_answer(changes, status, reason):
+    r = handle("CallOffered", offer(**changes), None, [], CONFIG)
+    assert r.slot.state is SlotState.REJECTED and r.active == []
+    rejected = r.emits[0].record
+    assert (r.emits[0].dest, r.emits[0].key) == ("decisions", "edge-1")
+    assert (rejected["status_code"], rejected["stage"]) == (status, "ADMISSION")
+    assert reason in rejected["reason"]
+
+
+def test_cidr_and_dialled_number_lookup():
+    r = handle("CallOffered", offer(phone_id="", source_ip="10.1.2.3"), None, [], CONFIG)
+    assert r.slot.state is SlotState.ADMITTED
+    assert r.emits[0].record["phone_id"] == "abc"
+
+
+def test_plan_limit_is_486_and_a_release_frees_it():
+    first = handle("CallOffered", offer("q-1"), None, [], CONFIG)
+    second = handle("CallOffered", offer("q-2"), None, first.active, CONFIG)
+    assert second.emits[0].record["status_code"] == 486
+    assert "limit reached: 1/1" in second.emits[0].record["reason"]
+    ended = sample("CallEnded", call_id="q-1")
+    released = handle("CallEnded", ended, first.slot, first.active, CONFIG)
+    assert released.slot.state is SlotState.RELEASED and released.active == []
+    assert [(e.dest, e.key) for e in released.emits] == [("routing", "us-east-1")]
+    third = handle("CallOffered", offer("q-3"), None, released.active, CONFIG)
+    assert third.slot.state is SlotState.ADMITTED
+
+
+def test_release_is_exactly_once():
+    first = handle("CallOffered", offer("q-1"), None, ["other"], ConfigView({
+        **CONFIG.sections, "plans": {"starter": {"id": "starter", "max_concurrent_calls": 5}}}))
+    ended = sample("CallEnded", call_id="q-1")
+    once = handle("CallEnded", ended, first.slot, first.active, CONFIG)
+    twice = handle("CallEnded", ended, once.slot, once.active, CONFIG)
+    assert once.active == ["other"] and twice.active == ["other"] and twice.emits == []
+
+
+def test_duplicate_offer_repeats_the_same_decision_without_counting():
+    first = handle("CallOffered", offer(), None, [], CONFIG)
+    again = handle("CallOffered", offer(), first.slot, first.active, CONFIG)
+    assert again.active == ["q-1"]
+    assert [e.record for e in again.emits] == [e.record for e in first.emits]
+    assert again.emits[0].record["envelope"]["event_id"] == \
+        first.emits[0].record["envelope"]["event_id"]
+
+
+def test_end_before_offer_blocks_a_late_offer():
+    early = handle("CallEnded", sample("CallEnded", call_id="q-1"), None, [], CONFIG)
+    assert early.slot.state is SlotState.RELEASED
+    late = handle("CallOffered", offer(), early.slot, [], CONFIG)
+    assert late.active == [] and late.emits == []
+
+
+def test_slot_json_round_trip():
+    r = handle("CallOffered", offer(), None, [], CONFIG)
+    assert Slot.from_json(r.slot.to_json()) == r.slot
+
+
+def test_every_state_input_pair():
+    for state, event in itertools.product([None, *SlotState], Input):
+        target = admission.TRANSITIONS[state].get(event)
+        if target is None:
+            with pytest.raises(TransitionError, match="cannot take"):
+                step(state, event)
+        else:
+            assert step(state, event) is target

@@ -1,0 +1,199 @@
+"""SIP parser and serializer against vector files (tests/vectors/sip), RFC 4475-style."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.sip.errors import ParseError
+from edge.sip.message import (
+    NameAddr,
+    Request,
+    Response,
+    SipURI,
+    Via,
+    make_response,
+    parse_message,
+    split_list,
+)
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "sip"
+
+
+def load(name: str) -> bytes:
+    return (VECTORS / name).read_bytes()
+
+
+def test_wsinv_tortuous_invite():
+    msg = parse_message(load("valid/wsinv.sip"))
+    assert isinstance(msg, Request)
+    assert msg.method == "INVITE"
+    assert (msg.uri.user, msg.uri.host, msg.uri.params) == (
+        "vivekg", "chair-dnrc.example.com", {"unknownparam": None})
+    assert msg.to.tag == "1918181833n"
+    assert msg.from_.tag == "98asjd8"
+    assert msg.headers.get("max-forwards") == "0068"
+    assert msg.cseq == (9, "INVITE")
+    assert msg.call_id == "wsinv.ndaksdj@192.0.2.1"
+    vias = msg.vias
+    assert [(v.transport, v.host, v.branch) for v in vias] == [
+        ("UDP", "192.0.2.2", "390skdjuw"),
+        ("TCP", "spindle.example.com", "z9hG4bK9ikj8"),
+        ("UDP", "192.168.255.111", "z9hG4bK30239"),
+    ]
+    assert msg.headers.get("subject") == ""
+    assert msg.headers.get("NewFangledHeader") == "newfangled value continued newfangled value"
+    assert msg.headers.get("UnknownHeaderWithUnusualValue") == ";;,,;;,;"
+    contacts = [NameAddr.parse(c) for c in msg.headers.get_all("contact")]
+    assert len(contacts) == 1
+    assert contacts[0].uri.user == "jdrosen"
+    assert contacts[0].params == {"newparam": "newvalue", "secondparam": None, "q": "0.33"}
+    assert msg.body.startswith(b"v=0\r\n") and len(msg.body) == int(
+        msg.headers.get("content-length"))
+
+
+def test_escaped_uris():
+    msg = parse_message(load("valid/esc01.sip"))
+    assert msg.uri.user == "sips:user@example.com"
+    assert msg.to.uri.user == "user"
+    assert msg.from_.uri.user == "I have spaces"
+    assert msg.call_id == "esc01.239409asdfakjkn23onasd0-3234"  # compact i:
+    assert msg.headers.get("content-type") == "application/sdp"  # compact c:
+
+
+def test_uri_headers_carry_business_and_phone():
+    msg = parse_message(load("valid/trunk_invite.sip"))
+    assert msg.uri.user == "+15551234567"
+    assert msg.uri.port == 5060
+    assert msg.uri.params == {"user": "phone"}
+    assert msg.uri.headers == {"X-Business-Id": "123", "X-Phone-Id": "abc"}
+    assert msg.top_via.params["rport"] is None
+
+
+def test_udp_without_content_length_takes_the_rest():
+    msg = parse_message(load("valid/no_content_length.sip"))
+    assert msg.method == "OPTIONS" and msg.body == b""
+    with pytest.raises(ParseError, match="missing Content-Length on a stream"):
+        parse_message(load("valid/no_content_length.sip"), stream=True)
+
+
+def test_responses():
+    unreason = parse_message(load("valid/unreason.sip"))
+    assert isinstance(unreason, Response)
+    assert unreason.status == 200
+    assert unreason.reason.startswith("= 2**3 * 5**2 но сто")
+    noreason = parse_message(load("valid/noreason.sip"))
+    assert (noreason.status, noreason.reason) == (100, "")
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "answerable", "status"),
+    [
+        ("badvers.sip", "unsupported version SIP/7.0", True, 505),
+        ("mismatch01.sip", "CSeq method INVITE does not match request method OPTIONS", True, 400),
+        ("insuf.sip", "missing From header", False, 400),
+        ("clerr.sip", "Content-Length 9999 but only 5 body bytes", False, 400),
+        ("ncl.sip", "Content-Length '-999' is not a number", False, 400),
+        ("ltgtruri.sip", "Request-URI: unsupported URI '<sip:user@example.com>'", True, 400),
+        ("lwsruri.sip", "malformed start line", False, 400),
+        ("badhdr.sip", "malformed header line 'This line has no colon'", False, 400),
+        ("badvia.sip", "Via 'HTTP/1.1 192.0.2.1:5060;branch=z9hG4bKbadvia'", True, 400),
+        ("scheme.sip", "Request-URI: unsupported URI 'http://example.com/'", True, 400),
+        ("garbage.sip", "malformed", False, 400),
+        ("nohead.sip", "no blank line after the headers", False, 400),
+    ],
+)
+def test_invalid_vectors(name, message, answerable, status):
+    with pytest.raises(ParseError) as info:
+        parse_message(load(f"invalid/{name}"))
+    assert message in str(info.value)
+    assert (info.value.partial is not None) is answerable
+    assert info.value.status_hint == status
+
+
+def test_round_trip_is_stable():
+    for path in sorted((VECTORS / "valid").glob("*.sip")):
+        first = parse_message(path.read_bytes())
+        again = parse_message(bytes(first))
+        assert bytes(again) == bytes(first), path.name
+        assert type(again) is type(first)
+        assert again.headers.get_all("via") == first.headers.get_all("via")
+
+
+def test_make_response_copies_and_tags():
+    req = parse_message(load("valid/trunk_invite.sip"))
+    resp = make_response(req, 302, "Moved Temporarily", to_tag="abc",
+                         headers=[("Contact", "<sip:x@127.0.0.1:5070>")])
+    wire = bytes(resp)
+    parsed = parse_message(wire)
+    assert isinstance(parsed, Response) and parsed.status == 302
+    assert parsed.headers.get_all("via") == req.headers.get_all("via")
+    assert parsed.to.tag == "abc" and parsed.from_.tag == "1928301774"
+    assert parsed.cseq == (314159, "INVITE")
+    assert wire.endswith(b"Content-Length: 0\r\n\r\n")
+    trying = make_response(req, 100, "Trying", to_tag="abc")
+    assert parse_message(bytes(trying)).to.tag is None  # no tag on 100 (§8.2.6.2)
+
+
+def test_uri_round_trip_with_headers():
+    uri = SipURI(user="+15551234567", host="10.0.0.5", port=5070,
+                 headers={"X-CallQueue-Id": "q-1"})
+    assert str(uri) == "sip:+15551234567@10.0.0.5:5070?X-CallQueue-Id=q-1"
+    assert SipURI.parse(str(uri)) == uri
+    v6 = SipURI.parse("sip:alice@[2001:db8::10]:5060;transport=tcp")
+    assert (v6.host, v6.port, v6.params) == ("2001:db8::10", 5060, {"transport": "tcp"})
+    assert str(v6) == "sip:alice@[2001:db8::10]:5060;transport=tcp"
+
+
+def test_split_list_respects_quotes_and_brackets():
+    assert split_list('"a, b" <sip:x@y>;p=1, <sip:z@w?h=1,2>') == [
+        '"a, b" <sip:x@y>;p=1', "<sip:z@w?h=1,2>"]
+
+
+def test_via_with_ipv6_and_params():
+    via = Via.parse("SIP/2.0/TCP [2001:db8::9]:5061;branch=z9hG4bK1;received=192.0.2.1")
+    assert (via.transport, via.host, via.port, via.branch) == ("TCP", "2001:db8::9", 5061,
+                                                               "z9hG4bK1")
+    assert str(via) == "SIP/2.0/TCP [2001:db8::9]:5061;branch=z9hG4bK1;received=192.0.2.1"
+
+
+@pytest.mark.parametrize(("limit", "data"), [
+    ("exceeds 65535", b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: " + b"a" * 70_000 + b"\r\n\r\n"),
+    ("headers exceed the limit of 128",
+     b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: 1\r\n" * 200 + b"\r\n"),
+])
+def test_limits(limit, data):
+    with pytest.raises(ParseError, match=limit):
+        parse_message(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_parse_or_raise_our_error(data):
+    try:
+        parse_message(data)
+    except ParseError:
+        pass
+
+
+_LINES = st.sampled_from([
+    b"INVITE sip:+1555@h SIP/2.0", b"SIP/2.0 200 OK", b"Via: SIP/2.0/UDP h;branch=z9hG4bKx",
+    b"v: SIP/2.0/TCP [::1]:5;rport", b"From: <sip:a@b>;tag=1", b"To: sip:c@d", b"i: x@y",
+    b"CSeq: 1 INVITE", b"l: 3", b"Content-Length: 99", b"Contact: *", b" folded", b"",
+    b"m: \"q\\\"\" <sip:x@[::1]>;q=0.1", b"X: ;;,,", b"\xff\xfe", b"Max-Forwards: 0",
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_LINES, max_size=12), st.binary(max_size=20))
+def test_random_sip_like_messages_parse_or_raise_our_error(lines, tail):
+    data = b"\r\n".join(lines) + b"\r\n\r\n" + tail
+    try:
+        msg = parse_message(data)
+    except ParseError:
+        return
+    try:  # whatever parsed must serialize and parse again
+        parse_message(bytes(msg))
+    except ParseError:
+        pass
