@@ -102,6 +102,9 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_APP_ID": s.app_id,
         "TRUNKLINE_WORKER_WEB_PORT": str(s.worker_web_port),
         "TRUNKLINE_CLICKHOUSE_DSN": s.clickhouse_dsn,
+        "TRUNKLINE_REDIRECT_TIMEOUT_MS": str(s.redirect_timeout_ms),
+        "TRUNKLINE_HEARTBEAT_TIMEOUT_MS": str(s.heartbeat_timeout_ms),
+        "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
     }
 
 
