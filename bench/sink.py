@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from schemas import SingleObjectCodec
-from tests.integration.conftest import Worker, free_port
+from tests.harness import Worker, free_port
 from tests.samples import sample
 from trunkline import kafka_local
 from trunkline.admin import apply_topics

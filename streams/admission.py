@@ -2,8 +2,9 @@
 
 The single writer of each business's concurrency count: every event for a business lands
 in its partition, so the count needs no lock. Pure: `handle` takes the event, the call's
-current slot, the business's active calls, a config view and `now`; it returns the new
-slot, the new active list and the records to publish.
+current slot, how many of the business's calls hold a slot, and a config view (time is the
+event's own `occurred_at`); it returns the new slot and the records to publish. The count
+per business is derived from the slots (ADMITTED ones), never stored on its own.
 
 Call slot transitions (events not listed raise TransitionError; the state stays):
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -108,8 +110,7 @@ class Slot:
 
 @dataclass(frozen=True)
 class Result:
-    slot: Slot | None
-    active: list[str]  # the business's admitted call ids after the event
+    slot: Slot | None  # the call's slot after the event; ADMITTED slots count against the plan
     emits: list[Emit]
 
 
@@ -190,28 +191,29 @@ def check_offer(
 
 
 def handle(
-    name: str, event: dict[str, Any], slot: Slot | None, active: list[str], config: ConfigView
+    name: str, event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView
 ) -> Result:
-    """One event from the admission topic: CallOffered, CallEnded or CallRejected."""
+    """One event from the admission topic: CallOffered, CallEnded or CallRejected.
+
+    `active` is how many of the business's calls hold a slot (ADMITTED) before the event.
+    """
     if name == "CallOffered":
         return _offer(event, slot, active, config)
     if name in ("CallEnded", "CallRejected"):
-        return _release(name, event, slot, active)
+        return _release(name, event, slot)
     raise TransitionError(f"admission does not handle {name}")
 
 
-def _offer(
-    event: dict[str, Any], slot: Slot | None, active: list[str], config: ConfigView
-) -> Result:
+def _offer(event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView) -> Result:
     call_id = event["envelope"]["call_id"]
     if slot is not None:
         new_state = step(slot.state, Input.OFFER_AGAIN)
         emits = _replay_decision(slot) if new_state is not SlotState.RELEASED else []
-        return Result(slot, active, emits)
+        return Result(slot, emits)
     now = int(event["envelope"]["occurred_at"])
     cause = event["envelope"]["event_id"]
     business_id = event.get("business_id") or ""
-    refusal, facts = check_offer(event, config, len(active))
+    refusal, facts = check_offer(event, config, active)
     if refusal is not None:
         step(None, Input.OFFER_REFUSED)
         rejected = {
@@ -226,7 +228,7 @@ def _offer(
         }
         decision = {"name": "CallRejected", "record": rejected}
         new_slot = Slot(SlotState.REJECTED, business_id, "", decision)
-        return Result(new_slot, active, _decision_emits(new_slot))
+        return Result(new_slot, _decision_emits(new_slot))
     step(None, Input.OFFER_OK)
     number, route, plan = facts["number"], facts["route"], facts["plan"]
     admitted = {
@@ -238,7 +240,7 @@ def _offer(
         "plan_id": plan["id"],
         "agent": route.get("agent") or "greeting",
         "edge_id": event["edge_id"],
-        "active_calls": len(active) + 1,
+        "active_calls": active + 1,
         "max_concurrent_calls": int(plan["max_concurrent_calls"]),
     }
     new_slot = Slot(
@@ -247,7 +249,7 @@ def _offer(
         number["region_id"],
         {"name": "CallAdmitted", "record": admitted},
     )
-    return Result(new_slot, sorted([*active, call_id]), _decision_emits(new_slot))
+    return Result(new_slot, _decision_emits(new_slot))
 
 
 def _decision_emits(slot: Slot) -> list[Emit]:
@@ -262,18 +264,45 @@ def _replay_decision(slot: Slot) -> list[Emit]:
     return _decision_emits(slot) if slot.decision else []
 
 
-def _release(name: str, event: dict[str, Any], slot: Slot | None, active: list[str]) -> Result:
+def _release(name: str, event: dict[str, Any], slot: Slot | None) -> Result:
     call_id = event["envelope"]["call_id"]
     business_id = event.get("business_id") or (slot.business_id if slot else "")
     if slot is None:
         step(None, Input.RELEASE)
-        return Result(Slot(SlotState.RELEASED, business_id), active, [])
+        return Result(Slot(SlotState.RELEASED, business_id), [])
     new_state = step(slot.state, Input.RELEASE)
     if slot.state is not SlotState.ADMITTED:
-        return Result(slot, active, [])
-    remaining = [c for c in active if c != call_id]
+        return Result(slot, [])
     # routing may hold a backend slot for an admitted call: pass the release on (same event,
     # same id); routing ignores it when it already let go
     emits = [Emit("routing", slot.region_id, name, event)]
     log.info("call %s: plan slot of business %s released (%s)", call_id, business_id, name)
-    return Result(Slot(new_state, slot.business_id, slot.region_id, None), remaining, emits)
+    return Result(Slot(new_state, slot.business_id, slot.region_id, None), emits)
+
+
+class SlotIndex:
+    """Admitted calls per business, derived from the slots table (never stored itself):
+    updated on every slot change and rebuilt from the table after recovery."""
+
+    def __init__(self) -> None:
+        self._admitted: dict[str, set[str]] = {}
+
+    def count(self, business_id: str) -> int:
+        return len(self._admitted.get(business_id, ()))
+
+    def calls(self, business_id: str) -> set[str]:
+        return set(self._admitted.get(business_id, ()))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {b: sorted(c) for b, c in self._admitted.items()}
+
+    def apply(self, call_id: str, old: Slot | None, new: Slot | None) -> None:
+        if old is not None and old.state is SlotState.ADMITTED:
+            self._admitted.get(old.business_id, set()).discard(call_id)
+        if new is not None and new.state is SlotState.ADMITTED:
+            self._admitted.setdefault(new.business_id, set()).add(call_id)
+
+    def rebuild(self, slots: Iterable[tuple[str, Slot | None]]) -> None:
+        self._admitted = {}
+        for call_id, slot in slots:
+            self.apply(call_id, None, slot)

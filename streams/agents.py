@@ -1,6 +1,8 @@
 """The decision path as Faust agents. Each agent decodes a record, calls its pure machine
 (streams/admission.py, streams/routing.py), writes the machine's state changes to its
-tables and sends what the machine emitted. Nothing else happens here."""
+table and sends what the machine emitted. Counts per business and per backend are
+indexes derived from those tables in memory (rebuilt after every recovery), so a table
+write stays O(1) whatever the number of calls in progress."""
 
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ if TYPE_CHECKING:
     from streams.app import TrunklineApp
 
 log = logging.getLogger("trunkline.agents")
+
+
+class _View:
+    """A read-only mapping view for the state web page."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def items(self) -> Any:
+        return self.fn().items()
 
 
 def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
@@ -50,16 +62,28 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         )
 
     slots = table("admission-slots", ADMISSION.partitions)
-    active = table("admission-active", ADMISSION.partitions)
     reservations = table("routing-reservations", ROUTING.partitions)
-    held = table("routing-held", ROUTING.partitions)
-    open_by_region = table("routing-open", ROUTING.partitions)
     heartbeats = table("routing-heartbeats", ROUTING.partitions)
+    slot_index = admission.SlotIndex()
+    load_index = routing.LoadIndex()
+
+    @slots.on_recover
+    async def _rebuild_slots() -> None:
+        slot_index.rebuild((k, admission.Slot.from_json(v)) for k, v in slots.items())
+        log.info(
+            "admission index rebuilt: %s", {b: len(c) for b, c in slot_index.as_dict().items()}
+        )
+
+    @reservations.on_recover
+    async def _rebuild_reservations() -> None:
+        load_index.rebuild((k, routing.Reservation.from_json(v)) for k, v in reservations.items())
+        log.info("routing index rebuilt: load %s", load_index.load)
+
     tl.state_tables = {
-        "admission-active": active,
-        "routing-held": held,
+        "admission-active": _View(slot_index.as_dict),
+        "routing-held": _View(lambda: dict(load_index.load)),
+        "routing-open": _View(load_index.open_calls),
         "routing-heartbeats": heartbeats,
-        "routing-open": open_by_region,
     }
     config = ConfigView(tl.tables)
 
@@ -72,20 +96,17 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         async for value in stream:
             name = value.pop("_type")
             call_id = value["envelope"]["call_id"]
-            business_id = value.get("business_id") or ""
             slot = admission.Slot.from_json(slots.get(call_id))
-            if not business_id and slot is not None:
-                business_id = slot.business_id
+            business_id = value.get("business_id") or (slot.business_id if slot else "")
             try:
-                result = admission.handle(
-                    name, value, slot, list(active.get(business_id) or []), config
-                )
+                result = admission.handle(name, value, slot, slot_index.count(business_id), config)
             except admission.TransitionError as exc:
                 log.error("admission: call %s: %s (event skipped)", call_id, exc)
                 continue
-            if result.slot is not None and result.slot != slot:
-                slots[call_id] = result.slot.to_json()
-                if slot is None or slot.state != result.slot.state:
+            if result.slot != slot:
+                slots[call_id] = result.slot.to_json() if result.slot else None
+                slot_index.apply(call_id, slot, result.slot)
+                if result.slot and (slot is None or slot.state != result.slot.state):
                     log.info(
                         "call %s: admission %s -> %s (%s)",
                         call_id,
@@ -93,9 +114,21 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                         result.slot.state.value,
                         name,
                     )
-            if business_id and result.active != list(active.get(business_id) or []):
-                active[business_id] = result.active
             await send(result.emits)
+
+    def apply(changes: routing.Changes) -> None:
+        for call_id, new in changes.reservations.items():
+            old = routing.Reservation.from_json(reservations.get(call_id))
+            reservations[call_id] = new.to_json()
+            load_index.apply(call_id, old, new)
+            if old is None or old.state != new.state:
+                log.info(
+                    "call %s: routing %s -> %s%s",
+                    call_id,
+                    old.state.value if old else "(none)",
+                    new.state.value,
+                    f" ({new.backend_id})" if new.backend_id else "",
+                )
 
     @app.agent(routing_in, name="routing")
     async def routing_agent(stream: Any) -> None:
@@ -105,55 +138,24 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 heartbeats[value["backend_id"]] = value
                 continue
             if name == "RoutingTick":
-                await _expire(value)
+                now_ms = int(value["envelope"]["occurred_at"])
+                for call_id in load_index.due(value["region_id"], now_ms):
+                    res = routing.Reservation.from_json(reservations.get(call_id))
+                    if res is not None:
+                        changes = routing.expire(call_id, res, now_ms)
+                        apply(changes)
+                        await send(changes.emits)
                 continue
             call_id = value["envelope"]["call_id"]
             res = routing.Reservation.from_json(reservations.get(call_id))
             try:
                 changes = routing.handle(
-                    name, value, res, config, heartbeats, held, routing_settings
+                    name, value, res, config, heartbeats, load_index.load, routing_settings
                 )
             except routing.TransitionError as exc:
                 log.error("routing: call %s: %s (event skipped)", call_id, exc)
                 continue
-            _apply(changes)
-            await send(changes.emits)
-
-    def _apply(changes: routing.Changes) -> None:
-        for call_id, new in changes.reservations.items():
-            old = routing.Reservation.from_json(reservations.get(call_id))
-            reservations[call_id] = new.to_json() if new else None
-            if new is None:
-                continue
-            region = new.region_id
-            pending = dict(open_by_region.get(region) or {})
-            if new.state is routing.ResState.RESERVED:
-                pending[call_id] = new.deadline_ms
-            else:
-                pending.pop(call_id, None)
-            if pending != (open_by_region.get(region) or {}):
-                open_by_region[region] = pending
-            if old is None or old.state != new.state:
-                log.info(
-                    "call %s: routing %s -> %s%s",
-                    call_id,
-                    old.state.value if old else "(none)",
-                    new.state.value,
-                    f" ({new.backend_id})" if new.backend_id else "",
-                )
-        for backend_id, calls in changes.held.items():
-            held[backend_id] = calls
-
-    async def _expire(tick: dict[str, Any]) -> None:
-        now_ms = int(tick["envelope"]["occurred_at"])
-        for call_id, deadline in sorted((open_by_region.get(tick["region_id"]) or {}).items()):
-            if deadline > now_ms:
-                continue
-            res = routing.Reservation.from_json(reservations.get(call_id))
-            if res is None:
-                continue
-            changes = routing.expire(call_id, res, held, now_ms)
-            _apply(changes)
+            apply(changes)
             await send(changes.emits)
 
     @app.timer(interval=0.5, on_leader=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,12 +135,15 @@ class Settings:
     retry_after_s: int = 5
 
 
+HOLDING = frozenset({ResState.RESERVED, ResState.ACCEPTED})
+
+
 @dataclass
 class Changes:
-    """What one event changed: reservations, per-backend holders, and what to publish."""
+    """What one event changed (reservations by call id) and what to publish. The load
+    per backend is derived from reservations in RESERVED or ACCEPTED (HOLDING)."""
 
-    reservations: dict[str, Reservation | None] = field(default_factory=dict)
-    held: dict[str, list[str]] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
     emits: list[Emit] = field(default_factory=list)
 
 
@@ -151,9 +155,11 @@ def is_live(heartbeat: dict[str, Any] | None, now_ms: int, s: Settings) -> bool:
     return now_ms - seen <= timeout
 
 
-def room(backend: dict[str, Any], heartbeat: dict[str, Any] | None, held: list[str]) -> int:
+def room(backend: dict[str, Any], heartbeat: dict[str, Any] | None, held: int) -> int:
+    """Free slots: the smaller capacity (config, heartbeat) minus the larger use (our
+    reservations, the node's own count of calls)."""
     capacity = int(backend["max_concurrent_calls"])
-    used = len(held)
+    used = held
     if heartbeat:
         capacity = min(capacity, int(heartbeat.get("capacity", capacity)))
         used = max(used, int(heartbeat.get("active_calls", 0)))
@@ -163,8 +169,8 @@ def room(backend: dict[str, Any], heartbeat: dict[str, Any] | None, held: list[s
 def choose_backend(
     admitted: dict[str, Any],
     config: ConfigView,
-    heartbeats: dict[str, dict[str, Any]],
-    held: dict[str, list[str]],
+    heartbeats: Mapping[str, dict[str, Any]],
+    load: Mapping[str, int],
     now_ms: int,
     s: Settings,
 ) -> tuple[dict[str, Any] | None, bool]:
@@ -177,7 +183,7 @@ def choose_backend(
             and b.get("enabled", True)
             and b.get("region_id") == region
             and is_live(heartbeats.get(b["id"]), now_ms, s)
-            and room(b, heartbeats.get(b["id"]), held.get(b["id"], [])) > 0
+            and room(b, heartbeats.get(b["id"]), load.get(b["id"], 0)) > 0
         )
 
     for backend_id in config.bypass_backends(admitted["business_id"], admitted.get("phone_id")):
@@ -191,9 +197,9 @@ def choose_backend(
             continue
         hb = heartbeats.get(b["id"])
         cap = min(int(b["max_concurrent_calls"]), int((hb or {}).get("capacity", 1 << 30)))
-        load = (cap - room(b, hb, held.get(b["id"], []))) / max(cap, 1)
-        if best is None or (load, b["id"]) < best:
-            best, chosen = (load, b["id"]), b
+        busy = (cap - room(b, hb, load.get(b["id"], 0))) / max(cap, 1)
+        if best is None or (busy, b["id"]) < best:
+            best, chosen = (busy, b["id"]), b
     return chosen, False
 
 
@@ -202,11 +208,14 @@ def handle(
     event: dict[str, Any],
     reservation: Reservation | None,
     config: ConfigView,
-    heartbeats: dict[str, dict[str, Any]],
-    held: dict[str, list[str]],
+    heartbeats: Mapping[str, dict[str, Any]],
+    load: Mapping[str, int],
     s: Settings,
 ) -> Changes:
-    """One event from the routing topic (not heartbeats: the agent stores those)."""
+    """One event from the routing topic (not heartbeats: the agent stores those).
+
+    `load` is the number of calls holding a slot per backend (derived from reservations).
+    """
     call_id = event["envelope"]["call_id"]
     out = Changes()
     if name == "CallAdmitted":
@@ -219,7 +228,7 @@ def handle(
             ):
                 out.emits = _decision_emits(reservation)
             return out
-        return _admit(event, config, heartbeats, held, s)
+        return _admit(event, config, heartbeats, load, s)
     if name == "CallAccepted":
         if reservation is None:
             return out  # accepted without a reservation of ours: nothing to hold
@@ -234,21 +243,17 @@ def handle(
             return out
         if new is not reservation.state:
             out.reservations[call_id] = _replace(reservation, new)
-            _free(out, reservation.backend_id, call_id, held)
         return out
     raise TransitionError(f"routing does not handle {name}")
 
 
-def expire(
-    call_id: str, reservation: Reservation, held: dict[str, list[str]], now_ms: int
-) -> Changes:
+def expire(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
     """A reservation whose redirect deadline passed: free it and end the call."""
     out = Changes()
     if reservation.state is not ResState.RESERVED or now_ms < reservation.deadline_ms:
         return out
     step(reservation.state, Input.DEADLINE)
     out.reservations[call_id] = _replace(reservation, ResState.RELEASED)
-    _free(out, reservation.backend_id, call_id, held)
     ended = {
         "envelope": envelope(call_id, PRODUCER, now_ms, derived_id(call_id, "redirect_timeout")),
         "reason": "redirect_timeout",
@@ -272,14 +277,14 @@ def expire(
 def _admit(
     event: dict[str, Any],
     config: ConfigView,
-    heartbeats: dict[str, dict[str, Any]],
-    held: dict[str, list[str]],
+    heartbeats: Mapping[str, dict[str, Any]],
+    load: Mapping[str, int],
     s: Settings,
 ) -> Changes:
     out = Changes()
     env = event["envelope"]
     call_id, now, cause = env["call_id"], int(env["occurred_at"]), env["event_id"]
-    backend, bypass = choose_backend(event, config, heartbeats, held, now, s)
+    backend, bypass = choose_backend(event, config, heartbeats, load, now, s)
     if backend is None:
         step(None, Input.ADMITTED_FULL)
         rejected = {
@@ -323,7 +328,6 @@ def _admit(
         {"name": "CallRouted", "record": routed},
     )
     out.reservations[call_id] = res
-    out.held[backend["id"]] = sorted([*held.get(backend["id"], []), call_id])
     out.emits = _decision_emits(res)
     return out
 
@@ -350,6 +354,37 @@ def _replace(r: Reservation, state: ResState) -> Reservation:
     )
 
 
-def _free(out: Changes, backend_id: str, call_id: str, held: dict[str, list[str]]) -> None:
-    if backend_id:
-        out.held[backend_id] = [c for c in held.get(backend_id, []) if c != call_id]
+class LoadIndex:
+    """Derived from the reservations table: calls holding a slot per backend, and the
+    RESERVED calls per region with their redirect deadlines (for the ticks)."""
+
+    def __init__(self) -> None:
+        self.load: dict[str, int] = {}
+        self._holder: dict[str, str] = {}  # call id -> backend id
+        self._open: dict[str, dict[str, int]] = {}  # region -> call id -> deadline
+
+    def apply(self, call_id: str, old: Reservation | None, new: Reservation | None) -> None:
+        backend = self._holder.pop(call_id, None)
+        if backend is not None:
+            self.load[backend] = self.load.get(backend, 1) - 1
+        if old is not None:
+            self._open.get(old.region_id, {}).pop(call_id, None)
+        if new is None:
+            return
+        if new.state in HOLDING and new.backend_id:
+            self._holder[call_id] = new.backend_id
+            self.load[new.backend_id] = self.load.get(new.backend_id, 0) + 1
+        if new.state is ResState.RESERVED:
+            self._open.setdefault(new.region_id, {})[call_id] = new.deadline_ms
+
+    def due(self, region_id: str, now_ms: int) -> list[str]:
+        """RESERVED calls of a region whose redirect deadline has passed."""
+        return sorted(c for c, d in self._open.get(region_id, {}).items() if d <= now_ms)
+
+    def open_calls(self) -> dict[str, dict[str, int]]:
+        return {r: dict(c) for r, c in self._open.items() if c}
+
+    def rebuild(self, reservations: Iterable[tuple[str, Reservation | None]]) -> None:
+        self.load, self._holder, self._open = {}, {}, {}
+        for call_id, res in reservations:
+            self.apply(call_id, None, res)

@@ -86,7 +86,7 @@ class UAC:
                         return None
                     self.framer.receive_data(chunk)
                 msg = parse_message(data, stream=True)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
         assert isinstance(msg, Response)
         return msg

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
 from schemas import SingleObjectCodec
-from tests.integration.conftest import Worker, run_cli
+from tests.harness import Worker, run_cli
 from tests.samples import sample
 from trunkline.admin import admin_client, apply_topics
 from trunkline.kafka_io import Outgoing, make_producer, publish_all

@@ -5,136 +5,26 @@ publisher standing in for backend-1 (media nodes arrive with the media issue).""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 import yaml
 
 from edge.sip.message import NameAddr
-from schemas import SingleObjectCodec
-from tests.integration.conftest import ROOT, Worker, child_env, free_port, run_cli
+from tests.harness import run_cli
 from tests.samples import sample
-from tests.sipclient import UAC, Call
-from trunkline.admin import apply_topics
-from trunkline.kafka_io import Outgoing, make_producer, publish_all
-from trunkline.settings import Settings
-from trunkline.topics import ADMISSION, HEARTBEATS
+from tests.sipclient import Call
+from tests.stack import Stack, running_stack
+from trunkline.topics import ADMISSION
 
 pytestmark = pytest.mark.integration
-CODEC = SingleObjectCodec()
-
-CONFIG = {
-    "plans": [{"id": "one", "maxConcurrentCalls": 1}, {"id": "wide", "maxConcurrentCalls": 50}],
-    "businesses": [
-        {"id": "b-limit", "name": "Limited", "plan": "one"},
-        {"id": "b-main", "name": "Main", "plan": "wide"},
-        {"id": "b-cancel", "name": "Cancel", "plan": "one"},
-    ],
-    "routes": [{"id": f"r-{b}", "businessId": f"b-{b}"} for b in ("limit", "main", "cancel")],
-    "numbers": [
-        {"id": "n-limit", "businessId": "b-limit", "provider": "SIP", "number": "+15550000001",
-         "routeId": "r-limit", "regionId": "us-east-1", "allowedSourceIps": ["127.0.0.0/8"]},
-        {"id": "n-main", "businessId": "b-main", "provider": "SIP", "number": "+15550000002",
-         "routeId": "r-main", "regionId": "us-east-1", "allowedSourceIps": ["127.0.0.1"]},
-        {"id": "n-acl", "businessId": "b-main", "provider": "SIP", "number": "+15550000003",
-         "routeId": "r-main", "regionId": "us-east-1", "allowedSourceIps": ["203.0.113.10"]},
-        {"id": "n-tw", "businessId": "b-main", "provider": "Twilio", "number": "+15550000004",
-         "routeId": "r-main", "regionId": "us-east-1"},
-        {"id": "n-nowhere", "businessId": "b-main", "provider": "SIP", "number": "+15550000005",
-         "routeId": "r-main", "regionId": "ap-south-1"},
-        {"id": "n-cancel", "businessId": "b-cancel", "provider": "SIP", "number": "+15550000006",
-         "routeId": "r-cancel", "regionId": "us-east-1"},
-    ],
-    "backends": [
-        {"id": "backend-1", "regionId": "us-east-1", "sipAddress": "127.0.0.1:5070",
-         "mediaUrl": "ws://127.0.0.1:8081", "maxConcurrentCalls": 100},
-        {"id": "backend-9", "regionId": "ap-south-1", "sipAddress": "127.0.0.1:5079",
-         "mediaUrl": "ws://127.0.0.1:8089", "maxConcurrentCalls": 100},
-    ],
-}
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    worker: Worker
-    edges: dict[str, int]
-
-    def uac(self, edge: str = "edge-a", transport: str = "UDP") -> UAC:
-        return UAC("127.0.0.1", self.edges[edge], transport)
-
-    def publish(self, topic: str, key: str, name: str, record: dict) -> None:
-        publish_all(make_producer(self.settings.kafka_bootstrap),
-                    [Outgoing(topic, key.encode(), CODEC.encode(name, record))])
-
-
-def _heartbeats(s: Settings, stop: threading.Event) -> None:
-    producer = make_producer(s.kafka_bootstrap, **{"log_level": 3})
-    while not stop.is_set():
-        hb = sample("BackendHeartbeat")
-        hb.update(backend_id="backend-1", region_id="us-east-1", capacity=100, active_calls=0)
-        producer.produce(HEARTBEATS.name(s.topic_prefix), key=b"us-east-1",
-                         value=CODEC.encode("BackendHeartbeat", hb))
-        producer.flush(5)
-        stop.wait(1.0)
-
-
-def _start_edge(s: Settings, edge_id: str, port: int) -> subprocess.Popen[bytes]:
-    log = open(s.state_dir / f"{edge_id}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trunkline.cli", "sip-edge", "--edge-id", edge_id,
-         "--listen", f"127.0.0.1:{port}"], env=child_env(s), stdout=log,
-        stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (s.state_dir / f"{edge_id}.log").read_text()
-        uac = UAC("127.0.0.1", port)
-        call = Call("ping")
-        uac.request("OPTIONS", call)
-        r = uac.receive(0.5)
-        uac.close()
-        if r is not None and r.status == 200:
-            return proc
-    raise AssertionError(f"{edge_id} never answered OPTIONS")
 
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tag = uuid.uuid4().hex[:8]
-    state = tmp_path_factory.mktemp("proxy")
-    s = Settings.from_env({
-        "TRUNKLINE_STATE_DIR": str(state), "TRUNKLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "TRUNKLINE_TOPIC_PREFIX": f"p{tag}.", "TRUNKLINE_APP_ID": f"proxy-test-{tag}",
-        "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
-        "TRUNKLINE_REDIRECT_TIMEOUT_MS": "60000",
-    })
-    apply_topics(s.kafka_bootstrap, s.topic_prefix)
-    cfg = state / "config.yaml"
-    cfg.write_text(yaml.safe_dump(CONFIG))
-    done = run_cli(s, "config", "apply", str(cfg))
-    assert done.returncode == 0, done.stderr
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeats, args=(s, stop), daemon=True)
-    beat.start()
-    worker = Worker(s)
-    worker.start()
-    edges = {"edge-a": free_port(), "edge-b": free_port()}
-    procs = [_start_edge(s, e, p) for e, p in edges.items()]
-    worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
-    try:
-        yield Stack(s, worker, edges)
-    finally:
-        stop.set()
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-        worker.stop()
+    with running_stack(kafka_bootstrap, tmp_path_factory.mktemp("proxy")) as s:
+        yield s
 
 
 def _release(stack: Stack, call_id: str, business: str) -> None:
@@ -156,7 +46,7 @@ def test_limit_one_two_simultaneous_invites_then_release(stack):
     uac.collect([a, b])
     for c in (a, b):
         uac.ack(c)
-    assert [r.status for r in a.responses][0] == 100
+    assert a.responses[0].status == 100
     statuses = sorted(c.final.status for c in (a, b))
     assert statuses == [302, 486]
     winner = a if a.final.status == 302 else b

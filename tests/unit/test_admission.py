@@ -38,8 +38,8 @@ def offer(call_id="q-1", **changes):
 
 
 def test_admitted_call_holds_a_slot_and_goes_to_routing():
-    r = handle("CallOffered", offer(), None, [], CONFIG)
-    assert r.slot.state is SlotState.ADMITTED and r.active == ["q-1"]
+    r = handle("CallOffered", offer(), None, 0, CONFIG)
+    assert r.slot.state is SlotState.ADMITTED
     assert [(e.dest, e.key, e.name) for e in r.emits] == [
         ("routing", "us-east-1", "CallAdmitted"), ("call-events", "q-1", "CallAdmitted")]
     admitted = r.emits[0].record
@@ -59,8 +59,8 @@ def test_admitted_call_holds_a_slot_and_goes_to_routing():
     ({"business_id": "7", "phone_id": "n7"}, 503, "plan platinum of business 7 is not configured"),
 ])
 def test_each_check_has_its_own_answer(changes, status, reason):
-    r = handle("CallOffered", offer(**changes), None, [], CONFIG)
-    assert r.slot.state is SlotState.REJECTED and r.active == []
+    r = handle("CallOffered", offer(**changes), None, 0, CONFIG)
+    assert r.slot.state is SlotState.REJECTED
     rejected = r.emits[0].record
     assert (r.emits[0].dest, r.emits[0].key) == ("decisions", "edge-1")
     assert (rejected["status_code"], rejected["stage"]) == (status, "ADMISSION")
@@ -68,51 +68,65 @@ def test_each_check_has_its_own_answer(changes, status, reason):
 
 
 def test_cidr_and_dialled_number_lookup():
-    r = handle("CallOffered", offer(phone_id="", source_ip="10.1.2.3"), None, [], CONFIG)
+    r = handle("CallOffered", offer(phone_id="", source_ip="10.1.2.3"), None, 0, CONFIG)
     assert r.slot.state is SlotState.ADMITTED
     assert r.emits[0].record["phone_id"] == "abc"
 
 
 def test_plan_limit_is_486_and_a_release_frees_it():
-    first = handle("CallOffered", offer("q-1"), None, [], CONFIG)
-    second = handle("CallOffered", offer("q-2"), None, first.active, CONFIG)
+    index = admission.SlotIndex()
+
+    def run(name, record, call_id):
+        slot = slots.get(call_id)
+        r = handle(name, record, slot, index.count("123"), CONFIG)
+        index.apply(call_id, slot, r.slot)
+        slots[call_id] = r.slot
+        return r
+
+    slots = {}
+    run("CallOffered", offer("q-1"), "q-1")
+    second = run("CallOffered", offer("q-2"), "q-2")
     assert second.emits[0].record["status_code"] == 486
     assert "limit reached: 1/1" in second.emits[0].record["reason"]
-    ended = sample("CallEnded", call_id="q-1")
-    released = handle("CallEnded", ended, first.slot, first.active, CONFIG)
-    assert released.slot.state is SlotState.RELEASED and released.active == []
+    released = run("CallEnded", sample("CallEnded", call_id="q-1"), "q-1")
+    assert released.slot.state is SlotState.RELEASED and index.count("123") == 0
     assert [(e.dest, e.key) for e in released.emits] == [("routing", "us-east-1")]
-    third = handle("CallOffered", offer("q-3"), None, released.active, CONFIG)
-    assert third.slot.state is SlotState.ADMITTED
-
-
-def test_release_is_exactly_once():
-    first = handle("CallOffered", offer("q-1"), None, ["other"], ConfigView({
-        **CONFIG.sections, "plans": {"starter": {"id": "starter", "max_concurrent_calls": 5}}}))
-    ended = sample("CallEnded", call_id="q-1")
-    once = handle("CallEnded", ended, first.slot, first.active, CONFIG)
-    twice = handle("CallEnded", ended, once.slot, once.active, CONFIG)
-    assert once.active == ["other"] and twice.active == ["other"] and twice.emits == []
+    again = run("CallEnded", sample("CallEnded", call_id="q-1"), "q-1")  # exactly once
+    assert again.emits == [] and index.count("123") == 0
+    third = run("CallOffered", offer("q-3"), "q-3")
+    assert third.slot.state is SlotState.ADMITTED and index.count("123") == 1
 
 
 def test_duplicate_offer_repeats_the_same_decision_without_counting():
-    first = handle("CallOffered", offer(), None, [], CONFIG)
-    again = handle("CallOffered", offer(), first.slot, first.active, CONFIG)
-    assert again.active == ["q-1"]
+    first = handle("CallOffered", offer(), None, 0, CONFIG)
+    again = handle("CallOffered", offer(), first.slot, 1, CONFIG)
+    assert again.slot == first.slot
     assert [e.record for e in again.emits] == [e.record for e in first.emits]
-    assert again.emits[0].record["envelope"]["event_id"] == \
-        first.emits[0].record["envelope"]["event_id"]
+    assert (
+        again.emits[0].record["envelope"]["event_id"]
+        == first.emits[0].record["envelope"]["event_id"]
+    )
 
 
 def test_end_before_offer_blocks_a_late_offer():
-    early = handle("CallEnded", sample("CallEnded", call_id="q-1"), None, [], CONFIG)
+    early = handle("CallEnded", sample("CallEnded", call_id="q-1"), None, 0, CONFIG)
     assert early.slot.state is SlotState.RELEASED
-    late = handle("CallOffered", offer(), early.slot, [], CONFIG)
-    assert late.active == [] and late.emits == []
+    late = handle("CallOffered", offer(), early.slot, 0, CONFIG)
+    assert late.slot.state is SlotState.RELEASED and late.emits == []
+
+
+def test_index_rebuilds_from_slots():
+    index = admission.SlotIndex()
+    slots = [("a", Slot(SlotState.ADMITTED, "123")), ("b", Slot(SlotState.RELEASED, "123")),
+             ("c", Slot(SlotState.ADMITTED, "9")), ("d", None)]
+    index.rebuild(slots)
+    assert index.as_dict() == {"123": ["a"], "9": ["c"]}
+    index.apply("a", slots[0][1], Slot(SlotState.RELEASED, "123"))
+    assert index.count("123") == 0 and index.count("9") == 1
 
 
 def test_slot_json_round_trip():
-    r = handle("CallOffered", offer(), None, [], CONFIG)
+    r = handle("CallOffered", offer(), None, 0, CONFIG)
     assert Slot.from_json(r.slot.to_json()) == r.slot
 
 

@@ -38,14 +38,14 @@ def admitted(call_id="q-1", at=NOW, **changes):
 def test_routes_to_the_least_loaded_live_backend():
     cfg = config(backend("b1"), backend("b2"))
     beats = {"b1": hb("b1"), "b2": hb("b2")}
-    out = handle("CallAdmitted", admitted(), None, cfg, beats, {"b1": ["x"]}, S)
+    out = handle("CallAdmitted", admitted(), None, cfg, beats, {"b1": 1}, S)
     routed = out.emits[0].record
     assert (out.emits[0].dest, out.emits[0].key, out.emits[0].name) == (
         "decisions", "edge-1", "CallRouted")
     assert routed["backend_id"] == "b2" and routed["backend_sip_address"] == "10.0.0.2:5070"
     assert routed["redirect_deadline"] == NOW + 10_000 and routed["bypass"] is False
-    assert out.held == {"b2": ["q-1"]}
     assert out.reservations["q-1"].state is ResState.RESERVED
+    assert out.reservations["q-1"].backend_id == "b2"
 
 
 @pytest.mark.parametrize(("beats", "why"), [
@@ -66,8 +66,11 @@ def test_no_live_backend_with_room_is_503(beats, why):
 def test_capacity_counts_our_reservations():
     cfg = config(backend("b1", cap=1))
     beats = {"b1": hb("b1")}
-    first = handle("CallAdmitted", admitted("q-1"), None, cfg, beats, {}, S)
-    second = handle("CallAdmitted", admitted("q-2"), None, cfg, beats, first.held, S)
+    index = routing.LoadIndex()
+    first = handle("CallAdmitted", admitted("q-1"), None, cfg, beats, index.load, S)
+    index.apply("q-1", None, first.reservations["q-1"])
+    assert index.load == {"b1": 1}
+    second = handle("CallAdmitted", admitted("q-2"), None, cfg, beats, index.load, S)
     assert second.emits[0].record["status_code"] == 503
 
 
@@ -82,7 +85,7 @@ def test_bypass_rule_wins_when_usable_and_falls_back_otherwise():
     rules = [{"id": "r", "business_id": "123", "backend_id": "b2", "phone_id": None}]
     cfg = config(backend("b1"), backend("b2"), bypass=rules)
     out = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1"), "b2": hb("b2")},
-                 {"b2": ["busy"]}, S)
+                 {"b2": 1}, S)
     assert out.emits[0].record["backend_id"] == "b2" and out.emits[0].record["bypass"] is True
     down = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
     assert down.emits[0].record["backend_id"] == "b1" and down.emits[0].record["bypass"] is False
@@ -90,42 +93,55 @@ def test_bypass_rule_wins_when_usable_and_falls_back_otherwise():
 
 def test_release_frees_the_slot_once():
     cfg = config(backend("b1"))
-    routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
+    index = routing.LoadIndex()
+    routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, index.load, S)
     res = routed.reservations["q-1"]
+    index.apply("q-1", None, res)
     ended = sample("CallEnded", call_id="q-1")
-    freed = handle("CallEnded", ended, res, cfg, {}, routed.held, S)
-    assert freed.held == {"b1": []} and freed.reservations["q-1"].state is ResState.RELEASED
-    again = handle("CallEnded", ended, freed.reservations["q-1"], cfg, {}, freed.held, S)
-    assert again.held == {} and again.reservations == {}
+    freed = handle("CallEnded", ended, res, cfg, {}, index.load, S)
+    assert freed.reservations["q-1"].state is ResState.RELEASED
+    index.apply("q-1", res, freed.reservations["q-1"])
+    assert index.load == {"b1": 0}
+    again = handle("CallEnded", ended, freed.reservations["q-1"], cfg, {}, index.load, S)
+    assert again.reservations == {} and again.emits == []
 
 
 def test_accepted_then_ended():
     cfg = config(backend("b1"))
+    index = routing.LoadIndex()
     routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
+    index.apply("q-1", None, routed.reservations["q-1"])
     acc = handle("CallAccepted", sample("CallAccepted", call_id="q-1"),
-                 routed.reservations["q-1"], cfg, {}, routed.held, S)
-    assert acc.reservations["q-1"].state is ResState.ACCEPTED and acc.held == {}
+                 routed.reservations["q-1"], cfg, {}, index.load, S)
+    assert acc.reservations["q-1"].state is ResState.ACCEPTED
+    index.apply("q-1", routed.reservations["q-1"], acc.reservations["q-1"])
+    assert index.load == {"b1": 1} and index.due("us-east-1", NOW + 99_999) == []
 
 
 def test_redirect_deadline_releases_and_ends_the_call():
     cfg = config(backend("b1"))
     routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
     res = routed.reservations["q-1"]
-    assert routing.expire("q-1", res, routed.held, NOW + 9_999).emits == []
-    out = routing.expire("q-1", res, routed.held, NOW + 10_000)
-    assert out.held == {"b1": []}
+    index = routing.LoadIndex()
+    index.apply("q-1", None, res)
+    assert index.due("us-east-1", NOW + 9_999) == []
+    assert index.due("us-east-1", NOW + 10_000) == ["q-1"]
+    assert routing.expire("q-1", res, NOW + 9_999).emits == []
+    out = routing.expire("q-1", res, NOW + 10_000)
+    index.apply("q-1", res, out.reservations["q-1"])
+    assert index.load == {"b1": 0} and index.due("us-east-1", NOW + 10_000) == []
     ended = out.emits[0].record
     assert (out.emits[0].dest, out.emits[0].key) == ("admission", "123")
     assert ended["reason"] == "redirect_timeout" and ended["backend_id"] == "b1"
     accepted = Reservation(ResState.ACCEPTED, "us-east-1", "123", "b1", NOW)
-    assert routing.expire("q-1", accepted, {}, NOW + 99_999).emits == []
+    assert routing.expire("q-1", accepted, NOW + 99_999).emits == []
 
 
 def test_duplicate_admission_repeats_the_decision():
     cfg = config(backend("b1"))
     routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
-    again = handle("CallAdmitted", admitted(), routed.reservations["q-1"], cfg, {}, routed.held, S)
-    assert again.held == {} and [e.record for e in again.emits] == [
+    again = handle("CallAdmitted", admitted(), routed.reservations["q-1"], cfg, {}, {"b1": 1}, S)
+    assert again.reservations == {} and [e.record for e in again.emits] == [
         e.record for e in routed.emits]
 
 

@@ -25,7 +25,8 @@ SRC = ("203.0.113.10", 5060)
 
 def invite(branch="z9hG4bKabc", cseq=1, call_id="c1@h"):
     return parse_message((
-        f"INVITE sip:+15551234567@edge SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
+        f"INVITE sip:+15551234567@edge SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
         f"From: <sip:a@h>;tag=f1\r\nTo: <sip:+15551234567@edge>\r\nCall-ID: {call_id}\r\n"
         f"CSeq: {cseq} INVITE\r\nContent-Length: 0\r\n\r\n").encode())
 
@@ -33,7 +34,8 @@ def invite(branch="z9hG4bKabc", cseq=1, call_id="c1@h"):
 def request(method, branch="z9hG4bKabc", to_tag="", cseq=1):
     to = "<sip:+15551234567@edge>" + (f";tag={to_tag}" if to_tag else "")
     return parse_message((
-        f"{method} sip:+15551234567@edge SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
+        f"{method} sip:+15551234567@edge SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
         f"From: <sip:a@h>;tag=f1\r\nTo: {to}\r\nCall-ID: c1@h\r\n"
         f"CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode())
 

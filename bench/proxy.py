@@ -1,0 +1,258 @@
+"""SIPp drives INVITEs at fixed rates through the whole proxy path (SIP edge, broker,
+Faust worker: admission and routing, back to the edge), and through a Kamailio redirect
+server doing the same job (source ACL, number lookup, dispatcher, 302) for comparison.
+
+For each rate: calls attempted, succeeded, failed, retransmissions, and INVITE -> final
+response p50/p99 (SIPp's response-time trace). The verdict is the highest rate with zero
+failed calls and p99 <= 50 ms, and our rate as a ratio of Kamailio's.
+
+    .venv/bin/python -m bench.proxy [--rates 100,200,300,500,750,1000] [--seconds 10]
+        [--kamailio-rates 500,1000,2000,4000] [--profile] [--bootstrap HOST:PORT]
+
+Needs sipp and kamailio (scripts/setup --bench installs both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness import free_port
+from tests.stack import CONFIG, running_stack
+from trunkline import kafka_local
+from trunkline.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "invite_302.xml"
+KAMAILIO_CFG = Path(__file__).resolve().parent / "kamailio" / "redirect.cfg"
+NUMBER = "+15550000002"
+P99_BOUND_MS = 50.0
+
+
+@dataclass
+class Run:
+    target: str
+    rate: int
+    attempted: int
+    succeeded: int
+    failed: int
+    retransmissions: int
+    achieved_cps: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and self.attempted > 0 and self.p99_ms <= P99_BOUND_MS
+
+    def line(self) -> str:
+        return (f"{self.target:9} {self.rate:>6}/s  attempted {self.attempted:>6}  ok "
+                f"{self.succeeded:>6}  failed {self.failed:>5}  retrans {self.retransmissions:>5}"
+                f"  achieved {self.achieved_cps:>7.1f}/s  p50 {self.p50_ms:>7.1f} ms  "
+                f"p99 {self.p99_ms:>7.1f} ms  {'OK' if self.ok else '--'}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def run_sipp(target: str, port: int, rate: int, seconds: float, workdir: Path) -> Run:
+    workdir.mkdir(parents=True, exist_ok=True)
+    calls = max(1, int(rate * seconds))
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        ["sipp", "-sf", str(SCENARIO), "-s", NUMBER, f"127.0.0.1:{port}", "-i", "127.0.0.1",
+         "-r", str(rate), "-m", str(calls), "-l", str(max(100, rate * 10)),
+         "-timeout", f"{int(seconds * 3 + 30)}s", "-recv_timeout", "8000", "-nostdin",
+         "-trace_stat", "-stf", "stat.csv", "-fd", "3600",
+         "-trace_rtt", "-rtt_freq", "1", "-trace_err", "-error_file", "err.txt",
+         "-max_socket", "4096"],
+        cwd=workdir, capture_output=True, text=True, timeout=seconds * 3 + 120,
+    )
+    wall = time.monotonic() - t0
+    del proc
+    stat = _last_stat(workdir / "stat.csv")
+    rtts = _rtts(workdir)
+    succeeded = int(stat.get("SuccessfulCall(C)", 0))
+    failed = int(stat.get("FailedCall(C)", 0))
+    return Run(
+        target=target, rate=rate, attempted=int(stat.get("TotalCallCreated", calls)),
+        succeeded=succeeded, failed=failed, retransmissions=int(stat.get("Retransmissions(C)", 0)),
+        achieved_cps=succeeded / max(wall, 1e-9),
+        p50_ms=percentile(rtts, 0.50), p99_ms=percentile(rtts, 0.99),
+    )
+
+
+def _last_stat(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    rows = list(csv.reader(path.read_text().splitlines(), delimiter=";"))
+    if len(rows) < 2:
+        return {}
+    return dict(zip(rows[0], rows[-1], strict=False))
+
+
+def _rtts(workdir: Path) -> list[float]:
+    out: list[float] = []
+    for f in workdir.glob("*_rtt.csv"):
+        for row in csv.reader(f.read_text().splitlines()[1:], delimiter=";"):
+            if len(row) >= 2:
+                try:
+                    out.append(float(row[1]))
+                except ValueError:
+                    pass
+    return out
+
+
+def start_kamailio(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    dispatcher = workdir / "dispatcher.list"
+    dispatcher.write_text("1 sip:127.0.0.1:5070\n1 sip:127.0.0.1:5072\n")
+    cfg = workdir / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.read_text().replace("LISTEN", f"udp:127.0.0.1:{port}")
+                   .replace("DISPATCHER_LIST", str(dispatcher)))
+    check = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise SystemExit(f"kamailio refused its config:\n{check.stderr[-3000:]}")
+    proc = subprocess.Popen(["kamailio", "-DD", "-E", "-f", str(cfg), "-m", "64", "-M", "8",
+                             "-P", str(workdir / "k.pid")],
+                            stdout=open(workdir / "kamailio.log", "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT)
+    time.sleep(1.5)
+    if proc.poll() is not None:
+        raise SystemExit(f"kamailio exited:\n{(workdir / 'kamailio.log').read_text()[-3000:]}")
+    return proc
+
+
+def profile(pids: dict[str, int], seconds: float, workdir: Path) -> dict[str, list[str]]:
+    """py-spy samples of each process while the load runs: top functions by own time."""
+    procs = {}
+    for name, pid in pids.items():
+        out = workdir / f"{name}.spy"
+        procs[name] = (out, subprocess.Popen(
+            ["py-spy", "record", "-d", str(int(seconds)), "-r", "100", "-f", "raw", "-o",
+             str(out), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    report: dict[str, list[str]] = {}
+    for name, (out, proc) in procs.items():
+        proc.wait()
+        leaf: Counter[str] = Counter()
+        total = 0
+        if out.exists():
+            for line in out.read_text().splitlines():
+                stack, _, n = line.rpartition(" ")
+                if not n.isdigit():
+                    continue
+                total += int(n)
+                frames = stack.split(";")
+                mine = [f for f in frames if any(m in f for m in (
+                    "edge/", "streams/", "schemas/", "trunkline/"))]
+                leaf[frames[-1].split(" (")[0] + (f"  <- {mine[-1].split(' (')[0]}"
+                                                  if mine else "")] += int(n)
+        report[name] = [f"{n / max(total, 1) * 100:5.1f}%  {k}" for k, n in leaf.most_common(12)]
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rates", default="100,200,300,500,750,1000")
+    ap.add_argument("--kamailio-rates", default="500,1000,2000,3000,4000")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--bootstrap", default=os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"))
+    ap.add_argument("--no-kamailio", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="py-spy the edge and the worker")
+    args = ap.parse_args()
+    for tool in ("sipp",) + (() if args.no_kamailio else ("kamailio",)):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: scripts/setup --bench installs it")
+    rates = [int(r) for r in args.rates.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="trunkline-proxy-bench-"))
+    paths = None
+    bootstrap = args.bootstrap
+    if not bootstrap:
+        paths = kafka_local.BrokerPaths(root / "kafka")
+        port = free_port()
+        kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
+        bootstrap = f"127.0.0.1:{port}"
+    results: list[Run] = []
+    try:
+        config = copy.deepcopy(CONFIG)
+        for plan in config["plans"]:
+            plan["maxConcurrentCalls"] = 1_000_000
+        for backend in config["backends"]:
+            backend["maxConcurrentCalls"] = 1_000_000
+        with running_stack(bootstrap, root / "stack", edges=("edge-a",), config=config,
+                           capacity=1_000_000,
+                           env={"TRUNKLINE_REDIRECT_TIMEOUT_MS": "3000"}) as stack:
+            port = stack.edges["edge-a"]
+            run_sipp("warmup", port, 50, 3, root / "warmup")
+            print(f"# trunkline: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
+                  f"{args.seconds:g} s per rate, p99 bound {P99_BOUND_MS:g} ms", flush=True)
+            for i, rate in enumerate(rates):
+                if args.profile and i == len(rates) // 2:
+                    pids = {"edge": stack.procs[0].pid, "worker": stack.worker.proc.pid}
+                    import threading
+
+                    holder: dict[str, dict[str, list[str]]] = {}
+                    t = threading.Thread(target=lambda: holder.update(
+                        r=profile(pids, args.seconds * 0.8, root)))
+                    t.start()
+                    run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
+                    t.join()
+                    for name, lines in holder.get("r", {}).items():
+                        print(f"## profile at {rate}/s: {name}")
+                        print("\n".join(lines))
+                else:
+                    run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
+                results.append(run)
+                print(run.line(), flush=True)
+                time.sleep(4)  # let redirect reservations expire between rates
+        if not args.no_kamailio:
+            kport = free_port()
+            k = start_kamailio(root / "kamailio", kport)
+            try:
+                print("# kamailio 5.6 stateless redirect: ACL, htable number lookup, "
+                      "dispatcher, 302", flush=True)
+                for rate in sorted(set(rates + [int(r) for r in args.kamailio_rates.split(",")])):
+                    run = run_sipp("kamailio", kport, rate, args.seconds, root / f"k{rate}")
+                    results.append(run)
+                    print(run.line(), flush=True)
+            finally:
+                k.terminate()
+                k.wait(10)
+    finally:
+        if paths is not None:
+            kafka_local.stop(paths)
+    ours = [r for r in results if r.target == "trunkline" and r.ok]
+    theirs = [r for r in results if r.target == "kamailio" and r.ok]
+    best = max((r.rate for r in ours), default=0)
+    print(f"\ntrunkline: highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
+          f"{best or 'none'}/s")
+    if not args.no_kamailio:
+        kbest = max((r.rate for r in theirs), default=0)
+        print(f"kamailio:  highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
+              f"{kbest or 'none'}/s (highest tested {max(r.rate for r in results if r.target == 'kamailio')}/s)")
+        if kbest:
+            print(f"ratio trunkline/kamailio at the same p99 bound: {best / kbest:.3f}")
+        same = [(a, b) for a in results for b in results if a.target == "trunkline"
+                and b.target == "kamailio" and a.rate == b.rate]
+        for a, b in same:
+            print(f"  at {a.rate}/s: p99 {a.p99_ms:.1f} ms vs {b.p99_ms:.1f} ms, "
+                  f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.2f} ms")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

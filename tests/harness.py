@@ -1,0 +1,194 @@
+"""Integration fixtures: a real Kafka broker and separately started worker processes.
+
+The broker comes from, in order: `--compose` (pytest-docker brings compose.yaml up), the
+TRUNKLINE_KAFKA_BOOTSTRAP variable (.ci/run starts one and sets it), or a broker this
+session starts itself from the Maven jars on free ports. Each test gets its own topic
+prefix, Faust app id, state folder and web port, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trunkline import kafka_local
+from trunkline.admin import apply_topics, wait_for_broker
+from trunkline.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(ROOT / "compose.yaml")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.config.getoption("--compose"):
+        services = request.getfixturevalue("docker_services")
+        bootstrap = "127.0.0.1:19092"
+
+        def ready() -> bool:
+            try:
+                wait_for_broker(bootstrap, timeout=2)
+                return True
+            except Exception:
+                return False
+
+        services.wait_until_responsive(timeout=120, pause=1, check=ready)
+        yield bootstrap
+        return
+    env = os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP")
+    if env:
+        wait_for_broker(env, timeout=60)
+        yield env
+        return
+    paths = kafka_local.BrokerPaths(tmp_path_factory.mktemp("kafka"))
+    port, controller = free_port(), free_port()
+    cache = Path(os.environ.get("TRUNKLINE_CACHE_DIR") or Path.home() / ".cache" / "trunkline")
+    kafka_local.start(paths, cache, port, controller)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        kafka_local.stop(paths)
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "TRUNKLINE_STATE_DIR": str(tmp_path / "state"),
+        "TRUNKLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TRUNKLINE_TOPIC_PREFIX": f"t{tag}.",
+        "TRUNKLINE_APP_ID": f"trunkline-test-{tag}",
+        "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
+    }
+    if request.config.getoption("--compose"):
+        env["TRUNKLINE_CLICKHOUSE_DSN"] = "http://trunkline:trunkline@localhost:8123/default"
+    s = Settings.from_env(env)
+    apply_topics(s.kafka_bootstrap, s.topic_prefix)
+    return s
+
+
+def child_env(s: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TRUNKLINE_STATE_DIR": str(s.state_dir),
+        "TRUNKLINE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "TRUNKLINE_TOPIC_PREFIX": s.topic_prefix,
+        "TRUNKLINE_APP_ID": s.app_id,
+        "TRUNKLINE_WORKER_WEB_PORT": str(s.worker_web_port),
+        "TRUNKLINE_CLICKHOUSE_DSN": s.clickhouse_dsn,
+        "TRUNKLINE_REDIRECT_TIMEOUT_MS": str(s.redirect_timeout_ms),
+        "TRUNKLINE_HEARTBEAT_TIMEOUT_MS": str(s.heartbeat_timeout_ms),
+        "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
+    }
+
+
+def run_cli(s: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trunkline.cli", *args],
+        env=child_env(s),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def start(self, timeout: float = 90) -> None:
+        self.log = self.settings.state_dir / f"worker-{int(time.time() * 1000)}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trunkline.cli", "worker"],
+                env=child_env(self.settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                health = self.get("/health/")
+                if health["sink"].get("alive"):
+                    return health
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not healthy in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log else ""
+
+    def get(self, path: str) -> Any:
+        url = f"{self.settings.worker_url}{path}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return json.load(resp)
+
+    def poll(self, path: str, until: Any, timeout: float = 30) -> Any:
+        """GET `path` until `until(body)` holds; return the body."""
+        deadline = time.monotonic() + timeout
+        body: Any = None
+        while time.monotonic() < deadline:
+            try:
+                body = self.get(path)
+                if until(body):
+                    return body
+            except urllib.error.HTTPError as exc:
+                body = exc.code
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never satisfied the condition; last: {body}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[Worker]:
+    w = Worker(settings)
+    try:
+        yield w
+    finally:
+        w.stop()

@@ -1,0 +1,140 @@
+"""A running proxy tier for tests and benchmarks: config, worker, SIP edges, and a
+heartbeat publisher standing in for backend-1 (media nodes come with the media issue)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from schemas import SingleObjectCodec
+from tests.harness import ROOT, Worker, child_env, free_port, run_cli
+from tests.samples import sample
+from tests.sipclient import UAC, Call
+from trunkline.admin import apply_topics
+from trunkline.kafka_io import Outgoing, make_producer, publish_all
+from trunkline.settings import Settings
+from trunkline.topics import HEARTBEATS
+
+CODEC = SingleObjectCodec()
+
+CONFIG = {
+    "plans": [{"id": "one", "maxConcurrentCalls": 1}, {"id": "wide", "maxConcurrentCalls": 50}],
+    "businesses": [
+        {"id": "b-limit", "name": "Limited", "plan": "one"},
+        {"id": "b-main", "name": "Main", "plan": "wide"},
+        {"id": "b-cancel", "name": "Cancel", "plan": "one"},
+    ],
+    "routes": [{"id": f"r-{b}", "businessId": f"b-{b}"} for b in ("limit", "main", "cancel")],
+    "numbers": [
+        {"id": "n-limit", "businessId": "b-limit", "provider": "SIP", "number": "+15550000001",
+         "routeId": "r-limit", "regionId": "us-east-1", "allowedSourceIps": ["127.0.0.0/8"]},
+        {"id": "n-main", "businessId": "b-main", "provider": "SIP", "number": "+15550000002",
+         "routeId": "r-main", "regionId": "us-east-1", "allowedSourceIps": ["127.0.0.1"]},
+        {"id": "n-acl", "businessId": "b-main", "provider": "SIP", "number": "+15550000003",
+         "routeId": "r-main", "regionId": "us-east-1", "allowedSourceIps": ["203.0.113.10"]},
+        {"id": "n-tw", "businessId": "b-main", "provider": "Twilio", "number": "+15550000004",
+         "routeId": "r-main", "regionId": "us-east-1"},
+        {"id": "n-nowhere", "businessId": "b-main", "provider": "SIP", "number": "+15550000005",
+         "routeId": "r-main", "regionId": "ap-south-1"},
+        {"id": "n-cancel", "businessId": "b-cancel", "provider": "SIP", "number": "+15550000006",
+         "routeId": "r-cancel", "regionId": "us-east-1"},
+    ],
+    "backends": [
+        {"id": "backend-1", "regionId": "us-east-1", "sipAddress": "127.0.0.1:5070",
+         "mediaUrl": "ws://127.0.0.1:8081", "maxConcurrentCalls": 100},
+        {"id": "backend-9", "regionId": "ap-south-1", "sipAddress": "127.0.0.1:5079",
+         "mediaUrl": "ws://127.0.0.1:8089", "maxConcurrentCalls": 100},
+    ],
+}
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    worker: Worker
+    edges: dict[str, int]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def uac(self, edge: str = "edge-a", transport: str = "UDP") -> UAC:
+        return UAC("127.0.0.1", self.edges[edge], transport)
+
+    def publish(self, topic: str, key: str, name: str, record: dict) -> None:
+        publish_all(make_producer(self.settings.kafka_bootstrap),
+                    [Outgoing(topic, key.encode(), CODEC.encode(name, record))])
+
+
+def _heartbeats(s: Settings, stop: threading.Event, capacity: int = 100) -> None:
+    producer = make_producer(s.kafka_bootstrap, **{"log_level": 3})
+    while not stop.is_set():
+        hb = sample("BackendHeartbeat")
+        hb.update(backend_id="backend-1", region_id="us-east-1", capacity=capacity,
+                  active_calls=0)
+        producer.produce(HEARTBEATS.name(s.topic_prefix), key=b"us-east-1",
+                         value=CODEC.encode("BackendHeartbeat", hb))
+        producer.flush(5)
+        stop.wait(1.0)
+
+
+def _start_edge(s: Settings, edge_id: str, port: int) -> subprocess.Popen[bytes]:
+    log = open(s.state_dir / f"{edge_id}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trunkline.cli", "sip-edge", "--edge-id", edge_id,
+         "--listen", f"127.0.0.1:{port}"], env=child_env(s), stdout=log,
+        stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (s.state_dir / f"{edge_id}.log").read_text()
+        uac = UAC("127.0.0.1", port)
+        call = Call("ping")
+        uac.request("OPTIONS", call)
+        r = uac.receive(0.5)
+        uac.close()
+        if r is not None and r.status == 200:
+            return proc
+    raise AssertionError(f"{edge_id} never answered OPTIONS")
+
+
+@contextmanager
+def running_stack(kafka_bootstrap: str, state: Path, edges: tuple[str, ...] = ("edge-a", "edge-b"),
+                  env: dict[str, str] | None = None, config: dict | None = None,
+                  capacity: int = 100) -> Iterator[Stack]:
+    tag = uuid.uuid4().hex[:8]
+    s = Settings.from_env({
+        "TRUNKLINE_STATE_DIR": str(state), "TRUNKLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TRUNKLINE_TOPIC_PREFIX": f"p{tag}.", "TRUNKLINE_APP_ID": f"proxy-test-{tag}",
+        "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
+        "TRUNKLINE_REDIRECT_TIMEOUT_MS": "60000",
+        **(env or {}),
+    })
+    state.mkdir(parents=True, exist_ok=True)
+    apply_topics(s.kafka_bootstrap, s.topic_prefix)
+    cfg = state / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config or CONFIG))
+    done = run_cli(s, "config", "apply", str(cfg))
+    assert done.returncode == 0, done.stderr
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeats, args=(s, stop, capacity), daemon=True)
+    beat.start()
+    worker = Worker(s)
+    worker.start()
+    ports = {e: free_port() for e in edges}
+    procs = []
+    try:
+        procs = [_start_edge(s, e, p) for e, p in ports.items()]
+        worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
+        yield Stack(s, worker, ports, procs)
+    finally:
+        stop.set()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        worker.stop()
