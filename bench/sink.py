@@ -25,7 +25,7 @@ from schemas import SingleObjectCodec
 from tests.harness import Worker, free_port
 from tests.samples import sample
 from trunkline import kafka_local
-from trunkline.admin import apply_topics
+from trunkline.admin import apply_all
 from trunkline.kafka_io import make_producer
 from trunkline.settings import Settings
 from trunkline.topics import CALL_EVENTS
@@ -88,7 +88,7 @@ def wait_count(w: Worker, n: int, timeout: float = 600) -> float:
 def run(bootstrap: str, n: int, root: Path) -> None:
     # backlog
     s = settings_for(bootstrap, root / "backlog")
-    apply_topics(s.kafka_bootstrap, s.topic_prefix)
+    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     p_secs = produce(s, n, "b")
     w = Worker(s)
     w.start()
@@ -110,7 +110,7 @@ def run(bootstrap: str, n: int, root: Path) -> None:
     )
     # live
     s = settings_for(bootstrap, root / "live")
-    apply_topics(s.kafka_bootstrap, s.topic_prefix)
+    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     w = Worker(s)
     w.start()
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from trunkline import kafka_local
-from trunkline.admin import apply_topics, wait_for_broker
+from trunkline.admin import apply_all, wait_for_broker
 from trunkline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureReques
     if request.config.getoption("--compose"):
         env["TRUNKLINE_CLICKHOUSE_DSN"] = "http://trunkline:trunkline@localhost:8123/default"
     s = Settings.from_env(env)
-    apply_topics(s.kafka_bootstrap, s.topic_prefix)
+    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     return s
 
 
@@ -105,6 +105,7 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_REDIRECT_TIMEOUT_MS": str(s.redirect_timeout_ms),
         "TRUNKLINE_HEARTBEAT_TIMEOUT_MS": str(s.heartbeat_timeout_ms),
         "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
+        "TRUNKLINE_WORKER_SINK": "1" if s.worker_sink else "0",
     }
 
 
@@ -146,7 +147,7 @@ class Worker:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 health = self.get("/health/")
-                if health["sink"].get("alive"):
+                if health["sink"].get("alive") or not health["sink"].get("enabled", True):
                     return health
             except (urllib.error.URLError, OSError, ValueError):
                 pass

@@ -19,7 +19,7 @@ from schemas import SingleObjectCodec
 from tests.harness import ROOT, Worker, child_env, free_port, run_cli
 from tests.samples import sample
 from tests.sipclient import UAC, Call
-from trunkline.admin import apply_topics
+from trunkline.admin import apply_all
 from trunkline.kafka_io import Outgoing, make_producer, publish_all
 from trunkline.settings import Settings
 from trunkline.topics import HEARTBEATS
@@ -116,7 +116,7 @@ def running_stack(kafka_bootstrap: str, state: Path, edges: tuple[str, ...] = ("
         **(env or {}),
     })
     state.mkdir(parents=True, exist_ok=True)
-    apply_topics(s.kafka_bootstrap, s.topic_prefix)
+    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     cfg = state / "config.yaml"
     cfg.write_text(yaml.safe_dump(config or CONFIG))
     done = run_cli(s, "config", "apply", str(cfg))

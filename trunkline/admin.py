@@ -16,7 +16,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from trunkline.topics import ALL_TOPICS, TopicSpec
+from trunkline.topics import ALL_TOPICS, TopicSpec, internal_topics
 
 
 class BrokerUnavailable(RuntimeError):
@@ -121,3 +121,8 @@ def apply_topics(
             changes.append("configs " + ", ".join(f"{k}={v}" for k, v in drift.items()))
         results.append(TopicResult(name, "updated" if changes else "unchanged", "; ".join(changes)))
     return results
+
+
+def apply_all(bootstrap: str, prefix: str, app_id: str) -> list[TopicResult]:
+    """The declared topics under `prefix` and the Faust topics of `app_id`."""
+    return apply_topics(bootstrap, prefix) + apply_topics(bootstrap, "", internal_topics(app_id))

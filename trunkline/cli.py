@@ -64,18 +64,17 @@ def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
 
 # -- topics ----------------------------------------------------------------------------
 def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
-    from trunkline.admin import apply_topics
-    from trunkline.topics import ALL_TOPICS
+    from trunkline.admin import apply_all
+    from trunkline.topics import ALL_TOPICS, internal_topics
 
     if args.action == "list":
-        for spec in ALL_TOPICS:
+        specs = [(spec.name(s.topic_prefix), spec) for spec in ALL_TOPICS]
+        specs += [(spec.name(""), spec) for spec in internal_topics(s.app_id)]
+        for name, spec in specs:
             policy = "compact" if spec.compacted else f"delete {spec.retention_ms} ms"
-            _say(
-                f"{spec.name(s.topic_prefix):40} p={spec.partitions:<3} {policy:24} "
-                f"key={spec.key:10} {spec.doc}"
-            )
+            _say(f"{name:48} p={spec.partitions:<3} {policy:24} key={spec.key:10} {spec.doc}")
         return EXIT_OK
-    for r in apply_topics(s.kafka_bootstrap, s.topic_prefix):
+    for r in apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id):
         _say(f"{r.action:9} {r.name}" + (f"  ({r.detail})" if r.detail else ""))
     return EXIT_OK
 
@@ -168,6 +167,8 @@ def _config_show(args: argparse.Namespace, s: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     from streams.app import run_worker
 
+    if args.no_sink:
+        s = s.with_overrides(worker_sink=False)
     run_worker(s, loglevel=args.loglevel)
     return EXIT_OK
 
@@ -363,7 +364,7 @@ def _wait_worker(s: Settings, timeout: float) -> dict[str, Any]:
         try:
             with urllib.request.urlopen(f"{s.worker_url}/health/", timeout=2) as resp:
                 health: dict[str, Any] = json.load(resp)
-            if health["sink"].get("alive"):
+            if health["sink"].get("alive") or not health["sink"].get("enabled", True):
                 return health
         except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
             last = exc
@@ -534,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the Faust worker in the foreground")
     w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    w.add_argument("--no-sink", action="store_true",
+                   help="no ClickHouse sink in this worker (env TRUNKLINE_WORKER_SINK=0)")
     w.set_defaults(func=cmd_worker)
 
     e = sub.add_parser(

@@ -43,6 +43,17 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} must be 1/0, true/false, yes/no or on/off")
+
+
 def check_bootstrap(value: str, name: str = "TRUNKLINE_KAFKA_BOOTSTRAP") -> str:
     parts = [p.strip() for p in value.split(",") if p.strip()]
     if not parts:
@@ -79,6 +90,7 @@ class Settings:
     redirect_timeout_ms: int = 10_000
     heartbeat_timeout_ms: int = 5_000
     decision_timeout_s: float = 5.0
+    worker_sink: bool = True
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -131,4 +143,5 @@ class Settings:
             redirect_timeout_ms=_positive(env, "TRUNKLINE_REDIRECT_TIMEOUT_MS", 10_000),
             heartbeat_timeout_ms=_positive(env, "TRUNKLINE_HEARTBEAT_TIMEOUT_MS", 5_000),
             decision_timeout_s=_positive(env, "TRUNKLINE_DECISION_TIMEOUT_MS", 5_000) / 1000,
+            worker_sink=_flag(env, "TRUNKLINE_WORKER_SINK", True),
         )

@@ -116,3 +116,19 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     DEAD_LETTERS,
     *CONFIG_TOPICS.values(),
 )
+
+
+def internal_topics(app_id: str) -> tuple[TopicSpec, ...]:
+    """Topics Faust uses for this app id, declared here so they exist (with the right
+    partition counts) before a worker starts: the broker does not auto-create, and Faust
+    racing its own topic creation against metadata crashes agents (PartitionsMismatch)."""
+    return (
+        TopicSpec(f"{app_id}-admission-slots-changelog", ADMISSION.partitions, True, None,
+                  "call_id", ("json",), "Admission's slot per call (Faust table changelog)."),
+        TopicSpec(f"{app_id}-routing-reservations-changelog", ROUTING.partitions, True, None,
+                  "call_id", ("json",), "Routing's reservation per call (Faust changelog)."),
+        TopicSpec(f"{app_id}-routing-heartbeats-changelog", ROUTING.partitions, True, None,
+                  "backend_id", ("json",), "Latest heartbeat per backend (Faust changelog)."),
+        TopicSpec(f"{app_id}-__assignor-__leader", 1, False, None, "-", ("-",),
+                  "Faust's leader election."),
+    )  # fmt: skip
