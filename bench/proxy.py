@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,18 +203,16 @@ def main() -> None:
                   f"{args.seconds:g} s per rate, p99 bound {P99_BOUND_MS:g} ms", flush=True)
             for i, rate in enumerate(rates):
                 if args.profile and i == len(rates) // 2:
-                    pids = {"edge": stack.procs[0].pid, "worker": stack.worker.proc.pid}
-                    import threading
-
-                    holder: dict[str, dict[str, list[str]]] = {}
-                    t = threading.Thread(target=lambda: holder.update(
-                        r=profile(pids, args.seconds * 0.8, root)))
-                    t.start()
-                    run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
-                    t.join()
-                    for name, lines in holder.get("r", {}).items():
-                        print(f"## profile at {rate}/s: {name}")
-                        print("\n".join(lines))
+                    assert stack.worker.proc is not None
+                    assert stack.sink.proc is not None
+                    pids = {"edge": stack.procs[0].pid, "worker": stack.worker.proc.pid,
+                            "sink": stack.sink.proc.pid}
+                    with ThreadPoolExecutor(1) as pool:
+                        spied = pool.submit(profile, pids, args.seconds * 0.8, root)
+                        run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
+                        for name, lines in spied.result().items():
+                            print(f"## profile at {rate}/s, py-spy, own time: {name}")
+                            print("\n".join(lines))
                 else:
                     run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
                 results.append(run)
@@ -242,8 +241,9 @@ def main() -> None:
           f"{best or 'none'}/s")
     if not args.no_kamailio:
         kbest = max((r.rate for r in theirs), default=0)
+        ktop = max(r.rate for r in results if r.target == "kamailio")
         print(f"kamailio:  highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
-              f"{kbest or 'none'}/s (highest tested {max(r.rate for r in results if r.target == 'kamailio')}/s)")
+              f"{kbest or 'none'}/s (highest tested {ktop}/s)")
         if kbest:
             print(f"ratio trunkline/kamailio at the same p99 bound: {best / kbest:.3f}")
         same = [(a, b) for a in results for b in results if a.target == "trunkline"

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from schemas import SingleObjectCodec
-from tests.harness import Worker, free_port
+from tests.harness import Service, Sink, free_port
 from tests.samples import sample
 from trunkline import kafka_local
 from trunkline.admin import apply_all
@@ -71,7 +71,7 @@ def settings_for(bootstrap: str, state: Path) -> Settings:
     )
 
 
-def wait_count(w: Worker, n: int, timeout: float = 600) -> float:
+def wait_count(w: Service, n: int, timeout: float = 600) -> float:
     """Poll the sink's counter (cheap), then confirm the count with one ClickHouse query."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,7 +90,7 @@ def run(bootstrap: str, n: int, root: Path) -> None:
     s = settings_for(bootstrap, root / "backlog")
     apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     p_secs = produce(s, n, "b")
-    w = Worker(s)
+    w = Sink(s)
     w.start()
     t0 = time.perf_counter()  # the sink is alive: it starts consuming now
     t1 = wait_count(w, n)
@@ -111,7 +111,7 @@ def run(bootstrap: str, n: int, root: Path) -> None:
     # live
     s = settings_for(bootstrap, root / "live")
     apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
-    w = Worker(s)
+    w = Sink(s)
     w.start()
     t0 = time.perf_counter()
     produce(s, n, "l")

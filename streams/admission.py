@@ -276,7 +276,7 @@ def _release(name: str, event: dict[str, Any], slot: Slot | None) -> Result:
     # routing may hold a backend slot for an admitted call: pass the release on (same event,
     # same id); routing ignores it when it already let go
     emits = [Emit("routing", slot.region_id, name, event)]
-    log.info("call %s: plan slot of business %s released (%s)", call_id, business_id, name)
+    log.debug("call %s: plan slot of business %s released (%s)", call_id, business_id, name)
     return Result(Slot(new_state, slot.business_id, slot.region_id, None), emits)
 
 

@@ -107,7 +107,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 slots[call_id] = result.slot.to_json() if result.slot else None
                 slot_index.apply(call_id, slot, result.slot)
                 if result.slot and (slot is None or slot.state != result.slot.state):
-                    log.info(
+                    log.debug(
                         "call %s: admission %s -> %s (%s)",
                         call_id,
                         slot.state.value if slot else "(none)",
@@ -122,7 +122,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
             reservations[call_id] = new.to_json()
             load_index.apply(call_id, old, new)
             if old is None or old.state != new.state:
-                log.info(
+                log.debug(
                     "call %s: routing %s -> %s%s",
                     call_id,
                     old.state.value if old else "(none)",

@@ -270,7 +270,7 @@ def expire(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
     out.emits = fan_out(
         ("admission", "call-events"), {"admission": reservation.business_id}, "CallEnded", ended
     )
-    log.info("call %s: %s never took the redirect; slot released", call_id, reservation.backend_id)
+    log.debug("call %s: %s never took the redirect; slot released", call_id, reservation.backend_id)
     return out
 
 

@@ -85,6 +85,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureReques
         "TRUNKLINE_TOPIC_PREFIX": f"t{tag}.",
         "TRUNKLINE_APP_ID": f"trunkline-test-{tag}",
         "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
+        "TRUNKLINE_SINK_WEB_PORT": str(free_port()),
     }
     if request.config.getoption("--compose"):
         env["TRUNKLINE_CLICKHOUSE_DSN"] = "http://trunkline:trunkline@localhost:8123/default"
@@ -105,7 +106,7 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_REDIRECT_TIMEOUT_MS": str(s.redirect_timeout_ms),
         "TRUNKLINE_HEARTBEAT_TIMEOUT_MS": str(s.heartbeat_timeout_ms),
         "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
-        "TRUNKLINE_WORKER_SINK": "1" if s.worker_sink else "0",
+        "TRUNKLINE_SINK_WEB_PORT": str(s.sink_web_port),
     }
 
 
@@ -121,17 +122,27 @@ def run_cli(s: Settings, *args: str, timeout: float = 120) -> subprocess.Complet
 
 
 @dataclass
-class Worker:
+class Service:
+    """A trunkline process started separately (`trunkline worker` or `trunkline sink`)."""
+
     settings: Settings
+    command: str = "worker"
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
+    @property
+    def url(self) -> str:
+        return self.settings.worker_url if self.command == "worker" else self.settings.sink_url
+
+    def ready(self, health: dict[str, Any]) -> bool:
+        return "tables" in health if self.command == "worker" else bool(health["sink"]["alive"])
+
     def start(self, timeout: float = 90) -> None:
-        self.log = self.settings.state_dir / f"worker-{int(time.time() * 1000)}.log"
+        self.log = self.settings.state_dir / f"{self.command}-{int(time.time() * 1000)}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trunkline.cli", "worker"],
+                [sys.executable, "-m", "trunkline.cli", self.command],
                 env=child_env(self.settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -144,10 +155,11 @@ class Worker:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"{self.command} exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 health = self.get("/health/")
-                if health["sink"].get("alive") or not health["sink"].get("enabled", True):
+                if self.ready(health):
                     return health
             except (urllib.error.URLError, OSError, ValueError):
                 pass
@@ -158,7 +170,7 @@ class Worker:
         return self.log.read_text(errors="replace")[-4000:] if self.log else ""
 
     def get(self, path: str) -> Any:
-        url = f"{self.settings.worker_url}{path}"
+        url = f"{self.url}{path}"
         with urllib.request.urlopen(url, timeout=10) as resp:
             return json.load(resp)
 
@@ -186,10 +198,27 @@ class Worker:
                 self.proc.wait(10)
 
 
+def Worker(settings: Settings) -> Service:
+    return Service(settings, "worker")
+
+
+def Sink(settings: Settings) -> Service:
+    return Service(settings, "sink")
+
+
 @pytest.fixture
-def worker(settings: Settings) -> Iterator[Worker]:
+def worker(settings: Settings) -> Iterator[Service]:
     w = Worker(settings)
     try:
         yield w
     finally:
         w.stop()
+
+
+@pytest.fixture
+def sink(settings: Settings) -> Iterator[Service]:
+    s = Sink(settings)
+    try:
+        yield s
+    finally:
+        s.stop()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from edge.sip.uac import UAC, Call
 from schemas import SingleObjectCodec
-from tests.harness import ROOT, Worker, child_env, free_port, run_cli
+from tests.harness import ROOT, Service, Sink, Worker, child_env, free_port, run_cli
 from tests.samples import sample
-from tests.sipclient import UAC, Call
 from trunkline.admin import apply_all
 from trunkline.kafka_io import Outgoing, make_producer, publish_all
 from trunkline.settings import Settings
@@ -60,7 +60,8 @@ CONFIG = {
 @dataclass
 class Stack:
     settings: Settings
-    worker: Worker
+    worker: Service
+    sink: Service
     edges: dict[str, int]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -112,6 +113,7 @@ def running_stack(kafka_bootstrap: str, state: Path, edges: tuple[str, ...] = ("
         "TRUNKLINE_STATE_DIR": str(state), "TRUNKLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "TRUNKLINE_TOPIC_PREFIX": f"p{tag}.", "TRUNKLINE_APP_ID": f"proxy-test-{tag}",
         "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
+        "TRUNKLINE_SINK_WEB_PORT": str(free_port()),
         "TRUNKLINE_REDIRECT_TIMEOUT_MS": "60000",
         **(env or {}),
     })
@@ -124,6 +126,8 @@ def running_stack(kafka_bootstrap: str, state: Path, edges: tuple[str, ...] = ("
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeats, args=(s, stop, capacity), daemon=True)
     beat.start()
+    sink = Sink(s)
+    sink.start()
     worker = Worker(s)
     worker.start()
     ports = {e: free_port() for e in edges}
@@ -131,10 +135,11 @@ def running_stack(kafka_bootstrap: str, state: Path, edges: tuple[str, ...] = ("
     try:
         procs = [_start_edge(s, e, p) for e, p in ports.items()]
         worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
-        yield Stack(s, worker, ports, procs)
+        yield Stack(s, worker, sink, ports, procs)
     finally:
         stop.set()
         for p in procs:
             p.terminate()
             p.wait(10)
         worker.stop()
+        sink.stop()

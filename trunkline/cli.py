@@ -167,8 +167,7 @@ def _config_show(args: argparse.Namespace, s: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     from streams.app import run_worker
 
-    if args.no_sink:
-        s = s.with_overrides(worker_sink=False)
+
     run_worker(s, loglevel=args.loglevel)
     return EXIT_OK
 
@@ -184,6 +183,7 @@ def cmd_sip_edge(args: argparse.Namespace, s: Settings) -> int:
         level=getattr(logging, args.loglevel.upper()),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
+    args.listen = args.listen or s.sip_listen
     try:
         listen = Listen.parse(args.listen)
         tls = Listen.parse(args.tls_listen) if args.tls_listen else None
@@ -270,10 +270,64 @@ def cmd_heartbeats(args: argparse.Namespace, s: Settings) -> int:
         time.sleep(args.interval)
 
 
+def cmd_call(args: argparse.Namespace, s: Settings) -> int:
+    """Place one INVITE through the SIP edge, show the answer and the call's queue entry."""
+    from edge.sip.uac import UAC, Call
+
+    target = args.edge or s.sip_listen
+    host, _, port = target.rpartition(":")
+    if not port.isdigit():
+        raise CliError(f"--edge {target!r} is not host:port", EXIT_USAGE)
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    headers = "&".join(f"{k}={v}" for k, v in (("X-Business-Id", args.business),
+                                                ("X-Phone-Id", args.phone)) if v)
+    uac = UAC(host, int(port), args.transport.upper())
+    try:
+        call = Call(args.number, uri_headers=headers)
+        final = uac.invite(call, timeout=args.timeout)
+    finally:
+        uac.close()
+    if final is None:
+        raise CliError(f"no final answer from {target} within {args.timeout:g}s")
+    _say(f"SIP/2.0 {final.status} {final.reason}")
+    for name in ("Contact", "Warning", "Retry-After", "X-CallQueue-Id"):
+        if final.headers.get(name):
+            _say(f"{name}: {final.headers.get(name)}")
+    queue_id = final.headers.get("x-callqueue-id")
+    if queue_id and not args.no_entry:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                entry = _read_calls(s, f"/calls/{urllib.parse.quote(queue_id, safe='')}/", {})
+                if entry.get("status") not in ("Queued", "ProcessingProxy"):
+                    break
+            except CliError:
+                entry = None
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        if entry:
+            _say(json.dumps(entry, indent=2))
+    return EXIT_OK if final.status < 400 else EXIT_FAIL
+
+
+def cmd_sink(args: argparse.Namespace, s: Settings) -> int:
+    from streams.clickhouse import ClickHouseUnavailable
+    from streams.sink_service import run_sink
+
+    try:
+        run_sink(s, loglevel=args.loglevel)
+    except ClickHouseUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"cannot serve on {s.sink_url}: {exc.strerror or exc}") from exc
+    return EXIT_OK
+
+
 # -- calls -----------------------------------------------------------------------------
-def _worker_get(s: Settings, path: str, params: dict[str, str]) -> Any:
+def _sink_get(s: Settings, path: str, params: dict[str, str]) -> Any:
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
-    url = f"{s.worker_url}{path}" + (f"?{query}" if query else "")
+    url = f"{s.sink_url}{path}" + (f"?{query}" if query else "")
     try:
         with urllib.request.urlopen(url, timeout=30) as resp:
             return json.load(resp)
@@ -286,16 +340,16 @@ def _worker_get(s: Settings, path: str, params: dict[str, str]) -> Any:
 
 
 def _read_calls(s: Settings, path: str, params: dict[str, str]) -> Any:
-    """Ask the worker (it owns embedded chDB); with a ClickHouse server, query directly."""
+    """Ask the sink (it owns embedded chDB); with a ClickHouse server, query directly."""
     from streams import queries
 
     if s.is_embedded_clickhouse:
         try:
-            return _worker_get(s, path, params)
+            return _sink_get(s, path, params)
         except urllib.error.URLError:
-            if procs.running_pid(s.state_dir, "worker") is not None:
-                raise CliError(f"the worker runs but does not answer at {s.worker_url}") from None
-        # no worker: open the embedded engine ourselves
+            if procs.running_pid(s.state_dir, "sink") is not None:
+                raise CliError(f"the sink runs but does not answer at {s.sink_url}") from None
+        # no sink: open the embedded engine ourselves
     from streams.clickhouse import ClickHouseStore, ClickHouseUnavailable
 
     try:
@@ -353,23 +407,39 @@ def cmd_calls(args: argparse.Namespace, s: Settings) -> int:
 
 
 # -- the local stack -------------------------------------------------------------------
-def _wait_worker(s: Settings, timeout: float) -> dict[str, Any]:
+def _wait_http(s: Settings, name: str, url: str, timeout: float, ready: Any) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if procs.running_pid(s.state_dir, "worker") is None:
-            log = procs.log_file(s.state_dir, "worker")
+        if procs.running_pid(s.state_dir, name) is None:
+            log = procs.log_file(s.state_dir, name)
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise CliError(f"the worker exited; log {log}:\n{tail}")
+            raise CliError(f"the {name} exited; log {log}:\n{tail}")
         try:
-            with urllib.request.urlopen(f"{s.worker_url}/health/", timeout=2) as resp:
-                health: dict[str, Any] = json.load(resp)
-            if health["sink"].get("alive") or not health["sink"].get("enabled", True):
-                return health
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body: dict[str, Any] = json.load(resp)
+            if ready(body):
+                return body
         except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
             last = exc
         time.sleep(0.5)
-    raise CliError(f"the worker did not become healthy at {s.worker_url} in {timeout:.0f}s: {last}")
+    raise CliError(f"the {name} did not become healthy at {url} in {timeout:.0f}s: {last}")
+
+
+def _wait_edge(s: Settings, timeout: float) -> None:
+    from edge.sip.ping import options_ping
+
+    host, _, port = s.sip_listen.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if procs.running_pid(s.state_dir, "sip-edge") is None:
+            log = procs.log_file(s.state_dir, "sip-edge")
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise CliError(f"the SIP edge exited; log {log}:\n{tail}")
+        if options_ping(host if host not in ("0.0.0.0", "") else "127.0.0.1", int(port)) == 200:
+            return
+        time.sleep(0.3)
+    raise CliError(f"the SIP edge did not answer OPTIONS on {s.sip_listen} in {timeout:.0f}s")
 
 
 def _env_for_children(s: Settings) -> dict[str, str]:
@@ -381,6 +451,9 @@ def _env_for_children(s: Settings) -> dict[str, str]:
         "TRUNKLINE_CLICKHOUSE_DSN": s.clickhouse_dsn,
         "TRUNKLINE_WORKER_WEB_PORT": str(s.worker_web_port),
         "TRUNKLINE_WORKER_WEB_HOST": s.worker_web_host,
+        "TRUNKLINE_SINK_WEB_PORT": str(s.sink_web_port),
+        "TRUNKLINE_SINK_WEB_HOST": s.sink_web_host,
+        "TRUNKLINE_SIP_LISTEN": s.sip_listen,
         **(
             {"TRUNKLINE_SCHEMA_REGISTRY_URL": s.schema_registry_url}
             if s.schema_registry_url
@@ -400,15 +473,34 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
     cmd_topics(argparse.Namespace(action="apply"), s)
     _say(f"* config {config_path} ...")
     cmd_config(argparse.Namespace(action="apply", file=config_path, prune=False), s)
-    _say("* worker (Faust app, config tables, ClickHouse sink) ...")
+    _say("* ClickHouse sink ...")
+    sink_pid = procs.start(s.state_dir, "sink", [sys.executable, "-m", "trunkline.cli", "sink"],
+                           _env_for_children(s))
+    _wait_http(s, "sink", f"{s.sink_url}/health/", args.timeout,
+               lambda h: bool(h["sink"].get("alive")))
+    _say(f"  sink pid {sink_pid}, reads on {s.sink_url}, ClickHouse {s.clickhouse_dsn}")
+    _say("* worker (Faust app: config tables, admission, routing) ...")
     pid = procs.start(
         s.state_dir,
         "worker",
         [sys.executable, "-m", "trunkline.cli", "worker"],
         _env_for_children(s),
     )
-    health = _wait_worker(s, args.timeout)
+    health = _wait_http(s, "worker", f"{s.worker_url}/health/", args.timeout,
+                        lambda h: "tables" in h)
     _say(f"  worker pid {pid}, web {s.worker_url}, tables {health['tables']}")
+    _say(f"* SIP edge on {s.sip_listen} (UDP and TCP) ...")
+    edge_pid = procs.start(s.state_dir, "sip-edge",
+                           [sys.executable, "-m", "trunkline.cli", "sip-edge", "--listen",
+                            s.sip_listen], _env_for_children(s))
+    _wait_edge(s, args.timeout)
+    _say(f"  sip-edge pid {edge_pid}, answering OPTIONS on {s.sip_listen}")
+    if args.simulate_backends:
+        hb_pid = procs.start(s.state_dir, "heartbeats",
+                             [sys.executable, "-m", "trunkline.cli", "heartbeats"],
+                             _env_for_children(s))
+        _say(f"* simulated backend heartbeats (pid {hb_pid}): routing sees the configured "
+             "backends as live")
     _say("")
     _say(
         "trunkline is up. Logs: "
@@ -416,6 +508,7 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
         + ", broker log: "
         + str(_broker_paths(s).log_file)
     )
+    _say("  trunkline call +15551234567   place a call through the edge")
     _say("  trunkline status      what runs where")
     _say("  trunkline calls list  calls from ClickHouse")
     _say("  trunkline down        stop everything")
@@ -423,32 +516,45 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace, s: Settings) -> int:
-    _say("worker stopped" if procs.stop(s.state_dir, "worker") else "worker was not running")
+    for name in ("heartbeats", "sip-edge", "worker", "sink"):
+        _say(f"{name} stopped" if procs.stop(s.state_dir, name) else f"{name} was not running")
     if not os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"):
         cmd_kafka(argparse.Namespace(action="down", wipe=args.wipe), s)
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace, s: Settings) -> int:
-    broker = kafka_local.status(_broker_paths(s))
-    worker_pid = procs.running_pid(s.state_dir, "worker")
+def _edge_status(s: Settings) -> dict[str, Any]:
+    from edge.sip.ping import options_ping
+
+    pid = procs.running_pid(s.state_dir, "sip-edge")
+    host, _, port = s.sip_listen.rpartition(":")
+    answer = options_ping(host if host != "0.0.0.0" else "127.0.0.1", int(port)) if pid else None
+    return {"running": pid is not None, "pid": pid, "listen": s.sip_listen,
+            "options": answer, "log": str(procs.log_file(s.state_dir, "sip-edge"))}
+
+
+def _service_status(s: Settings, name: str, url: str) -> dict[str, Any]:
+    pid = procs.running_pid(s.state_dir, name)
     health: Any = None
-    if worker_pid is not None:
+    if pid is not None:
         try:
-            with urllib.request.urlopen(f"{s.worker_url}/health/", timeout=3) as resp:
+            with urllib.request.urlopen(f"{url}/health/", timeout=3) as resp:
                 health = json.load(resp)
         except (urllib.error.URLError, OSError, ValueError):
             health = "not answering"
+    return {"running": pid is not None, "pid": pid, "web": url,
+            "log": str(procs.log_file(s.state_dir, name)), "health": health}
+
+
+def cmd_status(args: argparse.Namespace, s: Settings) -> int:
+    broker = kafka_local.status(_broker_paths(s))
     report = {
         "state_dir": str(s.state_dir),
         "kafka": {**broker, "bootstrap": s.kafka_bootstrap},
-        "worker": {
-            "running": worker_pid is not None,
-            "pid": worker_pid,
-            "web": s.worker_url,
-            "log": str(procs.log_file(s.state_dir, "worker")),
-            "health": health,
-        },
+        "worker": _service_status(s, "worker", s.worker_url),
+        "sink": _service_status(s, "sink", s.sink_url),
+        "sip_edge": _edge_status(s),
+        "heartbeats_standin": procs.running_pid(s.state_dir, "heartbeats"),
         "clickhouse": s.clickhouse_dsn,
         "topic_prefix": s.topic_prefix,
     }
@@ -502,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="config YAML (default examples/config.yaml)")
     up.add_argument("--heap", default="512m", help="broker JVM heap (default 512m)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for health")
+    up.add_argument("--simulate-backends", action="store_true",
+                    help="publish heartbeats for the configured backends (a stand-in until "
+                    "media nodes exist: calls get a 302 to an address nothing answers)")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the local stack")
     down.add_argument("--wipe", action="store_true", help="also delete the broker's data")
@@ -535,16 +644,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run the Faust worker in the foreground")
     w.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
-    w.add_argument("--no-sink", action="store_true",
-                   help="no ClickHouse sink in this worker (env TRUNKLINE_WORKER_SINK=0)")
     w.set_defaults(func=cmd_worker)
+
+    sk = sub.add_parser("sink", help="run the ClickHouse sink (and its read API) in the foreground")
+    sk.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    sk.set_defaults(func=cmd_sink)
 
     e = sub.add_parser(
         "sip-edge", help="run the SIP proxy edge (redirect server) in the foreground"
     )
     e.add_argument("--edge-id", default="edge-1", help="this edge's id (decisions are keyed by it)")
     e.add_argument(
-        "--listen", default="127.0.0.1:5060", help="UDP and TCP address (default 127.0.0.1:5060)"
+        "--listen", help="UDP and TCP address (env TRUNKLINE_SIP_LISTEN, default 127.0.0.1:5060)"
     )
     e.add_argument("--no-udp", action="store_true", help="do not listen on UDP")
     e.add_argument("--no-tcp", action="store_true", help="do not listen on TCP")
@@ -574,6 +685,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, default=0, help="stop after N rounds (default: run until stopped)"
     )
     hb.set_defaults(func=cmd_heartbeats)
+
+    cl = sub.add_parser("call", help="place one INVITE through the SIP edge and show the result")
+    cl.add_argument("number", help="the dialled number, e.g. +15551234567")
+    cl.add_argument("--edge", help="edge host:port (default TRUNKLINE_SIP_LISTEN)")
+    cl.add_argument("--transport", default="udp", choices=["udp", "tcp"])
+    cl.add_argument("--business", help="send X-Business-Id in the Request-URI")
+    cl.add_argument("--phone", help="send X-Phone-Id in the Request-URI")
+    cl.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    cl.add_argument("--no-entry", action="store_true", help="do not print the queue entry")
+    cl.set_defaults(func=cmd_call)
 
     calls = sub.add_parser("calls", help="calls from ClickHouse")
     csub2 = calls.add_subparsers(dest="action", required=True, metavar="ACTION")

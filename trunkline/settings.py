@@ -43,15 +43,12 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r} must be 1/0, true/false, yes/no or on/off")
+def _host_port_setting(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"{name}={raw!r} is not host:port")
+    return raw
 
 
 def check_bootstrap(value: str, name: str = "TRUNKLINE_KAFKA_BOOTSTRAP") -> str:
@@ -90,7 +87,9 @@ class Settings:
     redirect_timeout_ms: int = 10_000
     heartbeat_timeout_ms: int = 5_000
     decision_timeout_s: float = 5.0
-    worker_sink: bool = True
+    sink_web_host: str = "127.0.0.1"
+    sink_web_port: int = 6067
+    sip_listen: str = "127.0.0.1:5060"
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -99,6 +98,10 @@ class Settings:
     @property
     def worker_url(self) -> str:
         return f"http://{self.worker_web_host}:{self.worker_web_port}"
+
+    @property
+    def sink_url(self) -> str:
+        return f"http://{self.sink_web_host}:{self.sink_web_port}"
 
     def with_overrides(self, **changes: object) -> Settings:
         clean = {k: v for k, v in changes.items() if v is not None}
@@ -143,5 +146,7 @@ class Settings:
             redirect_timeout_ms=_positive(env, "TRUNKLINE_REDIRECT_TIMEOUT_MS", 10_000),
             heartbeat_timeout_ms=_positive(env, "TRUNKLINE_HEARTBEAT_TIMEOUT_MS", 5_000),
             decision_timeout_s=_positive(env, "TRUNKLINE_DECISION_TIMEOUT_MS", 5_000) / 1000,
-            worker_sink=_flag(env, "TRUNKLINE_WORKER_SINK", True),
+            sink_web_host=env.get("TRUNKLINE_SINK_WEB_HOST") or "127.0.0.1",
+            sink_web_port=_port(env, "TRUNKLINE_SINK_WEB_PORT", 6067),
+            sip_listen=_host_port_setting(env, "TRUNKLINE_SIP_LISTEN", "127.0.0.1:5060"),
         )

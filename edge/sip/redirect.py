@@ -14,6 +14,7 @@ Publish (for Kafka). The I/O lives in edge/sip/service.py.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import uuid
@@ -98,6 +99,8 @@ class RedirectCore:
     new_tag: Callable[[], str] = field(default=lambda: uuid.uuid4().hex[:12])
     pending: dict[str, Pending] = field(default_factory=dict)
     by_key: dict[TxKey, str] = field(default_factory=dict)
+    # (deadline, call id) heap; answered calls leave stale entries that are skipped
+    _deadlines: list[tuple[float, str]] = field(default_factory=list)
 
     # -- requests from the transaction layer --------------------------------------------
     def on_request(
@@ -169,13 +172,14 @@ class RedirectCore:
             out += [
                 Publish("call-events", call_id, "CallOffered", offered),
                 Publish("call-events", call_id, "CallRejected", rejected),
-                Reply(key, self._error(request, tag, 404, reason, None)),
+                Reply(key, self._error(request, tag, 404, reason, None, call_id)),
             ]
             return out
         self.pending[call_id] = Pending(
             call_id, key, request, now + self.decision_timeout, tag, business_id, number
         )
         self.by_key[key] = call_id
+        heapq.heappush(self._deadlines, (now + self.decision_timeout, call_id))
         out += [
             Publish("admission", business_id, "CallOffered", offered),
             Publish("call-events", call_id, "CallOffered", offered),
@@ -203,7 +207,9 @@ class RedirectCore:
         del self.by_key[invite_key]
         out.append(
             Reply(
-                invite_key, make_response(pending.request, 487, REASONS[487], to_tag=pending.to_tag)
+                invite_key,
+                make_response(pending.request, 487, REASONS[487], to_tag=pending.to_tag,
+                              headers=[("X-CallQueue-Id", pending.call_id)]),
             )
         )
         out += self._ended(pending, now, "cancelled", 487, "caller")
@@ -228,6 +234,7 @@ class RedirectCore:
                         int(record["status_code"]),
                         record["reason"],
                         record.get("retry_after_s"),
+                        call_id,
                     ),
                 )
             ]
@@ -250,13 +257,16 @@ class RedirectCore:
             302,
             REASONS[302],
             to_tag=pending.to_tag,
-            headers=[("Contact", f"<{contact}>")],
+            headers=[("Contact", f"<{contact}>"), ("X-CallQueue-Id", pending.call_id)],
         )
 
     def _error(
-        self, request: Request, tag: str, status: int, reason: str, retry_after: int | None
+        self, request: Request, tag: str, status: int, reason: str, retry_after: int | None,
+        call_id: str,
     ) -> Response:
-        headers = [("Warning", f'399 {self.edge_id} "{_quote(reason)}"')]
+        """A rejection: the standard phrase, why in a Warning, our queue id for support."""
+        headers = [("Warning", f'399 {self.edge_id} "{_quote(reason)}"'),
+                   ("X-CallQueue-Id", call_id)]
         if status == 503:
             headers.append(("Retry-After", str(retry_after or self.retry_after_s)))
         return make_response(
@@ -265,12 +275,16 @@ class RedirectCore:
 
     # -- time -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self.pending.values()), default=None)
+        while self._deadlines and self._deadlines[0][1] not in self.pending:
+            heapq.heappop(self._deadlines)
+        return self._deadlines[0][0] if self._deadlines else None
 
     def expire(self, now: float) -> list[Out]:
         out: list[Out] = []
-        for call_id, pending in list(self.pending.items()):
-            if pending.deadline > now:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, call_id = heapq.heappop(self._deadlines)
+            pending = self.pending.get(call_id)
+            if pending is None or pending.deadline > now:
                 continue
             del self.pending[call_id]
             self.by_key.pop(pending.key, None)
@@ -278,7 +292,9 @@ class RedirectCore:
             out.append(
                 Reply(
                     pending.key,
-                    self._error(pending.request, pending.to_tag, 503, reason, self.retry_after_s),
+                    self._error(
+                        pending.request, pending.to_tag, 503, reason, self.retry_after_s, call_id
+                    ),
                 )
             )
             out += self._ended(pending, now, "edge_timeout", 503, "system")

@@ -28,6 +28,7 @@ non-INVITE server transaction (Timer J = 64*T1 over UDP, 0 over TCP):
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 from dataclasses import dataclass, field
 
@@ -218,6 +219,10 @@ class ServerTransactions:
     def __init__(self, *, t1: float = T1, t2: float = T2, t4: float = T4) -> None:
         self.t1, self.t2, self.t4 = t1, t2, t4
         self.transactions: dict[TxKey, ServerTransaction] = {}
+        # (deadline, seq, key): a timer heap; entries whose transaction moved on are stale
+        # and skipped, so arming is O(log n) and finding the next deadline O(1)
+        self._timers: list[tuple[float, int, TxKey]] = []
+        self._seq = 0
 
     def __len__(self) -> int:
         return len(self.transactions)
@@ -297,21 +302,34 @@ class ServerTransactions:
         return self.transactions.get(key)
 
     # -- time ---------------------------------------------------------------------------
+    def _live(self, entry: tuple[float, int, TxKey]) -> ServerTransaction | None:
+        tx = self.transactions.get(entry[2])
+        if tx is None or tx.deadline != entry[0] or tx.timer is None:
+            return None
+        return tx
+
     def next_deadline(self) -> float | None:
-        deadlines = [t.deadline for t in self.transactions.values() if t.deadline is not None]
-        return min(deadlines) if deadlines else None
+        while self._timers and self._live(self._timers[0]) is None:
+            heapq.heappop(self._timers)
+        return self._timers[0][0] if self._timers else None
 
     def expire(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for tx in list(self.transactions.values()):
-            while tx.deadline is not None and tx.deadline <= now and tx.timer is not None:
-                actions.extend(self._on_timer(tx, tx.timer, tx.deadline))
+        while self._timers and self._timers[0][0] <= now:
+            entry = heapq.heappop(self._timers)
+            tx = self._live(entry)
+            if tx is None:
+                continue
+            assert tx.timer is not None
+            actions.extend(self._on_timer(tx, tx.timer, entry[0]))
             if tx.state is State.TERMINATED:
                 self.transactions.pop(tx.key, None)
         return actions
 
     def _arm(self, tx: ServerTransaction, timer: Event, at: float) -> None:
         tx.timer, tx.deadline = timer, at
+        self._seq += 1
+        heapq.heappush(self._timers, (at, self._seq, tx.key))
 
     def _on_timer(self, tx: ServerTransaction, timer: Event, due: float) -> list[Action]:
         """Fire `timer`, which was due at `due` (schedules stay exact when we run late)."""

@@ -43,7 +43,7 @@ def test_sipp_invite_302_ack(stack, tmp_path, transport, flag):
     assert len(queue_ids) == calls and len(set(queue_ids)) == calls
     # every queue id is a call the pipeline routed to backend-1
     for qid in queue_ids:
-        entry = stack.worker.poll(f"/calls/{qid}/", lambda e: isinstance(e, dict)
+        entry = stack.sink.poll(f"/calls/{qid}/", lambda e: isinstance(e, dict)
                                   and e.get("status") == "ProcessedProxy")
         assert entry["processingBackendServerId"] == "backend-1"
         assert entry["logs"][0]["message"].endswith(f"(SIP {transport}) to +15550000002")

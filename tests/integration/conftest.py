@@ -1,1 +1,1 @@
-from tests.harness import docker_compose_file, kafka_bootstrap, settings, worker  # noqa: F401
+from tests.harness import docker_compose_file, kafka_bootstrap, settings, sink, worker  # noqa: F401

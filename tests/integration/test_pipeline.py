@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
 from schemas import SingleObjectCodec
-from tests.harness import Worker, run_cli
+from tests.harness import Sink, run_cli
 from tests.samples import sample
 from trunkline.admin import admin_client, apply_topics
 from trunkline.kafka_io import Outgoing, make_producer, publish_all
@@ -170,19 +170,19 @@ def test_invalid_config_is_refused_and_nothing_is_published(
         assert high_watermarks(settings, spec.name(settings.topic_prefix)) == 0
 
 
-def test_event_produced_twice_appears_in_clickhouse_once(settings, worker):
-    worker.start()
+def test_event_produced_twice_appears_in_clickhouse_once(settings, sink):
+    sink.start()
     offered = sample("CallOffered", call_id="q-twice")
     routed = sample("CallRouted", call_id="q-twice")
     produce_events(settings, [("CallOffered", offered), ("CallRouted", routed)])
     produce_events(settings, [("CallOffered", offered)])  # the producer retried
-    entry = worker.poll("/calls/q-twice/?events=1", lambda b: len(b.get("events", [])) == 2)
+    entry = sink.poll("/calls/q-twice/?events=1", lambda b: len(b.get("events", [])) == 2)
     assert [e["event_type"] for e in entry["events"]] == ["CallOffered", "CallRouted"]
     assert entry["status"] == "ProcessedProxy"
     assert entry["processingBackendServerId"] == "backend-2"
     assert [log["message"] for log in entry["logs"]][-1] == "Call routed to backend-2"
     time.sleep(1.5)  # give a late duplicate every chance to show up
-    counts = worker.get("/events/counts/")
+    counts = sink.get("/events/counts/")
     assert counts == {"CallOffered": 1, "CallRouted": 1}
 
     # the CLI reads the same entry through the worker (which owns the embedded engine)
@@ -195,8 +195,8 @@ def test_event_produced_twice_appears_in_clickhouse_once(settings, worker):
     assert missing.returncode == 2 and "no call 'q-nope'" in missing.stderr
 
 
-def test_undecodable_record_is_parked_not_lost(settings, worker):
-    worker.start()
+def test_undecodable_record_is_parked_not_lost(settings, sink):
+    sink.start()
     topic = CALL_EVENTS.name(settings.topic_prefix)
     good = sample("CallOffered", call_id="q-after-garbage")
     publish_all(
@@ -206,7 +206,7 @@ def test_undecodable_record_is_parked_not_lost(settings, worker):
             Outgoing(topic, b"q-after-garbage", CODEC.encode("CallOffered", good)),
         ],
     )
-    worker.poll("/calls/q-after-garbage/", lambda b: b["status"] == "Queued")
+    sink.poll("/calls/q-after-garbage/", lambda b: b["status"] == "Queued")
     dlq = DEAD_LETTERS.name(settings.topic_prefix)
     c = Consumer(
         {
@@ -225,21 +225,21 @@ def test_undecodable_record_is_parked_not_lost(settings, worker):
     headers = dict(msg.headers())
     assert headers["source.topic"] == topic.encode()
     assert b"not Confluent wire format" in headers["error"] or b"single-object" in headers["error"]
-    assert worker.get("/health/")["sink"]["dead_lettered"] == 1
+    assert sink.get("/health/")["sink"]["dead_lettered"] == 1
 
 
-def test_worker_killed_mid_stream_loses_nothing(settings, worker):
-    worker.start()
+def test_sink_killed_mid_stream_loses_nothing(settings, sink):
+    sink.start()
     calls = [f"q-crash-{i}" for i in range(400)]
     first = [("CallOffered", sample("CallOffered", call_id=c)) for c in calls[:200]]
     produce_events(settings, first)
-    worker.poll("/events/counts/", lambda b: b.get("CallOffered", 0) > 0)
-    worker.stop(signal.SIGKILL)  # no shutdown hooks, no final commit
+    sink.poll("/events/counts/", lambda b: b.get("CallOffered", 0) > 0)
+    sink.stop(signal.SIGKILL)  # no shutdown hooks, no final commit
     produce_events(
         settings, [("CallOffered", sample("CallOffered", call_id=c)) for c in calls[200:]]
     )
     produce_events(settings, first[:50])  # and some re-deliveries on top
-    restarted = Worker(settings)
+    restarted = Sink(settings)
     try:
         restarted.start()
         restarted.poll("/events/counts/", lambda b: b.get("CallOffered") == 400, timeout=60)

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from edge.sip.message import NameAddr
+from edge.sip.uac import Call
 from tests.harness import run_cli
 from tests.samples import sample
-from tests.sipclient import Call
 from tests.stack import Stack, running_stack
 from trunkline.topics import ADMISSION
 
@@ -209,7 +209,7 @@ def test_queue_entry_shows_the_proxy_work(stack):
     final = uac.invite(call)
     uac.close()
     queue_id = _queue_id(final)
-    entry = stack.worker.poll(f"/calls/{queue_id}/",
+    entry = stack.sink.poll(f"/calls/{queue_id}/",
                               lambda e: isinstance(e, dict) and e.get("status") == "ProcessedProxy")
     assert entry["providerCallId"] == call.call_id
     assert entry["processingProxyServerId"] == "edge-a"

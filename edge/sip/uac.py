@@ -1,5 +1,6 @@
-"""A minimal SIP user agent client for tests: INVITE/ACK/CANCEL/OPTIONS over UDP or TCP,
-built on our own message module (the e2e tests use SIPp, which we did not write)."""
+"""A minimal SIP user agent client: INVITE/ACK/CANCEL/OPTIONS over UDP or TCP, for
+`trunkline call` and the tests (the e2e tests use SIPp, which we did not write),
+built on our own message module."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from edge.sip.message import Response, parse_message
 class Call:
     number: str
     branch: str = field(default_factory=lambda: "z9hG4bK" + uuid.uuid4().hex[:16])
-    call_id: str = field(default_factory=lambda: uuid.uuid4().hex + "@test")
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex + "@trunkline-uac")
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     uri_headers: str = ""
     responses: list[Response] = field(default_factory=list)

@@ -1,0 +1,117 @@
+"""The ClickHouse sink as its own process: `trunkline sink`.
+
+It owns the ClickHouse handle (with the embedded chDB engine, the only process that may
+open the data path), runs the batch sink (streams/sink.py) and answers reads over HTTP:
+
+    GET /health/                      sink stats
+    GET /calls/?business=&since=&limit=   recent calls (streams/queries.py)
+    GET /calls/{id}/[?events=1]       one call's queue entry
+    GET /events/counts/               events per type
+
+Kept apart from the Faust worker so that batch decoding and inserts never hold the GIL
+the decision path needs (measured: at 200 calls/s p50 went from 3.6 s to 40 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from schemas.codec import make_codec
+from streams import queries
+from streams.clickhouse import ClickHouseStore
+from streams.sink import ClickHouseSink
+from trunkline.settings import Settings
+from trunkline.topics import CALL_EVENTS, DEAD_LETTERS
+
+log = logging.getLogger("trunkline.sink")
+
+
+def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) -> web.Application:
+    async def run(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({
+            "sink": {"alive": sink.alive, **sink.stats.as_dict()},
+            "clickhouse": settings.clickhouse_dsn,
+            "topic": CALL_EVENTS.name(settings.topic_prefix),
+        })
+
+    async def calls(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            since = queries.parse_duration(q["since"]) if q.get("since") else None
+            limit = int(q.get("limit", "100"))
+            if not 1 <= limit <= 10_000:
+                raise ValueError("limit must be 1..10000")
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        rows = await run(queries.list_calls, store, q.get("business") or None, since, limit)
+        return web.json_response(rows)
+
+    async def call(request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        entry = await run(queries.show_call, store, call_id)
+        if entry is None:
+            return web.json_response({"error": f"no call {call_id!r}"}, status=404)
+        if request.query.get("events"):
+            entry["events"] = await run(queries.call_events, store, call_id)
+        return web.json_response(entry)
+
+    async def counts(request: web.Request) -> web.Response:
+        return web.json_response(await run(queries.event_counts, store))
+
+    app = web.Application()
+    app.router.add_get("/health/", health)
+    app.router.add_get("/calls/", calls)
+    app.router.add_get("/calls/{call_id}/", call)
+    app.router.add_get("/events/counts/", counts)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    loop = asyncio.get_running_loop()
+    store = ClickHouseStore(settings.clickhouse_dsn)
+    await loop.run_in_executor(None, store.ensure_schema)
+    sink = ClickHouseSink(
+        bootstrap=settings.kafka_bootstrap,
+        topic=CALL_EVENTS.name(settings.topic_prefix),
+        dead_letter_topic=DEAD_LETTERS.name(settings.topic_prefix),
+        group_id=f"{settings.app_id}-clickhouse-sink",
+        codec=make_codec(settings.schema_registry_url),
+        store=store,
+    )
+    sink.start()
+    runner = web.AppRunner(build_web(store, sink, settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.sink_web_host, settings.sink_web_port)
+    await site.start()
+    log.info("ClickHouse sink: %s -> %s; web on %s:%s", CALL_EVENTS.name(settings.topic_prefix),
+             settings.clickhouse_dsn, settings.sink_web_host, settings.sink_web_port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            if not sink.alive:
+                raise RuntimeError("the sink thread stopped; see the log above")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+    finally:
+        await loop.run_in_executor(None, sink.stop)
+        await runner.cleanup()
+        store.close()
+
+
+def run_sink(settings: Settings, loglevel: str = "info") -> None:
+    logging.basicConfig(level=getattr(logging, loglevel.upper()),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(settings))
