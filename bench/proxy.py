@@ -56,10 +56,12 @@ class Run:
         return self.failed == 0 and self.attempted > 0 and self.p99_ms <= P99_BOUND_MS
 
     def line(self) -> str:
-        return (f"{self.target:9} {self.rate:>6}/s  attempted {self.attempted:>6}  ok "
-                f"{self.succeeded:>6}  failed {self.failed:>5}  retrans {self.retransmissions:>5}"
-                f"  achieved {self.achieved_cps:>7.1f}/s  p50 {self.p50_ms:>7.1f} ms  "
-                f"p99 {self.p99_ms:>7.1f} ms  {'OK' if self.ok else '--'}")
+        return (
+            f"{self.target:9} {self.rate:>6}/s  attempted {self.attempted:>6}  ok "
+            f"{self.succeeded:>6}  failed {self.failed:>5}  retrans {self.retransmissions:>5}"
+            f"  achieved {self.achieved_cps:>7.1f}/s  p50 {self.p50_ms:>7.1f} ms  "
+            f"p99 {self.p99_ms:>7.1f} ms  {'OK' if self.ok else '--'}"
+        )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,13 +77,44 @@ def run_sipp(target: str, port: int, rate: int, seconds: float, workdir: Path) -
     calls = max(1, int(rate * seconds))
     t0 = time.monotonic()
     proc = subprocess.run(
-        ["sipp", "-sf", str(SCENARIO), "-s", NUMBER, f"127.0.0.1:{port}", "-i", "127.0.0.1",
-         "-r", str(rate), "-m", str(calls), "-l", str(max(100, rate * 10)),
-         "-timeout", f"{int(seconds * 3 + 30)}s", "-recv_timeout", "8000", "-nostdin",
-         "-trace_stat", "-stf", "stat.csv", "-fd", "3600",
-         "-trace_rtt", "-rtt_freq", "1", "-trace_err", "-error_file", "err.txt",
-         "-max_socket", "4096"],
-        cwd=workdir, capture_output=True, text=True, timeout=seconds * 3 + 120,
+        [
+            "sipp",
+            "-sf",
+            str(SCENARIO),
+            "-s",
+            NUMBER,
+            f"127.0.0.1:{port}",
+            "-i",
+            "127.0.0.1",
+            "-r",
+            str(rate),
+            "-m",
+            str(calls),
+            "-l",
+            str(max(100, rate * 10)),
+            "-timeout",
+            f"{int(seconds * 3 + 30)}s",
+            "-recv_timeout",
+            "8000",
+            "-nostdin",
+            "-trace_stat",
+            "-stf",
+            "stat.csv",
+            "-fd",
+            "3600",
+            "-trace_rtt",
+            "-rtt_freq",
+            "1",
+            "-trace_err",
+            "-error_file",
+            "err.txt",
+            "-max_socket",
+            "4096",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=seconds * 3 + 120,
     )
     wall = time.monotonic() - t0
     del proc
@@ -90,10 +123,15 @@ def run_sipp(target: str, port: int, rate: int, seconds: float, workdir: Path) -
     succeeded = int(stat.get("SuccessfulCall(C)", 0))
     failed = int(stat.get("FailedCall(C)", 0))
     return Run(
-        target=target, rate=rate, attempted=int(stat.get("TotalCallCreated", calls)),
-        succeeded=succeeded, failed=failed, retransmissions=int(stat.get("Retransmissions(C)", 0)),
+        target=target,
+        rate=rate,
+        attempted=int(stat.get("TotalCallCreated", calls)),
+        succeeded=succeeded,
+        failed=failed,
+        retransmissions=int(stat.get("Retransmissions(C)", 0)),
         achieved_cps=succeeded / max(wall, 1e-9),
-        p50_ms=percentile(rtts, 0.50), p99_ms=percentile(rtts, 0.99),
+        p50_ms=percentile(rtts, 0.50),
+        p99_ms=percentile(rtts, 0.99),
     )
 
 
@@ -123,15 +161,31 @@ def start_kamailio(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     dispatcher = workdir / "dispatcher.list"
     dispatcher.write_text("1 sip:127.0.0.1:5070\n1 sip:127.0.0.1:5072\n")
     cfg = workdir / "kamailio.cfg"
-    cfg.write_text(KAMAILIO_CFG.read_text().replace("LISTEN", f"udp:127.0.0.1:{port}")
-                   .replace("DISPATCHER_LIST", str(dispatcher)))
+    cfg.write_text(
+        KAMAILIO_CFG.read_text()
+        .replace("LISTEN", f"udp:127.0.0.1:{port}")
+        .replace("DISPATCHER_LIST", str(dispatcher))
+    )
     check = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
     if check.returncode != 0:
         raise SystemExit(f"kamailio refused its config:\n{check.stderr[-3000:]}")
-    proc = subprocess.Popen(["kamailio", "-DD", "-E", "-f", str(cfg), "-m", "64", "-M", "8",
-                             "-P", str(workdir / "k.pid")],
-                            stdout=open(workdir / "kamailio.log", "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            "kamailio",
+            "-DD",
+            "-E",
+            "-f",
+            str(cfg),
+            "-m",
+            "64",
+            "-M",
+            "8",
+            "-P",
+            str(workdir / "k.pid"),
+        ],
+        stdout=open(workdir / "kamailio.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
     time.sleep(1.5)
     if proc.poll() is not None:
         raise SystemExit(f"kamailio exited:\n{(workdir / 'kamailio.log').read_text()[-3000:]}")
@@ -143,9 +197,27 @@ def profile(pids: dict[str, int], seconds: float, workdir: Path) -> dict[str, li
     procs = {}
     for name, pid in pids.items():
         out = workdir / f"{name}.spy"
-        procs[name] = (out, subprocess.Popen(
-            ["py-spy", "record", "-d", str(int(seconds)), "-r", "100", "-f", "raw", "-o",
-             str(out), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs[name] = (
+            out,
+            subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "-d",
+                    str(int(seconds)),
+                    "-r",
+                    "100",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                    "-p",
+                    str(pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+        )
     report: dict[str, list[str]] = {}
     for name, (out, proc) in procs.items():
         proc.wait()
@@ -158,10 +230,14 @@ def profile(pids: dict[str, int], seconds: float, workdir: Path) -> dict[str, li
                     continue
                 total += int(n)
                 frames = stack.split(";")
-                mine = [f for f in frames if any(m in f for m in (
-                    "edge/", "streams/", "schemas/", "trunkline/"))]
-                leaf[frames[-1].split(" (")[0] + (f"  <- {mine[-1].split(' (')[0]}"
-                                                  if mine else "")] += int(n)
+                mine = [
+                    f
+                    for f in frames
+                    if any(m in f for m in ("edge/", "streams/", "schemas/", "trunkline/"))
+                ]
+                leaf[
+                    frames[-1].split(" (")[0] + (f"  <- {mine[-1].split(' (')[0]}" if mine else "")
+                ] += int(n)
         report[name] = [f"{n / max(total, 1) * 100:5.1f}%  {k}" for k, n in leaf.most_common(12)]
     return report
 
@@ -194,19 +270,30 @@ def main() -> None:
             plan["maxConcurrentCalls"] = 1_000_000
         for backend in config["backends"]:
             backend["maxConcurrentCalls"] = 1_000_000
-        with running_stack(bootstrap, root / "stack", edges=("edge-a",), config=config,
-                           capacity=1_000_000,
-                           env={"TRUNKLINE_REDIRECT_TIMEOUT_MS": "3000"}) as stack:
+        with running_stack(
+            bootstrap,
+            root / "stack",
+            edges=("edge-a",),
+            config=config,
+            capacity=1_000_000,
+            env={"TRUNKLINE_REDIRECT_TIMEOUT_MS": "3000"},
+        ) as stack:
             port = stack.edges["edge-a"]
             run_sipp("warmup", port, 50, 3, root / "warmup")
-            print(f"# trunkline: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
-                  f"{args.seconds:g} s per rate, p99 bound {P99_BOUND_MS:g} ms", flush=True)
+            print(
+                f"# trunkline: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
+                f"{args.seconds:g} s per rate, p99 bound {P99_BOUND_MS:g} ms",
+                flush=True,
+            )
             for i, rate in enumerate(rates):
                 if args.profile and i == len(rates) // 2:
                     assert stack.worker.proc is not None
                     assert stack.sink.proc is not None
-                    pids = {"edge": stack.procs[0].pid, "worker": stack.worker.proc.pid,
-                            "sink": stack.sink.proc.pid}
+                    pids = {
+                        "edge": stack.procs[0].pid,
+                        "worker": stack.worker.proc.pid,
+                        "sink": stack.sink.proc.pid,
+                    }
                     with ThreadPoolExecutor(1) as pool:
                         spied = pool.submit(profile, pids, args.seconds * 0.8, root)
                         run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
@@ -222,8 +309,10 @@ def main() -> None:
             kport = free_port()
             k = start_kamailio(root / "kamailio", kport)
             try:
-                print("# kamailio 5.6 stateless redirect: ACL, htable number lookup, "
-                      "dispatcher, 302", flush=True)
+                print(
+                    "# kamailio 5.6 stateless redirect: ACL, htable number lookup, dispatcher, 302",
+                    flush=True,
+                )
                 for rate in sorted(set(rates + [int(r) for r in args.kamailio_rates.split(",")])):
                     run = run_sipp("kamailio", kport, rate, args.seconds, root / f"k{rate}")
                     results.append(run)
@@ -237,20 +326,30 @@ def main() -> None:
     ours = [r for r in results if r.target == "trunkline" and r.ok]
     theirs = [r for r in results if r.target == "kamailio" and r.ok]
     best = max((r.rate for r in ours), default=0)
-    print(f"\ntrunkline: highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
-          f"{best or 'none'}/s")
+    print(
+        f"\ntrunkline: highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
+        f"{best or 'none'}/s"
+    )
     if not args.no_kamailio:
         kbest = max((r.rate for r in theirs), default=0)
         ktop = max(r.rate for r in results if r.target == "kamailio")
-        print(f"kamailio:  highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
-              f"{kbest or 'none'}/s (highest tested {ktop}/s)")
+        print(
+            f"kamailio:  highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
+            f"{kbest or 'none'}/s (highest tested {ktop}/s)"
+        )
         if kbest:
             print(f"ratio trunkline/kamailio at the same p99 bound: {best / kbest:.3f}")
-        same = [(a, b) for a in results for b in results if a.target == "trunkline"
-                and b.target == "kamailio" and a.rate == b.rate]
+        same = [
+            (a, b)
+            for a in results
+            for b in results
+            if a.target == "trunkline" and b.target == "kamailio" and a.rate == b.rate
+        ]
         for a, b in same:
-            print(f"  at {a.rate}/s: p99 {a.p99_ms:.1f} ms vs {b.p99_ms:.1f} ms, "
-                  f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.2f} ms")
+            print(
+                f"  at {a.rate}/s: p99 {a.p99_ms:.1f} ms vs {b.p99_ms:.1f} ms, "
+                f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.2f} ms"
+            )
     shutil.rmtree(root, ignore_errors=True)
 
 

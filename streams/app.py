@@ -21,6 +21,7 @@ Latency settings (the decision path crosses Kafka several times, DESIGN.md):
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -54,8 +55,9 @@ def _tune_aiokafka_fetcher() -> None:
 
     def patched(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["prefetch_backoff"] = PREFETCH_BACKOFF_S
-        kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", 500)),
-                                          FETCH_MAX_WAIT_MS)
+        kwargs["fetch_max_wait_ms"] = min(
+            int(kwargs.get("fetch_max_wait_ms", 500)), FETCH_MAX_WAIT_MS
+        )
         init(self, *args, **kwargs)
 
     patched._trunkline = True  # type: ignore[attr-defined]
@@ -228,5 +230,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     built = create_app(settings)
+    # Long-lived tables make the cyclic GC's full collections slow (they walk every object);
+    # freeze what start-up allocated and collect young objects less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     worker = Worker(built.app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -36,11 +36,13 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({
-            "sink": {"alive": sink.alive, **sink.stats.as_dict()},
-            "clickhouse": settings.clickhouse_dsn,
-            "topic": CALL_EVENTS.name(settings.topic_prefix),
-        })
+        return web.json_response(
+            {
+                "sink": {"alive": sink.alive, **sink.stats.as_dict()},
+                "clickhouse": settings.clickhouse_dsn,
+                "topic": CALL_EVENTS.name(settings.topic_prefix),
+            }
+        )
 
     async def calls(request: web.Request) -> web.Response:
         q = request.query
@@ -91,8 +93,13 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.sink_web_host, settings.sink_web_port)
     await site.start()
-    log.info("ClickHouse sink: %s -> %s; web on %s:%s", CALL_EVENTS.name(settings.topic_prefix),
-             settings.clickhouse_dsn, settings.sink_web_host, settings.sink_web_port)
+    log.info(
+        "ClickHouse sink: %s -> %s; web on %s:%s",
+        CALL_EVENTS.name(settings.topic_prefix),
+        settings.clickhouse_dsn,
+        settings.sink_web_host,
+        settings.sink_web_port,
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -111,7 +118,9 @@ async def serve(settings: Settings) -> None:
 
 
 def run_sink(settings: Settings, loglevel: str = "info") -> None:
-    logging.basicConfig(level=getattr(logging, loglevel.upper()),
-                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, loglevel.upper()),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(settings))

@@ -156,7 +156,8 @@ class Service:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(
-                    f"{self.command} exited {self.proc.returncode}:\n{self.log_tail()}")
+                    f"{self.command} exited {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 health = self.get("/health/")
                 if self.ready(health):

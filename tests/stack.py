@@ -35,24 +35,73 @@ CONFIG = {
     ],
     "routes": [{"id": f"r-{b}", "businessId": f"b-{b}"} for b in ("limit", "main", "cancel")],
     "numbers": [
-        {"id": "n-limit", "businessId": "b-limit", "provider": "SIP", "number": "+15550000001",
-         "routeId": "r-limit", "regionId": "us-east-1", "allowedSourceIps": ["127.0.0.0/8"]},
-        {"id": "n-main", "businessId": "b-main", "provider": "SIP", "number": "+15550000002",
-         "routeId": "r-main", "regionId": "us-east-1", "allowedSourceIps": ["127.0.0.1"]},
-        {"id": "n-acl", "businessId": "b-main", "provider": "SIP", "number": "+15550000003",
-         "routeId": "r-main", "regionId": "us-east-1", "allowedSourceIps": ["203.0.113.10"]},
-        {"id": "n-tw", "businessId": "b-main", "provider": "Twilio", "number": "+15550000004",
-         "routeId": "r-main", "regionId": "us-east-1"},
-        {"id": "n-nowhere", "businessId": "b-main", "provider": "SIP", "number": "+15550000005",
-         "routeId": "r-main", "regionId": "ap-south-1"},
-        {"id": "n-cancel", "businessId": "b-cancel", "provider": "SIP", "number": "+15550000006",
-         "routeId": "r-cancel", "regionId": "us-east-1"},
+        {
+            "id": "n-limit",
+            "businessId": "b-limit",
+            "provider": "SIP",
+            "number": "+15550000001",
+            "routeId": "r-limit",
+            "regionId": "us-east-1",
+            "allowedSourceIps": ["127.0.0.0/8"],
+        },
+        {
+            "id": "n-main",
+            "businessId": "b-main",
+            "provider": "SIP",
+            "number": "+15550000002",
+            "routeId": "r-main",
+            "regionId": "us-east-1",
+            "allowedSourceIps": ["127.0.0.1"],
+        },
+        {
+            "id": "n-acl",
+            "businessId": "b-main",
+            "provider": "SIP",
+            "number": "+15550000003",
+            "routeId": "r-main",
+            "regionId": "us-east-1",
+            "allowedSourceIps": ["203.0.113.10"],
+        },
+        {
+            "id": "n-tw",
+            "businessId": "b-main",
+            "provider": "Twilio",
+            "number": "+15550000004",
+            "routeId": "r-main",
+            "regionId": "us-east-1",
+        },
+        {
+            "id": "n-nowhere",
+            "businessId": "b-main",
+            "provider": "SIP",
+            "number": "+15550000005",
+            "routeId": "r-main",
+            "regionId": "ap-south-1",
+        },
+        {
+            "id": "n-cancel",
+            "businessId": "b-cancel",
+            "provider": "SIP",
+            "number": "+15550000006",
+            "routeId": "r-cancel",
+            "regionId": "us-east-1",
+        },
     ],
     "backends": [
-        {"id": "backend-1", "regionId": "us-east-1", "sipAddress": "127.0.0.1:5070",
-         "mediaUrl": "ws://127.0.0.1:8081", "maxConcurrentCalls": 100},
-        {"id": "backend-9", "regionId": "ap-south-1", "sipAddress": "127.0.0.1:5079",
-         "mediaUrl": "ws://127.0.0.1:8089", "maxConcurrentCalls": 100},
+        {
+            "id": "backend-1",
+            "regionId": "us-east-1",
+            "sipAddress": "127.0.0.1:5070",
+            "mediaUrl": "ws://127.0.0.1:8081",
+            "maxConcurrentCalls": 100,
+        },
+        {
+            "id": "backend-9",
+            "regionId": "ap-south-1",
+            "sipAddress": "127.0.0.1:5079",
+            "mediaUrl": "ws://127.0.0.1:8089",
+            "maxConcurrentCalls": 100,
+        },
     ],
 }
 
@@ -69,18 +118,22 @@ class Stack:
         return UAC("127.0.0.1", self.edges[edge], transport)
 
     def publish(self, topic: str, key: str, name: str, record: dict) -> None:
-        publish_all(make_producer(self.settings.kafka_bootstrap),
-                    [Outgoing(topic, key.encode(), CODEC.encode(name, record))])
+        publish_all(
+            make_producer(self.settings.kafka_bootstrap),
+            [Outgoing(topic, key.encode(), CODEC.encode(name, record))],
+        )
 
 
 def _heartbeats(s: Settings, stop: threading.Event, capacity: int = 100) -> None:
     producer = make_producer(s.kafka_bootstrap, **{"log_level": 3})
     while not stop.is_set():
         hb = sample("BackendHeartbeat")
-        hb.update(backend_id="backend-1", region_id="us-east-1", capacity=capacity,
-                  active_calls=0)
-        producer.produce(HEARTBEATS.name(s.topic_prefix), key=b"us-east-1",
-                         value=CODEC.encode("BackendHeartbeat", hb))
+        hb.update(backend_id="backend-1", region_id="us-east-1", capacity=capacity, active_calls=0)
+        producer.produce(
+            HEARTBEATS.name(s.topic_prefix),
+            key=b"us-east-1",
+            value=CODEC.encode("BackendHeartbeat", hb),
+        )
         producer.flush(5)
         stop.wait(1.0)
 
@@ -88,9 +141,21 @@ def _heartbeats(s: Settings, stop: threading.Event, capacity: int = 100) -> None
 def _start_edge(s: Settings, edge_id: str, port: int) -> subprocess.Popen[bytes]:
     log = open(s.state_dir / f"{edge_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trunkline.cli", "sip-edge", "--edge-id", edge_id,
-         "--listen", f"127.0.0.1:{port}"], env=child_env(s), stdout=log,
-        stderr=subprocess.STDOUT, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "trunkline.cli",
+            "sip-edge",
+            "--edge-id",
+            edge_id,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=child_env(s),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, (s.state_dir / f"{edge_id}.log").read_text()
@@ -105,18 +170,27 @@ def _start_edge(s: Settings, edge_id: str, port: int) -> subprocess.Popen[bytes]
 
 
 @contextmanager
-def running_stack(kafka_bootstrap: str, state: Path, edges: tuple[str, ...] = ("edge-a", "edge-b"),
-                  env: dict[str, str] | None = None, config: dict | None = None,
-                  capacity: int = 100) -> Iterator[Stack]:
+def running_stack(
+    kafka_bootstrap: str,
+    state: Path,
+    edges: tuple[str, ...] = ("edge-a", "edge-b"),
+    env: dict[str, str] | None = None,
+    config: dict | None = None,
+    capacity: int = 100,
+) -> Iterator[Stack]:
     tag = uuid.uuid4().hex[:8]
-    s = Settings.from_env({
-        "TRUNKLINE_STATE_DIR": str(state), "TRUNKLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "TRUNKLINE_TOPIC_PREFIX": f"p{tag}.", "TRUNKLINE_APP_ID": f"proxy-test-{tag}",
-        "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
-        "TRUNKLINE_SINK_WEB_PORT": str(free_port()),
-        "TRUNKLINE_REDIRECT_TIMEOUT_MS": "60000",
-        **(env or {}),
-    })
+    s = Settings.from_env(
+        {
+            "TRUNKLINE_STATE_DIR": str(state),
+            "TRUNKLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "TRUNKLINE_TOPIC_PREFIX": f"p{tag}.",
+            "TRUNKLINE_APP_ID": f"proxy-test-{tag}",
+            "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
+            "TRUNKLINE_SINK_WEB_PORT": str(free_port()),
+            "TRUNKLINE_REDIRECT_TIMEOUT_MS": "60000",
+            **(env or {}),
+        }
+    )
     state.mkdir(parents=True, exist_ok=True)
     apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     cfg = state / "config.yaml"

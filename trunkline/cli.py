@@ -167,7 +167,6 @@ def _config_show(args: argparse.Namespace, s: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, s: Settings) -> int:
     from streams.app import run_worker
 
-
     run_worker(s, loglevel=args.loglevel)
     return EXIT_OK
 
@@ -279,8 +278,9 @@ def cmd_call(args: argparse.Namespace, s: Settings) -> int:
     if not port.isdigit():
         raise CliError(f"--edge {target!r} is not host:port", EXIT_USAGE)
     host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    headers = "&".join(f"{k}={v}" for k, v in (("X-Business-Id", args.business),
-                                                ("X-Phone-Id", args.phone)) if v)
+    headers = "&".join(
+        f"{k}={v}" for k, v in (("X-Business-Id", args.business), ("X-Phone-Id", args.phone)) if v
+    )
     uac = UAC(host, int(port), args.transport.upper())
     try:
         call = Call(args.number, uri_headers=headers)
@@ -474,10 +474,12 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
     _say(f"* config {config_path} ...")
     cmd_config(argparse.Namespace(action="apply", file=config_path, prune=False), s)
     _say("* ClickHouse sink ...")
-    sink_pid = procs.start(s.state_dir, "sink", [sys.executable, "-m", "trunkline.cli", "sink"],
-                           _env_for_children(s))
-    _wait_http(s, "sink", f"{s.sink_url}/health/", args.timeout,
-               lambda h: bool(h["sink"].get("alive")))
+    sink_pid = procs.start(
+        s.state_dir, "sink", [sys.executable, "-m", "trunkline.cli", "sink"], _env_for_children(s)
+    )
+    _wait_http(
+        s, "sink", f"{s.sink_url}/health/", args.timeout, lambda h: bool(h["sink"].get("alive"))
+    )
     _say(f"  sink pid {sink_pid}, reads on {s.sink_url}, ClickHouse {s.clickhouse_dsn}")
     _say("* worker (Faust app: config tables, admission, routing) ...")
     pid = procs.start(
@@ -486,21 +488,30 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
         [sys.executable, "-m", "trunkline.cli", "worker"],
         _env_for_children(s),
     )
-    health = _wait_http(s, "worker", f"{s.worker_url}/health/", args.timeout,
-                        lambda h: "tables" in h)
+    health = _wait_http(
+        s, "worker", f"{s.worker_url}/health/", args.timeout, lambda h: "tables" in h
+    )
     _say(f"  worker pid {pid}, web {s.worker_url}, tables {health['tables']}")
     _say(f"* SIP edge on {s.sip_listen} (UDP and TCP) ...")
-    edge_pid = procs.start(s.state_dir, "sip-edge",
-                           [sys.executable, "-m", "trunkline.cli", "sip-edge", "--listen",
-                            s.sip_listen], _env_for_children(s))
+    edge_pid = procs.start(
+        s.state_dir,
+        "sip-edge",
+        [sys.executable, "-m", "trunkline.cli", "sip-edge", "--listen", s.sip_listen],
+        _env_for_children(s),
+    )
     _wait_edge(s, args.timeout)
     _say(f"  sip-edge pid {edge_pid}, answering OPTIONS on {s.sip_listen}")
     if args.simulate_backends:
-        hb_pid = procs.start(s.state_dir, "heartbeats",
-                             [sys.executable, "-m", "trunkline.cli", "heartbeats"],
-                             _env_for_children(s))
-        _say(f"* simulated backend heartbeats (pid {hb_pid}): routing sees the configured "
-             "backends as live")
+        hb_pid = procs.start(
+            s.state_dir,
+            "heartbeats",
+            [sys.executable, "-m", "trunkline.cli", "heartbeats"],
+            _env_for_children(s),
+        )
+        _say(
+            f"* simulated backend heartbeats (pid {hb_pid}): routing sees the configured "
+            "backends as live"
+        )
     _say("")
     _say(
         "trunkline is up. Logs: "
@@ -529,8 +540,13 @@ def _edge_status(s: Settings) -> dict[str, Any]:
     pid = procs.running_pid(s.state_dir, "sip-edge")
     host, _, port = s.sip_listen.rpartition(":")
     answer = options_ping(host if host != "0.0.0.0" else "127.0.0.1", int(port)) if pid else None
-    return {"running": pid is not None, "pid": pid, "listen": s.sip_listen,
-            "options": answer, "log": str(procs.log_file(s.state_dir, "sip-edge"))}
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "listen": s.sip_listen,
+        "options": answer,
+        "log": str(procs.log_file(s.state_dir, "sip-edge")),
+    }
 
 
 def _service_status(s: Settings, name: str, url: str) -> dict[str, Any]:
@@ -542,8 +558,13 @@ def _service_status(s: Settings, name: str, url: str) -> dict[str, Any]:
                 health = json.load(resp)
         except (urllib.error.URLError, OSError, ValueError):
             health = "not answering"
-    return {"running": pid is not None, "pid": pid, "web": url,
-            "log": str(procs.log_file(s.state_dir, name)), "health": health}
+    return {
+        "running": pid is not None,
+        "pid": pid,
+        "web": url,
+        "log": str(procs.log_file(s.state_dir, name)),
+        "health": health,
+    }
 
 
 def cmd_status(args: argparse.Namespace, s: Settings) -> int:
@@ -608,9 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--config", help="config YAML (default examples/config.yaml)")
     up.add_argument("--heap", default="512m", help="broker JVM heap (default 512m)")
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for health")
-    up.add_argument("--simulate-backends", action="store_true",
-                    help="publish heartbeats for the configured backends (a stand-in until "
-                    "media nodes exist: calls get a 302 to an address nothing answers)")
+    up.add_argument(
+        "--simulate-backends",
+        action="store_true",
+        help="publish heartbeats for the configured backends (a stand-in until "
+        "media nodes exist: calls get a 302 to an address nothing answers)",
+    )
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the local stack")
     down.add_argument("--wipe", action="store_true", help="also delete the broker's data")

@@ -35,7 +35,7 @@ class StreamFramer:
             if buf[:4] == b"\r\n\r\n":
                 self.pongs_due += 1
                 del buf[:4]
-            elif len(buf) >= 4 or buf[2:3] not in (b"", b"\r"):
+            elif len(buf) >= 4 or bytes(buf[2:3]) not in (b"", b"\r"):
                 del buf[:2]
             else:
                 return None

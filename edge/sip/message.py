@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import quote, unquote
 
 from edge.sip.errors import ParseError
@@ -51,6 +52,7 @@ _HEADER_NAME = re.compile(rf"^{_TOKEN}$")
 _VIA = re.compile(rf"^\s*SIP\s*/\s*2\.0\s*/\s*({_TOKEN})\s+(\S.*)$", re.I | re.S)
 
 
+@lru_cache(maxsize=1024)
 def canonical_name(name: str) -> str:
     low = name.strip().lower()
     low = COMPACT.get(low, low)
@@ -59,6 +61,10 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...> brackets."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    if '"' not in value and "<" not in value:
+        return [v.strip() for v in value.split(",") if v.strip()]
     out: list[str] = []
     depth, quoted, start, i = 0, False, 0, 0
     while i < len(value):
@@ -95,6 +101,8 @@ def parse_params(text: str) -> dict[str, str | None]:
 
 
 def _split_unquoted(text: str, sep: str) -> list[str]:
+    if '"' not in text:
+        return text.split(sep)
     out, quoted, start = [], False, 0
     for i, ch in enumerate(text):
         if ch == '"':
@@ -140,7 +148,7 @@ class SipURI:
         password: str | None = None
         if at:
             user, _, pw = userinfo.partition(":")
-            user = unquote(user)
+            user = unquote(user) if "%" in user else user
             password = pw or None
             if not user:
                 raise ParseError(f"URI {text!r} has an empty user part")
@@ -220,8 +228,8 @@ class NameAddr:
             params = parse_params(text[gt + 1 :])
             return cls(uri, display, params)
         # addr-spec without brackets: parameters belong to the header, not the URI
-        uri_text, _, params = text.partition(";")
-        return cls(SipURI.parse(uri_text), None, parse_params(params))
+        uri_text, _, param_text = text.partition(";")
+        return cls(SipURI.parse(uri_text), None, parse_params(param_text))
 
     @property
     def tag(self) -> str | None:
@@ -265,10 +273,13 @@ class Via:
 class Headers:
     """Ordered (name, value) pairs; lookups by canonical name; list headers split."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_index", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+        self._items: list[tuple[str, str]] = []
+        self._index: dict[str, list[str]] = {}
+        for name, value in items:
+            self.add(name, value)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)
@@ -280,22 +291,21 @@ class Headers:
         return isinstance(name, str) and self.get(name) is not None
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = canonical_name(name)
-        for n, v in self._items:
-            if n == key:
-                return v
-        return default
+        values = self._index.get(canonical_name(name))
+        return values[0] if values else default
 
     def get_all(self, name: str) -> list[str]:
         """Every value, with comma-joined list headers split into elements."""
         key = canonical_name(name)
-        values = [v for n, v in self._items if n == key]
+        values = self._index.get(key, [])
         if key.lower() in LIST_HEADERS:
             return [e for v in values for e in split_list(v)]
-        return values
+        return list(values)
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((canonical_name(name), value))
+        key = canonical_name(name)
+        self._items.append((key, value))
+        self._index.setdefault(key, []).append(value)
 
     def set(self, name: str, value: str) -> None:
         self.remove(name)
@@ -303,11 +313,13 @@ class Headers:
 
     def remove(self, name: str) -> None:
         key = canonical_name(name)
-        self._items = [(n, v) for n, v in self._items if n != key]
+        if self._index.pop(key, None) is not None:
+            self._items = [(n, v) for n, v in self._items if n != key]
 
     def copy(self) -> Headers:
         h = Headers()
         h._items = list(self._items)
+        h._index = {k: list(v) for k, v in self._index.items()}
         return h
 
 
@@ -349,9 +361,9 @@ class Message:
         return NameAddr.parse(self.headers.get("to") or "")
 
     def _serialize(self, start_line: str) -> bytes:
-        headers = self.headers.copy()
-        headers.set("Content-Length", str(len(self.body)))
-        lines = [start_line, *(f"{n}: {v}" for n, v in headers)]
+        lines = [start_line]
+        lines.extend(f"{n}: {v}" for n, v in self.headers if n != "Content-Length")
+        lines.append(f"Content-Length: {len(self.body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
 
@@ -385,6 +397,10 @@ def split_head(data: bytes) -> tuple[bytes, bytes] | None:
 
 
 def _unfold(head: str) -> list[str]:
+    if "\n " not in head and "\n\t" not in head:
+        if head.count("\n") == head.count("\r\n"):
+            return head.split("\r\n")
+        return re.split(r"\r?\n", head)
     lines: list[str] = []
     for line in re.split(r"\r?\n", head):
         if line[:1] in (" ", "\t") and lines:

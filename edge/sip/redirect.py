@@ -208,8 +208,13 @@ class RedirectCore:
         out.append(
             Reply(
                 invite_key,
-                make_response(pending.request, 487, REASONS[487], to_tag=pending.to_tag,
-                              headers=[("X-CallQueue-Id", pending.call_id)]),
+                make_response(
+                    pending.request,
+                    487,
+                    REASONS[487],
+                    to_tag=pending.to_tag,
+                    headers=[("X-CallQueue-Id", pending.call_id)],
+                ),
             )
         )
         out += self._ended(pending, now, "cancelled", 487, "caller")
@@ -261,12 +266,19 @@ class RedirectCore:
         )
 
     def _error(
-        self, request: Request, tag: str, status: int, reason: str, retry_after: int | None,
+        self,
+        request: Request,
+        tag: str,
+        status: int,
+        reason: str,
+        retry_after: int | None,
         call_id: str,
     ) -> Response:
         """A rejection: the standard phrase, why in a Warning, our queue id for support."""
-        headers = [("Warning", f'399 {self.edge_id} "{_quote(reason)}"'),
-                   ("X-CallQueue-Id", call_id)]
+        headers = [
+            ("Warning", f'399 {self.edge_id} "{_quote(reason)}"'),
+            ("X-CallQueue-Id", call_id),
+        ]
         if status == 503:
             headers.append(("Retry-After", str(retry_after or self.retry_after_s)))
         return make_response(

@@ -50,17 +50,32 @@ class UAC:
         else:
             self.sock.sendall(data)
 
-    def request(self, method: str, call: Call, cseq_method: str | None = None,
-                branch: str | None = None, to_tag: str = "", body: bytes = b"") -> bytes:
+    def request(
+        self,
+        method: str,
+        call: Call,
+        cseq_method: str | None = None,
+        branch: str | None = None,
+        to_tag: str = "",
+        body: bytes = b"",
+    ) -> bytes:
         data = self.build(method, call, cseq_method, branch, to_tag, body)
         self._send(data)
         return data
 
-    def build(self, method: str, call: Call, cseq_method: str | None = None,
-              branch: str | None = None, to_tag: str = "", body: bytes = b"") -> bytes:
+    def build(
+        self,
+        method: str,
+        call: Call,
+        cseq_method: str | None = None,
+        branch: str | None = None,
+        to_tag: str = "",
+        body: bytes = b"",
+    ) -> bytes:
         h, p = self.local
         uri = f"sip:{call.number}@{self.remote[0]}:{self.remote[1]}" + (
-            f"?{call.uri_headers}" if call.uri_headers else "")
+            f"?{call.uri_headers}" if call.uri_headers else ""
+        )
         to = f"<sip:{call.number}@{self.remote[0]}>" + (f";tag={to_tag}" if to_tag else "")
         data = (
             f"{method} {uri} SIP/2.0\r\n"

@@ -30,11 +30,38 @@ def test_sipp_invite_302_ack(stack, tmp_path, transport, flag):
     port = stack.edges["edge-a"]
     calls = 5
     proc = subprocess.run(
-        ["sipp", "-sf", str(SCENARIO), "-s", "+15550000002", f"127.0.0.1:{port}",
-         "-t", flag, "-m", str(calls), "-r", "10", "-l", "5", "-timeout", "30s",
-         "-timeout_error", "-nostdin", "-trace_logs", "-log_file", str(tmp_path / "log.txt"),
-         "-trace_err", "-error_file", str(tmp_path / "err.txt"), "-i", "127.0.0.1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=90,
+        [
+            "sipp",
+            "-sf",
+            str(SCENARIO),
+            "-s",
+            "+15550000002",
+            f"127.0.0.1:{port}",
+            "-t",
+            flag,
+            "-m",
+            str(calls),
+            "-r",
+            "10",
+            "-l",
+            "5",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_logs",
+            "-log_file",
+            str(tmp_path / "log.txt"),
+            "-trace_err",
+            "-error_file",
+            str(tmp_path / "err.txt"),
+            "-i",
+            "127.0.0.1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     errors = (tmp_path / "err.txt").read_text() if (tmp_path / "err.txt").exists() else ""
     assert proc.returncode == 0, f"sipp exit {proc.returncode}\n{proc.stdout[-2000:]}\n{errors}"
@@ -43,7 +70,8 @@ def test_sipp_invite_302_ack(stack, tmp_path, transport, flag):
     assert len(queue_ids) == calls and len(set(queue_ids)) == calls
     # every queue id is a call the pipeline routed to backend-1
     for qid in queue_ids:
-        entry = stack.sink.poll(f"/calls/{qid}/", lambda e: isinstance(e, dict)
-                                  and e.get("status") == "ProcessedProxy")
+        entry = stack.sink.poll(
+            f"/calls/{qid}/", lambda e: isinstance(e, dict) and e.get("status") == "ProcessedProxy"
+        )
         assert entry["processingBackendServerId"] == "backend-1"
         assert entry["logs"][0]["message"].endswith(f"(SIP {transport}) to +15550000002")

@@ -54,7 +54,10 @@ def test_limit_one_two_simultaneous_invites_then_release(stack):
     assert "limit reached: 1/1" in loser.final.headers.get("warning")
     contact = NameAddr.parse(winner.final.headers.get("contact"))
     assert (contact.uri.user, contact.uri.host, contact.uri.port) == (
-        "+15550000001", "127.0.0.1", 5070)
+        "+15550000001",
+        "127.0.0.1",
+        5070,
+    )
     queue_id = _queue_id(winner.final)
     # still busy while the first call lives
     c = Call("+15550000001")
@@ -68,11 +71,14 @@ def test_limit_one_two_simultaneous_invites_then_release(stack):
     uac.close()
 
 
-@pytest.mark.parametrize(("number", "status", "warning"), [
-    ("+15550000003", 403, "source IP 127.0.0.1 is not in allowedSourceIps of number n-acl"),
-    ("+15559999999", 404, "number +15559999999 is not provisioned"),
-    ("+15550000005", 503, "no live backend with room in region ap-south-1"),
-])
+@pytest.mark.parametrize(
+    ("number", "status", "warning"),
+    [
+        ("+15550000003", 403, "source IP 127.0.0.1 is not in allowedSourceIps of number n-acl"),
+        ("+15559999999", 404, "number +15559999999 is not provisioned"),
+        ("+15550000005", 503, "no live backend with room in region ap-south-1"),
+    ],
+)
 def test_rejections(stack, number, status, warning):
     uac = stack.uac()
     final = uac.invite(Call(number))
@@ -118,8 +124,9 @@ def test_cancel_gets_200_and_487_and_holds_no_slot(stack):
     uac.request("CANCEL", call)
     got = []
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(r.status >= 200 and r.cseq[1] == "INVITE"
-                                                  for r in got):
+    while time.monotonic() < deadline and not any(
+        r.status >= 200 and r.cseq[1] == "INVITE" for r in got
+    ):
         r = uac.receive(1)
         if r is not None:
             got.append(r)
@@ -146,7 +153,8 @@ def test_cancel_before_decision_is_487(stack):
     call = Call("+15550000002")
     invite = uac.request("INVITE", call)
     cancel = invite.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(
-        b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+        b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL"
+    )
     uac.send_raw(cancel)
     uac.collect([call])
     assert call.final.status in (487, 302)
@@ -209,8 +217,9 @@ def test_queue_entry_shows_the_proxy_work(stack):
     final = uac.invite(call)
     uac.close()
     queue_id = _queue_id(final)
-    entry = stack.sink.poll(f"/calls/{queue_id}/",
-                              lambda e: isinstance(e, dict) and e.get("status") == "ProcessedProxy")
+    entry = stack.sink.poll(
+        f"/calls/{queue_id}/", lambda e: isinstance(e, dict) and e.get("status") == "ProcessedProxy"
+    )
     assert entry["providerCallId"] == call.call_id
     assert entry["processingProxyServerId"] == "edge-a"
     assert entry["processingBackendServerId"] == "backend-1"
@@ -221,5 +230,7 @@ def test_queue_entry_shows_the_proxy_work(stack):
     assert rejected.status == 403
     listed = run_cli(stack.settings, "calls", "list", "--business", "b-main", "--json")
     rows = yaml.safe_load(listed.stdout)
-    assert any(r["status"] == "Rejected" and r["status_code"] == 403 and
-               "allowedSourceIps" in r["reason"] for r in rows)
+    assert any(
+        r["status"] == "Rejected" and r["status_code"] == 403 and "allowedSourceIps" in r["reason"]
+        for r in rows
+    )

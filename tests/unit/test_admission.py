@@ -7,28 +7,58 @@ from streams.admission import Input, Slot, SlotState, TransitionError, handle, s
 from streams.config_view import ConfigView
 from tests.samples import sample
 
-CONFIG = ConfigView({
-    "plans": {"starter": {"id": "starter", "max_concurrent_calls": 1}},
-    "businesses": {
-        "123": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter"},
-        "9": {"id": "9", "name": "Gone", "active": False, "plan_id": "starter"},
-        "7": {"id": "7", "name": "NoPlan", "active": True, "plan_id": "platinum"},
-    },
-    "routes": {"r1": {"id": "r1", "business_id": "123", "agent": "greeting"},
-               "r7": {"id": "r7", "business_id": "7", "agent": "greeting"}},
-    "numbers": {
-        "abc": {"id": "abc", "business_id": "123", "provider": "SIP", "number": "+15551234567",
-                "route_id": "r1", "region_id": "us-east-1",
-                "allowed_source_ips": ["203.0.113.10", "10.0.0.0/8"]},
-        "tw": {"id": "tw", "business_id": "123", "provider": "TWILIO", "number": "+15557654321",
-               "route_id": "r1", "region_id": "us-east-1", "allowed_source_ips": []},
-        "noroute": {"id": "noroute", "business_id": "123", "provider": "SIP",
-                    "number": "+15550000000", "route_id": "r-missing", "region_id": "x",
-                    "allowed_source_ips": []},
-        "n7": {"id": "n7", "business_id": "7", "provider": "SIP", "number": "+15557777777",
-               "route_id": "r7", "region_id": "x", "allowed_source_ips": []},
-    },
-})
+CONFIG = ConfigView(
+    {
+        "plans": {"starter": {"id": "starter", "max_concurrent_calls": 1}},
+        "businesses": {
+            "123": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter"},
+            "9": {"id": "9", "name": "Gone", "active": False, "plan_id": "starter"},
+            "7": {"id": "7", "name": "NoPlan", "active": True, "plan_id": "platinum"},
+        },
+        "routes": {
+            "r1": {"id": "r1", "business_id": "123", "agent": "greeting"},
+            "r7": {"id": "r7", "business_id": "7", "agent": "greeting"},
+        },
+        "numbers": {
+            "abc": {
+                "id": "abc",
+                "business_id": "123",
+                "provider": "SIP",
+                "number": "+15551234567",
+                "route_id": "r1",
+                "region_id": "us-east-1",
+                "allowed_source_ips": ["203.0.113.10", "10.0.0.0/8"],
+            },
+            "tw": {
+                "id": "tw",
+                "business_id": "123",
+                "provider": "TWILIO",
+                "number": "+15557654321",
+                "route_id": "r1",
+                "region_id": "us-east-1",
+                "allowed_source_ips": [],
+            },
+            "noroute": {
+                "id": "noroute",
+                "business_id": "123",
+                "provider": "SIP",
+                "number": "+15550000000",
+                "route_id": "r-missing",
+                "region_id": "x",
+                "allowed_source_ips": [],
+            },
+            "n7": {
+                "id": "n7",
+                "business_id": "7",
+                "provider": "SIP",
+                "number": "+15557777777",
+                "route_id": "r7",
+                "region_id": "x",
+                "allowed_source_ips": [],
+            },
+        },
+    }
+)
 
 
 def offer(call_id="q-1", **changes):
@@ -41,23 +71,36 @@ def test_admitted_call_holds_a_slot_and_goes_to_routing():
     r = handle("CallOffered", offer(), None, 0, CONFIG)
     assert r.slot.state is SlotState.ADMITTED
     assert [(e.dest, e.key, e.name) for e in r.emits] == [
-        ("routing", "us-east-1", "CallAdmitted"), ("call-events", "q-1", "CallAdmitted")]
+        ("routing", "us-east-1", "CallAdmitted"),
+        ("call-events", "q-1", "CallAdmitted"),
+    ]
     admitted = r.emits[0].record
     assert admitted["region_id"] == "us-east-1" and admitted["route_id"] == "r1"
     assert (admitted["active_calls"], admitted["max_concurrent_calls"]) == (1, 1)
 
 
-@pytest.mark.parametrize(("changes", "status", "reason"), [
-    ({"business_id": "404"}, 404, "business 404 not found"),
-    ({"business_id": "9"}, 403, "business 9 is not active"),
-    ({"phone_id": "nope"}, 404, "number nope is not configured for business 123"),
-    ({"phone_id": "", "to_number": "+19999999999"}, 404, "number +19999999999 is not configured"),
-    ({"phone_id": "tw"}, 404, "number tw is a TWILIO number, the call came over SIP"),
-    ({"phone_id": "noroute"}, 404, "route r-missing is not configured"),
-    ({"source_ip": "198.51.100.7"}, 403, "source IP 198.51.100.7 is not in allowedSourceIps"),
-    ({"source_ip": "not-an-ip"}, 403, "source IP not-an-ip is not in allowedSourceIps"),
-    ({"business_id": "7", "phone_id": "n7"}, 503, "plan platinum of business 7 is not configured"),
-])
+@pytest.mark.parametrize(
+    ("changes", "status", "reason"),
+    [
+        ({"business_id": "404"}, 404, "business 404 not found"),
+        ({"business_id": "9"}, 403, "business 9 is not active"),
+        ({"phone_id": "nope"}, 404, "number nope is not configured for business 123"),
+        (
+            {"phone_id": "", "to_number": "+19999999999"},
+            404,
+            "number +19999999999 is not configured",
+        ),
+        ({"phone_id": "tw"}, 404, "number tw is a TWILIO number, the call came over SIP"),
+        ({"phone_id": "noroute"}, 404, "route r-missing is not configured"),
+        ({"source_ip": "198.51.100.7"}, 403, "source IP 198.51.100.7 is not in allowedSourceIps"),
+        ({"source_ip": "not-an-ip"}, 403, "source IP not-an-ip is not in allowedSourceIps"),
+        (
+            {"business_id": "7", "phone_id": "n7"},
+            503,
+            "plan platinum of business 7 is not configured",
+        ),
+    ],
+)
 def test_each_check_has_its_own_answer(changes, status, reason):
     r = handle("CallOffered", offer(**changes), None, 0, CONFIG)
     assert r.slot.state is SlotState.REJECTED
@@ -117,8 +160,12 @@ def test_end_before_offer_blocks_a_late_offer():
 
 def test_index_rebuilds_from_slots():
     index = admission.SlotIndex()
-    slots = [("a", Slot(SlotState.ADMITTED, "123")), ("b", Slot(SlotState.RELEASED, "123")),
-             ("c", Slot(SlotState.ADMITTED, "9")), ("d", None)]
+    slots = [
+        ("a", Slot(SlotState.ADMITTED, "123")),
+        ("b", Slot(SlotState.RELEASED, "123")),
+        ("c", Slot(SlotState.ADMITTED, "9")),
+        ("d", None),
+    ]
     index.rebuild(slots)
     assert index.as_dict() == {"123": ["a"], "9": ["c"]}
     index.apply("a", slots[0][1], Slot(SlotState.RELEASED, "123"))

@@ -9,23 +9,33 @@ from edge.sip.redirect import NumberEntry, Publish, RedirectCore, Reply, offered
 from tests.samples import sample
 from trunkline.kafka_io import murmur2, partition_for
 
-SDP = (b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
-       b"m=audio 4000 RTP/AVP 0 8 9 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+    b"m=audio 4000 RTP/AVP 0 8 9 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
 
 
-def invite(uri="sip:+15551234567@edge:5060;user=phone?X-Business-Id=123&X-Phone-Id=abc",
-           extra=""):
-    return parse_message((
-        f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKx\r\n"
-        f"From: <sip:+15550001111@h>;tag=f1\r\nTo: <sip:+15551234567@edge>\r\n"
-        f"Call-ID: sipcall-1@h\r\nCSeq: 1 INVITE\r\n{extra}Content-Type: application/sdp\r\n"
-        f"Content-Length: {len(SDP)}\r\n\r\n").encode() + SDP)
+def invite(uri="sip:+15551234567@edge:5060;user=phone?X-Business-Id=123&X-Phone-Id=abc", extra=""):
+    return parse_message(
+        (
+            f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bKx\r\n"
+            f"From: <sip:+15550001111@h>;tag=f1\r\nTo: <sip:+15551234567@edge>\r\n"
+            f"Call-ID: sipcall-1@h\r\nCSeq: 1 INVITE\r\n{extra}Content-Type: application/sdp\r\n"
+            f"Content-Length: {len(SDP)}\r\n\r\n"
+        ).encode()
+        + SDP
+    )
 
 
 def core(**kw):
     ids = itertools.count(1)
-    return RedirectCore("edge-1", new_call_id=lambda: f"q-{next(ids)}",
-                        new_tag=lambda: "tag1", decision_timeout=5.0, **kw)
+    return RedirectCore(
+        "edge-1",
+        new_call_id=lambda: f"q-{next(ids)}",
+        new_tag=lambda: "tag1",
+        decision_timeout=5.0,
+        **kw,
+    )
 
 
 SRC = ("203.0.113.10", 5060)
@@ -37,7 +47,9 @@ def test_invite_gets_100_and_publishes_the_offer():
     assert isinstance(out[0], Reply) and out[0].response.status == 100
     pubs = [o for o in out if isinstance(o, Publish)]
     assert [(p.dest, p.key, p.name) for p in pubs] == [
-        ("admission", "123", "CallOffered"), ("call-events", "q-1", "CallOffered")]
+        ("admission", "123", "CallOffered"),
+        ("call-events", "q-1", "CallOffered"),
+    ]
     offered = pubs[0].record
     assert offered["provider_call_id"] == "sipcall-1@h"
     assert (offered["business_id"], offered["phone_id"]) == ("123", "abc")
@@ -65,8 +77,9 @@ def test_routed_decision_becomes_302_with_queue_id_in_contact():
 
 def test_rejections_keep_their_codes_and_say_why():
     c = core()
-    for n, (status, phrase) in enumerate([(403, "Forbidden"), (404, "Not Found"),
-                                           (486, "Busy Here"), (503, "Service Unavailable")]):
+    for n, (status, phrase) in enumerate(
+        [(403, "Forbidden"), (404, "Not Found"), (486, "Busy Here"), (503, "Service Unavailable")]
+    ):
         c.on_request(invite(), (f"k{n}",), SRC, "UDP", 1.0)
         rejected = sample("CallRejected", call_id=f"q-{n + 1}")
         rejected.update(status_code=status, reason="why it was refused", retry_after_s=7)
@@ -85,7 +98,9 @@ def test_no_decision_in_time_is_503_and_releases():
     assert reply.response.status == 503 and reply.response.headers.get("retry-after") == "5"
     ended = [o for o in out if isinstance(o, Publish)]
     assert [(p.dest, p.key, p.name) for p in ended] == [
-        ("admission", "123", "CallEnded"), ("call-events", "q-1", "CallEnded")]
+        ("admission", "123", "CallEnded"),
+        ("call-events", "q-1", "CallEnded"),
+    ]
     assert ended[0].record["reason"] == "edge_timeout"
     assert c.on_decision("CallRouted", sample("CallRouted", call_id="q-1"), 106.0) == []
 
@@ -93,8 +108,11 @@ def test_no_decision_in_time_is_503_and_releases():
 def test_cancel_before_the_answer():
     c = core()
     c.on_request(invite(), ("inv",), SRC, "UDP", 1.0)
-    cancel = parse_message(bytes(invite()).replace(b"INVITE sip", b"CANCEL sip").replace(
-        b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL"))
+    cancel = parse_message(
+        bytes(invite())
+        .replace(b"INVITE sip", b"CANCEL sip")
+        .replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+    )
     out = c.on_cancel(cancel, ("can",), ("inv",), 2.0)
     replies = [(o.key, o.response.status) for o in out if isinstance(o, Reply)]
     assert replies == [(("can",), 200), (("inv",), 487)]
@@ -106,8 +124,9 @@ def test_cancel_before_the_answer():
 
 def test_business_from_request_headers_then_directory():
     c = core(directory={"+15551234567": NumberEntry("456", "n-9")}.get)
-    out = c.on_request(invite(uri="sip:+15551234567@edge", extra="X-Business-Id: 77\r\n"),
-                       ("a",), SRC, "UDP", 1.0)
+    out = c.on_request(
+        invite(uri="sip:+15551234567@edge", extra="X-Business-Id: 77\r\n"), ("a",), SRC, "UDP", 1.0
+    )
     assert out[1].record["business_id"] == "77"
     out = c.on_request(invite(uri="sip:+15551234567@edge"), ("b",), SRC, "UDP", 1.0)
     assert (out[1].record["business_id"], out[1].record["phone_id"]) == ("456", "n-9")
@@ -122,15 +141,22 @@ def test_unknown_number_is_404_at_the_edge():
 
 def test_options_other_methods_and_hops():
     c = core()
-    options = parse_message(bytes(invite()).replace(b"INVITE sip", b"OPTIONS sip").replace(
-        b"CSeq: 1 INVITE", b"CSeq: 1 OPTIONS"))
+    options = parse_message(
+        bytes(invite())
+        .replace(b"INVITE sip", b"OPTIONS sip")
+        .replace(b"CSeq: 1 INVITE", b"CSeq: 1 OPTIONS")
+    )
     [ok] = c.on_request(options, ("o",), SRC, "UDP", 1.0)
     assert ok.response.status == 200 and "INVITE" in ok.response.headers.get("allow")
-    bye = parse_message(bytes(invite()).replace(b"INVITE sip", b"BYE sip").replace(
-        b"CSeq: 1 INVITE", b"CSeq: 1 BYE"))
+    bye = parse_message(
+        bytes(invite())
+        .replace(b"INVITE sip", b"BYE sip")
+        .replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+    )
     [no] = c.on_request(bye, ("b",), SRC, "UDP", 1.0)
     assert no.response.status == 405 and no.response.headers.get("allow") == (
-        "INVITE, ACK, CANCEL, OPTIONS")
+        "INVITE, ACK, CANCEL, OPTIONS"
+    )
     [hops] = c.on_request(invite(extra="Max-Forwards: 0\r\n"), ("h",), SRC, "UDP", 1.0)
     assert hops.response.status == 483
 

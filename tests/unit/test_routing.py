@@ -12,20 +12,30 @@ S = Settings(redirect_timeout_ms=10_000, heartbeat_timeout_ms=5_000)
 
 
 def backend(bid, region="us-east-1", cap=2, enabled=True):
-    return {"id": bid, "region_id": region, "sip_address": f"10.0.0.{bid[-1]}:5070",
-            "media_url": f"ws://10.0.0.{bid[-1]}:8081", "max_concurrent_calls": cap,
-            "enabled": enabled}
+    return {
+        "id": bid,
+        "region_id": region,
+        "sip_address": f"10.0.0.{bid[-1]}:5070",
+        "media_url": f"ws://10.0.0.{bid[-1]}:8081",
+        "max_concurrent_calls": cap,
+        "enabled": enabled,
+    }
 
 
 def config(*backends, bypass=()):
-    return ConfigView({"backends": {b["id"]: b for b in backends},
-                       "bypassRules": {f"r{i}": r for i, r in enumerate(bypass)}})
+    return ConfigView(
+        {
+            "backends": {b["id"]: b for b in backends},
+            "bypassRules": {f"r{i}": r for i, r in enumerate(bypass)},
+        }
+    )
 
 
 def hb(bid, region="us-east-1", at=NOW, capacity=100, active=0, draining=False):
     rec = sample("BackendHeartbeat", at_ms=at)
-    rec.update(backend_id=bid, region_id=region, capacity=capacity, active_calls=active,
-               draining=draining)
+    rec.update(
+        backend_id=bid, region_id=region, capacity=capacity, active_calls=active, draining=draining
+    )
     return rec
 
 
@@ -41,25 +51,34 @@ def test_routes_to_the_least_loaded_live_backend():
     out = handle("CallAdmitted", admitted(), None, cfg, beats, {"b1": 1}, S)
     routed = out.emits[0].record
     assert (out.emits[0].dest, out.emits[0].key, out.emits[0].name) == (
-        "decisions", "edge-1", "CallRouted")
+        "decisions",
+        "edge-1",
+        "CallRouted",
+    )
     assert routed["backend_id"] == "b2" and routed["backend_sip_address"] == "10.0.0.2:5070"
     assert routed["redirect_deadline"] == NOW + 10_000 and routed["bypass"] is False
     assert out.reservations["q-1"].state is ResState.RESERVED
     assert out.reservations["q-1"].backend_id == "b2"
 
 
-@pytest.mark.parametrize(("beats", "why"), [
-    ({}, "no heartbeat ever"),
-    ({"b1": hb("b1", at=NOW - 6_000)}, "heartbeat too old"),
-    ({"b1": hb("b1", draining=True)}, "draining"),
-    ({"b1": hb("b1", capacity=1, active=1)}, "its own report says full"),
-])
+@pytest.mark.parametrize(
+    ("beats", "why"),
+    [
+        ({}, "no heartbeat ever"),
+        ({"b1": hb("b1", at=NOW - 6_000)}, "heartbeat too old"),
+        ({"b1": hb("b1", draining=True)}, "draining"),
+        ({"b1": hb("b1", capacity=1, active=1)}, "its own report says full"),
+    ],
+)
 def test_no_live_backend_with_room_is_503(beats, why):
     out = handle("CallAdmitted", admitted(), None, config(backend("b1")), beats, {}, S)
     rejected = out.emits[0].record
     assert rejected["status_code"] == 503 and rejected["retry_after_s"] == 5, why
     assert [(e.dest, e.key) for e in out.emits] == [
-        ("decisions", "edge-1"), ("admission", "123"), ("call-events", "q-1")]
+        ("decisions", "edge-1"),
+        ("admission", "123"),
+        ("call-events", "q-1"),
+    ]
     assert out.reservations["q-1"].state is ResState.REJECTED
 
 
@@ -84,8 +103,9 @@ def test_region_affinity_and_disabled_backends():
 def test_bypass_rule_wins_when_usable_and_falls_back_otherwise():
     rules = [{"id": "r", "business_id": "123", "backend_id": "b2", "phone_id": None}]
     cfg = config(backend("b1"), backend("b2"), bypass=rules)
-    out = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1"), "b2": hb("b2")},
-                 {"b2": 1}, S)
+    out = handle(
+        "CallAdmitted", admitted(), None, cfg, {"b1": hb("b1"), "b2": hb("b2")}, {"b2": 1}, S
+    )
     assert out.emits[0].record["backend_id"] == "b2" and out.emits[0].record["bypass"] is True
     down = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
     assert down.emits[0].record["backend_id"] == "b1" and down.emits[0].record["bypass"] is False
@@ -111,8 +131,15 @@ def test_accepted_then_ended():
     index = routing.LoadIndex()
     routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
     index.apply("q-1", None, routed.reservations["q-1"])
-    acc = handle("CallAccepted", sample("CallAccepted", call_id="q-1"),
-                 routed.reservations["q-1"], cfg, {}, index.load, S)
+    acc = handle(
+        "CallAccepted",
+        sample("CallAccepted", call_id="q-1"),
+        routed.reservations["q-1"],
+        cfg,
+        {},
+        index.load,
+        S,
+    )
     assert acc.reservations["q-1"].state is ResState.ACCEPTED
     index.apply("q-1", routed.reservations["q-1"], acc.reservations["q-1"])
     assert index.load == {"b1": 1} and index.due("us-east-1", NOW + 99_999) == []
@@ -142,7 +169,8 @@ def test_duplicate_admission_repeats_the_decision():
     routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
     again = handle("CallAdmitted", admitted(), routed.reservations["q-1"], cfg, {}, {"b1": 1}, S)
     assert again.reservations == {} and [e.record for e in again.emits] == [
-        e.record for e in routed.emits]
+        e.record for e in routed.emits
+    ]
 
 
 def test_reservation_json_round_trip():

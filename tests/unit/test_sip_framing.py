@@ -32,8 +32,10 @@ def test_whole_buffer():
     got = drain(f)
     assert got == MESSAGES
     assert [parse_message(m, stream=True).call_id for m in got] == [
-        "wsinv.ndaksdj@192.0.2.1", "a84b4c76e66710@pc33.atlanta.example.com",
-        "esc01.239409asdfakjkn23onasd0-3234"]
+        "wsinv.ndaksdj@192.0.2.1",
+        "a84b4c76e66710@pc33.atlanta.example.com",
+        "esc01.239409asdfakjkn23onasd0-3234",
+    ]
     assert f.buffered == 0
 
 

@@ -30,7 +30,10 @@ def test_wsinv_tortuous_invite():
     assert isinstance(msg, Request)
     assert msg.method == "INVITE"
     assert (msg.uri.user, msg.uri.host, msg.uri.params) == (
-        "vivekg", "chair-dnrc.example.com", {"unknownparam": None})
+        "vivekg",
+        "chair-dnrc.example.com",
+        {"unknownparam": None},
+    )
     assert msg.to.tag == "1918181833n"
     assert msg.from_.tag == "98asjd8"
     assert msg.headers.get("max-forwards") == "0068"
@@ -50,7 +53,8 @@ def test_wsinv_tortuous_invite():
     assert contacts[0].uri.user == "jdrosen"
     assert contacts[0].params == {"newparam": "newvalue", "secondparam": None, "q": "0.33"}
     assert msg.body.startswith(b"v=0\r\n") and len(msg.body) == int(
-        msg.headers.get("content-length"))
+        msg.headers.get("content-length")
+    )
 
 
 def test_escaped_uris():
@@ -123,8 +127,9 @@ def test_round_trip_is_stable():
 
 def test_make_response_copies_and_tags():
     req = parse_message(load("valid/trunk_invite.sip"))
-    resp = make_response(req, 302, "Moved Temporarily", to_tag="abc",
-                         headers=[("Contact", "<sip:x@127.0.0.1:5070>")])
+    resp = make_response(
+        req, 302, "Moved Temporarily", to_tag="abc", headers=[("Contact", "<sip:x@127.0.0.1:5070>")]
+    )
     wire = bytes(resp)
     parsed = parse_message(wire)
     assert isinstance(parsed, Response) and parsed.status == 302
@@ -137,8 +142,7 @@ def test_make_response_copies_and_tags():
 
 
 def test_uri_round_trip_with_headers():
-    uri = SipURI(user="+15551234567", host="10.0.0.5", port=5070,
-                 headers={"X-CallQueue-Id": "q-1"})
+    uri = SipURI(user="+15551234567", host="10.0.0.5", port=5070, headers={"X-CallQueue-Id": "q-1"})
     assert str(uri) == "sip:+15551234567@10.0.0.5:5070?X-CallQueue-Id=q-1"
     assert SipURI.parse(str(uri)) == uri
     v6 = SipURI.parse("sip:alice@[2001:db8::10]:5060;transport=tcp")
@@ -148,21 +152,32 @@ def test_uri_round_trip_with_headers():
 
 def test_split_list_respects_quotes_and_brackets():
     assert split_list('"a, b" <sip:x@y>;p=1, <sip:z@w?h=1,2>') == [
-        '"a, b" <sip:x@y>;p=1', "<sip:z@w?h=1,2>"]
+        '"a, b" <sip:x@y>;p=1',
+        "<sip:z@w?h=1,2>",
+    ]
 
 
 def test_via_with_ipv6_and_params():
     via = Via.parse("SIP/2.0/TCP [2001:db8::9]:5061;branch=z9hG4bK1;received=192.0.2.1")
-    assert (via.transport, via.host, via.port, via.branch) == ("TCP", "2001:db8::9", 5061,
-                                                               "z9hG4bK1")
+    assert (via.transport, via.host, via.port, via.branch) == (
+        "TCP",
+        "2001:db8::9",
+        5061,
+        "z9hG4bK1",
+    )
     assert str(via) == "SIP/2.0/TCP [2001:db8::9]:5061;branch=z9hG4bK1;received=192.0.2.1"
 
 
-@pytest.mark.parametrize(("limit", "data"), [
-    ("exceeds 65535", b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: " + b"a" * 70_000 + b"\r\n\r\n"),
-    ("headers exceed the limit of 128",
-     b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: 1\r\n" * 200 + b"\r\n"),
-])
+@pytest.mark.parametrize(
+    ("limit", "data"),
+    [
+        ("exceeds 65535", b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: " + b"a" * 70_000 + b"\r\n\r\n"),
+        (
+            "headers exceed the limit of 128",
+            b"OPTIONS sip:a@b SIP/2.0\r\n" + b"X: 1\r\n" * 200 + b"\r\n",
+        ),
+    ],
+)
 def test_limits(limit, data):
     with pytest.raises(ParseError, match=limit):
         parse_message(data)
@@ -177,12 +192,27 @@ def test_random_bytes_parse_or_raise_our_error(data):
         pass
 
 
-_LINES = st.sampled_from([
-    b"INVITE sip:+1555@h SIP/2.0", b"SIP/2.0 200 OK", b"Via: SIP/2.0/UDP h;branch=z9hG4bKx",
-    b"v: SIP/2.0/TCP [::1]:5;rport", b"From: <sip:a@b>;tag=1", b"To: sip:c@d", b"i: x@y",
-    b"CSeq: 1 INVITE", b"l: 3", b"Content-Length: 99", b"Contact: *", b" folded", b"",
-    b"m: \"q\\\"\" <sip:x@[::1]>;q=0.1", b"X: ;;,,", b"\xff\xfe", b"Max-Forwards: 0",
-])
+_LINES = st.sampled_from(
+    [
+        b"INVITE sip:+1555@h SIP/2.0",
+        b"SIP/2.0 200 OK",
+        b"Via: SIP/2.0/UDP h;branch=z9hG4bKx",
+        b"v: SIP/2.0/TCP [::1]:5;rport",
+        b"From: <sip:a@b>;tag=1",
+        b"To: sip:c@d",
+        b"i: x@y",
+        b"CSeq: 1 INVITE",
+        b"l: 3",
+        b"Content-Length: 99",
+        b"Contact: *",
+        b" folded",
+        b"",
+        b'm: "q\\"" <sip:x@[::1]>;q=0.1',
+        b"X: ;;,,",
+        b"\xff\xfe",
+        b"Max-Forwards: 0",
+    ]
+)
 
 
 @settings(max_examples=400, deadline=None)

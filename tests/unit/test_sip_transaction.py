@@ -24,20 +24,26 @@ SRC = ("203.0.113.10", 5060)
 
 
 def invite(branch="z9hG4bKabc", cseq=1, call_id="c1@h"):
-    return parse_message((
-        f"INVITE sip:+15551234567@edge SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
-        f"From: <sip:a@h>;tag=f1\r\nTo: <sip:+15551234567@edge>\r\nCall-ID: {call_id}\r\n"
-        f"CSeq: {cseq} INVITE\r\nContent-Length: 0\r\n\r\n").encode())
+    return parse_message(
+        (
+            f"INVITE sip:+15551234567@edge SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
+            f"From: <sip:a@h>;tag=f1\r\nTo: <sip:+15551234567@edge>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} INVITE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+    )
 
 
 def request(method, branch="z9hG4bKabc", to_tag="", cseq=1):
     to = "<sip:+15551234567@edge>" + (f";tag={to_tag}" if to_tag else "")
-    return parse_message((
-        f"{method} sip:+15551234567@edge SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
-        f"From: <sip:a@h>;tag=f1\r\nTo: {to}\r\nCall-ID: c1@h\r\n"
-        f"CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode())
+    return parse_message(
+        (
+            f"{method} sip:+15551234567@edge SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 203.0.113.10:5060;branch={branch}\r\n"
+            f"From: <sip:a@h>;tag=f1\r\nTo: {to}\r\nCall-ID: c1@h\r\n"
+            f"CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+    )
 
 
 def test_invite_302_retransmits_on_timer_g_until_ack():
@@ -132,8 +138,9 @@ def test_responding_on_unknown_transaction_raises():
         ServerTransactions().respond(("nope",), make_response(invite(), 200, "OK"), 0.0)
 
 
-@pytest.mark.parametrize("table,start_method", [(INVITE_TABLE, "INVITE"),
-                                                 (NON_INVITE_TABLE, "OPTIONS")])
+@pytest.mark.parametrize(
+    "table,start_method", [(INVITE_TABLE, "INVITE"), (NON_INVITE_TABLE, "OPTIONS")]
+)
 def test_every_state_event_pair(table, start_method):
     req = invite() if start_method == "INVITE" else request("OPTIONS")
     for state, event in itertools.product(State, Event):
