@@ -6,30 +6,17 @@
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
+from bench._util import best_rate, pin_one_core
 from schemas import SingleObjectCodec
 from tests.samples import sample
-
-
-def rate(n: int, fn) -> float:  # type: ignore[no-untyped-def]
-    best = 0.0
-    for _ in range(3):  # best of three: the machine is shared
-        t0 = time.perf_counter()
-        fn(n)
-        best = max(best, n / (time.perf_counter() - t0))
-    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     args = ap.parse_args()
-    try:
-        os.sched_setaffinity(0, {0})  # one core
-    except (AttributeError, OSError):
-        pass
+    pin_one_core()
     codec = SingleObjectCodec()
     record = sample("CallOffered")
     data = codec.encode("CallOffered", record)
@@ -48,9 +35,9 @@ def main() -> None:
             dec(enc("CallOffered", record))
 
     print(f"CallOffered, {len(data)} bytes single-object encoded, {args.n} events, 1 core")
-    print(f"  encode          {rate(args.n, encode):>10,.0f} events/s")
-    print(f"  decode          {rate(args.n, decode):>10,.0f} events/s")
-    print(f"  encode+decode   {rate(args.n, both):>10,.0f} events/s")
+    print(f"  encode          {best_rate(args.n, encode):>10,.0f} events/s")
+    print(f"  decode          {best_rate(args.n, decode):>10,.0f} events/s")
+    print(f"  encode+decode   {best_rate(args.n, both):>10,.0f} events/s")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from pathlib import Path
 
+from bench._util import best_rate, pin_one_core
 from edge.sip.message import parse_message
 
 VECTOR = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "sip" / "valid"
@@ -30,23 +29,11 @@ INVITE = (
 )
 
 
-def best_rate(n: int, fn) -> float:  # type: ignore[no-untyped-def]
-    best = 0.0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn(n)
-        best = max(best, n / (time.perf_counter() - t0))
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=50_000)
     args = ap.parse_args()
-    try:
-        os.sched_setaffinity(0, {0})
-    except (AttributeError, OSError):
-        pass
+    pin_one_core()
     msg = parse_message(INVITE)
 
     def parse(n: int) -> None:

@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 from streams.config_view import ConfigView
-from streams.events import Emit, derived_id, envelope, fan_out
+from streams.events import Emit, TransitionError, derived_id, envelope, fan_out, transition
 
 log = logging.getLogger("trunkline.admission")
 PRODUCER = "admission"
@@ -67,16 +67,8 @@ TRANSITIONS: dict[SlotState | None, dict[Input, SlotState]] = {
 }
 
 
-class TransitionError(RuntimeError):
-    pass
-
-
 def step(state: SlotState | None, event: Input) -> SlotState:
-    try:
-        return TRANSITIONS[state][event]
-    except KeyError:
-        name = state.value if state else "(none)"
-        raise TransitionError(f"admission slot {name} cannot take {event.value}") from None
+    return transition(TRANSITIONS, state, event, "admission slot")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Destination = Literal["admission", "routing", "decisions", "call-events"]
 _DERIVED = uuid.UUID("0c6f1d2e-3b4a-4c5d-8e9f-a0b1c2d3e4f5")
@@ -41,3 +43,21 @@ def fan_out(
     """The same record to several topics, each under its own key (call-events by call id)."""
     call_id = record["envelope"]["call_id"]
     return [Emit(d, call_id if d == "call-events" else key_by[d], name, record) for d in dests]
+
+
+S = TypeVar("S", bound=enum.Enum)
+
+
+class TransitionError(RuntimeError):
+    """An event the machine's table does not list for the current state."""
+
+
+def transition(
+    table: Mapping[S | None, Mapping[Any, S]], state: S | None, event: enum.Enum, what: str
+) -> S:
+    """The next state from a transition table; raise TransitionError (state unchanged)."""
+    try:
+        return table[state][event]
+    except KeyError:
+        name = state.value if state is not None else "(none)"
+        raise TransitionError(f"{what} {name} cannot take {event.value}") from None

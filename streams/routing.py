@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.config_view import ConfigView
-from streams.events import Emit, derived_id, envelope, fan_out
+from streams.events import Emit, TransitionError, derived_id, envelope, fan_out, transition
 
 log = logging.getLogger("trunkline.routing")
 PRODUCER = "routing"
@@ -83,16 +83,8 @@ TRANSITIONS: dict[ResState | None, dict[Input, ResState]] = {
 }
 
 
-class TransitionError(RuntimeError):
-    pass
-
-
 def step(state: ResState | None, event: Input) -> ResState:
-    try:
-        return TRANSITIONS[state][event]
-    except KeyError:
-        name = state.value if state else "(none)"
-        raise TransitionError(f"reservation {name} cannot take {event.value}") from None
+    return transition(TRANSITIONS, state, event, "reservation")
 
 
 @dataclass(frozen=True)

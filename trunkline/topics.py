@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.registry import LIFECYCLE_EVENTS
+
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -44,15 +46,7 @@ CALL_EVENTS = TopicSpec(
     False,
     30 * DAY_MS,
     "call_id",
-    (
-        "CallOffered",
-        "CallAdmitted",
-        "CallRejected",
-        "CallRouted",
-        "CallAccepted",
-        "CallAnswered",
-        "CallEnded",
-    ),
+    LIFECYCLE_EVENTS,
     "Every call lifecycle event: the history. The ClickHouse sink and replays read it.",
 )
 ADMISSION = TopicSpec(
