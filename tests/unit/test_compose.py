@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_names_every_service():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"kafka", "clickhouse", "topics", "worker"} <= set(services)
-    worker_env = services["worker"]["environment"]
-    assert worker_env["TRUNKLINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
-    dsn = urlparse(worker_env["TRUNKLINE_CLICKHOUSE_DSN"])
+    assert {"kafka", "clickhouse", "topics", "worker", "sink", "sip-edge"} <= set(services)
+    sink_env = services["sink"]["environment"]
+    assert sink_env["TRUNKLINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert "clickhouse" in services["sink"]["depends_on"]
+    dsn = urlparse(sink_env["TRUNKLINE_CLICKHOUSE_DSN"])
     assert (dsn.scheme, dsn.hostname, dsn.port) == ("http", "clickhouse", 8123)
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
