@@ -39,6 +39,7 @@ from streams.events import Emit, TransitionError, derived_id, envelope, fan_out,
 
 log = logging.getLogger("trunkline.admission")
 PRODUCER = "admission"
+ROUTING_PRODUCER = "routing"  # streams.routing.PRODUCER (not imported: no cycle)
 
 
 class SlotState(enum.Enum):
@@ -266,8 +267,9 @@ def _release(name: str, event: dict[str, Any], slot: Slot | None) -> Result:
     if slot.state is not SlotState.ADMITTED:
         return Result(slot, [])
     # routing may hold a backend slot for an admitted call: pass the release on (same event,
-    # same id); routing ignores it when it already let go
-    emits = [Emit("routing", slot.region_id, name, event)]
+    # same id). Releases routing itself decided (a 503, a missed redirect) already freed it.
+    from_routing = event["envelope"].get("producer_id") == ROUTING_PRODUCER
+    emits = [] if from_routing else [Emit("routing", slot.region_id, name, event)]
     log.debug("call %s: plan slot of business %s released (%s)", call_id, business_id, name)
     return Result(Slot(new_state, slot.business_id, slot.region_id, None), emits)
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from streams.app import TrunklineApp
 
 log = logging.getLogger("trunkline.agents")
+TICK_INTERVAL_S = 0.1
+EXPIRE_PER_TICK = 40  # up to 400 expirations/s per region
 
 
 class _View:
@@ -139,7 +141,8 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 continue
             if name == "RoutingTick":
                 now_ms = int(value["envelope"]["occurred_at"])
-                for call_id in load_index.due(value["region_id"], now_ms):
+                # a bounded batch per tick: expirations never stall new calls for long
+                for call_id in load_index.due(value["region_id"], now_ms)[:EXPIRE_PER_TICK]:
                     res = routing.Reservation.from_json(reservations.get(call_id))
                     if res is not None:
                         changes = routing.expire(call_id, res, now_ms)
@@ -158,7 +161,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
             apply(changes)
             await send(changes.emits)
 
-    @app.timer(interval=0.5, on_leader=True)
+    @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
     async def tick() -> None:
         regions = sorted({b["region_id"] for b in tl.tables["backends"].values() if b})
         now_ms = int(time.time() * 1000)

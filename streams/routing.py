@@ -370,8 +370,9 @@ class LoadIndex:
             self._open.setdefault(new.region_id, {})[call_id] = new.deadline_ms
 
     def due(self, region_id: str, now_ms: int) -> list[str]:
-        """RESERVED calls of a region whose redirect deadline has passed."""
-        return sorted(c for c, d in self._open.get(region_id, {}).items() if d <= now_ms)
+        """RESERVED calls of a region whose redirect deadline has passed, oldest first."""
+        due = [(d, c) for c, d in self._open.get(region_id, {}).items() if d <= now_ms]
+        return [c for _, c in sorted(due)]
 
     def open_calls(self) -> dict[str, dict[str, int]]:
         return {r: dict(c) for r, c in self._open.items() if c}

@@ -185,3 +185,11 @@ def test_every_state_input_pair():
                 step(state, event)
         else:
             assert step(state, event) is target
+
+
+def test_releases_routing_decided_are_not_sent_back_to_it():
+    first = handle("CallOffered", offer(), None, 0, CONFIG)
+    ended = sample("CallEnded", call_id="q-1")
+    ended["envelope"]["producer_id"] = "routing"  # a redirect nobody took
+    released = handle("CallEnded", ended, first.slot, 1, CONFIG)
+    assert released.slot.state is SlotState.RELEASED and released.emits == []
