@@ -16,7 +16,7 @@ import faust
 from streams import admission, routing
 from streams.config_view import ConfigView
 from streams.events import Emit, envelope
-from trunkline.topics import ADMISSION, CALL_EVENTS, DECISIONS, HEARTBEATS, ROUTING
+from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, DECISIONS, HEARTBEATS, ROUTING
 
 if TYPE_CHECKING:
     from streams.app import TrunklineApp
@@ -52,6 +52,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         "admission": admission_topic,
         "routing": routing_topic,
         "decisions": topic(DECISIONS),
+        "assignments": topic(ASSIGNMENTS),
         "call-events": topic(CALL_EVENTS),
     }
 

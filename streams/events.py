@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-Destination = Literal["admission", "routing", "decisions", "call-events"]
+Destination = Literal["admission", "routing", "decisions", "assignments", "call-events"]
 _DERIVED = uuid.UUID("0c6f1d2e-3b4a-4c5d-8e9f-a0b1c2d3e4f5")
 
 

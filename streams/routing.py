@@ -309,6 +309,7 @@ def _admit(
         "backend_media_url": backend["media_url"],
         "edge_id": event["edge_id"],
         "bypass": bypass,
+        "agent": event.get("agent") or "greeting",
         "redirect_deadline": deadline,
     }
     res = Reservation(
@@ -329,6 +330,9 @@ def _decision_emits(res: Reservation) -> list[Emit]:
     name, record = res.decision["name"], res.decision["record"]
     dests: tuple[Any, ...] = ("decisions", "call-events")
     keys = {"decisions": record["edge_id"]}
+    if name == "CallRouted":  # the chosen media node follows its assignments
+        dests = ("decisions", "assignments", "call-events")
+        keys["assignments"] = record["backend_id"]
     if name == "CallRejected":  # admission must free the plan slot it holds
         dests = ("decisions", "admission", "call-events")
         keys["admission"] = record["business_id"]

@@ -39,7 +39,8 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "CallRouted": {
             "business_id": "123", "region_id": "us-east-1", "backend_id": "backend-2",
             "backend_sip_address": "127.0.0.1:5070", "backend_media_url": "ws://127.0.0.1:8081",
-            "edge_id": "edge-1", "bypass": False, "redirect_deadline": 1_700_000_032_000,
+            "edge_id": "edge-1", "bypass": False, "agent": "greeting",
+            "redirect_deadline": 1_700_000_032_000,
         },
         "CallAccepted": {"backend_id": "backend-2", "region_id": "us-east-1", "agent": "greeting"},
         "CallAnswered": {"backend_id": "backend-2", "codec": "PCMU/8000"},

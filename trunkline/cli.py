@@ -212,6 +212,41 @@ def cmd_sip_edge(args: argparse.Namespace, s: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_media(args: argparse.Namespace, s: Settings) -> int:
+    import asyncio
+    import logging
+
+    from edge.sip.service import Listen
+    from media.node import MediaNode, NodeConfig, run_node
+
+    logging.basicConfig(
+        level=getattr(logging, args.loglevel.upper()),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    try:
+        listen = Listen.parse(args.listen)
+    except ValueError as exc:
+        raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
+    if args.capacity < 1:
+        raise CliError("--capacity must be at least 1", EXIT_USAGE)
+    node = MediaNode(
+        s,
+        NodeConfig(
+            args.server_id,
+            args.region,
+            listen,
+            capacity=args.capacity,
+            media_ip=args.media_ip or listen.host,
+            media_timeout_s=args.media_timeout,
+        ),
+    )
+    try:
+        asyncio.run(run_node(node))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.listen}: {exc.strerror or exc}") from exc
+    return EXIT_OK
+
+
 def cmd_heartbeats(args: argparse.Namespace, s: Settings) -> int:
     """Publish BackendHeartbeat for backends named in the config (a stand-in for a media
     node's own heartbeats, to exercise routing before media nodes exist)."""
@@ -270,45 +305,50 @@ def cmd_heartbeats(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_call(args: argparse.Namespace, s: Settings) -> int:
-    """Place one INVITE through the SIP edge, show the answer and the call's queue entry."""
-    from edge.sip.uac import UAC, Call
+    """Place a call through the SIP edge: follow its 302 to the media node, talk RTP for a
+    few seconds, hang up; print what happened and the call's queue entry."""
+    from media.caller import place_call
 
     target = args.edge or s.sip_listen
     host, _, port = target.rpartition(":")
     if not port.isdigit():
         raise CliError(f"--edge {target!r} is not host:port", EXIT_USAGE)
     host = "127.0.0.1" if host in ("", "0.0.0.0") else host
-    headers = "&".join(
-        f"{k}={v}" for k, v in (("X-Business-Id", args.business), ("X-Phone-Id", args.phone)) if v
-    )
-    uac = UAC(host, int(port), args.transport.upper())
-    try:
-        call = Call(args.number, uri_headers=headers)
-        final = uac.invite(call, timeout=args.timeout)
-    finally:
-        uac.close()
-    if final is None:
-        raise CliError(f"no final answer from {target} within {args.timeout:g}s")
-    _say(f"SIP/2.0 {final.status} {final.reason}")
-    for name in ("Contact", "Warning", "Retry-After", "X-CallQueue-Id"):
-        if final.headers.get(name):
-            _say(f"{name}: {final.headers.get(name)}")
-    queue_id = final.headers.get("x-callqueue-id")
+    r = place_call(host, int(port), args.number, seconds=args.seconds)
+    for label, resp in (("edge", r.redirect), ("media node", r.answer)):
+        if resp is not None:
+            _say(f"{label}: SIP/2.0 {resp.status} {resp.reason}")
+            for name in ("Contact", "Warning", "Retry-After"):
+                if resp.headers.get(name):
+                    _say(f"  {name}: {resp.headers.get(name)}")
+    if r.answer is not None and r.answer.status == 200:
+        _say(
+            f"media: sent {r.packets_sent} RTP packets, received {r.packets_received} "
+            f"(the greeting, then our audio echoed); BYE -> {r.bye_status}"
+        )
+    queue_id = r.queue_id or (r.redirect.headers.get("x-callqueue-id") if r.redirect else None)
     if queue_id and not args.no_entry:
+        entry = None
         deadline = time.monotonic() + 10
-        while True:
+        while time.monotonic() < deadline:
             try:
                 entry = _read_calls(s, f"/calls/{urllib.parse.quote(queue_id, safe='')}/", {})
-                if entry.get("status") not in ("Queued", "ProcessingProxy"):
+                if entry.get("status") not in (
+                    "Queued",
+                    "ProcessingProxy",
+                    "ProcessedProxy",
+                    "ProcessingBackend",
+                    "InProgress",
+                ):
                     break
             except CliError:
                 entry = None
-            if time.monotonic() > deadline:
-                break
             time.sleep(0.3)
         if entry:
             _say(json.dumps(entry, indent=2))
-    return EXIT_OK if final.status < 400 else EXIT_FAIL
+    if r.error:
+        raise CliError(r.error)
+    return EXIT_OK
 
 
 def cmd_sink(args: argparse.Namespace, s: Settings) -> int:
@@ -501,6 +541,33 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
     )
     _wait_edge(s, args.timeout)
     _say(f"  sip-edge pid {edge_pid}, answering OPTIONS on {s.sip_listen}")
+    config = _load_config_file(config_path)
+    for rec in config.section("backends").values():
+        b = rec.body
+        host = b["sip_address"].rpartition(":")[0]
+        if not (host.startswith("127.") or host == "localhost"):
+            continue  # a node elsewhere runs on its own machine
+        name = f"media-{b['id']}"
+        pid = procs.start(
+            s.state_dir,
+            name,
+            [
+                sys.executable,
+                "-m",
+                "trunkline.cli",
+                "media",
+                "--server-id",
+                b["id"],
+                "--region",
+                b["region_id"],
+                "--listen",
+                b["sip_address"],
+                "--capacity",
+                str(b["max_concurrent_calls"]),
+            ],
+            _env_for_children(s),
+        )
+        _say(f"* media node {b['id']} ({b['region_id']}) on {b['sip_address']}, pid {pid}")
     if args.simulate_backends:
         hb_pid = procs.start(
             s.state_dir,
@@ -527,7 +594,10 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace, s: Settings) -> int:
-    for name in ("heartbeats", "sip-edge", "worker", "sink"):
+    names = ["heartbeats", "sip-edge", "worker", "sink"]
+    run_dir = s.state_dir / "run"
+    names += sorted(p.stem for p in run_dir.glob("media-*.pid")) if run_dir.exists() else []
+    for name in names:
         _say(f"{name} stopped" if procs.stop(s.state_dir, name) else f"{name} was not running")
     if not os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"):
         cmd_kafka(argparse.Namespace(action="down", wipe=args.wipe), s)
@@ -695,6 +765,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     e.set_defaults(func=cmd_sip_edge)
 
+    md = sub.add_parser("media", help="run a media node (SIP backend listener, RTP, agents)")
+    md.add_argument("--server-id", required=True, help="the backend id in the config")
+    md.add_argument("--region", required=True, help="its region id")
+    md.add_argument("--listen", default="127.0.0.1:5070", help="SIP UDP address (host:port)")
+    md.add_argument("--media-ip", help="address for RTP (default: the --listen host)")
+    md.add_argument("--capacity", type=int, default=100, help="concurrent calls announced")
+    md.add_argument(
+        "--media-timeout",
+        type=float,
+        default=10.0,
+        help="seconds without RTP before the call is ended",
+    )
+    md.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    md.set_defaults(func=cmd_media)
+
     hb = sub.add_parser(
         "heartbeats", help="publish backend heartbeats (a stand-in for media nodes)"
     )
@@ -710,13 +795,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hb.set_defaults(func=cmd_heartbeats)
 
-    cl = sub.add_parser("call", help="place one INVITE through the SIP edge and show the result")
+    cl = sub.add_parser("call", help="place a call through the SIP edge and the media node")
     cl.add_argument("number", help="the dialled number, e.g. +15551234567")
     cl.add_argument("--edge", help="edge host:port (default TRUNKLINE_SIP_LISTEN)")
-    cl.add_argument("--transport", default="udp", choices=["udp", "tcp"])
-    cl.add_argument("--business", help="send X-Business-Id in the Request-URI")
-    cl.add_argument("--phone", help="send X-Phone-Id in the Request-URI")
-    cl.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    cl.add_argument("--seconds", type=float, default=3.0, help="how long to talk (default 3)")
     cl.add_argument("--no-entry", action="store_true", help="do not print the queue entry")
     cl.set_defaults(func=cmd_call)
 

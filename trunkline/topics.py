@@ -67,6 +67,10 @@ DECISIONS = TopicSpec(
     "decisions", 6, False, DAY_MS, "edge_id", ("CallRouted", "CallRejected"),
     "Final decisions for the edge that holds the call; each edge reads its key's partition.",
 )  # fmt: skip
+ASSIGNMENTS = TopicSpec(
+    "assignments", 6, False, DAY_MS, "backend_id", ("CallRouted",),
+    "Calls routed to a media node; each node reads its key's partition.",
+)  # fmt: skip
 DEAD_LETTERS = TopicSpec(
     "dead-letters",
     1,
@@ -107,6 +111,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     ROUTING,
     HEARTBEATS,
     DECISIONS,
+    ASSIGNMENTS,
     DEAD_LETTERS,
     *CONFIG_TOPICS.values(),
 )

@@ -1,0 +1,654 @@
+"""A media node: the SIP backend listener (UAS) that answers the redirected call, RTP, the
+conversation session with its agent, heartbeats and the call's lifecycle events.
+
+The SIP layer is the proxy's (edge/sip: messages, server transactions); SDP, RTP and
+codecs are media/sdp.py, media/rtp.py, media/codecs.py. This module is the I/O around
+them: one UDP socket for SIP, one per call for RTP, a thread following this node's
+assignments (CallRouted keyed by its server id), a confluent-kafka producer.
+
+Not built yet (see README): SIP over TCP on the node, re-INVITE beyond hold/resume SDP,
+provider WebSocket media, the `websocket` agent, crash detection by routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from edge.sip.errors import ParseError, TransactionError
+from edge.sip.message import Request, Response, SipURI, make_response, parse_message
+from edge.sip.service import Listen, _annotate_via, _response_addr
+from edge.sip.transaction import Address, NewRequest, Send, ServerTransactions, TxKey
+from media.agents import Agent, CallInfo, make_agent
+from media.agents.base import FRAME_BYTES, SAMPLE_RATE, SILENCE
+from media.codecs import AudioCodec
+from media.rtp import JitterBuffer, RtpPacket
+from media.sdp import Answer, SdpError, SessionDescription, negotiate
+from schemas.codec import CodecError, make_codec
+from streams.events import derived_id, envelope
+from trunkline.kafka_io import partition_for
+from trunkline.settings import Settings
+from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
+
+log = logging.getLogger("trunkline.media")
+DTMF_EVENTS = "0123456789*#ABCD"
+
+
+@dataclass
+class NodeConfig:
+    server_id: str
+    region_id: str
+    listen: Listen
+    capacity: int = 100
+    media_ip: str = "127.0.0.1"
+    media_timeout_s: float = 10.0
+    assignment_wait_s: float = 2.0
+    heartbeat_interval_s: float = 1.0
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    """One call's RTP: receive -> jitter buffer -> decode -> agent; agent -> encode -> send,
+    paced every 20 ms by the node's media clock."""
+
+    def __init__(self, answer: Answer, agent: Agent) -> None:
+        self.answer = answer
+        self.agent = agent
+        self.codec = AudioCodec(answer.codec.name, answer.codec.payload_type)
+        self.jitter = JitterBuffer(answer.codec.clock_rate)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.remote = answer.remote
+        self.ssrc = random.getrandbits(32)
+        self.seq = random.getrandbits(16)
+        self.ts = random.getrandbits(32)
+        self.sent = 0
+        self.last_rx = time.monotonic()
+        self._last_dtmf_ts: int | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            return  # not RTP (or RTCP): ignore
+        self.last_rx = time.monotonic()
+        dtmf = self.answer.dtmf
+        if dtmf is not None and packet.payload_type == dtmf.payload_type:
+            self._dtmf(packet)
+            return
+        if packet.payload_type != self.answer.codec.payload_type:
+            return
+        self.jitter.push(packet, time.monotonic())
+        for ext, p in self.jitter.pop():
+            if p is None:
+                self.agent.on_audio(SILENCE)
+                continue
+            pcm = self.codec.decode(p.payload, p.timestamp, SAMPLE_RATE)
+            for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+                self.agent.on_audio(pcm[i : i + FRAME_BYTES])
+            del ext
+
+    def _dtmf(self, packet: RtpPacket) -> None:
+        """RFC 4733: one event per timestamp; act on the first packet (end bit and marker
+        are not relied on, carriers drop them)."""
+        if len(packet.payload) < 4 or packet.timestamp == self._last_dtmf_ts:
+            return
+        self._last_dtmf_ts = packet.timestamp
+        event = packet.payload[0]
+        if event < len(DTMF_EVENTS):
+            self.agent.on_dtmf(DTMF_EVENTS[event])
+
+    def tick(self) -> None:
+        """Send the next 20 ms (called by the node's media clock)."""
+        if self.transport is None or self.answer.on_hold:
+            return
+        frame = self.agent.next_frame()
+        for payload in self.codec.encode(frame, SAMPLE_RATE):
+            packet = RtpPacket(
+                payload_type=self.answer.codec.payload_type,
+                sequence_number=self.seq,
+                timestamp=self.ts,
+                ssrc=self.ssrc,
+                payload=payload,
+            )
+            self.transport.sendto(packet.serialize(), self.remote)
+            self.seq = (self.seq + 1) % 65536
+            self.sent += 1
+        self.ts = (self.ts + self.codec.timestamp_step) % (1 << 32)
+
+    def stats(self) -> dict[str, Any]:
+        s = self.jitter.stats
+        return {
+            "packets_sent": self.sent,
+            "packets_received": s.received,
+            "packets_lost": s.lost,
+            "jitter_ms": round(s.jitter_ms(self.jitter.clock_rate), 3),
+        }
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass
+class Dialog:
+    queue_id: str
+    routed: dict[str, Any]
+    invite: Request
+    invite_key: TxKey
+    source: Address
+    local_tag: str
+    answer: Answer
+    session: RtpSession
+    agent: Agent
+    accepted_at: float
+    ok: bytes = b""  # the 200 OK, retransmitted until the ACK (§13.3.1.4)
+    ok_next: float = 0.0
+    ok_interval: float = 0.5
+    ok_deadline: float = 0.0
+    answered_at: float | None = None
+    local_cseq: int = 1
+    ended: bool = False
+    bye: bytes = b""
+    bye_next: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class _Sip(asyncio.DatagramProtocol):
+    def __init__(self, node: MediaNode) -> None:
+        self.node = node
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        asyncio.get_running_loop().create_task(self.node.on_datagram(data, (addr[0], addr[1])))
+
+
+class MediaNode:
+    def __init__(self, settings: Settings, config: NodeConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.codec = make_codec(settings.schema_registry_url)
+        self.transactions = ServerTransactions()
+        self.assignments: dict[str, dict[str, Any]] = {}
+        self.dialogs: dict[str, Dialog] = {}  # by SIP Call-ID
+        self.by_queue: dict[str, Dialog] = {}
+        self.producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+                "partitioner": "murmur2_random",
+                "log_level": 4,
+            }
+        )
+        self.sip: _Sip | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        consumer = self._assignment_consumer()
+        t = threading.Thread(
+            target=self._follow_assignments, args=(consumer,), daemon=True, name="media-assignments"
+        )
+        t.start()
+        self._threads.append(t)
+        _, proto = await loop.create_datagram_endpoint(
+            lambda: _Sip(self), local_addr=(self.config.listen.host, self.config.listen.port)
+        )
+        self.sip = proto
+        self._tasks = [
+            asyncio.create_task(self._media_clock()),
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self._timers()),
+        ]
+        self.ready.set()
+        log.info(
+            "media node %s (%s) listening on %s:%s",
+            self.config.server_id,
+            self.config.region_id,
+            self.config.listen.host,
+            self.config.listen.port,
+        )
+
+    async def stop(self) -> None:
+        for d in list(self.by_queue.values()):
+            self._hang_up(d, "agent", "node_stopped")
+        await asyncio.sleep(0.05)
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        if self.sip and self.sip.transport:
+            self.sip.transport.close()
+        for t in self._threads:
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
+        self.producer.flush(10)
+
+    # -- assignments ------------------------------------------------------------------------
+    def _assignment_consumer(self) -> Consumer:
+        topic = ASSIGNMENTS.name(self.settings.topic_prefix)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": f"media-{self.config.server_id}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 50,
+                "log_level": 4,
+            }
+        )
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:
+            raise RuntimeError(f"{topic}: {meta.error}; run `trunkline topics apply`")
+        partition = partition_for(self.config.server_id.encode(), len(meta.partitions))
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        # assignments younger than a redirect can still be followed after a restart
+        consumer.assign([TopicPartition(topic, partition, max(low, high - 1000))])
+        return consumer
+
+    def _follow_assignments(self, consumer: Consumer) -> None:
+        key = self.config.server_id.encode()
+        try:
+            while not self._stop.is_set():
+                msg = consumer.poll(0.1)
+                if msg is None or msg.error() or msg.key() != key:
+                    continue
+                try:
+                    name, record = self.codec.decode(msg.value() or b"")
+                except CodecError as exc:
+                    log.error("undecodable assignment: %s", exc)
+                    continue
+                if name == "CallRouted":
+                    self.assignments[record["envelope"]["call_id"]] = record
+        finally:
+            consumer.close()
+
+    # -- SIP --------------------------------------------------------------------------------
+    def _send(self, data: bytes, addr: Address) -> None:
+        if self.sip and self.sip.transport:
+            self.sip.transport.sendto(data, addr)
+
+    async def on_datagram(self, data: bytes, source: Address) -> None:
+        if not data.strip(b"\r\n"):
+            return
+        now = time.time()
+        try:
+            msg = parse_message(data)
+        except ParseError as exc:
+            if exc.partial is not None and exc.partial.method != "ACK":
+                r = make_response(exc.partial, exc.status_hint, "Bad Request", to_tag="bad")
+                self._send(bytes(r), _response_addr(exc.partial, source))
+            return
+        if isinstance(msg, Response):
+            return  # responses to our BYE: nothing more to do
+        _annotate_via(msg, source)
+        if msg.method == "ACK":
+            d = self.dialogs.get(msg.call_id)
+            if d is not None and d.answered_at is None:
+                d.answered_at = now
+                d.ok = b""
+                self._publish_answered(d)
+            self.transactions.receive(msg, source, now)  # ACKs for our error answers
+            return
+        try:
+            actions = self.transactions.receive(
+                msg, source, now, reply_to=_response_addr(msg, source)
+            )
+        except (ParseError, TransactionError):
+            return
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action.data, action.addr)
+            elif isinstance(action, NewRequest):
+                await self._on_request(action.request, action.key, source, now)
+
+    def _respond(self, key: TxKey, response: Response, now: float) -> None:
+        for send in self.transactions.respond(key, response, now):
+            if isinstance(send, Send):
+                self._send(send.data, send.addr)
+
+    async def _on_request(self, req: Request, key: TxKey, source: Address, now: float) -> None:
+        if req.method == "INVITE":
+            existing = self.dialogs.get(req.call_id)
+            if existing is not None and req.to.tag == existing.local_tag:
+                self._reinvite(existing, req, key, now)
+            else:
+                await self._invite(req, key, source, now)
+        elif req.method == "BYE":
+            d = self.dialogs.get(req.call_id)
+            if d is None:
+                self._respond(
+                    key,
+                    make_response(req, 481, "Call/Transaction Does Not Exist", to_tag="none"),
+                    now,
+                )
+                return
+            self._respond(key, make_response(req, 200, "OK"), now)
+            self._end(d, "completed", "caller", now)
+        elif req.method == "CANCEL":
+            self._respond(key, make_response(req, 200, "OK"), now)  # we answer at once
+        elif req.method == "OPTIONS":
+            self._respond(
+                key,
+                make_response(
+                    req,
+                    200,
+                    "OK",
+                    to_tag="opt",
+                    headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")],
+                ),
+                now,
+            )
+        else:
+            self._respond(
+                key,
+                make_response(
+                    req,
+                    405,
+                    "Method Not Allowed",
+                    to_tag="na",
+                    headers=[("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")],
+                ),
+                now,
+            )
+
+    def _queue_id(self, req: Request) -> str | None:
+        """RFC 3261 §19.1.5: a UA following the Contact copies its URI headers into the
+        request; some keep them on the Request-URI. (Matching by the Call-ID the proxy saw,
+        for UAs that drop both, is not built yet.)"""
+        uri_headers = {k.lower(): v for k, v in req.uri.headers.items()}
+        return req.headers.get("x-callqueue-id") or uri_headers.get("x-callqueue-id")
+
+    async def _invite(self, req: Request, key: TxKey, source: Address, now: float) -> None:
+        tag = uuid.uuid4().hex[:10]
+
+        def refuse(status: int, phrase: str, why: str) -> None:
+            log.info("refusing %s: %s %s", req.call_id, status, why)
+            self._respond(
+                key,
+                make_response(
+                    req,
+                    status,
+                    phrase,
+                    to_tag=tag,
+                    headers=[("Warning", f'399 {self.config.server_id} "{why}"')],
+                ),
+                now,
+            )
+
+        self._respond(key, make_response(req, 100, "Trying"), now)
+        qid = self._queue_id(req)
+        if not qid:
+            refuse(404, "Not Found", "no X-CallQueue-Id and no queue entry for this Call-ID")
+            return
+        routed = self.assignments.get(qid)
+        waited = 0.0
+        while routed is None and waited < self.config.assignment_wait_s:
+            await asyncio.sleep(0.05)  # the assignment may still be in flight
+            waited += 0.05
+            routed = self.assignments.get(qid)
+        now = time.time()
+        if routed is None:
+            refuse(404, "Not Found", f"queue entry {qid} is not assigned to this node")
+            return
+        if (
+            routed["backend_id"] != self.config.server_id
+            or routed["region_id"] != self.config.region_id
+        ):
+            refuse(403, "Forbidden", f"queue entry {qid} belongs to {routed['backend_id']}")
+            return
+        if qid in self.by_queue:
+            refuse(486, "Busy Here", f"queue entry {qid} is already being processed")
+            return
+        if len(self.by_queue) >= self.config.capacity:
+            refuse(503, "Service Unavailable", "node at capacity")
+            return
+        try:
+            offer = SessionDescription.parse(req.body)
+            loop = asyncio.get_running_loop()
+            placeholder = negotiate(offer, self.config.media_ip, 9)
+            agent = make_agent(routed.get("agent") or "greeting")
+            _, session = await loop.create_datagram_endpoint(
+                lambda: RtpSession(placeholder, agent), local_addr=(self.config.media_ip, 0)
+            )
+            answer = negotiate(offer, self.config.media_ip, session.port)
+            session.answer = answer
+        except SdpError as exc:
+            refuse(
+                exc.status, "Not Acceptable Here" if exc.status == 488 else "Bad Request", str(exc)
+            )
+            return
+        agent.start(
+            CallInfo(qid, routed["business_id"], req.from_.uri.user or "", req.uri.user or "")
+        )
+        d = Dialog(qid, routed, req, key, source, tag, answer, session, agent, accepted_at=now)
+        self.dialogs[req.call_id] = d
+        self.by_queue[qid] = d
+        self._publish_accepted(d, now)
+        contact = SipURI(
+            user=req.uri.user, host=self.config.listen.host, port=self.config.listen.port
+        )
+        ok = make_response(
+            req,
+            200,
+            "OK",
+            to_tag=tag,
+            headers=[
+                ("Contact", f"<{contact}>"),
+                ("Content-Type", "application/sdp"),
+                ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
+            ],
+            body=bytes(answer.sdp),
+        )
+        self._respond(key, ok, now)
+        d.ok, d.ok_next, d.ok_deadline = bytes(ok), now + 0.5, now + 32
+        log.info("call %s answered with %s", qid, answer.codec.name)
+
+    def _reinvite(self, d: Dialog, req: Request, key: TxKey, now: float) -> None:
+        try:
+            answer = negotiate(
+                SessionDescription.parse(req.body),
+                self.config.media_ip,
+                d.session.port,
+                session_id=1,
+                version=d.local_cseq,
+            )
+        except SdpError as exc:
+            self._respond(
+                key, make_response(req, exc.status, "Not Acceptable Here", to_tag=d.local_tag), now
+            )
+            return
+        d.answer = d.session.answer = answer
+        d.session.remote = answer.remote
+        ok = make_response(
+            req,
+            200,
+            "OK",
+            to_tag=d.local_tag,
+            headers=[("Content-Type", "application/sdp")],
+            body=bytes(answer.sdp),
+        )
+        self._respond(key, ok, now)
+        log.info("call %s re-INVITE: %s", d.queue_id, "hold" if answer.on_hold else "resume")
+
+    def _hang_up(self, d: Dialog, side: str, reason: str) -> None:
+        """We end the call: BYE to the caller (in the dialog), then CallEnded."""
+        now = time.time()
+        inv = d.invite
+        d.local_cseq += 1
+        target = inv.headers.get("contact") or f"<{inv.from_.uri}>"
+        target_uri = target[target.find("<") + 1 : target.find(">")] if "<" in target else target
+        host, port = self.config.listen.host, self.config.listen.port
+        bye = (
+            f"BYE {target_uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: {inv.headers.get('to')};tag={d.local_tag}\r\n"
+            f"To: {inv.headers.get('from')}\r\nCall-ID: {inv.call_id}\r\n"
+            f"CSeq: {d.local_cseq} BYE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        d.bye, d.bye_next = bye, now + 0.5
+        self._send(bye, d.source)
+        self._end(d, reason, side, now)
+
+    def _end(self, d: Dialog, reason: str, side: str, now: float) -> None:
+        if d.ended:
+            return
+        d.ended = True
+        d.session.close()
+        self.by_queue.pop(d.queue_id, None)
+        talk = int((now - d.answered_at) * 1000) if d.answered_at else None
+        setup = int((d.answered_at - d.accepted_at) * 1000) if d.answered_at else None
+        r = d.routed
+        ended = {
+            "envelope": envelope(
+                d.queue_id,
+                self.config.server_id,
+                int(now * 1000),
+                derived_id(d.queue_id, f"ended/{self.config.server_id}"),
+            ),
+            "reason": reason,
+            "hangup_side": side,
+            "status_code": None,
+            "business_id": r["business_id"],
+            "region_id": r["region_id"],
+            "backend_id": self.config.server_id,
+            "setup_ms": setup,
+            "talk_ms": talk,
+            "codec": f"{d.answer.codec.name}/{d.answer.codec.clock_rate}",
+            "media": d.session.stats(),
+        }
+        self._publish(ADMISSION, r["business_id"], "CallEnded", ended)
+        self._publish(CALL_EVENTS, d.queue_id, "CallEnded", ended)
+        log.info("call %s ended: %s by %s", d.queue_id, reason, side)
+
+    # -- events -----------------------------------------------------------------------------
+    def _publish(self, spec: Any, key: str, name: str, record: dict[str, Any]) -> None:
+        self.producer.produce(
+            spec.name(self.settings.topic_prefix),
+            key=key.encode(),
+            value=self.codec.encode(name, record),
+        )
+        self.producer.poll(0)
+
+    def _publish_accepted(self, d: Dialog, now: float) -> None:
+        r = d.routed
+        accepted = {
+            "envelope": envelope(
+                d.queue_id,
+                self.config.server_id,
+                int(now * 1000),
+                derived_id(d.queue_id, f"accepted/{self.config.server_id}"),
+            ),
+            "backend_id": self.config.server_id,
+            "region_id": r["region_id"],
+            "agent": r.get("agent") or "greeting",
+        }
+        self._publish(ROUTING, r["region_id"], "CallAccepted", accepted)
+        self._publish(CALL_EVENTS, d.queue_id, "CallAccepted", accepted)
+
+    def _publish_answered(self, d: Dialog) -> None:
+        assert d.answered_at is not None
+        answered = {
+            "envelope": envelope(
+                d.queue_id,
+                self.config.server_id,
+                int(d.answered_at * 1000),
+                derived_id(d.queue_id, f"answered/{self.config.server_id}"),
+            ),
+            "backend_id": self.config.server_id,
+            "codec": f"{d.answer.codec.name}/{d.answer.codec.clock_rate}",
+        }
+        self._publish(CALL_EVENTS, d.queue_id, "CallAnswered", answered)
+
+    # -- clocks -----------------------------------------------------------------------------
+    async def _media_clock(self) -> None:
+        """Every 20 ms, each call sends its next frame (one clock for all calls)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += 0.02
+            for d in list(self.by_queue.values()):
+                if d.answered_at is None:
+                    continue
+                try:
+                    d.session.tick()
+                except Exception:  # one call's failure must not stop the others
+                    log.exception("call %s: media error", d.queue_id)
+                    self._hang_up(d, "system", "failed")
+                    continue
+                if d.agent.hangup_requested:
+                    self._hang_up(d, "agent", "completed")
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.time()
+            for send in self.transactions.expire(now):
+                if isinstance(send, Send):
+                    self._send(send.data, send.addr)
+            for call_id, d in list(self.dialogs.items()):
+                if d.ok and now >= d.ok_next:
+                    if now >= d.ok_deadline:  # no ACK for our 200: end it (§13.3.1.4)
+                        d.ok = b""
+                        self._hang_up(d, "system", "no_ack")
+                        continue
+                    self._send(d.ok, _response_addr(d.invite, d.source))
+                    d.ok_interval = min(d.ok_interval * 2, 4.0)
+                    d.ok_next = now + d.ok_interval
+                if (
+                    not d.ended
+                    and d.answered_at
+                    and not d.answer.on_hold
+                    and time.monotonic() - d.session.last_rx > self.config.media_timeout_s
+                ):
+                    self._hang_up(d, "system", "media_timeout")
+                if d.ended and now - d.accepted_at > 120:
+                    del self.dialogs[call_id]
+
+    async def _heartbeats(self) -> None:
+        while True:
+            now = int(time.time() * 1000)
+            hb = {
+                "envelope": envelope("", self.config.server_id, now, str(uuid.uuid4())),
+                "backend_id": self.config.server_id,
+                "region_id": self.config.region_id,
+                "capacity": self.config.capacity,
+                "active_calls": len(self.by_queue),
+                "interval_ms": int(self.config.heartbeat_interval_s * 1000),
+                "draining": False,
+            }
+            self._publish(HEARTBEATS, self.config.region_id, "BackendHeartbeat", hb)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+
+async def run_node(node: MediaNode) -> None:
+    import signal
+
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
