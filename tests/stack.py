@@ -3,6 +3,7 @@ heartbeat publisher standing in for backend-1 (media nodes come with the media i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -177,7 +178,10 @@ def running_stack(
     env: dict[str, str] | None = None,
     config: dict | None = None,
     capacity: int = 100,
+    media: bool = False,
 ) -> Iterator[Stack]:
+    """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
+    instead of the heartbeat stand-in."""
     tag = uuid.uuid4().hex[:8]
     s = Settings.from_env(
         {
@@ -194,12 +198,19 @@ def running_stack(
     state.mkdir(parents=True, exist_ok=True)
     apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     cfg = state / "config.yaml"
-    cfg.write_text(yaml.safe_dump(config or CONFIG))
+    config = json.loads(json.dumps(config or CONFIG))
+    media_port = free_port()
+    if media:
+        for b in config["backends"]:
+            if b["id"] == "backend-1":
+                b["sipAddress"] = f"127.0.0.1:{media_port}"
+    cfg.write_text(yaml.safe_dump(config))
     done = run_cli(s, "config", "apply", str(cfg))
     assert done.returncode == 0, done.stderr
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeats, args=(s, stop, capacity), daemon=True)
-    beat.start()
+    if not media:
+        beat = threading.Thread(target=_heartbeats, args=(s, stop, capacity), daemon=True)
+        beat.start()
     sink = Sink(s)
     sink.start()
     worker = Worker(s)
@@ -208,6 +219,28 @@ def running_stack(
     procs = []
     try:
         procs = [_start_edge(s, e, p) for e, p in ports.items()]
+        if media:
+            log = open(s.state_dir / "media.log", "wb")  # noqa: SIM115
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "trunkline.cli",
+                        "media",
+                        "--server-id",
+                        "backend-1",
+                        "--region",
+                        "us-east-1",
+                        "--listen",
+                        f"127.0.0.1:{media_port}",
+                    ],
+                    env=child_env(s),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                )
+            )
         worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
         yield Stack(s, worker, sink, ports, procs)
     finally:

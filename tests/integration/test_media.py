@@ -1,0 +1,112 @@
+"""A whole call on a real broker: SIP edge -> 302 -> media node -> RTP both ways -> BYE,
+then the queue entry in ClickHouse and the plan slot free again."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from media.agents.greeting import GREETING
+from media.caller import place_call
+from tests.stack import Stack, running_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(
+        kafka_bootstrap, tmp_path_factory.mktemp("media"), edges=("edge-a",), media=True
+    ) as s:
+        s.worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b, timeout=30)
+        yield s
+
+
+def greeting_8k() -> np.ndarray:
+    with wave.open(str(GREETING), "rb") as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(float)
+    return pcm[::2]  # 16 kHz -> 8 kHz (the clip has nothing above 4 kHz)
+
+
+def dominant(x: np.ndarray, rate: int = 8000) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[int(np.argmax(spectrum))])
+
+
+def test_call_hears_the_greeting_gets_its_echo_and_ends_completed(stack):
+    port = stack.edges["edge-a"]
+    r = place_call("127.0.0.1", port, "+15550000002", seconds=3)
+    assert r.error is None, r.error
+    assert r.redirect.status == 302 and r.answer.status == 200
+    assert r.answer.headers.get("content-type") == "application/sdp"
+    assert r.bye_status == 200
+    heard = np.frombuffer(bytes(r.received_pcm), dtype="<i2").astype(float)
+    clip = greeting_8k()
+    assert len(heard) >= len(clip) + 8000  # the greeting and at least a second more
+    # the greeting: the decoded audio matches the clip (G.711 round trip, aligned search)
+    window = heard[: len(clip) + 1600]
+    corr = np.correlate(window, clip, mode="valid")
+    best = int(np.argmax(corr))
+    aligned = window[best : best + len(clip)]
+    similarity = float(np.dot(aligned, clip) / (np.linalg.norm(aligned) * np.linalg.norm(clip)))
+    assert similarity > 0.9
+    # then the echo of our 440 Hz tone
+    after = heard[best + len(clip) + 1600 :]
+    assert len(after) > 4000 and dominant(after[-4000:]) == pytest.approx(440, abs=10)
+    entry = stack.sink.poll(
+        f"/calls/{r.queue_id}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["hangupSide"] == "caller" and entry["codec"] == "PCMU/8000"
+    assert entry["talkMs"] >= 2500
+    assert entry["media"]["packetsReceived"] >= 140 and entry["media"]["packetsSent"] >= 140
+    assert [log["message"].split(" by ")[0].split(":")[0] for log in entry["logs"]][3:] == [
+        "Call accepted",
+        "Call answered",
+        "Call ended",
+    ]
+    stack.worker.poll("/state/admission-active/", lambda a: a.get("b-main", []) == [])
+    stack.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)
+
+
+def test_dtmf_reaches_the_agent(stack):
+    """The greeting agent hangs up on '#': the call ends from the agent's side."""
+    r = place_call(
+        "127.0.0.1", stack.edges["edge-a"], "+15550000002", seconds=2, dtmf="#", hang_up=False
+    )
+    assert r.error is None, r.error
+    entry = stack.sink.poll(
+        f"/calls/{r.queue_id}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["hangupSide"] == "agent"
+
+
+def test_unknown_queue_id_is_refused_by_the_node(stack):
+    import socket
+
+    from edge.sip.message import parse_message
+
+    cfg_port = int(stack.procs[-1].args[-1].rsplit(":", 1)[1])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    h, p = sock.getsockname()
+    invite = (
+        f"INVITE sip:+15550000002@127.0.0.1:{cfg_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bKnoqueue;rport\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:x@{h}>;tag=1\r\nTo: <sip:+15550000002@127.0.0.1>\r\nCall-ID: noq@x\r\n"
+        f"CSeq: 1 INVITE\r\nX-CallQueue-Id: not-a-queue-id\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    sock.sendto(invite, ("127.0.0.1", cfg_port))
+    sock.settimeout(5)
+    final = None
+    while final is None or final.status < 200:
+        final = parse_message(sock.recvfrom(65535)[0])
+    sock.close()
+    assert final.status == 404
+    assert "not-a-queue-id is not assigned to this node" in final.headers.get("warning")
