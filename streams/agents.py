@@ -149,6 +149,16 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                         changes = routing.expire(call_id, res, now_ms)
                         apply(changes)
                         await send(changes.emits)
+                for backend_id in routing.lost_backends(
+                    load_index.load, heartbeats, value["region_id"], now_ms, routing_settings
+                ):
+                    log.warning("backend %s stopped heartbeating: ending its calls", backend_id)
+                    for call_id in load_index.calls_on(backend_id):
+                        res = routing.Reservation.from_json(reservations.get(call_id))
+                        if res is not None:
+                            changes = routing.backend_lost(call_id, res, now_ms)
+                            apply(changes)
+                            await send(changes.emits)
                 continue
             call_id = value["envelope"]["call_id"]
             res = routing.Reservation.from_json(reservations.get(call_id))

@@ -16,6 +16,8 @@ Reservation transitions (events not listed raise TransitionError; the state stay
     RESERVED  --accepted-----------> ACCEPTED   the backend took the redirected call
     RESERVED  --release------------> RELEASED   free the backend slot
     RESERVED  --deadline-----------> RELEASED   no backend took it: CallEnded redirect_timeout
+    RESERVED  --backend lost-------> RELEASED   its node stopped heartbeating: CallEnded
+    ACCEPTED  --backend lost-------> RELEASED     backend_lost (the node cannot end it itself)
     ACCEPTED  --admitted-----------> ACCEPTED   duplicate
     ACCEPTED  --accepted-----------> ACCEPTED   duplicate
     ACCEPTED  --release------------> RELEASED   the call ended: free the slot
@@ -52,6 +54,7 @@ class Input(enum.Enum):
     ACCEPTED = "accepted"
     RELEASE = "release"
     DEADLINE = "deadline"
+    BACKEND_LOST = "backend lost"
 
 
 TRANSITIONS: dict[ResState | None, dict[Input, ResState]] = {
@@ -65,11 +68,13 @@ TRANSITIONS: dict[ResState | None, dict[Input, ResState]] = {
         Input.ACCEPTED: ResState.ACCEPTED,
         Input.RELEASE: ResState.RELEASED,
         Input.DEADLINE: ResState.RELEASED,
+        Input.BACKEND_LOST: ResState.RELEASED,
     },
     ResState.ACCEPTED: {
         Input.ADMITTED_AGAIN: ResState.ACCEPTED,
         Input.ACCEPTED: ResState.ACCEPTED,
         Input.RELEASE: ResState.RELEASED,
+        Input.BACKEND_LOST: ResState.RELEASED,
     },
     ResState.REJECTED: {
         Input.ADMITTED_AGAIN: ResState.REJECTED,
@@ -241,14 +246,45 @@ def handle(
 
 def expire(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
     """A reservation whose redirect deadline passed: free it and end the call."""
-    out = Changes()
     if reservation.state is not ResState.RESERVED or now_ms < reservation.deadline_ms:
-        return out
-    step(reservation.state, Input.DEADLINE)
+        return Changes()
+    return _system_end(call_id, reservation, Input.DEADLINE, "redirect_timeout", now_ms)
+
+
+def backend_lost(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
+    """The call's node stopped heartbeating: free the slot and end the call."""
+    if reservation.state not in HOLDING:
+        return Changes()
+    return _system_end(call_id, reservation, Input.BACKEND_LOST, "backend_lost", now_ms)
+
+
+def lost_backends(
+    load: Mapping[str, int],
+    heartbeats: Mapping[str, dict[str, Any]],
+    region_id: str,
+    now_ms: int,
+    s: Settings,
+) -> list[str]:
+    """Backends of `region_id` holding calls whose heartbeats stopped (draining is not lost)."""
+    out = []
+    for backend_id, n in sorted(load.items()):
+        hb = heartbeats.get(backend_id)
+        if n <= 0 or hb is None or hb.get("region_id") != region_id:
+            continue
+        if not is_live({**hb, "draining": False}, now_ms, s):
+            out.append(backend_id)
+    return out
+
+
+def _system_end(
+    call_id: str, reservation: Reservation, why: Input, reason: str, now_ms: int
+) -> Changes:
+    out = Changes()
+    step(reservation.state, why)
     out.reservations[call_id] = _replace(reservation, ResState.RELEASED)
     ended = {
-        "envelope": envelope(call_id, PRODUCER, now_ms, derived_id(call_id, "redirect_timeout")),
-        "reason": "redirect_timeout",
+        "envelope": envelope(call_id, PRODUCER, now_ms, derived_id(call_id, reason)),
+        "reason": reason,
         "hangup_side": "system",
         "status_code": None,
         "business_id": reservation.business_id,
@@ -262,7 +298,7 @@ def expire(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
     out.emits = fan_out(
         ("admission", "call-events"), {"admission": reservation.business_id}, "CallEnded", ended
     )
-    log.debug("call %s: %s never took the redirect; slot released", call_id, reservation.backend_id)
+    log.debug("call %s on %s: %s; slot released", call_id, reservation.backend_id, reason)
     return out
 
 
@@ -372,6 +408,9 @@ class LoadIndex:
             self.load[new.backend_id] = self.load.get(new.backend_id, 0) + 1
         if new.state is ResState.RESERVED:
             self._open.setdefault(new.region_id, {})[call_id] = new.deadline_ms
+
+    def calls_on(self, backend_id: str) -> list[str]:
+        return sorted(c for c, b in self._holder.items() if b == backend_id)
 
     def due(self, region_id: str, now_ms: int) -> list[str]:
         """RESERVED calls of a region whose redirect deadline has passed, oldest first."""

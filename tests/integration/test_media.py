@@ -110,3 +110,32 @@ def test_unknown_queue_id_is_refused_by_the_node(stack):
     sock.close()
     assert final.status == 404
     assert "not-a-queue-id is not assigned to this node" in final.headers.get("warning")
+
+
+def test_node_killed_mid_call_ends_it_as_backend_lost(kafka_bootstrap, tmp_path):
+    """Its own stack: killing the media node must not disturb the other tests."""
+    import signal
+    import threading
+
+    with running_stack(
+        kafka_bootstrap,
+        tmp_path / "lost",
+        edges=("edge-a",),
+        media=True,
+        env={"TRUNKLINE_HEARTBEAT_TIMEOUT_MS": "3000"},
+    ) as s:
+        s.worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b, timeout=30)
+        node = s.procs[-1]
+        killer = threading.Timer(1.5, lambda: node.send_signal(signal.SIGKILL))
+        killer.start()
+        r = place_call("127.0.0.1", s.edges["edge-a"], "+15550000002", seconds=3, hang_up=False)
+        killer.join()
+        assert r.answer is not None and r.answer.status == 200
+        entry = s.sink.poll(
+            f"/calls/{r.queue_id}/",
+            lambda e: isinstance(e, dict) and e.get("status") == "Failed",
+            timeout=30,
+        )
+        assert entry["reason"] == "backend_lost" and entry["hangupSide"] == "system"
+        s.worker.poll("/state/admission-active/", lambda a: a.get("b-main", []) == [])
+        s.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)

@@ -186,3 +186,28 @@ def test_every_state_input_pair():
                 step(state, event)
         else:
             assert step(state, event) is target
+
+
+def test_a_node_that_stops_heartbeating_loses_its_calls():
+    cfg = config(backend("b1"))
+    index = routing.LoadIndex()
+    routed = handle("CallAdmitted", admitted(), None, cfg, {"b1": hb("b1")}, {}, S)
+    res = routed.reservations["q-1"]
+    index.apply("q-1", None, res)
+    acc = handle("CallAccepted", sample("CallAccepted", call_id="q-1"), res, cfg, {}, index.load, S)
+    index.apply("q-1", res, acc.reservations["q-1"])
+    beats = {"b1": hb("b1", at=NOW)}
+    assert routing.lost_backends(index.load, beats, "us-east-1", NOW + 5_000, S) == []
+    assert routing.lost_backends(index.load, beats, "us-east-1", NOW + 5_001, S) == ["b1"]
+    assert routing.lost_backends(index.load, beats, "eu-west-1", NOW + 9_000, S) == []
+    assert index.calls_on("b1") == ["q-1"]
+    out = routing.backend_lost("q-1", acc.reservations["q-1"], NOW + 5_001)
+    ended = out.emits[0].record
+    assert (out.emits[0].dest, ended["reason"], ended["backend_id"]) == (
+        "admission",
+        "backend_lost",
+        "b1",
+    )
+    index.apply("q-1", acc.reservations["q-1"], out.reservations["q-1"])
+    assert index.load == {"b1": 0} and index.calls_on("b1") == []
+    assert routing.backend_lost("q-1", out.reservations["q-1"], NOW + 6_000).emits == []
