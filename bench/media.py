@@ -134,7 +134,7 @@ async def run_level(s: Settings, node_port: int, node_pid: int, n: int, seconds:
                     ("127.0.0.1", node_port),
                 )
     remotes = {}
-    for a in answers.values():
+    for q, a in answers.items():
         sdp = SessionDescription.parse(a.body)
         audio = sdp.audio()
         assert audio is not None
@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--calls", default="50,100,200")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--profile", action="store_true", help="py-spy the node at the last level")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder and logs")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="trunkline-media-bench-"))
     paths = kafka_local.BrokerPaths(root / "kafka")
@@ -292,7 +293,10 @@ def main() -> None:
             node.terminate()
             node.wait(10)
         kafka_local.stop(paths)
-        shutil.rmtree(root, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"kept {root}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.sip.message import NameAddr, Response, parse_message
-from media.codecs import AudioCodec
+from media.codecs import open_codec
 from media.rtp import RtpPacket
 from media.sdp import SessionDescription
 
@@ -173,7 +173,7 @@ def _talk(
     result: CallResult,
     sip: _Sip,
 ) -> None:
-    codec = AudioCodec("PCMU", 0)
+    codec = open_codec("PCMU", 0)
     stop = threading.Event()
 
     def receive() -> None:

@@ -29,7 +29,7 @@ from edge.sip.service import Listen, _annotate_via, _response_addr
 from edge.sip.transaction import Address, NewRequest, Send, ServerTransactions, TxKey
 from media.agents import Agent, CallInfo, make_agent
 from media.agents.base import FRAME_BYTES, SAMPLE_RATE, SILENCE
-from media.codecs import AudioCodec
+from media.codecs import open_codec
 from media.rtp import JitterBuffer, RtpPacket
 from media.sdp import Answer, SdpError, SessionDescription, negotiate
 from schemas.codec import CodecError, make_codec
@@ -61,7 +61,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def __init__(self, answer: Answer, agent: Agent) -> None:
         self.answer = answer
         self.agent = agent
-        self.codec = AudioCodec(answer.codec.name, answer.codec.payload_type)
+        self.codec = open_codec(answer.codec.name, answer.codec.payload_type)
         self.jitter = JitterBuffer(answer.codec.clock_rate)
         self.transport: asyncio.DatagramTransport | None = None
         self.remote = answer.remote

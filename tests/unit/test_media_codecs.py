@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from media.codecs import AudioCodec, CodecError
+from media.codecs import AudioCodec, CodecError, G711Codec, open_codec
 
 
 def tone(rate, ms, freq=440.0, start=0):
@@ -46,3 +46,25 @@ def test_wrong_frame_size_and_unknown_codec():
         AudioCodec("PCMU").encode(b"\x00" * 100, 8000)
     with pytest.raises(CodecError, match="unsupported codec G729"):
         AudioCodec("G729")
+
+
+@pytest.mark.parametrize("name", ["PCMU", "PCMA"])
+def test_g711_fast_path_is_bit_exact_with_aiortc(name):
+    fast, ref = G711Codec(name), AudioCodec(name)
+    pcm = (np.random.default_rng(7).normal(0, 6000, 160)).clip(-32768, 32767).astype("<i2")
+    [a] = fast.encode(pcm.tobytes(), 8000)
+    [b] = ref.encode(pcm.tobytes(), 8000)
+    assert a == b
+    assert fast.decode(a, 0, 8000) == ref.decode(b, 0, 8000)
+
+
+def test_g711_fast_path_resamples_16k_and_keeps_the_tone():
+    codec = open_codec("PCMU")
+    assert isinstance(codec, G711Codec)
+    out = bytearray()
+    for i in range(25):
+        [payload] = codec.encode(tone(16000, 20, start=i * 320).tobytes(), 16000)
+        assert len(payload) == 160
+        out += codec.decode(payload, 0, 16000)
+    assert len(out) == 25 * 640
+    assert dominant(bytes(out), 16000) == pytest.approx(440, abs=10)
