@@ -189,6 +189,7 @@ class MediaNode:
         self.assignments: dict[str, dict[str, Any]] = {}
         self.dialogs: dict[str, Dialog] = {}  # by SIP Call-ID
         self.by_queue: dict[str, Dialog] = {}
+        self.ws_calls: dict[str, Any] = {}  # queue id -> media.ws provider session
         self.producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -307,7 +308,9 @@ class MediaNode:
             if d is not None and d.answered_at is None:
                 d.answered_at = now
                 d.ok = b""
-                self._publish_answered(d)
+                self.publish_answered(
+                    d.queue_id, now, f"{d.answer.codec.name}/{d.answer.codec.clock_rate}"
+                )
             self.transactions.receive(msg, source, now)  # ACKs for our error answers
             return
         try:
@@ -372,6 +375,33 @@ class MediaNode:
                 now,
             )
 
+    async def claim(self, qid: str) -> dict[str, Any] | tuple[int, str, str]:
+        """The seed's queue checks, for SIP and provider WebSockets alike: the entry exists
+        (waiting briefly for an assignment still in flight), it is this node's, and nobody
+        is processing it. Returns the CallRouted record, or (status, phrase, why)."""
+        routed = self.assignments.get(qid)
+        waited = 0.0
+        while routed is None and waited < self.config.assignment_wait_s:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+            routed = self.assignments.get(qid)
+        if routed is None:
+            return 404, "Not Found", f"queue entry {qid} is not assigned to this node"
+        if (
+            routed["backend_id"] != self.config.server_id
+            or routed["region_id"] != self.config.region_id
+        ):
+            return 403, "Forbidden", f"queue entry {qid} belongs to {routed['backend_id']}"
+        if qid in self.by_queue or qid in self.ws_calls:
+            return 486, "Busy Here", f"queue entry {qid} is already being processed"
+        if self.active_calls >= self.config.capacity:
+            return 503, "Service Unavailable", "node at capacity"
+        return routed
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.by_queue) + len(self.ws_calls)
+
     def _queue_id(self, req: Request) -> str | None:
         """RFC 3261 §19.1.5: a UA following the Contact copies its URI headers into the
         request; some keep them on the Request-URI. (Matching by the Call-ID the proxy saw,
@@ -401,28 +431,12 @@ class MediaNode:
         if not qid:
             refuse(404, "Not Found", "no X-CallQueue-Id and no queue entry for this Call-ID")
             return
-        routed = self.assignments.get(qid)
-        waited = 0.0
-        while routed is None and waited < self.config.assignment_wait_s:
-            await asyncio.sleep(0.05)  # the assignment may still be in flight
-            waited += 0.05
-            routed = self.assignments.get(qid)
+        claimed = await self.claim(qid)
         now = time.time()
-        if routed is None:
-            refuse(404, "Not Found", f"queue entry {qid} is not assigned to this node")
+        if isinstance(claimed, tuple):
+            refuse(*claimed)
             return
-        if (
-            routed["backend_id"] != self.config.server_id
-            or routed["region_id"] != self.config.region_id
-        ):
-            refuse(403, "Forbidden", f"queue entry {qid} belongs to {routed['backend_id']}")
-            return
-        if qid in self.by_queue:
-            refuse(486, "Busy Here", f"queue entry {qid} is already being processed")
-            return
-        if len(self.by_queue) >= self.config.capacity:
-            refuse(503, "Service Unavailable", "node at capacity")
-            return
+        routed = claimed
         try:
             offer = SessionDescription.parse(req.body)
             loop = asyncio.get_running_loop()
@@ -444,7 +458,7 @@ class MediaNode:
         d = Dialog(qid, routed, req, key, source, tag, answer, session, agent, accepted_at=now)
         self.dialogs[req.call_id] = d
         self.by_queue[qid] = d
-        self._publish_accepted(d, now)
+        self.publish_accepted(qid, routed, now)
         contact = SipURI(
             user=req.uri.user, host=self.config.listen.host, port=self.config.listen.port
         )
@@ -516,30 +530,17 @@ class MediaNode:
         d.ended = True
         d.session.close()
         self.by_queue.pop(d.queue_id, None)
-        talk = int((now - d.answered_at) * 1000) if d.answered_at else None
-        setup = int((d.answered_at - d.accepted_at) * 1000) if d.answered_at else None
-        r = d.routed
-        ended = {
-            "envelope": envelope(
-                d.queue_id,
-                self.config.server_id,
-                int(now * 1000),
-                derived_id(d.queue_id, f"ended/{self.config.server_id}"),
-            ),
-            "reason": reason,
-            "hangup_side": side,
-            "status_code": None,
-            "business_id": r["business_id"],
-            "region_id": r["region_id"],
-            "backend_id": self.config.server_id,
-            "setup_ms": setup,
-            "talk_ms": talk,
-            "codec": f"{d.answer.codec.name}/{d.answer.codec.clock_rate}",
-            "media": d.session.stats(),
-        }
-        self._publish(ADMISSION, r["business_id"], "CallEnded", ended)
-        self._publish(CALL_EVENTS, d.queue_id, "CallEnded", ended)
-        log.info("call %s ended: %s by %s", d.queue_id, reason, side)
+        self.publish_ended(
+            d.queue_id,
+            d.routed,
+            reason,
+            side,
+            now,
+            d.accepted_at,
+            d.answered_at,
+            f"{d.answer.codec.name}/{d.answer.codec.clock_rate}",
+            d.session.stats(),
+        )
 
     # -- events -----------------------------------------------------------------------------
     def _publish(self, spec: Any, key: str, name: str, record: dict[str, Any]) -> None:
@@ -550,35 +551,60 @@ class MediaNode:
         )
         self.producer.poll(0)
 
-    def _publish_accepted(self, d: Dialog, now: float) -> None:
-        r = d.routed
-        accepted = {
-            "envelope": envelope(
-                d.queue_id,
-                self.config.server_id,
-                int(now * 1000),
-                derived_id(d.queue_id, f"accepted/{self.config.server_id}"),
-            ),
-            "backend_id": self.config.server_id,
-            "region_id": r["region_id"],
-            "agent": r.get("agent") or "greeting",
-        }
-        self._publish(ROUTING, r["region_id"], "CallAccepted", accepted)
-        self._publish(CALL_EVENTS, d.queue_id, "CallAccepted", accepted)
+    def _envelope(self, queue_id: str, at: float, what: str) -> dict[str, Any]:
+        return envelope(
+            queue_id,
+            self.config.server_id,
+            int(at * 1000),
+            derived_id(queue_id, f"{what}/{self.config.server_id}"),
+        )
 
-    def _publish_answered(self, d: Dialog) -> None:
-        assert d.answered_at is not None
-        answered = {
-            "envelope": envelope(
-                d.queue_id,
-                self.config.server_id,
-                int(d.answered_at * 1000),
-                derived_id(d.queue_id, f"answered/{self.config.server_id}"),
-            ),
+    def publish_accepted(self, queue_id: str, routed: dict[str, Any], now: float) -> None:
+        accepted = {
+            "envelope": self._envelope(queue_id, now, "accepted"),
             "backend_id": self.config.server_id,
-            "codec": f"{d.answer.codec.name}/{d.answer.codec.clock_rate}",
+            "region_id": routed["region_id"],
+            "agent": routed.get("agent") or "greeting",
         }
-        self._publish(CALL_EVENTS, d.queue_id, "CallAnswered", answered)
+        self._publish(ROUTING, routed["region_id"], "CallAccepted", accepted)
+        self._publish(CALL_EVENTS, queue_id, "CallAccepted", accepted)
+
+    def publish_answered(self, queue_id: str, at: float, codec: str) -> None:
+        answered = {
+            "envelope": self._envelope(queue_id, at, "answered"),
+            "backend_id": self.config.server_id,
+            "codec": codec,
+        }
+        self._publish(CALL_EVENTS, queue_id, "CallAnswered", answered)
+
+    def publish_ended(
+        self,
+        queue_id: str,
+        routed: dict[str, Any],
+        reason: str,
+        side: str,
+        now: float,
+        accepted_at: float,
+        answered_at: float | None,
+        codec: str,
+        media: dict[str, Any],
+    ) -> None:
+        ended = {
+            "envelope": self._envelope(queue_id, now, "ended"),
+            "reason": reason,
+            "hangup_side": side,
+            "status_code": None,
+            "business_id": routed["business_id"],
+            "region_id": routed["region_id"],
+            "backend_id": self.config.server_id,
+            "setup_ms": int((answered_at - accepted_at) * 1000) if answered_at else None,
+            "talk_ms": int((now - answered_at) * 1000) if answered_at else None,
+            "codec": codec,
+            "media": media,
+        }
+        self._publish(ADMISSION, routed["business_id"], "CallEnded", ended)
+        self._publish(CALL_EVENTS, queue_id, "CallEnded", ended)
+        log.info("call %s ended: %s by %s", queue_id, reason, side)
 
     # -- clocks -----------------------------------------------------------------------------
     async def _media_clock(self) -> None:
