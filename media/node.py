@@ -51,6 +51,7 @@ class NodeConfig:
     media_ip: str = "127.0.0.1"
     media_timeout_s: float = 10.0
     assignment_wait_s: float = 2.0
+    ws_listen: Listen | None = None  # provider media WebSockets (media/ws.py)
     heartbeat_interval_s: float = 1.0
 
 
@@ -224,6 +225,16 @@ class MediaNode:
             asyncio.create_task(self._heartbeats()),
             asyncio.create_task(self._timers()),
         ]
+        if self.config.ws_listen is not None:
+            from aiohttp import web
+
+            from media.ws import build_app
+
+            self._ws_runner = web.AppRunner(build_app(self), access_log=None)
+            await self._ws_runner.setup()
+            await web.TCPSite(
+                self._ws_runner, self.config.ws_listen.host, self.config.ws_listen.port
+            ).start()
         self.ready.set()
         log.info(
             "media node %s (%s) listening on %s:%s",
@@ -660,7 +671,7 @@ class MediaNode:
                 "backend_id": self.config.server_id,
                 "region_id": self.config.region_id,
                 "capacity": self.config.capacity,
-                "active_calls": len(self.by_queue),
+                "active_calls": self.active_calls,
                 "interval_ms": int(self.config.heartbeat_interval_s * 1000),
                 "draining": False,
             }

@@ -114,6 +114,7 @@ class Stack:
     sink: Service
     edges: dict[str, int]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    media_ws_port: int = 0
 
     def uac(self, edge: str = "edge-a", transport: str = "UDP") -> UAC:
         return UAC("127.0.0.1", self.edges[edge], transport)
@@ -199,7 +200,7 @@ def running_stack(
     apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
     cfg = state / "config.yaml"
     config = json.loads(json.dumps(config or CONFIG))
-    media_port = free_port()
+    media_port, ws_port = free_port(), free_port()
     if media:
         for b in config["backends"]:
             if b["id"] == "backend-1":
@@ -234,6 +235,8 @@ def running_stack(
                         "us-east-1",
                         "--listen",
                         f"127.0.0.1:{media_port}",
+                        "--ws-listen",
+                        f"127.0.0.1:{ws_port}",
                     ],
                     env=child_env(s),
                     stdout=log,
@@ -242,7 +245,7 @@ def running_stack(
                 )
             )
         worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
-        yield Stack(s, worker, sink, ports, procs)
+        yield Stack(s, worker, sink, ports, procs, ws_port if media else 0)
     finally:
         stop.set()
         for p in procs:

@@ -229,6 +229,12 @@ def cmd_media(args: argparse.Namespace, s: Settings) -> int:
         raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
     if args.capacity < 1:
         raise CliError("--capacity must be at least 1", EXIT_USAGE)
+    ws = None
+    if args.ws_listen:
+        try:
+            ws = Listen.parse(args.ws_listen)
+        except ValueError as exc:
+            raise CliError(f"--ws-listen: {exc}", EXIT_USAGE) from exc
     node = MediaNode(
         s,
         NodeConfig(
@@ -238,6 +244,7 @@ def cmd_media(args: argparse.Namespace, s: Settings) -> int:
             capacity=args.capacity,
             media_ip=args.media_ip or listen.host,
             media_timeout_s=args.media_timeout,
+            ws_listen=ws,
         ),
     )
     try:
@@ -564,6 +571,8 @@ def cmd_up(args: argparse.Namespace, s: Settings) -> int:
                 b["sip_address"],
                 "--capacity",
                 str(b["max_concurrent_calls"]),
+                "--ws-listen",
+                urllib.parse.urlparse(b["media_url"]).netloc,
             ],
             _env_for_children(s),
         )
@@ -771,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--listen", default="127.0.0.1:5070", help="SIP UDP address (host:port)")
     md.add_argument("--media-ip", help="address for RTP (default: the --listen host)")
     md.add_argument("--capacity", type=int, default=100, help="concurrent calls announced")
+    md.add_argument("--ws-listen", help="provider media WebSockets host:port (Twilio at /twilio)")
     md.add_argument(
         "--media-timeout",
         type=float,

@@ -92,7 +92,8 @@ def test_unknown_queue_id_is_refused_by_the_node(stack):
 
     from edge.sip.message import parse_message
 
-    cfg_port = int(stack.procs[-1].args[-1].rsplit(":", 1)[1])
+    args = list(stack.procs[-1].args)
+    cfg_port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     h, p = sock.getsockname()
@@ -139,3 +140,123 @@ def test_node_killed_mid_call_ends_it_as_backend_lost(kafka_bootstrap, tmp_path)
         assert entry["reason"] == "backend_lost" and entry["hangupSide"] == "system"
         s.worker.poll("/state/admission-active/", lambda a: a.get("b-main", []) == [])
         s.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)
+
+
+def test_twilio_media_stream_gets_greeting_and_echo(stack):
+    """A client speaking Twilio Media Streams as documented, against the node's /twilio."""
+    import asyncio
+    import base64
+    import json
+    import uuid
+
+    import aiohttp
+
+    from media.codecs import G711Codec
+    from schemas import SingleObjectCodec
+    from tests.samples import sample
+    from trunkline.kafka_io import Outgoing, make_producer, publish_all
+    from trunkline.topics import ASSIGNMENTS
+
+    qid = f"tw-{uuid.uuid4().hex[:10]}"
+    routed = sample("CallRouted", call_id=qid)
+    routed.update(backend_id="backend-1", region_id="us-east-1", business_id="b-main")
+    publish_all(
+        make_producer(stack.settings.kafka_bootstrap),
+        [
+            Outgoing(
+                ASSIGNMENTS.name(stack.settings.topic_prefix),
+                b"backend-1",
+                SingleObjectCodec().encode("CallRouted", routed),
+            )
+        ],
+    )
+    codec = G711Codec("PCMU")
+    t = np.arange(8000 * 3) / 8000
+    tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
+    heard = bytearray()
+
+    async def run() -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://127.0.0.1:{stack.media_ws_port}/twilio") as ws,
+        ):
+            await ws.send_str(
+                json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+            )
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "event": "start",
+                        "sequenceNumber": "1",
+                        "streamSid": "MZ1",
+                        "start": {
+                            "accountSid": "AC1",
+                            "streamSid": "MZ1",
+                            "callSid": "CA1",
+                            "tracks": ["inbound"],
+                            "customParameters": {"queueId": qid},
+                            "mediaFormat": {
+                                "encoding": "audio/x-mulaw",
+                                "sampleRate": 8000,
+                                "channels": 1,
+                            },
+                        },
+                    }
+                )
+            )
+
+            async def receive() -> None:
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    if data["event"] == "media":
+                        heard.extend(
+                            codec.decode(base64.b64decode(data["media"]["payload"]), 0, 8000)
+                        )
+
+            rx = asyncio.create_task(receive())
+            for i in range(150):
+                chunk = codec.encode(tone[i * 160 : (i + 1) * 160].tobytes(), 8000)[0]
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "event": "media",
+                            "sequenceNumber": str(i + 2),
+                            "streamSid": "MZ1",
+                            "media": {
+                                "track": "inbound",
+                                "chunk": str(i + 1),
+                                "timestamp": str(i * 20),
+                                "payload": base64.b64encode(chunk).decode(),
+                            },
+                        }
+                    )
+                )
+                await asyncio.sleep(0.02)
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "event": "stop",
+                        "sequenceNumber": "200",
+                        "streamSid": "MZ1",
+                        "stop": {"accountSid": "AC1", "callSid": "CA1"},
+                    }
+                )
+            )
+            await asyncio.wait_for(rx, 5)
+
+    asyncio.run(run())
+    x = np.frombuffer(bytes(heard), dtype="<i2").astype(float)
+    clip = greeting_8k()
+    assert len(x) > len(clip)
+    window = x[: len(clip) + 1600]
+    best = int(np.argmax(np.correlate(window, clip, mode="valid")))
+    aligned = window[best : best + len(clip)]
+    assert np.dot(aligned, clip) / (np.linalg.norm(aligned) * np.linalg.norm(clip)) > 0.9
+    assert dominant(x[-4000:]) == pytest.approx(440, abs=10)
+    entry = stack.sink.poll(
+        f"/calls/{qid}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["processingBackendServerId"] == "backend-1" and entry["hangupSide"] == "caller"
+    assert entry["media"]["packetsReceived"] == 150

@@ -1,0 +1,1 @@
+"""Provider media WebSocket protocols, pure: parse what arrives, build what we send."""
