@@ -654,6 +654,12 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
         "worker": _service_status(s, "worker", s.worker_url),
         "sink": _service_status(s, "sink", s.sink_url),
         "sip_edge": _edge_status(s),
+        "media_nodes": {
+            path.stem: procs.running_pid(s.state_dir, path.stem)
+            for path in sorted((s.state_dir / "run").glob("media-*.pid"))
+        }
+        if (s.state_dir / "run").exists()
+        else {},
         "heartbeats_standin": procs.running_pid(s.state_dir, "heartbeats"),
         "clickhouse": s.clickhouse_dsn,
         "topic_prefix": s.topic_prefix,
