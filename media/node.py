@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from edge.sip.errors import ParseError, TransactionError
 from edge.sip.message import Request, Response, SipURI, make_response, parse_message
@@ -34,7 +34,8 @@ from media.rtp import JitterBuffer, RtpPacket
 from media.sdp import Answer, SdpError, SessionDescription, negotiate
 from schemas.codec import CodecError, make_codec
 from streams.events import derived_id, envelope
-from trunkline.kafka_io import partition_for
+from trunkline.aio import Datagrams, serve_until_signalled
+from trunkline.kafka_io import key_partition_consumer
 from trunkline.settings import Settings
 from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
 
@@ -169,18 +170,6 @@ class Dialog:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class _Sip(asyncio.DatagramProtocol):
-    def __init__(self, node: MediaNode) -> None:
-        self.node = node
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        asyncio.get_running_loop().create_task(self.node.on_datagram(data, (addr[0], addr[1])))
-
-
 class MediaNode:
     def __init__(self, settings: Settings, config: NodeConfig) -> None:
         self.settings = settings
@@ -201,7 +190,7 @@ class MediaNode:
                 "log_level": 4,
             }
         )
-        self.sip: _Sip | None = None
+        self.sip: Datagrams | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -217,7 +206,8 @@ class MediaNode:
         t.start()
         self._threads.append(t)
         _, proto = await loop.create_datagram_endpoint(
-            lambda: _Sip(self), local_addr=(self.config.listen.host, self.config.listen.port)
+            lambda: Datagrams(lambda d, a: loop.create_task(self.on_datagram(d, a))),
+            local_addr=(self.config.listen.host, self.config.listen.port),
         )
         self.sip = proto
         self._tasks = [
@@ -259,24 +249,14 @@ class MediaNode:
 
     # -- assignments ------------------------------------------------------------------------
     def _assignment_consumer(self) -> Consumer:
-        topic = ASSIGNMENTS.name(self.settings.topic_prefix)
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"media-{self.config.server_id}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 50,
-                "log_level": 4,
-            }
+        # start 1000 records back: assignments younger than a redirect survive a restart
+        return key_partition_consumer(
+            self.settings.kafka_bootstrap,
+            f"media-{self.config.server_id}",
+            ASSIGNMENTS.name(self.settings.topic_prefix),
+            self.config.server_id,
+            lookback=1000,
         )
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        if meta.error is not None:
-            raise RuntimeError(f"{topic}: {meta.error}; run `trunkline topics apply`")
-        partition = partition_for(self.config.server_id.encode(), len(meta.partitions))
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        # assignments younger than a redirect can still be followed after a restart
-        consumer.assign([TopicPartition(topic, partition, max(low, high - 1000))])
-        return consumer
 
     def _follow_assignments(self, consumer: Consumer) -> None:
         key = self.config.server_id.encode()
@@ -680,12 +660,4 @@ class MediaNode:
 
 
 async def run_node(node: MediaNode) -> None:
-    import signal
-
-    await node.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await node.stop()
+    await serve_until_signalled(node)

@@ -137,3 +137,27 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition a murmur2-partitioned producer (Faust, Java, librdkafka) picks."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def key_partition_consumer(
+    bootstrap: str, group_id: str, topic: str, key: str, lookback: int = 0, **extra: Any
+) -> Consumer:
+    """A consumer assigned to the one partition `key` hashes to (edges read their decisions,
+    media nodes their assignments this way), starting `lookback` records before its end."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": 50,
+        "log_level": 4,
+    }
+    conf.update(extra)
+    consumer = Consumer(conf)
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None:
+        consumer.close()
+        raise PublishError(f"topic {topic} is missing: run `trunkline topics apply`")
+    partition = partition_for(key.encode(), len(meta.partitions))
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    consumer.assign([TopicPartition(topic, partition, max(low, high - lookback))])
+    return consumer

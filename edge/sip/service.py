@@ -35,7 +35,8 @@ from edge.sip.transaction import (
     ServerTransactions,
 )
 from schemas.codec import Codec, CodecError, make_codec
-from trunkline.kafka_io import partition_for
+from trunkline.aio import Datagrams, serve_until_signalled
+from trunkline.kafka_io import key_partition_consumer
 from trunkline.settings import Settings
 from trunkline.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS
 
@@ -64,18 +65,6 @@ class EdgeStats:
     decisions: int = 0
     published: int = 0
     publish_errors: int = 0
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, edge: SipEdge) -> None:
-        self.edge = edge
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.edge.on_datagram(data, (addr[0], addr[1]))
 
 
 class _Stream(asyncio.Protocol):
@@ -154,7 +143,7 @@ class SipEdge:
                 "log_level": 4,
             }
         )
-        self.udp: _Udp | None = None
+        self.udp: Datagrams | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
@@ -172,7 +161,7 @@ class SipEdge:
         self._spawn(self._poll_producer, None, "producer")
         if self.enable_udp:
             _, proto = await self.loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(self.listen.host, self.listen.port)
+                lambda: Datagrams(self.on_datagram), local_addr=(self.listen.host, self.listen.port)
             )
             self.udp = proto
         if self.enable_tcp:
@@ -343,26 +332,12 @@ class SipEdge:
 
     # -- decisions --------------------------------------------------------------------------
     def _decision_consumer(self) -> Consumer:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"sip-edge-{self.edge_id}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
-                "log_level": 4,
-            }
+        return key_partition_consumer(
+            self.settings.kafka_bootstrap,
+            f"sip-edge-{self.edge_id}",
+            self.decisions_topic,
+            self.edge_id,
         )
-        meta = consumer.list_topics(self.decisions_topic, timeout=10).topics[self.decisions_topic]
-        if meta.error is not None:
-            raise RuntimeError(
-                f"{self.decisions_topic}: {meta.error}; run `trunkline topics apply`"
-            )
-        partition = partition_for(self.edge_id.encode(), len(meta.partitions))
-        _, high = consumer.get_watermark_offsets(
-            TopicPartition(self.decisions_topic, partition), timeout=10
-        )
-        consumer.assign([TopicPartition(self.decisions_topic, partition, high)])
-        return consumer
 
     def _follow_decisions(self, consumer: Consumer) -> None:
         key = self.edge_id.encode()
@@ -488,13 +463,4 @@ def _response_addr(request: Request, source: Address) -> Address:
 
 
 async def run_edge(edge: SipEdge) -> None:
-    await edge.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("SIP edge %s stopping", edge.edge_id)
-    await edge.stop()
+    await serve_until_signalled(edge, lambda: log.info("SIP edge %s stopping", edge.edge_id))
