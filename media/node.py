@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from confluent_kafka import Consumer, Producer
@@ -167,7 +167,7 @@ class Dialog:
     ended: bool = False
     bye: bytes = b""
     bye_next: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
+    agent_task: asyncio.Task[None] | None = None
 
 
 class MediaNode:
@@ -444,11 +444,18 @@ class MediaNode:
             )
             return
         agent.start(
-            CallInfo(qid, routed["business_id"], req.from_.uri.user or "", req.uri.user or "")
+            CallInfo(
+                qid,
+                routed["business_id"],
+                req.from_.uri.user or "",
+                req.uri.user or "",
+                dict(routed.get("agent_options") or {}),
+            )
         )
         d = Dialog(qid, routed, req, key, source, tag, answer, session, agent, accepted_at=now)
         self.dialogs[req.call_id] = d
         self.by_queue[qid] = d
+        d.agent_task = asyncio.create_task(agent.run())
         self.publish_accepted(qid, routed, now)
         contact = SipURI(
             user=req.uri.user, host=self.config.listen.host, port=self.config.listen.port
@@ -520,6 +527,8 @@ class MediaNode:
             return
         d.ended = True
         d.session.close()
+        if d.agent_task is not None:
+            d.agent_task.cancel()
         self.by_queue.pop(d.queue_id, None)
         self.publish_ended(
             d.queue_id,

@@ -86,6 +86,7 @@ async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     call: TwilioCall | None = None
     sender: asyncio.Task[None] | None = None
+    agent_task: asyncio.Task[None] | None = None
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -109,7 +110,16 @@ async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
                     break
                 call = TwilioCall(node, qid or "", claimed, event, ws)
                 node.ws_calls[call.queue_id] = call
-                call.agent.start(CallInfo(call.queue_id, claimed["business_id"], "", ""))
+                call.agent.start(
+                    CallInfo(
+                        call.queue_id,
+                        claimed["business_id"],
+                        "",
+                        "",
+                        dict(claimed.get("agent_options") or {}),
+                    )
+                )
+                agent_task = asyncio.create_task(call.agent.run())
                 node.publish_accepted(call.queue_id, claimed, call.accepted_at)
                 node.publish_answered(call.queue_id, call.answered_at, "PCMU/8000")
                 sender = asyncio.create_task(call.send_loop())
@@ -122,8 +132,9 @@ async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
             elif isinstance(event, twilio.Stop):
                 break
     finally:
-        if sender is not None:
-            sender.cancel()
+        for task in (sender, agent_task):
+            if task is not None:
+                task.cancel()
         if call is not None:
             node.ws_calls.pop(call.queue_id, None)
             node.publish_ended(

@@ -346,6 +346,7 @@ def _admit(
         "edge_id": event["edge_id"],
         "bypass": bypass,
         "agent": event.get("agent") or "greeting",
+        "agent_options": dict(event.get("agent_options") or {}),
         "redirect_deadline": deadline,
     }
     res = Reservation(

@@ -29,7 +29,8 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "CallAdmitted": {
             "business_id": "123", "phone_id": "abc", "route_id": "route-abc123",
             "region_id": "us-east-1", "plan_id": "starter", "agent": "greeting",
-            "edge_id": "edge-1", "active_calls": 1, "max_concurrent_calls": 2,
+            "agent_options": {}, "edge_id": "edge-1", "active_calls": 1,
+            "max_concurrent_calls": 2,
         },
         "CallRejected": {
             "stage": "ADMISSION", "status_code": 403,
@@ -39,7 +40,7 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "CallRouted": {
             "business_id": "123", "region_id": "us-east-1", "backend_id": "backend-2",
             "backend_sip_address": "127.0.0.1:5070", "backend_media_url": "ws://127.0.0.1:8081",
-            "edge_id": "edge-1", "bypass": False, "agent": "greeting",
+            "edge_id": "edge-1", "bypass": False, "agent": "greeting", "agent_options": {},
             "redirect_deadline": 1_700_000_032_000,
         },
         "CallAccepted": {"backend_id": "backend-2", "region_id": "us-east-1", "agent": "greeting"},

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from media.agents.base import Agent, CallInfo
 from media.agents.greeting import GreetingAgent
+from media.agents.websocket import WebSocketAgent
 
-AGENTS: dict[str, type[Agent]] = {"greeting": GreetingAgent}
+AGENTS: dict[str, type[Agent]] = {"greeting": GreetingAgent, "websocket": WebSocketAgent}
 
 
 def make_agent(name: str) -> Agent:

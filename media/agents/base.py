@@ -46,3 +46,7 @@ class Agent(ABC):
 
     def hang_up(self) -> None:
         self.hangup_requested = True
+
+    async def run(self) -> None:  # noqa: B027 - pure agents need no I/O
+        """I/O an agent needs while the call lasts (the node runs it as a task and cancels
+        it when the call ends). Pure agents need none."""

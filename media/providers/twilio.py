@@ -139,3 +139,94 @@ def mark_message(stream_sid: str, name: str) -> str:
 
 def clear_message(stream_sid: str) -> str:
     return json.dumps({"event": "clear", "streamSid": stream_sid})
+
+
+# -- the other direction: what Twilio sends, for bridging a call to an external agent that
+#    speaks this protocol (media/agents/websocket.py plays Twilio's part) ------------------
+def connected_message() -> str:
+    return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+
+def start_message(stream_sid: str, call_sid: str, params: dict[str, str]) -> str:
+    return json.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": stream_sid,
+            "start": {
+                "accountSid": "trunkline",
+                "streamSid": stream_sid,
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    )
+
+
+def inbound_media_message(
+    stream_sid: str, seq: int, chunk: int, timestamp_ms: int, mulaw: bytes
+) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "streamSid": stream_sid,
+            "media": {
+                "track": "inbound",
+                "chunk": str(chunk),
+                "timestamp": str(timestamp_ms),
+                "payload": base64.b64encode(mulaw).decode(),
+            },
+        }
+    )
+
+
+def dtmf_message(stream_sid: str, seq: int, digit: str) -> str:
+    return json.dumps(
+        {
+            "event": "dtmf",
+            "sequenceNumber": str(seq),
+            "streamSid": stream_sid,
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+    )
+
+
+def stop_message(stream_sid: str, seq: int, call_sid: str) -> str:
+    return json.dumps(
+        {
+            "event": "stop",
+            "sequenceNumber": str(seq),
+            "streamSid": stream_sid,
+            "stop": {"accountSid": "trunkline", "callSid": call_sid},
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Clear:
+    pass
+
+
+def parse_outbound(text: str | bytes) -> Media | Mark | Clear:
+    """What a server sends back over a Twilio stream: media, mark, clear."""
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from exc
+    kind = _get(msg, "event", "message")
+    if kind == "media":
+        try:
+            payload = base64.b64decode(
+                _get(_get(msg, "media", "media"), "payload", "media"), validate=True
+            )
+        except (binascii.Error, TypeError) as exc:
+            raise ProtocolError(f"media: payload is not base64: {exc}") from exc
+        return Media(0, "outbound", 0, 0, payload)
+    if kind == "mark":
+        return Mark(str(_get(_get(msg, "mark", "mark"), "name", "mark")))
+    if kind == "clear":
+        return Clear()
+    raise ProtocolError(f"unexpected event {kind!r} from the agent")

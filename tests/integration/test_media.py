@@ -260,3 +260,85 @@ def test_twilio_media_stream_gets_greeting_and_echo(stack):
     )
     assert entry["processingBackendServerId"] == "backend-1" and entry["hangupSide"] == "caller"
     assert entry["media"]["packetsReceived"] == 150
+
+
+def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_bootstrap, tmp_path):
+    """The route's agent is `websocket`: the node plays Twilio's part towards an external
+    agent server (here one that echoes what it hears and answers marks)."""
+    import asyncio
+    import copy
+    import threading
+
+    from aiohttp import web
+
+    from media.providers import twilio
+    from tests.stack import CONFIG
+
+    seen: dict[str, object] = {"events": []}
+
+    async def agent_server(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            event = twilio.parse(msg.data)
+            seen["events"].append(type(event).__name__)  # type: ignore[union-attr]
+            if isinstance(event, twilio.Start):
+                seen["start"] = event
+                await ws.send_str(twilio.mark_message(event.stream_sid, "hello"))
+            elif isinstance(event, twilio.Media):
+                await ws.send_str(twilio.media_message("x", event.payload))  # echo
+        return ws
+
+    loop = asyncio.new_event_loop()
+    port = __import__("tests.harness", fromlist=["free_port"]).free_port()
+    app = web.Application()
+    app.router.add_get("/agent", agent_server)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    config = copy.deepcopy(CONFIG)
+    config["routes"].append(
+        {
+            "id": "r-ws",
+            "businessId": "b-main",
+            "agent": "websocket",
+            "agentOptions": {"url": f"ws://127.0.0.1:{port}/agent"},
+        }
+    )
+    config["numbers"].append(
+        {
+            "id": "n-ws",
+            "businessId": "b-main",
+            "provider": "SIP",
+            "number": "+15550000009",
+            "routeId": "r-ws",
+            "regionId": "us-east-1",
+        }
+    )
+    try:
+        with running_stack(
+            kafka_bootstrap, tmp_path / "ws", edges=("edge-a",), media=True, config=config
+        ) as s:
+            s.worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b, timeout=30)
+            r = place_call("127.0.0.1", s.edges["edge-a"], "+15550000009", seconds=3)
+            assert r.error is None, r.error
+            heard = np.frombuffer(bytes(r.received_pcm), dtype="<i2").astype(float)
+            assert len(heard) > 8000
+            assert dominant(heard[-4000:]) == pytest.approx(440, abs=10)  # the agent's echo
+            start = seen["start"]
+            assert start.custom_parameters["queueId"] == r.queue_id  # type: ignore[attr-defined]
+            assert start.custom_parameters["businessId"] == "b-main"  # type: ignore[attr-defined]
+            assert start.encoding == "audio/x-mulaw"  # type: ignore[attr-defined]
+            assert seen["events"][:2] == ["Connected", "Start"]  # type: ignore[index]
+            assert "Mark" in seen["events"]  # our mark came back once it had "played"
+            entry = s.sink.poll(
+                f"/calls/{r.queue_id}/",
+                lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+                timeout=20,
+            )
+            assert entry["hangupSide"] == "caller"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
