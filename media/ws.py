@@ -1,13 +1,15 @@
-"""Provider media WebSockets on the media node. Twilio Media Streams at `/twilio`; the
-queue id comes from the stream's `customParameters.queueId` (our TwiML sets it with
-`<Parameter name="queueId" .../>`) or the URL's `?queueId=`, and is checked like a SIP
-INVITE's. Telnyx and Vonage endpoints are not built yet."""
+"""Provider media WebSockets on the media node, one adapter per provider behind one
+session: Twilio Media Streams at `/twilio`, Telnyx media streaming at `/telnyx`, Vonage
+WebSockets at `/vonage`. The queue id comes from the provider's custom parameters
+(Twilio `customParameters.queueId`, Telnyx `custom_parameters.queueId`, Vonage NCCO
+header `queueId`) or the URL's `?queueId=`, and is checked like a SIP INVITE's."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -15,78 +17,114 @@ from aiohttp import WSMsgType, web
 from media.agents import make_agent
 from media.agents.base import FRAME_BYTES, SAMPLE_RATE, CallInfo
 from media.codecs import G711Codec
-from media.providers import twilio
+from media.providers import telnyx, twilio, vonage
 
 if TYPE_CHECKING:
     from media.node import MediaNode
 
 log = logging.getLogger("trunkline.media.ws")
 
+Decode = Callable[[bytes], bytes]  # provider payload -> 16 kHz PCM
+Send = Callable[[bytes], Awaitable[None]]  # 20 ms of 16 kHz PCM -> the provider
 
-class TwilioCall:
+
+class ProviderCall:
+    """One provider stream: the agent session, the pacing, the events."""
+
     def __init__(
         self,
         node: MediaNode,
         queue_id: str,
         routed: dict[str, Any],
-        start: twilio.Start,
-        ws: web.WebSocketResponse,
+        codec: str,
+        decode: Decode,
+        send: Send,
     ) -> None:
-        self.node, self.queue_id, self.routed, self.start, self.ws = (
-            node,
-            queue_id,
-            routed,
-            start,
-            ws,
-        )
-        self.codec = G711Codec("PCMU")
+        self.node, self.queue_id, self.routed = node, queue_id, routed
+        self.codec, self.decode, self.send = codec, decode, send
         self.agent = make_agent(routed.get("agent") or "greeting")
         self.accepted_at = self.answered_at = time.time()
         self.sent = self.received = self.lost = 0
-        self.last_seq: int | None = None
         self.side = "caller"
+        self.tasks: list[asyncio.Task[None]] = []
 
-    def on_media(self, m: twilio.Media) -> None:
-        if m.track not in ("inbound", ""):
-            return
-        if self.last_seq is not None and m.sequence_number > self.last_seq + 1:
-            self.lost += m.sequence_number - self.last_seq - 1
-        self.last_seq = m.sequence_number
+    def begin(self, call_info_from: str = "", call_info_to: str = "") -> None:
+        self.node.ws_calls[self.queue_id] = self
+        self.agent.start(
+            CallInfo(
+                self.queue_id,
+                self.routed["business_id"],
+                call_info_from,
+                call_info_to,
+                dict(self.routed.get("agent_options") or {}),
+            )
+        )
+        self.node.publish_accepted(self.queue_id, self.routed, self.accepted_at)
+        self.node.publish_answered(self.queue_id, self.answered_at, self.codec)
+        self.tasks = [asyncio.create_task(self._pace()), asyncio.create_task(self.agent.run())]
+
+    def on_payload(self, payload: bytes) -> None:
         self.received += 1
-        pcm = self.codec.decode(m.payload, m.timestamp, SAMPLE_RATE)
+        pcm = self.decode(payload)
         for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
             self.agent.on_audio(pcm[i : i + FRAME_BYTES])
 
-    async def send_loop(self) -> None:
+    async def _pace(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while not self.ws.closed:
-            if self.agent.hangup_requested:
-                self.side = "agent"
-                await self.ws.close()
-                return
-            for payload in self.codec.encode(self.agent.next_frame(), SAMPLE_RATE):
-                await self.ws.send_str(twilio.media_message(self.start.stream_sid, payload))
-                self.sent += 1
+        while not self.agent.hangup_requested:
+            await self.send(self.agent.next_frame())
+            self.sent += 1
             next_at += 0.02
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+        self.side = "agent"
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "packets_sent": self.sent,
-            "packets_received": self.received,
-            "packets_lost": self.lost,
-            "jitter_ms": 0.0,
-        }
+    def end(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self.node.ws_calls.pop(self.queue_id, None)
+        self.node.publish_ended(
+            self.queue_id,
+            self.routed,
+            "completed",
+            self.side,
+            time.time(),
+            self.accepted_at,
+            self.answered_at,
+            self.codec,
+            {
+                "packets_sent": self.sent,
+                "packets_received": self.received,
+                "packets_lost": self.lost,
+                "jitter_ms": 0.0,
+            },
+        )
+
+
+async def _claim(
+    node: MediaNode, ws: web.WebSocketResponse, qid: str | None, label: str
+) -> dict[str, Any] | None:
+    claimed = await node.claim(qid) if qid else (404, "Not Found", "no queueId")
+    if isinstance(claimed, tuple):
+        status, _, why = claimed
+        log.info("refusing %s stream: %s %s", label, status, why)
+        await ws.close(code=1008, message=f"{status} {why}"[:120].encode())
+        return None
+    return claimed
+
+
+async def _watch_hangup(call: ProviderCall, ws: web.WebSocketResponse) -> None:
+    while not call.agent.hangup_requested:
+        await asyncio.sleep(0.05)
+    await ws.close()
 
 
 async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
     node: MediaNode = request.app["node"]
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
-    call: TwilioCall | None = None
-    sender: asyncio.Task[None] | None = None
-    agent_task: asyncio.Task[None] | None = None
+    call: ProviderCall | None = None
+    mulaw = G711Codec("PCMU")
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -94,7 +132,6 @@ async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
             try:
                 event = twilio.parse(msg.data)
             except twilio.ProtocolError as exc:
-                log.warning("twilio stream: %s", exc)
                 await ws.close(code=1003, message=str(exc)[:120].encode())
                 break
             if isinstance(event, twilio.Start) and call is None:
@@ -102,52 +139,163 @@ async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
                     await ws.close(code=1003, message=b"only audio/x-mulaw at 8000 Hz")
                     break
                 qid = event.custom_parameters.get("queueId") or request.query.get("queueId")
-                claimed = await node.claim(qid) if qid else (404, "Not Found", "no queueId")
-                if isinstance(claimed, tuple):
-                    status, _, why = claimed
-                    log.info("refusing stream %s: %s %s", event.stream_sid, status, why)
-                    await ws.close(code=1008, message=f"{status} {why}"[:120].encode())
+                routed = await _claim(node, ws, qid, "twilio")
+                if routed is None:
                     break
-                call = TwilioCall(node, qid or "", claimed, event, ws)
-                node.ws_calls[call.queue_id] = call
-                call.agent.start(
-                    CallInfo(
-                        call.queue_id,
-                        claimed["business_id"],
-                        "",
-                        "",
-                        dict(claimed.get("agent_options") or {}),
-                    )
+                sid = event.stream_sid
+
+                async def send(pcm: bytes, sid: str = sid) -> None:
+                    for payload in mulaw.encode(pcm, SAMPLE_RATE):
+                        await ws.send_str(twilio.media_message(sid, payload))
+
+                call = ProviderCall(
+                    node,
+                    qid or "",
+                    routed,
+                    "PCMU/8000",
+                    lambda p: mulaw.decode(p, 0, SAMPLE_RATE),
+                    send,
                 )
-                agent_task = asyncio.create_task(call.agent.run())
-                node.publish_accepted(call.queue_id, claimed, call.accepted_at)
-                node.publish_answered(call.queue_id, call.answered_at, "PCMU/8000")
-                sender = asyncio.create_task(call.send_loop())
+                call.begin()
+                call.tasks.append(asyncio.create_task(_watch_hangup(call, ws)))
             elif call is None:
                 continue
-            elif isinstance(event, twilio.Media):
-                call.on_media(event)
+            elif isinstance(event, twilio.Media) and event.track in ("inbound", ""):
+                call.on_payload(event.payload)
             elif isinstance(event, twilio.Dtmf):
                 call.agent.on_dtmf(event.digit)
             elif isinstance(event, twilio.Stop):
                 break
     finally:
-        for task in (sender, agent_task):
-            if task is not None:
-                task.cancel()
         if call is not None:
-            node.ws_calls.pop(call.queue_id, None)
-            node.publish_ended(
-                call.queue_id,
-                call.routed,
-                "completed",
-                call.side,
-                time.time(),
-                call.accepted_at,
-                call.answered_at,
-                "PCMU/8000",
-                call.stats(),
-            )
+            call.end()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def telnyx_stream(request: web.Request) -> web.WebSocketResponse:
+    node: MediaNode = request.app["node"]
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    call: ProviderCall | None = None
+    reorder = telnyx.MediaReorder()
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            try:
+                event = telnyx.parse(msg.data)
+            except telnyx.ProtocolError as exc:
+                await ws.close(code=1003, message=str(exc)[:120].encode())
+                break
+            if isinstance(event, telnyx.Start) and call is None:
+                if event.encoding not in ("PCMU", "PCMA") or event.sample_rate != 8000:
+                    await ws.close(code=1003, message=b"only PCMU or PCMA at 8000 Hz")
+                    break
+                qid = event.custom_parameters.get("queueId") or request.query.get("queueId")
+                routed = await _claim(node, ws, qid, "telnyx")
+                if routed is None:
+                    break
+                g711 = G711Codec(event.encoding)  # read the leg's encoding, never assume
+
+                async def send(pcm: bytes, g711: G711Codec = g711) -> None:
+                    for payload in g711.encode(pcm, SAMPLE_RATE):
+                        await ws.send_str(telnyx.media_message(payload))
+
+                call = ProviderCall(
+                    node,
+                    qid or "",
+                    routed,
+                    f"{event.encoding}/8000",
+                    lambda p, g711=g711: g711.decode(p, 0, SAMPLE_RATE),
+                    send,
+                )
+                call.begin()
+                call.tasks.append(asyncio.create_task(_watch_hangup(call, ws)))
+            elif call is None:
+                continue
+            elif isinstance(event, telnyx.Media) and event.track in ("inbound", ""):
+                for m in reorder.push(event):
+                    call.on_payload(m.payload)
+                call.lost = reorder.lost
+            elif isinstance(event, telnyx.Dtmf):
+                call.agent.on_dtmf(event.digit)
+            elif isinstance(event, telnyx.Stop):
+                for m in reorder.flush():
+                    call.on_payload(m.payload)
+                break
+    finally:
+        if call is not None:
+            call.end()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def _half(pcm: bytes) -> bytes:
+    import numpy as np
+
+    return np.frombuffer(pcm, dtype="<i2")[::2].astype("<i2").tobytes()
+
+
+def _resample(pcm: bytes, rate: int) -> bytes:
+    """L16 at 8 or 16 kHz -> 16 kHz (the agents' rate)."""
+    if rate == SAMPLE_RATE:
+        return pcm
+    import numpy as np
+
+    x = np.frombuffer(pcm, dtype="<i2")
+    return np.repeat(x, SAMPLE_RATE // rate).astype("<i2").tobytes()
+
+
+async def vonage_stream(request: web.Request) -> web.WebSocketResponse:
+    node: MediaNode = request.app["node"]
+    ws = web.WebSocketResponse(heartbeat=20)
+    await ws.prepare(request)
+    call: ProviderCall | None = None
+    buffer = bytearray()
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and call is None:
+                try:
+                    opened = vonage.parse_first(msg.data)
+                except vonage.ProtocolError as exc:
+                    await ws.close(code=1003, message=str(exc)[:120].encode())
+                    break
+                if opened.rate not in (8000, 16000):
+                    await ws.close(code=1003, message=b"L16 at 8 or 16 kHz only")
+                    break
+                qid = opened.headers.get("queueId") or request.query.get("queueId")
+                routed = await _claim(node, ws, qid, "vonage")
+                if routed is None:
+                    break
+
+                rate = opened.rate
+
+                async def send(pcm: bytes, rate: int = rate) -> None:
+                    # 20 ms binary frames, paced by the session; 8 kHz legs get every
+                    # second sample of our 16 kHz audio
+                    await ws.send_bytes(pcm if rate == SAMPLE_RATE else _half(pcm))
+
+                call = ProviderCall(
+                    node,
+                    qid or "",
+                    routed,
+                    f"L16/{rate}",
+                    lambda p, rate=rate: _resample(p, rate),
+                    send,
+                )
+                call.begin()
+                call.tasks.append(asyncio.create_task(_watch_hangup(call, ws)))
+            elif msg.type == WSMsgType.BINARY and call is not None:
+                buffer.extend(msg.data)
+                size = vonage.FRAME_BYTES if call.codec == "L16/16000" else vonage.FRAME_BYTES // 2
+                for frame in vonage.frames(buffer, size):
+                    call.on_payload(frame)
+    finally:
+        if call is not None:
+            call.end()
         if not ws.closed:
             await ws.close()
     return ws
@@ -157,4 +305,6 @@ def build_app(node: MediaNode) -> web.Application:
     app = web.Application()
     app["node"] = node
     app.router.add_get("/twilio", twilio_stream)
+    app.router.add_get("/telnyx", telnyx_stream)
+    app.router.add_get("/vonage", vonage_stream)
     return app

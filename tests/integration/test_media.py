@@ -342,3 +342,177 @@ def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_boot
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def _assign(stack, qid):
+    from schemas import SingleObjectCodec
+    from tests.samples import sample
+    from trunkline.kafka_io import Outgoing, make_producer, publish_all
+    from trunkline.topics import ASSIGNMENTS
+
+    routed = sample("CallRouted", call_id=qid)
+    routed.update(backend_id="backend-1", region_id="us-east-1", business_id="b-main")
+    publish_all(
+        make_producer(stack.settings.kafka_bootstrap),
+        [
+            Outgoing(
+                ASSIGNMENTS.name(stack.settings.topic_prefix),
+                b"backend-1",
+                SingleObjectCodec().encode("CallRouted", routed),
+            )
+        ],
+    )
+
+
+def _greeting_then_echo(pcm16: bytes) -> None:
+    x = np.frombuffer(pcm16, dtype="<i2").astype(float)[::2]  # 16 kHz -> 8 kHz
+    clip = greeting_8k()
+    window = x[: len(clip) + 1600]
+    best = int(np.argmax(np.correlate(window, clip, mode="valid")))
+    aligned = window[best : best + len(clip)]
+    assert np.dot(aligned, clip) / (np.linalg.norm(aligned) * np.linalg.norm(clip)) > 0.9
+    assert dominant(x[-4000:]) == pytest.approx(440, abs=10)
+
+
+def test_telnyx_stream_with_pcma_and_frames_out_of_order(stack):
+    import asyncio
+    import base64
+    import json
+    import uuid
+
+    import aiohttp
+
+    from media.codecs import G711Codec
+
+    qid = f"tx-{uuid.uuid4().hex[:10]}"
+    _assign(stack, qid)
+    alaw = G711Codec("PCMA")
+    t = np.arange(8000 * 3) / 8000
+    tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
+    heard = bytearray()
+
+    async def run() -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://127.0.0.1:{stack.media_ws_port}/telnyx") as ws,
+        ):
+            await ws.send_str(json.dumps({"event": "connected", "version": "1.0.0"}))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "event": "start",
+                        "sequence_number": "1",
+                        "stream_id": "S1",
+                        "start": {
+                            "call_control_id": "v3:x",
+                            "media_format": {
+                                "encoding": "PCMA",
+                                "sample_rate": 8000,
+                                "channels": 1,
+                            },
+                            "custom_parameters": {"queueId": qid},
+                        },
+                    }
+                )
+            )
+
+            async def receive() -> None:
+                async for msg in ws:
+                    data = json.loads(msg.data)
+                    if data["event"] == "media":
+                        heard.extend(
+                            alaw.decode(base64.b64decode(data["media"]["payload"]), 0, 16000)
+                        )
+
+            rx = asyncio.create_task(receive())
+            frames = [
+                json.dumps(
+                    {
+                        "event": "media",
+                        "sequence_number": str(i + 2),
+                        "stream_id": "S1",
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(i + 1),
+                            "timestamp": str(i * 20),
+                            "payload": base64.b64encode(
+                                alaw.encode(tone[i * 160 : (i + 1) * 160].tobytes(), 8000)[0]
+                            ).decode(),
+                        },
+                    }
+                )
+                for i in range(150)
+            ]
+            for i in range(0, 150, 2):  # pairs swapped: order is not guaranteed
+                for f in reversed(frames[i : i + 2]):
+                    await ws.send_str(f)
+                await asyncio.sleep(0.04)
+            await ws.send_str(
+                json.dumps(
+                    {"event": "stop", "sequence_number": "200", "stream_id": "S1", "stop": {}}
+                )
+            )
+            await asyncio.wait_for(rx, 5)
+
+    asyncio.run(run())
+    _greeting_then_echo(bytes(heard))
+    entry = stack.sink.poll(
+        f"/calls/{qid}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["codec"] == "PCMA/8000"
+    assert entry["media"]["packetsReceived"] == 150 and entry["media"]["packetsLost"] == 0
+
+
+def test_vonage_binary_l16_stream(stack):
+    import asyncio
+    import json
+    import uuid
+
+    import aiohttp
+
+    qid = f"vn-{uuid.uuid4().hex[:10]}"
+    _assign(stack, qid)
+    t = np.arange(16000 * 3) / 16000
+    tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2").tobytes()
+    heard = bytearray()
+    sizes = set()
+
+    async def run() -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://127.0.0.1:{stack.media_ws_port}/vonage") as ws,
+        ):
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "event": "websocket:connected",
+                        "content-type": "audio/l16;rate=16000",
+                        "queueId": qid,
+                    }
+                )
+            )
+
+            async def receive() -> None:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        sizes.add(len(msg.data))
+                        heard.extend(msg.data)
+
+            rx = asyncio.create_task(receive())
+            for i in range(150):
+                await ws.send_bytes(tone[i * 640 : (i + 1) * 640])
+                await asyncio.sleep(0.02)
+            await ws.close()
+            await asyncio.wait_for(rx, 5)
+
+    asyncio.run(run())
+    assert sizes == {640}  # 20 ms frames of L16 at 16 kHz
+    _greeting_then_echo(bytes(heard))
+    entry = stack.sink.poll(
+        f"/calls/{qid}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["codec"] == "L16/16000" and entry["media"]["packetsReceived"] == 150
