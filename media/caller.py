@@ -97,7 +97,10 @@ def place_call(
     seconds: float = 3.0,
     dtmf: str | None = None,
     hang_up: bool = True,
+    drop_queue_id: bool = False,
 ) -> CallResult:
+    """`drop_queue_id` follows the 302 without the Contact's URI headers, as some UAs do
+    (the media node then matches the call by its Call-ID)."""
     result = CallResult()
     sip = _Sip()
     rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -134,7 +137,9 @@ def place_call(
         result.queue_id = contact.headers.get("X-CallQueue-Id")
         node = (contact.host, contact.port or 5060)
         target = f"sip:{contact.user}@{contact.host}:{node[1]}"
-        extra = "".join(f"{k}: {v}\r\n" for k, v in contact.headers.items())
+        extra = (
+            "" if drop_queue_id else "".join(f"{k}: {v}\r\n" for k, v in contact.headers.items())
+        )
         sip.request(
             "INVITE",
             target,

@@ -177,6 +177,7 @@ class MediaNode:
         self.codec = make_codec(settings.schema_registry_url)
         self.transactions = ServerTransactions()
         self.assignments: dict[str, dict[str, Any]] = {}
+        self.by_provider_call: dict[str, str] = {}  # the Call-ID the proxy saw -> queue id
         self.dialogs: dict[str, Dialog] = {}  # by SIP Call-ID
         self.by_queue: dict[str, Dialog] = {}
         self.ws_calls: dict[str, Any] = {}  # queue id -> media.ws provider session
@@ -272,6 +273,10 @@ class MediaNode:
                     continue
                 if name == "CallRouted":
                     self.assignments[record["envelope"]["call_id"]] = record
+                    if record.get("provider_call_id"):
+                        self.by_provider_call[record["provider_call_id"]] = record["envelope"][
+                            "call_id"
+                        ]
         finally:
             consumer.close()
 
@@ -395,10 +400,12 @@ class MediaNode:
 
     def _queue_id(self, req: Request) -> str | None:
         """RFC 3261 §19.1.5: a UA following the Contact copies its URI headers into the
-        request; some keep them on the Request-URI. (Matching by the Call-ID the proxy saw,
-        for UAs that drop both, is not built yet.)"""
+        request; some keep them on the Request-URI; a UA that drops both still keeps the
+        Call-ID of the request it redirects."""
         uri_headers = {k.lower(): v for k, v in req.uri.headers.items()}
-        return req.headers.get("x-callqueue-id") or uri_headers.get("x-callqueue-id")
+        qid = req.headers.get("x-callqueue-id") or uri_headers.get("x-callqueue-id")
+        # a UA following a 302 keeps the Call-ID (RFC 3261 §8.1.3.4): match by it
+        return qid or self.by_provider_call.get(req.call_id)
 
     async def _invite(self, req: Request, key: TxKey, source: Address, now: float) -> None:
         tag = uuid.uuid4().hex[:10]

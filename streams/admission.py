@@ -233,6 +233,7 @@ def _offer(event: dict[str, Any], slot: Slot | None, active: int, config: Config
         "plan_id": plan["id"],
         "agent": route.get("agent") or "greeting",
         "agent_options": dict(route.get("agent_options") or {}),
+        "provider_call_id": event.get("provider_call_id") or "",
         "edge_id": event["edge_id"],
         "active_calls": active + 1,
         "max_concurrent_calls": int(plan["max_concurrent_calls"]),

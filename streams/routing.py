@@ -347,6 +347,7 @@ def _admit(
         "bypass": bypass,
         "agent": event.get("agent") or "greeting",
         "agent_options": dict(event.get("agent_options") or {}),
+        "provider_call_id": event.get("provider_call_id") or "",
         "redirect_deadline": deadline,
     }
     res = Reservation(

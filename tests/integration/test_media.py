@@ -516,3 +516,16 @@ def test_vonage_binary_l16_stream(stack):
         timeout=20,
     )
     assert entry["codec"] == "L16/16000" and entry["media"]["packetsReceived"] == 150
+
+
+def test_ua_that_drops_the_queue_id_is_matched_by_its_call_id(stack):
+    r = place_call(
+        "127.0.0.1", stack.edges["edge-a"], "+15550000002", seconds=1, drop_queue_id=True
+    )
+    assert r.error is None, r.error
+    assert r.answer.status == 200 and r.bye_status == 200
+    stack.sink.poll(
+        f"/calls/{r.queue_id}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
