@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, Producer
 
 from edge.sip.errors import ParseError, TransactionError
 from edge.sip.message import Request, Response, SipURI, make_response, parse_message
-from edge.sip.service import Listen, _annotate_via, _response_addr
+from edge.sip.service import Listen, SipStream, _annotate_via, _response_addr
 from edge.sip.transaction import Address, NewRequest, Send, ServerTransactions, TxKey
 from media.agents import Agent, CallInfo, make_agent
 from media.agents.base import FRAME_BYTES, SAMPLE_RATE, SILENCE
@@ -168,6 +168,7 @@ class Dialog:
     bye: bytes = b""
     bye_next: float = 0.0
     agent_task: asyncio.Task[None] | None = None
+    conn: Any = None  # the TCP connection the INVITE came on (None: UDP)
 
 
 class MediaNode:
@@ -211,6 +212,13 @@ class MediaNode:
             local_addr=(self.config.listen.host, self.config.listen.port),
         )
         self.sip = proto
+        self._tcp = await loop.create_server(
+            lambda: SipStream(
+                "TCP", lambda data, peer, conn: loop.create_task(self.on_message(data, peer, conn))
+            ),
+            self.config.listen.host,
+            self.config.listen.port,
+        )
         self._tasks = [
             asyncio.create_task(self._media_clock()),
             asyncio.create_task(self._heartbeats()),
@@ -244,6 +252,8 @@ class MediaNode:
             task.cancel()
         if self.sip and self.sip.transport:
             self.sip.transport.close()
+        if getattr(self, "_tcp", None) is not None:
+            self._tcp.close()
         for t in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
         self.producer.flush(10)
@@ -281,20 +291,27 @@ class MediaNode:
             consumer.close()
 
     # -- SIP --------------------------------------------------------------------------------
-    def _send(self, data: bytes, addr: Address) -> None:
+    def _send(self, data: bytes, addr: Address, conn: Any = None) -> None:
+        if conn is not None:
+            if not conn.is_closing():
+                conn.write(data)
+            return
         if self.sip and self.sip.transport:
             self.sip.transport.sendto(data, addr)
 
     async def on_datagram(self, data: bytes, source: Address) -> None:
-        if not data.strip(b"\r\n"):
-            return
+        if data.strip(b"\r\n"):
+            await self.on_message(data, source, None)
+
+    async def on_message(self, data: bytes, source: Address, conn: Any) -> None:
+        """One SIP message, from UDP (`conn` None) or a TCP connection."""
         now = time.time()
         try:
-            msg = parse_message(data)
+            msg = parse_message(data, stream=conn is not None)
         except ParseError as exc:
             if exc.partial is not None and exc.partial.method != "ACK":
                 r = make_response(exc.partial, exc.status_hint, "Bad Request", to_tag="bad")
-                self._send(bytes(r), _response_addr(exc.partial, source))
+                self._send(bytes(r), _response_addr(exc.partial, source), conn)
             return
         if isinstance(msg, Response):
             return  # responses to our BYE: nothing more to do
@@ -311,28 +328,35 @@ class MediaNode:
             return
         try:
             actions = self.transactions.receive(
-                msg, source, now, reply_to=_response_addr(msg, source)
+                msg,
+                source,
+                now,
+                reliable=conn is not None,
+                conn=conn,
+                reply_to=_response_addr(msg, source),
             )
         except (ParseError, TransactionError):
             return
         for action in actions:
             if isinstance(action, Send):
-                self._send(action.data, action.addr)
+                self._send(action.data, action.addr, action.conn)
             elif isinstance(action, NewRequest):
-                await self._on_request(action.request, action.key, source, now)
+                await self._on_request(action.request, action.key, source, now, conn)
 
     def _respond(self, key: TxKey, response: Response, now: float) -> None:
         for send in self.transactions.respond(key, response, now):
             if isinstance(send, Send):
-                self._send(send.data, send.addr)
+                self._send(send.data, send.addr, send.conn)
 
-    async def _on_request(self, req: Request, key: TxKey, source: Address, now: float) -> None:
+    async def _on_request(
+        self, req: Request, key: TxKey, source: Address, now: float, conn: Any = None
+    ) -> None:
         if req.method == "INVITE":
             existing = self.dialogs.get(req.call_id)
             if existing is not None and req.to.tag == existing.local_tag:
                 self._reinvite(existing, req, key, now)
             else:
-                await self._invite(req, key, source, now)
+                await self._invite(req, key, source, now, conn)
         elif req.method == "BYE":
             d = self.dialogs.get(req.call_id)
             if d is None:
@@ -407,7 +431,9 @@ class MediaNode:
         # a UA following a 302 keeps the Call-ID (RFC 3261 §8.1.3.4): match by it
         return qid or self.by_provider_call.get(req.call_id)
 
-    async def _invite(self, req: Request, key: TxKey, source: Address, now: float) -> None:
+    async def _invite(
+        self, req: Request, key: TxKey, source: Address, now: float, conn: Any = None
+    ) -> None:
         tag = uuid.uuid4().hex[:10]
 
         def refuse(status: int, phrase: str, why: str) -> None:
@@ -459,7 +485,9 @@ class MediaNode:
                 dict(routed.get("agent_options") or {}),
             )
         )
-        d = Dialog(qid, routed, req, key, source, tag, answer, session, agent, accepted_at=now)
+        d = Dialog(
+            qid, routed, req, key, source, tag, answer, session, agent, accepted_at=now, conn=conn
+        )
         self.dialogs[req.call_id] = d
         self.by_queue[qid] = d
         d.agent_task = asyncio.create_task(agent.run())
@@ -520,13 +548,14 @@ class MediaNode:
         host, port = self.config.listen.host, self.config.listen.port
         bye = (
             f"BYE {target_uri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+            f"Via: SIP/2.0/{'TCP' if d.conn else 'UDP'} {host}:{port};"
+            f"branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: {inv.headers.get('to')};tag={d.local_tag}\r\n"
             f"To: {inv.headers.get('from')}\r\nCall-ID: {inv.call_id}\r\n"
             f"CSeq: {d.local_cseq} BYE\r\nContent-Length: 0\r\n\r\n"
         ).encode()
         d.bye, d.bye_next = bye, now + 0.5
-        self._send(bye, d.source)
+        self._send(bye, d.source, d.conn)
         self._end(d, reason, side, now)
 
     def _end(self, d: Dialog, reason: str, side: str, now: float) -> None:
@@ -639,13 +668,13 @@ class MediaNode:
             now = time.time()
             for send in self.transactions.expire(now):
                 if isinstance(send, Send):
-                    self._send(send.data, send.addr)
+                    self._send(send.data, send.addr, send.conn)
             for call_id, d in list(self.dialogs.items()):
-                if d.ok and now >= d.ok_next:
-                    if now >= d.ok_deadline:  # no ACK for our 200: end it (§13.3.1.4)
-                        d.ok = b""
-                        self._hang_up(d, "system", "no_ack")
-                        continue
+                if d.ok and now >= d.ok_deadline:  # no ACK for our 200: end it (§13.3.1.4)
+                    d.ok = b""
+                    self._hang_up(d, "system", "no_ack")
+                    continue
+                if d.ok and now >= d.ok_next and d.conn is None:  # UDP only: TCP is reliable
                     self._send(d.ok, _response_addr(d.invite, d.source))
                     d.ok_interval = min(d.ok_interval * 2, 4.0)
                     d.ok_next = now + d.ok_interval

@@ -16,6 +16,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -67,10 +68,20 @@ class EdgeStats:
     publish_errors: int = 0
 
 
-class _Stream(asyncio.Protocol):
-    def __init__(self, edge: SipEdge, transport_name: str) -> None:
-        self.edge = edge
-        self.name = transport_name
+class SipStream(asyncio.Protocol):
+    """SIP over one TCP/TLS connection: frames messages by Content-Length, answers
+    keep-alive pings, and hands each message to `on_message(data, peer, transport)`.
+    A framing error closes the connection (the stream cannot be resynchronised)."""
+
+    def __init__(
+        self,
+        name: str,
+        on_message: Callable[[bytes, Address, asyncio.Transport], Any],
+        on_error: Callable[[], Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.on_message = on_message
+        self.on_error = on_error
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
@@ -88,7 +99,8 @@ class _Stream(asyncio.Protocol):
                 message = self.framer.next_message()
             except ParseError as exc:
                 log.warning("%s %s: closing, cannot frame: %s", self.name, self.peer, exc)
-                self.edge.stats.malformed += 1
+                if self.on_error is not None:
+                    self.on_error()
                 self.transport.close()
                 return
             if self.framer.pongs_due:
@@ -96,7 +108,7 @@ class _Stream(asyncio.Protocol):
                 self.framer.pongs_due = 0
             if message is None:
                 return
-            self.edge.on_message(message, self.peer, self.name, self.transport, stream=True)
+            self.on_message(message, self.peer, self.transport)
 
 
 class SipEdge:
@@ -167,7 +179,7 @@ class SipEdge:
         if self.enable_tcp:
             self.servers.append(
                 await self.loop.create_server(
-                    lambda: _Stream(self, "TCP"), self.listen.host, self.listen.port
+                    lambda: self._stream("TCP"), self.listen.host, self.listen.port
                 )
             )
         if self.tls_listen is not None and self.tls_cert:
@@ -175,7 +187,7 @@ class SipEdge:
             ctx.load_cert_chain(self.tls_cert, self.tls_key)
             self.servers.append(
                 await self.loop.create_server(
-                    lambda: _Stream(self, "TLS"),
+                    lambda: self._stream("TLS"),
                     self.tls_listen.host,
                     self.tls_listen.port,
                     ssl=ctx,
@@ -204,6 +216,16 @@ class SipEdge:
         for t in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
         self.producer.flush(10)
+
+    def _stream(self, name: str) -> SipStream:
+        def malformed() -> None:
+            self.stats.malformed += 1
+
+        return SipStream(
+            name,
+            lambda data, peer, conn: self.on_message(data, peer, name, conn, stream=True),
+            malformed,
+        )
 
     def local_port(self, kind: str = "udp") -> int:
         if kind == "udp" and self.udp and self.udp.transport:

@@ -529,3 +529,64 @@ def test_ua_that_drops_the_queue_id_is_matched_by_its_call_id(stack):
         lambda e: isinstance(e, dict) and e.get("status") == "Completed",
         timeout=20,
     )
+
+
+def test_sip_over_tcp_on_the_node(stack):
+    import socket
+    import uuid
+
+    from edge.sip.framing import StreamFramer
+    from edge.sip.message import parse_message
+
+    qid = f"tcp-{uuid.uuid4().hex[:10]}"
+    _assign(stack, qid)
+    args = list(stack.procs[-1].args)
+    port = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    sdp = (
+        f"v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {rtp.getsockname()[1]} RTP/AVP 8\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    h, p = sock.getsockname()
+    framer = StreamFramer()
+
+    def request(method: str, cseq: int, to: str, body: bytes = b"") -> None:
+        sock.sendall(
+            (
+                f"{method} sip:+15550000002@127.0.0.1:{port};transport=tcp SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP {h}:{p};branch=z9hG4bK{uuid.uuid4().hex[:12]}\r\n"
+                f"From: <sip:t@{h}>;tag=t1\r\nTo: {to}\r\nCall-ID: {qid}@tcp\r\n"
+                f"CSeq: {cseq} {method}\r\nX-CallQueue-Id: {qid}\r\nContact: <sip:t@{h}:{p}>\r\n"
+                + ("Content-Type: application/sdp\r\n" if body else "")
+                + f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+
+    def final(method: str):
+        while True:
+            while (data := framer.next_message()) is None:
+                framer.receive_data(sock.recv(65535))
+            msg = parse_message(data, stream=True)
+            if msg.cseq[1] == method and msg.status >= 200:
+                return msg
+
+    request("INVITE", 1, "<sip:+15550000002@127.0.0.1>", sdp)
+    ok = final("INVITE")
+    assert ok.status == 200 and b"RTP/AVP 8" in ok.body  # PCMA, as offered
+    to = f"<sip:+15550000002@127.0.0.1>;tag={ok.to.tag}"
+    request("ACK", 1, to)
+    rtp.settimeout(3)
+    assert len(rtp.recvfrom(2048)[0]) == 172  # the greeting arrives: 12 + 160 bytes
+    request("BYE", 2, to)
+    assert final("BYE").status == 200
+    sock.close()
+    rtp.close()
+    entry = stack.sink.poll(
+        f"/calls/{qid}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["codec"] == "PCMA/8000"
