@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from trunkline.settings import Settings
 from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
 
 log = logging.getLogger("trunkline.media")
+_RTP_HEADER = struct.Struct("!BBHII")
 DTMF_EVENTS = "0123456789*#ABCD"
 
 
@@ -120,14 +122,12 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         frame = self.agent.next_frame()
         for payload in self.codec.encode(frame, SAMPLE_RATE):
-            packet = RtpPacket(
-                payload_type=self.answer.codec.payload_type,
-                sequence_number=self.seq,
-                timestamp=self.ts,
-                ssrc=self.ssrc,
-                payload=payload,
+            # the fixed 12-byte header (RFC 3550 §5.1, V=2, no CSRC) packed directly: this
+            # runs 50 times a second per call, where building an RtpPacket costs more
+            header = _RTP_HEADER.pack(
+                0x80, self.answer.codec.payload_type & 0x7F, self.seq, self.ts, self.ssrc
             )
-            self.transport.sendto(packet.serialize(), self.remote)
+            self.transport.sendto(header + payload, self.remote)
             self.seq = (self.seq + 1) % 65536
             self.sent += 1
         self.ts = (self.ts + self.codec.timestamp_step) % (1 << 32)

@@ -83,3 +83,18 @@ def test_interarrival_jitter():
     for i in range(200):
         shaky.push(packet(i, i * 160), arrival_s=1.0 + i * 0.02 + (0.004 if i % 2 else 0))
     assert shaky.stats.jitter_ms(8000) == pytest.approx(4.0, rel=0.1)
+
+
+def test_the_node_packs_headers_aiortc_parses():
+    from media.node import _RTP_HEADER
+
+    data = _RTP_HEADER.pack(0x80, 8, 65535, 4_000_000_000, 0xDEADBEEF) + b"\xd5" * 160
+    p = RtpPacket.parse(data)
+    assert (p.version, p.payload_type, p.sequence_number, p.timestamp, p.ssrc) == (
+        2,
+        8,
+        65535,
+        4_000_000_000,
+        0xDEADBEEF,
+    )
+    assert p.payload == b"\xd5" * 160 and p.serialize() == data
