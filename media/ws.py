@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -119,95 +120,110 @@ async def _watch_hangup(call: ProviderCall, ws: web.WebSocketResponse) -> None:
     await ws.close()
 
 
-async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
+@dataclass(frozen=True)
+class _Opening:
+    encoding: str  # PCMU or PCMA
+    params: dict[str, str]
+    stream_id: str
+
+
+class _TwilioAdapter:
+    """Twilio Media Streams: mu-law only, frames in order."""
+
+    label = "twilio"
+
+    def parse(self, text: str) -> Any:
+        return twilio.parse(text)
+
+    def opening(self, event: Any) -> _Opening | None:
+        if not isinstance(event, twilio.Start):
+            return None
+        if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
+            raise twilio.ProtocolError("only audio/x-mulaw at 8000 Hz")
+        return _Opening("PCMU", event.custom_parameters, event.stream_sid)
+
+    def payloads(self, event: Any) -> list[bytes]:
+        ok = isinstance(event, twilio.Media) and event.track in ("inbound", "")
+        return [event.payload] if ok else []
+
+    def flush(self) -> list[bytes]:
+        return []
+
+    def lost(self) -> int:
+        return 0
+
+    def media_message(self, opening: _Opening, payload: bytes) -> str:
+        return twilio.media_message(opening.stream_id, payload)
+
+
+class _TelnyxAdapter:
+    """Telnyx media streaming: the leg's encoding (read it, never assume), frames
+    reordered by sequence number."""
+
+    label = "telnyx"
+
+    def __init__(self) -> None:
+        self.reorder = telnyx.MediaReorder()
+
+    def parse(self, text: str) -> Any:
+        return telnyx.parse(text)
+
+    def opening(self, event: Any) -> _Opening | None:
+        if not isinstance(event, telnyx.Start):
+            return None
+        if event.encoding not in ("PCMU", "PCMA") or event.sample_rate != 8000:
+            raise telnyx.ProtocolError("only PCMU or PCMA at 8000 Hz")
+        return _Opening(event.encoding, event.custom_parameters, event.stream_id)
+
+    def payloads(self, event: Any) -> list[bytes]:
+        if not (isinstance(event, telnyx.Media) and event.track in ("inbound", "")):
+            return []
+        return [m.payload for m in self.reorder.push(event)]
+
+    def flush(self) -> list[bytes]:
+        return [m.payload for m in self.reorder.flush()]
+
+    def lost(self) -> int:
+        return self.reorder.lost
+
+    def media_message(self, opening: _Opening, payload: bytes) -> str:
+        return telnyx.media_message(payload)
+
+
+async def _json_stream(
+    request: web.Request, adapter: _TwilioAdapter | _TelnyxAdapter
+) -> web.WebSocketResponse:
+    """A provider stream of JSON text frames carrying G.711 (Twilio, Telnyx)."""
     node: MediaNode = request.app["node"]
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
     call: ProviderCall | None = None
-    mulaw = G711Codec("PCMU")
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             try:
-                event = twilio.parse(msg.data)
+                event = adapter.parse(msg.data)
+                opening = adapter.opening(event) if call is None else None
             except twilio.ProtocolError as exc:
                 await ws.close(code=1003, message=str(exc)[:120].encode())
                 break
-            if isinstance(event, twilio.Start) and call is None:
-                if event.encoding != "audio/x-mulaw" or event.sample_rate != 8000:
-                    await ws.close(code=1003, message=b"only audio/x-mulaw at 8000 Hz")
-                    break
-                qid = event.custom_parameters.get("queueId") or request.query.get("queueId")
-                routed = await _claim(node, ws, qid, "twilio")
+            if opening is not None:
+                qid = opening.params.get("queueId") or request.query.get("queueId")
+                routed = await _claim(node, ws, qid, adapter.label)
                 if routed is None:
                     break
-                sid = event.stream_sid
+                g711 = G711Codec(opening.encoding)
 
-                async def send(pcm: bytes, sid: str = sid) -> None:
-                    for payload in mulaw.encode(pcm, SAMPLE_RATE):
-                        await ws.send_str(twilio.media_message(sid, payload))
-
-                call = ProviderCall(
-                    node,
-                    qid or "",
-                    routed,
-                    "PCMU/8000",
-                    lambda p: mulaw.decode(p, 0, SAMPLE_RATE),
-                    send,
-                )
-                call.begin()
-                call.tasks.append(asyncio.create_task(_watch_hangup(call, ws)))
-            elif call is None:
-                continue
-            elif isinstance(event, twilio.Media) and event.track in ("inbound", ""):
-                call.on_payload(event.payload)
-            elif isinstance(event, twilio.Dtmf):
-                call.agent.on_dtmf(event.digit)
-            elif isinstance(event, twilio.Stop):
-                break
-    finally:
-        if call is not None:
-            call.end()
-        if not ws.closed:
-            await ws.close()
-    return ws
-
-
-async def telnyx_stream(request: web.Request) -> web.WebSocketResponse:
-    node: MediaNode = request.app["node"]
-    ws = web.WebSocketResponse(heartbeat=20)
-    await ws.prepare(request)
-    call: ProviderCall | None = None
-    reorder = telnyx.MediaReorder()
-    try:
-        async for msg in ws:
-            if msg.type != WSMsgType.TEXT:
-                continue
-            try:
-                event = telnyx.parse(msg.data)
-            except telnyx.ProtocolError as exc:
-                await ws.close(code=1003, message=str(exc)[:120].encode())
-                break
-            if isinstance(event, telnyx.Start) and call is None:
-                if event.encoding not in ("PCMU", "PCMA") or event.sample_rate != 8000:
-                    await ws.close(code=1003, message=b"only PCMU or PCMA at 8000 Hz")
-                    break
-                qid = event.custom_parameters.get("queueId") or request.query.get("queueId")
-                routed = await _claim(node, ws, qid, "telnyx")
-                if routed is None:
-                    break
-                g711 = G711Codec(event.encoding)  # read the leg's encoding, never assume
-
-                async def send(pcm: bytes, g711: G711Codec = g711) -> None:
+                async def send(pcm: bytes, g711: G711Codec = g711, o: _Opening = opening) -> None:
                     for payload in g711.encode(pcm, SAMPLE_RATE):
-                        await ws.send_str(telnyx.media_message(payload))
+                        await ws.send_str(adapter.media_message(o, payload))
 
                 call = ProviderCall(
                     node,
                     qid or "",
                     routed,
-                    f"{event.encoding}/8000",
+                    f"{opening.encoding}/8000",
                     lambda p, g711=g711: g711.decode(p, 0, SAMPLE_RATE),
                     send,
                 )
@@ -215,22 +231,30 @@ async def telnyx_stream(request: web.Request) -> web.WebSocketResponse:
                 call.tasks.append(asyncio.create_task(_watch_hangup(call, ws)))
             elif call is None:
                 continue
-            elif isinstance(event, telnyx.Media) and event.track in ("inbound", ""):
-                for m in reorder.push(event):
-                    call.on_payload(m.payload)
-                call.lost = reorder.lost
-            elif isinstance(event, telnyx.Dtmf):
+            elif isinstance(event, twilio.Dtmf):
                 call.agent.on_dtmf(event.digit)
-            elif isinstance(event, telnyx.Stop):
-                for m in reorder.flush():
-                    call.on_payload(m.payload)
+            elif isinstance(event, twilio.Stop):
+                for payload in adapter.flush():
+                    call.on_payload(payload)
                 break
+            else:
+                for payload in adapter.payloads(event):
+                    call.on_payload(payload)
+                call.lost = adapter.lost()
     finally:
         if call is not None:
             call.end()
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def twilio_stream(request: web.Request) -> web.WebSocketResponse:
+    return await _json_stream(request, _TwilioAdapter())
+
+
+async def telnyx_stream(request: web.Request) -> web.WebSocketResponse:
+    return await _json_stream(request, _TelnyxAdapter())
 
 
 def _half(pcm: bytes) -> bytes:

@@ -152,24 +152,9 @@ def test_twilio_media_stream_gets_greeting_and_echo(stack):
     import aiohttp
 
     from media.codecs import G711Codec
-    from schemas import SingleObjectCodec
-    from tests.samples import sample
-    from trunkline.kafka_io import Outgoing, make_producer, publish_all
-    from trunkline.topics import ASSIGNMENTS
 
     qid = f"tw-{uuid.uuid4().hex[:10]}"
-    routed = sample("CallRouted", call_id=qid)
-    routed.update(backend_id="backend-1", region_id="us-east-1", business_id="b-main")
-    publish_all(
-        make_producer(stack.settings.kafka_bootstrap),
-        [
-            Outgoing(
-                ASSIGNMENTS.name(stack.settings.topic_prefix),
-                b"backend-1",
-                SingleObjectCodec().encode("CallRouted", routed),
-            )
-        ],
-    )
+    _assign(stack, qid)
     codec = G711Codec("PCMU")
     t = np.arange(8000 * 3) / 8000
     tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
