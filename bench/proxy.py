@@ -20,6 +20,7 @@ import csv
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -50,6 +51,7 @@ class Run:
     achieved_cps: float
     p50_ms: float
     p99_ms: float
+    cpu: dict[str, float] | None = None  # % of one core per process during the run
 
     @property
     def ok(self) -> bool:
@@ -61,7 +63,22 @@ class Run:
             f"{self.succeeded:>6}  failed {self.failed:>5}  retrans {self.retransmissions:>5}"
             f"  achieved {self.achieved_cps:>7.1f}/s  p50 {self.p50_ms:>7.1f} ms  "
             f"p99 {self.p99_ms:>7.1f} ms  {'OK' if self.ok else '--'}"
+            + (
+                "\n          cpu (% of a core): "
+                + "  ".join(f"{k} {v:.0f}" for k, v in self.cpu.items())
+                if self.cpu
+                else ""
+            )
         )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,11 +89,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def run_sipp(target: str, port: int, rate: int, seconds: float, workdir: Path) -> Run:
+def run_sipp(
+    target: str,
+    port: int,
+    rate: int,
+    seconds: float,
+    workdir: Path,
+    watch: dict[str, int] | None = None,
+) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
     calls = max(1, int(rate * seconds))
+    watch = dict(watch or {})
+    before = {name: cpu_seconds(pid) for name, pid in watch.items()}
     t0 = time.monotonic()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [
             "sipp",
             "-sf",
@@ -112,12 +138,22 @@ def run_sipp(target: str, port: int, rate: int, seconds: float, workdir: Path) -
             "4096",
         ],
         cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=seconds * 3 + 120,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    watch["sipp"] = proc.pid
+    before["sipp"] = 0.0
+    sipp_cpu = 0.0
+    while proc.poll() is None and time.monotonic() - t0 < seconds * 3 + 120:
+        sipp_cpu = cpu_seconds(proc.pid) or sipp_cpu
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
     wall = time.monotonic() - t0
-    del proc
+    after = {name: cpu_seconds(pid) for name, pid in watch.items()}
+    after["sipp"] = sipp_cpu
+    cpu = {n: (after[n] - before[n]) / wall * 100 for n in watch}
     stat = _last_stat(workdir / "stat.csv")
     rtts = _rtts(workdir)
     succeeded = int(stat.get("SuccessfulCall(C)", 0))
@@ -132,6 +168,7 @@ def run_sipp(target: str, port: int, rate: int, seconds: float, workdir: Path) -
         achieved_cps=succeeded / max(wall, 1e-9),
         p50_ms=percentile(rtts, 0.50),
         p99_ms=percentile(rtts, 0.99),
+        cpu=cpu,
     )
 
 
@@ -201,7 +238,7 @@ def profile(pids: dict[str, int], seconds: float, workdir: Path) -> dict[str, li
             out,
             subprocess.Popen(
                 [
-                    "py-spy",
+                    str(Path(sys.executable).with_name("py-spy")),
                     "record",
                     "-d",
                     str(int(seconds)),
@@ -279,6 +316,15 @@ def main() -> None:
             env={"TRUNKLINE_REDIRECT_TIMEOUT_MS": "3000"},
         ) as stack:
             port = stack.edges["edge-a"]
+            assert stack.worker.proc is not None and stack.sink.proc is not None
+            watch = {
+                "edge": stack.procs[0].pid,
+                "worker": stack.worker.proc.pid,
+                "sink": stack.sink.proc.pid,
+            }
+            broker_pid = kafka_local.read_pid(paths) if paths is not None else None
+            if broker_pid:
+                watch["broker"] = broker_pid
             run_sipp("warmup", port, 50, 3, root / "warmup")
             print(
                 f"# trunkline: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
@@ -286,22 +332,17 @@ def main() -> None:
                 flush=True,
             )
             for i, rate in enumerate(rates):
+                out = root / f"t{rate}"
                 if args.profile and i == len(rates) // 2:
-                    assert stack.worker.proc is not None
-                    assert stack.sink.proc is not None
-                    pids = {
-                        "edge": stack.procs[0].pid,
-                        "worker": stack.worker.proc.pid,
-                        "sink": stack.sink.proc.pid,
-                    }
+                    pids = {k: v for k, v in watch.items() if k != "broker"}
                     with ThreadPoolExecutor(1) as pool:
                         spied = pool.submit(profile, pids, args.seconds * 0.8, root)
-                        run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
+                        run = run_sipp("trunkline", port, rate, args.seconds, out, watch)
                         for name, lines in spied.result().items():
                             print(f"## profile at {rate}/s, py-spy, own time: {name}")
                             print("\n".join(lines))
                 else:
-                    run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}")
+                    run = run_sipp("trunkline", port, rate, args.seconds, out, watch)
                 results.append(run)
                 print(run.line(), flush=True)
                 time.sleep(4)  # let redirect reservations expire between rates

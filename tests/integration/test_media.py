@@ -575,3 +575,51 @@ def test_sip_over_tcp_on_the_node(stack):
         timeout=20,
     )
     assert entry["codec"] == "PCMA/8000"
+
+
+def test_streamdouble_twilio_simulator_hears_the_greeting_and_its_echo(stack):
+    """An independent Twilio Media Streams implementation (streamdouble, from PyPI) plays
+    Twilio's side against the node's /twilio: its protocol checks find no violation, and
+    what it records is the greeting then the echo of its tone."""
+    import asyncio
+    import uuid
+
+    from streamdouble.api import call as simulated_call
+    from streamdouble.session import SessionConfig
+
+    from media.codecs import G711Codec
+
+    qid = f"sd-{uuid.uuid4().hex[:10]}"
+    _assign(stack, qid)
+    codec = G711Codec("PCMU")
+    t = np.arange(8000 * 4) / 8000
+    tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
+    frames = [
+        codec.encode(tone[i * 160 : (i + 1) * 160].tobytes(), 8000)[0] for i in range(200)
+    ]
+    report = asyncio.run(
+        simulated_call(
+            f"ws://127.0.0.1:{stack.media_ws_port}/twilio",
+            frames=frames,
+            config=SessionConfig(
+                custom_parameters={"queueId": qid}, quiet_period_s=0.5, max_drain_s=2.0
+            ),
+        )
+    )
+    assert report.violations == [] and report.result.warnings == []
+    assert report.spoke and report.time_to_first_audio_ms is not None
+    x = np.frombuffer(codec.decode(report.audio_received, 0, 8000), dtype="<i2").astype(float)
+    clip = greeting_8k()
+    window = x[: len(clip) + 1600]
+    best = int(np.argmax(np.correlate(window, clip, mode="valid")))
+    aligned = window[best : best + len(clip)]
+    assert np.dot(aligned, clip) / (np.linalg.norm(aligned) * np.linalg.norm(clip)) > 0.9
+    after = x[best + len(clip) + 1600 :]
+    assert len(after) > 4000 and dominant(after[:4000]) == pytest.approx(440, abs=10)
+    entry = stack.sink.poll(
+        f"/calls/{qid}/",
+        lambda e: isinstance(e, dict) and e.get("status") == "Completed",
+        timeout=20,
+    )
+    assert entry["hangupSide"] == "caller"
+    assert entry["media"]["packetsReceived"] == 200
