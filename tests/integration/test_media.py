@@ -594,9 +594,7 @@ def test_streamdouble_twilio_simulator_hears_the_greeting_and_its_echo(stack):
     codec = G711Codec("PCMU")
     t = np.arange(8000 * 4) / 8000
     tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
-    frames = [
-        codec.encode(tone[i * 160 : (i + 1) * 160].tobytes(), 8000)[0] for i in range(200)
-    ]
+    frames = [codec.encode(tone[i * 160 : (i + 1) * 160].tobytes(), 8000)[0] for i in range(200)]
     report = asyncio.run(
         simulated_call(
             f"ws://127.0.0.1:{stack.media_ws_port}/twilio",
