@@ -15,6 +15,7 @@ import faust
 
 from streams import admission, routing
 from streams.config_view import ConfigView
+from streams.emitter import Emitter, install_flush_hook
 from streams.events import Emit, envelope
 from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, DECISIONS, HEARTBEATS, ROUTING
 
@@ -90,9 +91,16 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     }
     config = ConfigView(tl.tables)
 
+    emitter = Emitter(
+        tl.settings.kafka_bootstrap,
+        tl.codec,
+        {dest: t.get_topic_name() for dest, t in out_topics.items()},
+    )
+    install_flush_hook(emitter)
+    tl.emitter = emitter
+
     async def send(emits: list[Emit]) -> None:
-        for e in emits:
-            await out_topics[e.dest].send(key=e.key, value={**e.record, "_type": e.name})
+        emitter.emit(emits)
 
     @app.agent(admission_topic, name="admission")
     async def admission_agent(stream: Any) -> None:
@@ -176,12 +184,15 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     async def tick() -> None:
         regions = sorted({b["region_id"] for b in tl.tables["backends"].values() if b})
         now_ms = int(time.time() * 1000)
-        for region in regions:
-            await routing_topic.send(
-                key=region,
-                value={
-                    "_type": "RoutingTick",
+        emitter.emit(
+            Emit(
+                "routing",
+                region,
+                "RoutingTick",
+                {
                     "envelope": envelope("", "routing-timer", now_ms, str(uuid.uuid4())),
                     "region_id": region,
                 },
             )
+            for region in regions
+        )

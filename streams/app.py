@@ -44,6 +44,7 @@ log = logging.getLogger("trunkline.worker")
 #: 100 ms. Short long-polls bound both; the cost is ~100 idle fetches/s per worker.
 FETCH_MAX_WAIT_MS = 5
 PREFETCH_BACKOFF_S = 0.005
+FETCHER_TIMEOUT_S = 0.01
 
 
 def _tune_aiokafka_fetcher() -> None:
@@ -55,6 +56,7 @@ def _tune_aiokafka_fetcher() -> None:
 
     def patched(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["prefetch_backoff"] = PREFETCH_BACKOFF_S
+        kwargs["fetcher_timeout"] = FETCHER_TIMEOUT_S
         kwargs["fetch_max_wait_ms"] = min(
             int(kwargs.get("fetch_max_wait_ms", 500)), FETCH_MAX_WAIT_MS
         )
@@ -162,6 +164,7 @@ class TrunklineApp:
                 help=f"{section} from {topic.get_topic_name()}",
             )
         self.state_tables: dict[str, Any] = {}
+        self.emitter: Any = None  # streams.emitter.Emitter, set by agents.register
         agents.register(
             self,
             routing.Settings(

@@ -1,0 +1,69 @@
+"""The worker's emitter on a real broker: one encoding per record, keys partitioned as
+Faust partitions them, and a flush that refuses to pass (so Faust does not commit its
+offsets) when the broker did not take a record."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from schemas import SingleObjectCodec
+from streams.emitter import EmitError, Emitter
+from streams.events import fan_out
+from tests.samples import sample
+from trunkline.admin import apply_topics
+from trunkline.kafka_io import partition_for
+from trunkline.topics import CALL_EVENTS, DECISIONS
+
+pytestmark = pytest.mark.integration
+CODEC = SingleObjectCodec()
+
+
+def read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes, bytes]]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "emitter-probe"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        out = []
+        for m in c.consume(100, 5):
+            if not m.error():
+                out.append((m.partition(), m.key(), m.value()))
+        return out
+    finally:
+        c.close()
+
+
+def test_fan_out_lands_on_each_topic_in_the_partition_of_its_key(kafka_bootstrap):
+    prefix = f"em{uuid.uuid4().hex[:8]}."
+    apply_topics(kafka_bootstrap, prefix)
+    topics = {"decisions": DECISIONS.name(prefix), "call-events": CALL_EVENTS.name(prefix)}
+    emitter = Emitter(kafka_bootstrap, CODEC, topics)
+    record = sample("CallRouted", call_id="call-42")
+    emitter.emit(
+        fan_out(("decisions", "call-events"), {"decisions": "edge-7"}, "CallRouted", record)
+    )
+    emitter.flush(10)
+    emitter.close()
+    assert emitter.sent == 2
+    ((dp, dk, dv),) = read_all(kafka_bootstrap, topics["decisions"])
+    ((cp, ck, cv),) = read_all(kafka_bootstrap, topics["call-events"])
+    assert (dk, ck) == (b"edge-7", b"call-42")
+    assert dp == partition_for(b"edge-7", DECISIONS.partitions)
+    assert cp == partition_for(b"call-42", CALL_EVENTS.partitions)
+    assert dv == cv and CODEC.decode(dv) == ("CallRouted", record)
+
+
+def test_flush_raises_when_the_broker_refuses_a_record(kafka_bootstrap):
+    emitter = Emitter(
+        kafka_bootstrap,
+        CODEC,
+        {"decisions": "no-such-topic-for-the-emitter"},
+        **{"message.timeout.ms": 1500},
+    )
+    emitter.emit(fan_out(("decisions",), {"decisions": "e"}, "CallRouted", sample("CallRouted")))
+    with pytest.raises(EmitError):
+        asyncio.run(emitter.flush_async(10))
+    emitter.close()
