@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -16,6 +17,25 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+#: SIP listeners take bursts (hundreds of BYEs when a trunk drops, INVITE storms): the
+#: Linux default receive buffer (~208 KiB, about 200 small datagrams once the kernel's
+#: per-packet overhead is counted) overflowed at 200 simultaneous BYEs and dropped some.
+#: The kernel caps the value at net.core.rmem_max.
+RECV_BUFFER_BYTES = 4 << 20
+
+
+def widen_receive_buffer(transport: asyncio.BaseTransport, size: int = RECV_BUFFER_BYTES) -> int:
+    """Ask for a `size` receive buffer on the transport's socket; return what was granted."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except OSError:
+        return 0
+
+
 class Datagrams(asyncio.DatagramProtocol):
     """A UDP endpoint that hands every datagram to `on_datagram(data, (host, port))`."""
 
@@ -25,6 +45,7 @@ class Datagrams(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        widen_receive_buffer(transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.on_datagram(data, (addr[0], addr[1]))
