@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import shutil
 import socket
 import struct
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.proxy import cpu_seconds
 from edge.sip.message import Response, parse_message
 from media.rtp import RtpPacket
 from media.sdp import SessionDescription
@@ -44,11 +44,6 @@ from trunkline.topics import ASSIGNMENTS, CALL_EVENTS
 
 CODEC = SingleObjectCodec()
 PAYLOAD = b"\xff" * 160  # PCMU silence: the generator must stay cheap
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)

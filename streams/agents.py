@@ -48,13 +48,13 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
 
     admission_topic = topic(ADMISSION)
     routing_in = topic(ROUTING, HEARTBEATS)
-    routing_topic = topic(ROUTING)
+    # where the machines' emits go (written by the emitter, not through Faust topics)
     out_topics = {
-        "admission": admission_topic,
-        "routing": routing_topic,
-        "decisions": topic(DECISIONS),
-        "assignments": topic(ASSIGNMENTS),
-        "call-events": topic(CALL_EVENTS),
+        "admission": ADMISSION.name(prefix),
+        "routing": ROUTING.name(prefix),
+        "decisions": DECISIONS.name(prefix),
+        "assignments": ASSIGNMENTS.name(prefix),
+        "call-events": CALL_EVENTS.name(prefix),
     }
 
     def table(name: str, partitions: int) -> Any:
@@ -94,7 +94,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     emitter = Emitter(
         tl.settings.kafka_bootstrap,
         tl.codec,
-        {dest: t.get_topic_name() for dest, t in out_topics.items()},
+        out_topics,
     )
     install_flush_hook(emitter)
     tl.emitter = emitter
