@@ -35,7 +35,7 @@ from media.rtp import JitterBuffer, RtpPacket
 from media.sdp import Answer, SdpError, SessionDescription, negotiate
 from schemas.codec import CodecError, make_codec
 from streams.events import derived_id, envelope
-from trunkline.aio import Datagrams, serve_until_signalled
+from trunkline.aio import Datagrams, serve_until_signalled, tune_gc
 from trunkline.kafka_io import key_partition_consumer
 from trunkline.settings import Settings
 from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
@@ -705,4 +705,5 @@ class MediaNode:
 
 
 async def run_node(node: MediaNode) -> None:
+    tune_gc()
     await serve_until_signalled(node)

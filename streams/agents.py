@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from streams.app import TrunklineApp
 
 log = logging.getLogger("trunkline.agents")
-TICK_INTERVAL_S = 0.1
-EXPIRE_PER_TICK = 40  # up to 400 expirations/s per region
+TICK_INTERVAL_S = 0.05
+EXPIRE_PER_TICK = 32  # up to 640 expirations/s per region
 
 
 class _View:
@@ -58,12 +58,18 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     }
 
     def table(name: str, partitions: int) -> Any:
-        return app.Table(
+        t = app.Table(
             name,
             default=None,
             partitions=partitions,
             schema=faust.Schema(key_serializer="tl-str", value_serializer="json"),
         )
+        t.emitter = emitter  # streams.app.EmittedTable: changelogs leave through it
+        return t
+
+    emitter = Emitter(tl.settings.kafka_bootstrap, tl.codec, out_topics)
+    install_flush_hook(emitter)
+    tl.emitter = emitter
 
     slots = table("admission-slots", ADMISSION.partitions)
     reservations = table("routing-reservations", ROUTING.partitions)
@@ -90,14 +96,6 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         "routing-heartbeats": heartbeats,
     }
     config = ConfigView(tl.tables)
-
-    emitter = Emitter(
-        tl.settings.kafka_bootstrap,
-        tl.codec,
-        out_topics,
-    )
-    install_flush_hook(emitter)
-    tl.emitter = emitter
 
     async def send(emits: list[Emit]) -> None:
         emitter.emit(emits)

@@ -15,7 +15,6 @@ the decision path needs (measured: at 200 calls/s p50 went from 3.6 s to 40 ms).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from typing import Any
@@ -26,6 +25,7 @@ from schemas.codec import make_codec
 from streams import queries
 from streams.clickhouse import ClickHouseStore
 from streams.sink import ClickHouseSink
+from trunkline.aio import tune_gc
 from trunkline.settings import Settings
 from trunkline.topics import CALL_EVENTS, DEAD_LETTERS
 
@@ -126,6 +126,5 @@ def run_sink(settings: Settings, loglevel: str = "info") -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # batches of 10,000 decoded records are young objects the cyclic GC would walk over and
     # over; collect less often (measured: see bench/sink.py in the issue notes)
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
+    tune_gc(100_000)
     asyncio.run(serve(settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,19 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def tune_gc(gen0_threshold: int = 50_000) -> None:
+    """Freeze what start-up allocated and run the cyclic GC's young collections less often.
+
+    A service's long-lived objects (config, tables, sockets, imported modules) were walked
+    by every full collection: in the SIP edge at 300 calls/s those took 26-35 ms each, and
+    found nothing to free. Frozen objects are never walked; a larger first threshold trades
+    a few hundred young collections a second for a few larger ones.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(gen0_threshold, 50, 1000)
 
 
 #: SIP listeners take bursts (hundreds of BYEs when a trunk drops, INVITE storms): the

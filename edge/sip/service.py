@@ -36,7 +36,7 @@ from edge.sip.transaction import (
     ServerTransactions,
 )
 from schemas.codec import Codec, CodecError, make_codec
-from trunkline.aio import Datagrams, serve_until_signalled
+from trunkline.aio import Datagrams, serve_until_signalled, tune_gc
 from trunkline.kafka_io import key_partition_consumer
 from trunkline.settings import Settings
 from trunkline.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS
@@ -485,4 +485,5 @@ def _response_addr(request: Request, source: Address) -> Address:
 
 
 async def run_edge(edge: SipEdge) -> None:
+    tune_gc()
     await serve_until_signalled(edge, lambda: log.info("SIP edge %s stopping", edge.edge_id))

@@ -5,6 +5,7 @@ publisher standing in for backend-1 (media nodes arrive with the media issue).""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 
@@ -234,3 +235,28 @@ def test_queue_entry_shows_the_proxy_work(stack):
         r["status"] == "Rejected" and r["status_code"] == 403 and "allowedSourceIps" in r["reason"]
         for r in rows
     )
+
+
+def test_a_killed_worker_comes_back_holding_the_same_slots(stack):
+    """The tables' changelogs (written through the emitter) rebuild the held slots after
+    SIGKILL: the plan is still full and the backend reservation still open."""
+    uac = stack.uac()
+    held = Call("+15550000001")
+    assert uac.invite(held).status == 302
+    queue_id = _queue_id(held.final)
+    stack.worker.poll("/state/admission-active/", lambda s: s.get("b-limit") == [queue_id])
+    time.sleep(2.5)  # past the 1 s commit interval: the events behind the slot are committed
+    stack.worker.stop(signal.SIGKILL)  # no shutdown hooks, no final flush or commit
+    stack.worker.start()
+    stack.worker.poll(
+        "/state/admission-active/", lambda s: s.get("b-limit") == [queue_id], timeout=60
+    )
+    assert queue_id in stack.worker.get("/state/routing-open/").get("us-east-1", {})
+    busy = Call("+15550000001")
+    assert uac.invite(busy).status == 486
+    _release(stack, queue_id, "b-limit")
+    stack.worker.poll("/state/admission-active/", lambda s: s.get("b-limit") == [])
+    again = Call("+15550000001")
+    assert uac.invite(again).status == 302
+    _release(stack, _queue_id(again.final), "b-limit")
+    uac.close()
