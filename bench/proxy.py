@@ -3,11 +3,15 @@ Faust worker: admission and routing, back to the edge), and through a Kamailio r
 server doing the same job (source ACL, number lookup, dispatcher, 302) for comparison.
 
 For each rate: calls attempted, succeeded, failed, retransmissions, and INVITE -> final
-response p50/p99 (SIPp's response-time trace). The verdict is the highest rate with zero
-failed calls and p99 <= 50 ms, and our rate as a ratio of Kamailio's.
+response p50/p99 (SIPp's response-time trace). Each rate runs --repeat times (3): the
+machine is shared, and single runs at the same rate measured p99 from 32 to 120 ms. A
+rate passes when no run failed a call and the median run's p99 is <= 50 ms. The verdict
+is the highest rate that passed with every lower rate passing too, and our rate as a
+ratio of Kamailio's (judged the same way).
 
     .venv/bin/python -m bench.proxy [--rates 100,200,300,500,750,1000] [--seconds 10]
-        [--kamailio-rates 500,1000,2000,4000] [--profile] [--bootstrap HOST:PORT]
+        [--repeat 3] [--kamailio-rates 500,1000,2000,4000] [--profile]
+        [--bootstrap HOST:PORT]
 
 Needs sipp and kamailio (scripts/setup --bench installs both).
 """
@@ -279,6 +283,49 @@ def profile(pids: dict[str, int], seconds: float, workdir: Path) -> dict[str, li
     return report
 
 
+def runs_at(results: list[Run], target: str, rate: int) -> list[Run]:
+    return [r for r in results if r.target == target and r.rate == rate]
+
+
+def median_run(results: list[Run], target: str, rate: int) -> Run | None:
+    """The run with the median p99 (the lower middle one for an even count)."""
+    runs = sorted(runs_at(results, target, rate), key=lambda r: r.p99_ms)
+    return runs[(len(runs) - 1) // 2] if runs else None
+
+
+def rate_ok(results: list[Run], target: str, rate: int) -> bool:
+    runs = runs_at(results, target, rate)
+    med = median_run(results, target, rate)
+    return (
+        bool(runs)
+        and all(r.failed == 0 and r.attempted > 0 for r in runs)
+        and (med is not None and med.p99_ms <= P99_BOUND_MS)
+    )
+
+
+def verdict(results: list[Run], target: str, rate: int) -> str:
+    runs = runs_at(results, target, rate)
+    med = median_run(results, target, rate)
+    assert med is not None
+    p99s = ", ".join(f"{r.p99_ms:.0f}" for r in runs)
+    return (
+        f"  {target} {rate}/s: {len(runs)} runs, failed {sum(r.failed for r in runs)}, "
+        f"p99 per run [{p99s}] ms, median {med.p99_ms:.0f} ms: "
+        f"{'PASS' if rate_ok(results, target, rate) else 'fail'}"
+    )
+
+
+def best_rate(results: list[Run], target: str) -> int:
+    """The highest rate that passed with every lower tested rate passing too (a rate
+    that passes above one that failed is not a rate the path sustains)."""
+    best = 0
+    for rate in sorted({r.rate for r in results if r.target == target}):
+        if not rate_ok(results, target, rate):
+            break
+        best = rate
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rates", default="100,200,300,500,750,1000")
@@ -287,6 +334,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds at 150/s first")
     ap.add_argument("--bootstrap", default=os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"))
     ap.add_argument("--no-kamailio", action="store_true")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per rate; a rate passes when no run failed a call and the median\n"
+        "run's p99 is within the bound (this machine is shared: one run is noisy)",
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy the edge and the worker")
     args = ap.parse_args()
     for tool in ("sipp",) + (() if args.no_kamailio else ("kamailio",)):
@@ -335,10 +389,14 @@ def main() -> None:
                 flush=True,
             )
             for rate in rates:
-                run = run_sipp("trunkline", port, rate, args.seconds, root / f"t{rate}", watch)
-                results.append(run)
-                print(run.line(), flush=True)
-                time.sleep(4)  # let redirect reservations expire between rates
+                for i in range(args.repeat):
+                    run = run_sipp(
+                        "trunkline", port, rate, args.seconds, root / f"t{rate}-{i}", watch
+                    )
+                    results.append(run)
+                    print(run.line(), flush=True)
+                    time.sleep(4)  # let redirect reservations expire between runs
+                print(verdict(results, "trunkline", rate), flush=True)
             if args.profile:
                 # an extra run, not counted: py-spy's sampling slows what it watches
                 rate = rates[len(rates) // 2]
@@ -359,42 +417,39 @@ def main() -> None:
                     flush=True,
                 )
                 for rate in sorted(set(rates + [int(r) for r in args.kamailio_rates.split(",")])):
-                    run = run_sipp("kamailio", kport, rate, args.seconds, root / f"k{rate}")
-                    results.append(run)
-                    print(run.line(), flush=True)
+                    for i in range(args.repeat):
+                        run = run_sipp("kamailio", kport, rate, args.seconds, root / f"k{rate}-{i}")
+                        results.append(run)
+                        print(run.line(), flush=True)
+                    print(verdict(results, "kamailio", rate), flush=True)
             finally:
                 k.terminate()
                 k.wait(10)
     finally:
         if paths is not None:
             kafka_local.stop(paths)
-    ours = [r for r in results if r.target == "trunkline" and r.ok]
-    theirs = [r for r in results if r.target == "kamailio" and r.ok]
-    best = max((r.rate for r in ours), default=0)
+    best = best_rate(results, "trunkline")
     print(
-        f"\ntrunkline: highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
+        f"\ntrunkline: highest rate with 0 failures and median p99 <= {P99_BOUND_MS:g} ms, "
+        f"every lower rate passing too ({args.repeat} runs per rate): "
         f"{best or 'none'}/s"
     )
     if not args.no_kamailio:
-        kbest = max((r.rate for r in theirs), default=0)
+        kbest = best_rate(results, "kamailio")
         ktop = max(r.rate for r in results if r.target == "kamailio")
         print(
-            f"kamailio:  highest rate with 0 failures and p99 <= {P99_BOUND_MS:g} ms: "
+            f"kamailio:  highest rate with 0 failures and median p99 <= {P99_BOUND_MS:g} ms: "
             f"{kbest or 'none'}/s (highest tested {ktop}/s)"
         )
         if kbest:
             print(f"ratio trunkline/kamailio at the same p99 bound: {best / kbest:.3f}")
-        same = [
-            (a, b)
-            for a in results
-            for b in results
-            if a.target == "trunkline" and b.target == "kamailio" and a.rate == b.rate
-        ]
-        for a, b in same:
-            print(
-                f"  at {a.rate}/s: p99 {a.p99_ms:.1f} ms vs {b.p99_ms:.1f} ms, "
-                f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.2f} ms"
-            )
+        for rate in rates:
+            a, b = median_run(results, "trunkline", rate), median_run(results, "kamailio", rate)
+            if a and b:
+                print(
+                    f"  at {rate}/s (median runs): p99 {a.p99_ms:.1f} ms vs {b.p99_ms:.1f} ms, "
+                    f"p50 {a.p50_ms:.1f} vs {b.p50_ms:.2f} ms"
+                )
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ LIFECYCLE_EVENTS = (
     "CallEnded",
 )
 CONFIG_RECORDS = ("Plan", "Business", "Route", "PhoneNumber", "BackendServer", "BypassRule")
-OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick")
+OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick")
 TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from streams import admission, routing
+from streams import admission, retention, routing
 from streams.config_view import ConfigView
 from streams.emitter import Emitter, install_flush_hook
 from streams.events import Emit, envelope
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trunkline.agents")
 TICK_INTERVAL_S = 0.05
+SWEEP_INTERVAL_S = 1.0  # PartitionTicks: finished calls past the retention are deleted
+ADMISSION_DONE = frozenset({admission.SlotState.REJECTED, admission.SlotState.RELEASED})
+ROUTING_DONE = frozenset({routing.ResState.REJECTED, routing.ResState.RELEASED})
 EXPIRE_PER_TICK = 32  # up to 640 expirations/s per region
 
 
@@ -76,10 +79,29 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     heartbeats = table("routing-heartbeats", ROUTING.partitions)
     slot_index = admission.SlotIndex()
     load_index = routing.LoadIndex()
+    slots_done = retention.Retention(tl.settings.state_retention_ms)
+    reservations_done = retention.Retention(tl.settings.state_retention_ms)
+
+    def stored(value: dict[str, Any], old: Any, done: bool, now_ms: int) -> dict[str, Any]:
+        """A table value; a finished entry is stamped with its partition and end time."""
+        if not done:
+            return value
+        event = faust.current_event()
+        assert event is not None  # table writes happen inside the agents only
+        return retention.mark_done(value, old, event.message.partition, now_ms)
+
+    def sweep(table: Any, done: retention.Retention, tick: dict[str, Any], drop: Any) -> None:
+        """Delete the finished entries of the tick's partition that are past retention."""
+        now_ms = int(tick["envelope"]["occurred_at"])
+        for call_id in done.due(int(tick["partition"]), now_ms):
+            drop(call_id, table.get(call_id))
+            del table[call_id]  # a tombstone in this (the entry's own) partition
+            done.forget(call_id)
 
     @slots.on_recover
     async def _rebuild_slots() -> None:
         slot_index.rebuild((k, admission.Slot.from_json(v)) for k, v in slots.items())
+        slots_done.rebuild(slots.items())
         log.info(
             "admission index rebuilt: %s", {b: len(c) for b, c in slot_index.as_dict().items()}
         )
@@ -87,6 +109,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     @reservations.on_recover
     async def _rebuild_reservations() -> None:
         load_index.rebuild((k, routing.Reservation.from_json(v)) for k, v in reservations.items())
+        reservations_done.rebuild(reservations.items())
         log.info("routing index rebuilt: load %s", load_index.load)
 
     tl.state_tables = {
@@ -94,6 +117,16 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         "routing-held": _View(lambda: dict(load_index.load)),
         "routing-open": _View(load_index.open_calls),
         "routing-heartbeats": heartbeats,
+        # per-call entries held (live and finished-but-retained); finished ones are
+        # deleted after TRUNKLINE_STATE_RETENTION_MS (streams/retention.py)
+        "sizes": _View(
+            lambda: {
+                "admission-slots": sum(1 for v in slots.values() if v),
+                "admission-finished": len(slots_done),
+                "routing-reservations": sum(1 for v in reservations.values() if v),
+                "routing-finished": len(reservations_done),
+            }
+        ),
     }
     config = ConfigView(tl.tables)
 
@@ -104,8 +137,17 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     async def admission_agent(stream: Any) -> None:
         async for value in stream:
             name = value.pop("_type")
+            if name == "PartitionTick":
+                sweep(
+                    slots,
+                    slots_done,
+                    value,
+                    lambda k, v: slot_index.apply(k, admission.Slot.from_json(v), None),
+                )
+                continue
             call_id = value["envelope"]["call_id"]
-            slot = admission.Slot.from_json(slots.get(call_id))
+            old_value = slots.get(call_id)
+            slot = admission.Slot.from_json(old_value)
             business_id = value.get("business_id") or (slot.business_id if slot else "")
             try:
                 result = admission.handle(name, value, slot, slot_index.count(business_id), config)
@@ -113,7 +155,16 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 log.error("admission: call %s: %s (event skipped)", call_id, exc)
                 continue
             if result.slot != slot:
-                slots[call_id] = result.slot.to_json() if result.slot else None
+                new_value = None
+                if result.slot is not None:
+                    new_value = stored(
+                        result.slot.to_json(),
+                        old_value,
+                        result.slot.state in ADMISSION_DONE,
+                        int(value["envelope"]["occurred_at"]),
+                    )
+                slots[call_id] = new_value
+                slots_done.note(call_id, new_value)
                 slot_index.apply(call_id, slot, result.slot)
                 if result.slot and (slot is None or slot.state != result.slot.state):
                     log.debug(
@@ -125,10 +176,13 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                     )
             await send(result.emits)
 
-    def apply(changes: routing.Changes) -> None:
+    def apply(changes: routing.Changes, now_ms: int) -> None:
         for call_id, new in changes.reservations.items():
-            old = routing.Reservation.from_json(reservations.get(call_id))
-            reservations[call_id] = new.to_json()
+            old_value = reservations.get(call_id)
+            old = routing.Reservation.from_json(old_value)
+            new_value = stored(new.to_json(), old_value, new.state in ROUTING_DONE, now_ms)
+            reservations[call_id] = new_value
+            reservations_done.note(call_id, new_value)
             load_index.apply(call_id, old, new)
             if old is None or old.state != new.state:
                 log.debug(
@@ -146,6 +200,14 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
             if name == "BackendHeartbeat":
                 heartbeats[value["backend_id"]] = value
                 continue
+            if name == "PartitionTick":
+                sweep(
+                    reservations,
+                    reservations_done,
+                    value,
+                    lambda k, v: load_index.apply(k, routing.Reservation.from_json(v), None),
+                )
+                continue
             if name == "RoutingTick":
                 now_ms = int(value["envelope"]["occurred_at"])
                 # a bounded batch per tick: expirations never stall new calls for long
@@ -153,7 +215,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                     res = routing.Reservation.from_json(reservations.get(call_id))
                     if res is not None:
                         changes = routing.expire(call_id, res, now_ms)
-                        apply(changes)
+                        apply(changes, now_ms)
                         await send(changes.emits)
                 for backend_id in routing.lost_backends(
                     load_index.load, heartbeats, value["region_id"], now_ms, routing_settings
@@ -163,7 +225,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                         res = routing.Reservation.from_json(reservations.get(call_id))
                         if res is not None:
                             changes = routing.backend_lost(call_id, res, now_ms)
-                            apply(changes)
+                            apply(changes, now_ms)
                             await send(changes.emits)
                 continue
             call_id = value["envelope"]["call_id"]
@@ -175,7 +237,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
             except routing.TransitionError as exc:
                 log.error("routing: call %s: %s (event skipped)", call_id, exc)
                 continue
-            apply(changes)
+            apply(changes, int(value["envelope"]["occurred_at"]))
             await send(changes.emits)
 
     @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
@@ -194,3 +256,20 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
             )
             for region in regions
         )
+
+    @app.timer(interval=SWEEP_INTERVAL_S, on_leader=True)
+    async def sweep_tick() -> None:
+        now_ms = int(time.time() * 1000)
+        for spec in (ADMISSION, ROUTING):
+            topic_name = spec.name(prefix)
+            for partition in range(spec.partitions):
+                record = {
+                    "envelope": envelope("", "retention-timer", now_ms, str(uuid.uuid4())),
+                    "partition": partition,
+                }
+                emitter.send_raw(
+                    topic_name,
+                    str(partition).encode(),
+                    tl.codec.encode("PartitionTick", record),
+                    partition,
+                )

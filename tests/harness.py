@@ -106,6 +106,7 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_REDIRECT_TIMEOUT_MS": str(s.redirect_timeout_ms),
         "TRUNKLINE_HEARTBEAT_TIMEOUT_MS": str(s.heartbeat_timeout_ms),
         "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
+        "TRUNKLINE_STATE_RETENTION_MS": str(s.state_retention_ms),
         "TRUNKLINE_SINK_WEB_PORT": str(s.sink_web_port),
     }
 
@@ -223,3 +224,29 @@ def sink(settings: Settings) -> Iterator[Service]:
         yield s
     finally:
         s.stop()
+
+
+def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
+    """The last value of every key in `topic` up to its current end (None: a tombstone)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}", "log_level": 3}
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        latest: dict[bytes, bytes | None] = {}
+        left = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 30
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error() is None:
+                    latest[msg.key()] = msg.value()
+                    if msg.offset() >= ends[msg.partition()] - 1:
+                        left.discard(msg.partition())
+        assert not left, f"{topic}: partitions {sorted(left)} not read to their end"
+        return latest
+    finally:
+        consumer.close()

@@ -73,5 +73,6 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
                              "capacity": 100, "active_calls": 3, "interval_ms": 1000,
                              "draining": False},
         "RoutingTick": {"region_id": "us-east-1"},
+        "PartitionTick": {"partition": 3},
     }  # fmt: skip
     return {"envelope": env, **bodies[name]}

@@ -87,6 +87,7 @@ class Settings:
     redirect_timeout_ms: int = 10_000
     heartbeat_timeout_ms: int = 5_000
     decision_timeout_s: float = 5.0
+    state_retention_ms: int = 600_000
     sink_web_host: str = "127.0.0.1"
     sink_web_port: int = 6067
     sip_listen: str = "127.0.0.1:5060"
@@ -146,6 +147,7 @@ class Settings:
             redirect_timeout_ms=_positive(env, "TRUNKLINE_REDIRECT_TIMEOUT_MS", 10_000),
             heartbeat_timeout_ms=_positive(env, "TRUNKLINE_HEARTBEAT_TIMEOUT_MS", 5_000),
             decision_timeout_s=_positive(env, "TRUNKLINE_DECISION_TIMEOUT_MS", 5_000) / 1000,
+            state_retention_ms=_positive(env, "TRUNKLINE_STATE_RETENTION_MS", 600_000),
             sink_web_host=env.get("TRUNKLINE_SINK_WEB_HOST") or "127.0.0.1",
             sink_web_port=_port(env, "TRUNKLINE_SINK_WEB_PORT", 6067),
             sip_listen=_host_port_setting(env, "TRUNKLINE_SIP_LISTEN", "127.0.0.1:5060"),

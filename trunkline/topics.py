@@ -51,12 +51,12 @@ CALL_EVENTS = TopicSpec(
 )
 ADMISSION = TopicSpec(
     "admission", 6, False, 7 * DAY_MS, "business_id",
-    ("CallOffered", "CallEnded", "CallRejected"),
-    "Admission's input: offers from edges, and every end or later rejection (slot release).",
+    ("CallOffered", "CallEnded", "CallRejected", "PartitionTick"),
+    "Admission's input: offers from edges, every end or later rejection (slot release), ticks.",
 )  # fmt: skip
 ROUTING = TopicSpec(
     "routing", 6, False, 7 * DAY_MS, "region_id",
-    ("CallAdmitted", "CallAccepted", "CallEnded", "CallRejected", "RoutingTick"),
+    ("CallAdmitted", "CallAccepted", "CallEnded", "CallRejected", "RoutingTick", "PartitionTick"),
     "Routing's input: admitted calls, acceptances, releases forwarded by admission, ticks.",
 )  # fmt: skip
 HEARTBEATS = TopicSpec(

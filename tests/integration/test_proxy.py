@@ -5,6 +5,7 @@ publisher standing in for backend-1 (media nodes arrive with the media issue).""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import yaml
 
 from edge.sip.message import NameAddr
 from edge.sip.uac import Call
-from tests.harness import run_cli
+from tests.harness import latest_values, run_cli
 from tests.samples import sample
 from tests.stack import Stack, running_stack
 from trunkline.topics import ADMISSION
@@ -260,3 +261,57 @@ def test_a_killed_worker_comes_back_holding_the_same_slots(stack):
     assert uac.invite(again).status == 302
     _release(stack, _queue_id(again.final), "b-limit")
     uac.close()
+
+
+def test_finished_calls_are_forgotten_after_the_retention(kafka_bootstrap, tmp_path):
+    """Slots and reservations of finished calls are deleted (tombstones) once
+    TRUNKLINE_STATE_RETENTION_MS has passed, and stay deleted after a restart."""
+    env = {"TRUNKLINE_STATE_RETENTION_MS": "2000"}
+    with running_stack(kafka_bootstrap, tmp_path, edges=("edge-a",), env=env) as s:
+        uac = s.uac()
+        routed, blocked = Call("+15550000002"), Call("+15550000003")
+        assert uac.invite(routed).status == 302
+        assert uac.invite(blocked).status == 403  # admission's ACL: a finished slot
+        sizes = s.worker.poll(
+            "/state/sizes/",
+            lambda b: b["admission-slots"] == 2 and b["routing-reservations"] == 1,
+        )
+        assert sizes["admission-finished"] == 1  # the 403 is finished; the 302 still holds
+        _release(s, _queue_id(routed.final), "b-main")
+        empty = {
+            "admission-slots": 0,
+            "admission-finished": 0,
+            "routing-reservations": 0,
+            "routing-finished": 0,
+        }
+        s.worker.poll("/state/sizes/", lambda b: b == empty, timeout=30)
+        # deleted with tombstones in the changelogs, so recovery cannot bring them back
+        ids = [
+            json.dumps(c.final.headers.get("x-callqueue-id")).encode() for c in (routed, blocked)
+        ]
+        slots = latest_values(kafka_bootstrap, f"{s.settings.app_id}-admission-slots-changelog")
+        assert [slots[k] for k in ids] == [None, None]
+        held = latest_values(kafka_bootstrap, f"{s.settings.app_id}-routing-reservations-changelog")
+        assert held[ids[0]] is None and ids[1] not in held  # the 403 never reached routing
+        # the changelogs hold tombstones: a restarted worker (its tables recovered once it
+        # decides a new call) holds only the new call
+        s.worker.stop(signal.SIGKILL)
+        restarted_ms = time.time() * 1000
+        s.worker.start()
+        # processing again: a heartbeat sent after the restart has reached routing
+        s.worker.poll(
+            "/state/routing-heartbeats/",
+            lambda b: (
+                b.get("backend-1", {}).get("envelope", {}).get("occurred_at", 0) > restarted_ms
+            ),
+            timeout=60,
+        )
+        again = Call("+15550000002")
+        assert uac.invite(again).status == 302
+        assert s.worker.get("/state/sizes/") == {
+            "admission-slots": 1,
+            "admission-finished": 0,
+            "routing-reservations": 1,
+            "routing-finished": 0,
+        }
+        uac.close()

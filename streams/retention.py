@@ -1,0 +1,90 @@
+"""Forgetting finished calls: the per-call entries of the admission and routing tables.
+
+A slot or reservation that reached a terminal state (REJECTED, RELEASED) is kept for
+`retention_ms` so a late duplicate (an INVITE retransmitted for up to 32 s, an event
+delivered again after a worker restart) still meets the call's final state and is
+answered the same way. After that the entry is deleted: the table writes a tombstone to
+its changelog and compaction drops the key, so memory and changelog stay bounded by the
+calls of the last `retention_ms` instead of growing with every call ever taken.
+
+Deletion happens on a PartitionTick, an event the worker's leader timer sends to every
+partition of the admission and routing topics. A table write goes to the changelog
+partition of the event being processed, so an entry is only ever deleted while a tick of
+its own partition is processed; that is why each entry remembers its partition.
+
+Time is the tick's `occurred_at`: replays delete the same entries. Pure; the agents
+(streams/agents.py) hold one `Retention` per table and rebuild it after recovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+DEFAULT_RETENTION_MS = 10 * 60 * 1000
+#: at most this many deletions per tick and partition (a tick per second: 2000/s)
+SWEEP_LIMIT = 2000
+DONE_KEY = "done"  # table values of terminal entries carry [partition, done_ms]
+
+
+def mark_done(
+    value: dict[str, Any], old: dict[str, Any] | None, partition: int, now_ms: int
+) -> dict[str, Any]:
+    """`value` (a terminal entry's JSON) stamped with when and where it finished; an entry
+    already finished keeps its first stamp."""
+    stamp = (old or {}).get(DONE_KEY) or [partition, now_ms]
+    return {**value, DONE_KEY: list(stamp)}
+
+
+def done_stamp(value: dict[str, Any] | None) -> tuple[int, int] | None:
+    stamp = (value or {}).get(DONE_KEY)
+    return (int(stamp[0]), int(stamp[1])) if stamp else None
+
+
+class Retention:
+    """Finished entries per partition, in the order they finished."""
+
+    def __init__(self, retention_ms: int = DEFAULT_RETENTION_MS) -> None:
+        if retention_ms <= 0:
+            raise ValueError(f"retention_ms must be positive, not {retention_ms}")
+        self.retention_ms = retention_ms
+        self._done: dict[int, dict[str, int]] = {}  # partition -> key -> done_ms
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._done.values())
+
+    def note(self, key: str, value: dict[str, Any] | None) -> None:
+        """Follow a table write: track `key` if its new value is finished, else drop it."""
+        stamp = done_stamp(value)
+        if stamp is None:
+            self.forget(key)
+            return
+        partition, done_ms = stamp
+        self._done.setdefault(partition, {}).setdefault(key, done_ms)
+
+    def forget(self, key: str) -> None:
+        for entries in self._done.values():
+            if entries.pop(key, None) is not None:
+                return
+
+    def due(self, partition: int, now_ms: int, limit: int = SWEEP_LIMIT) -> list[str]:
+        """Keys of `partition` finished at least `retention_ms` before `now_ms`, oldest
+        first, at most `limit`. Entries are kept in finishing order and the scan stops at
+        the first one not yet due, so a sweep costs what it deletes."""
+        out: list[str] = []
+        cutoff = now_ms - self.retention_ms
+        for key, done_ms in self._done.get(partition, {}).items():
+            if done_ms > cutoff or len(out) >= limit:
+                break
+            out.append(key)
+        return out
+
+    def rebuild(self, items: Iterable[tuple[str, dict[str, Any] | None]]) -> None:
+        found = []
+        for key, value in items:
+            stamp = done_stamp(value)
+            if stamp is not None:
+                found.append((stamp[1], stamp[0], key))
+        self._done = {}
+        for done_ms, partition, key in sorted(found):
+            self._done.setdefault(partition, {})[key] = done_ms

@@ -1,0 +1,66 @@
+"""Finished calls are forgotten after the retention, per partition, oldest first."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.retention import DONE_KEY, Retention, done_stamp, mark_done
+
+
+def test_mark_done_stamps_partition_and_time_once():
+    first = mark_done({"state": "RELEASED"}, None, 4, 1_000)
+    assert first == {"state": "RELEASED", DONE_KEY: [4, 1_000]}
+    # a later write of an entry already finished keeps when and where it finished
+    again = mark_done({"state": "RELEASED", "x": 1}, first, 2, 9_000)
+    assert again[DONE_KEY] == [4, 1_000] and again["x"] == 1
+    assert done_stamp(again) == (4, 1_000)
+    assert done_stamp({"state": "ADMITTED"}) is None and done_stamp(None) is None
+
+
+def test_due_only_past_retention_in_the_ticks_partition_oldest_first():
+    r = Retention(retention_ms=10_000)
+    r.note("a", mark_done({}, None, 1, 1_000))
+    r.note("b", mark_done({}, None, 1, 2_000))
+    r.note("c", mark_done({}, None, 2, 1_500))
+    r.note("live", {"state": "ADMITTED"})  # not finished: not tracked
+    assert len(r) == 3
+    assert r.due(1, 10_999) == []
+    assert r.due(1, 11_000) == ["a"]
+    assert r.due(1, 12_000) == ["a", "b"]
+    assert r.due(2, 12_000) == ["c"]
+    assert r.due(0, 99_000) == []
+    assert r.due(1, 12_000, limit=1) == ["a"]
+
+
+def test_forget_and_rewrites():
+    r = Retention(retention_ms=1)
+    r.note("a", mark_done({}, None, 0, 5))
+    r.forget("a")
+    assert r.due(0, 100) == []
+    # noting a key again whose value is no longer finished drops it
+    r.note("b", mark_done({}, None, 0, 5))
+    r.note("b", {"state": "ADMITTED"})
+    assert r.due(0, 100) == [] and len(r) == 0
+    # the first stamp wins when a finished entry is noted twice
+    r.note("c", mark_done({}, None, 0, 5))
+    r.note("c", mark_done({}, None, 0, 50))
+    assert r.due(0, 6) == ["c"]
+
+
+def test_rebuild_from_table_items_orders_by_end_time():
+    r = Retention(retention_ms=100)
+    r.rebuild(
+        [
+            ("late", mark_done({}, None, 3, 500)),
+            ("live", {"state": "RESERVED"}),
+            ("gone", None),
+            ("early", mark_done({}, None, 3, 100)),
+        ]
+    )
+    assert r.due(3, 10_000) == ["early", "late"]
+    assert len(r) == 2
+
+
+def test_retention_must_be_positive():
+    with pytest.raises(ValueError, match="retention_ms must be positive"):
+        Retention(0)
