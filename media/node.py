@@ -193,6 +193,7 @@ class MediaNode:
             }
         )
         self.sip: Datagrams | None = None
+        self._tcp: asyncio.AbstractServer | None = None  # SIP over TCP, from start()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -252,7 +253,7 @@ class MediaNode:
             task.cancel()
         if self.sip and self.sip.transport:
             self.sip.transport.close()
-        if getattr(self, "_tcp", None) is not None:
+        if self._tcp is not None:
             self._tcp.close()
         for t in self._threads:
             await asyncio.get_running_loop().run_in_executor(None, t.join, 5)

@@ -48,6 +48,10 @@ class SlotState(enum.Enum):
     RELEASED = "RELEASED"
 
 
+#: terminal states: nothing leaves them (streams/retention.py forgets them later)
+FINISHED = frozenset({SlotState.REJECTED, SlotState.RELEASED})
+
+
 class Input(enum.Enum):
     OFFER_OK = "offer ok"
     OFFER_REFUSED = "offer refused"

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("trunkline.agents")
 TICK_INTERVAL_S = 0.05
 SWEEP_INTERVAL_S = 1.0  # PartitionTicks: finished calls past the retention are deleted
-ADMISSION_DONE = frozenset({admission.SlotState.REJECTED, admission.SlotState.RELEASED})
-ROUTING_DONE = frozenset({routing.ResState.REJECTED, routing.ResState.RELEASED})
 EXPIRE_PER_TICK = 32  # up to 640 expirations/s per region
 
 
@@ -90,13 +88,23 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         assert event is not None  # table writes happen inside the agents only
         return retention.mark_done(value, old, event.message.partition, now_ms)
 
-    def sweep(table: Any, done: retention.Retention, tick: dict[str, Any], drop: Any) -> None:
-        """Delete the finished entries of the tick's partition that are past retention."""
-        now_ms = int(tick["envelope"]["occurred_at"])
-        for call_id in done.due(int(tick["partition"]), now_ms):
-            drop(call_id, table.get(call_id))
-            del table[call_id]  # a tombstone in this (the entry's own) partition
-            done.forget(call_id)
+    def sweeper(table: Any, done: retention.Retention, index: Any, parse: Any) -> Any:
+        """Handles a PartitionTick for `table`: deletes the finished entries of the tick's
+        partition that are past retention, and takes them out of the table's `index`."""
+
+        def sweep(tick: dict[str, Any]) -> None:
+            now_ms = int(tick["envelope"]["occurred_at"])
+            for call_id in done.due(int(tick["partition"]), now_ms):
+                index.apply(call_id, parse(table.get(call_id)), None)
+                del table[call_id]  # a tombstone in this (the entry's own) partition
+                done.forget(call_id)
+
+        return sweep
+
+    sweep_slots = sweeper(slots, slots_done, slot_index, admission.Slot.from_json)
+    sweep_reservations = sweeper(
+        reservations, reservations_done, load_index, routing.Reservation.from_json
+    )
 
     @slots.on_recover
     async def _rebuild_slots() -> None:
@@ -138,12 +146,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         async for value in stream:
             name = value.pop("_type")
             if name == "PartitionTick":
-                sweep(
-                    slots,
-                    slots_done,
-                    value,
-                    lambda k, v: slot_index.apply(k, admission.Slot.from_json(v), None),
-                )
+                sweep_slots(value)
                 continue
             call_id = value["envelope"]["call_id"]
             old_value = slots.get(call_id)
@@ -160,7 +163,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                     new_value = stored(
                         result.slot.to_json(),
                         old_value,
-                        result.slot.state in ADMISSION_DONE,
+                        result.slot.state in admission.FINISHED,
                         int(value["envelope"]["occurred_at"]),
                     )
                 slots[call_id] = new_value
@@ -180,7 +183,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         for call_id, new in changes.reservations.items():
             old_value = reservations.get(call_id)
             old = routing.Reservation.from_json(old_value)
-            new_value = stored(new.to_json(), old_value, new.state in ROUTING_DONE, now_ms)
+            new_value = stored(new.to_json(), old_value, new.state in routing.FINISHED, now_ms)
             reservations[call_id] = new_value
             reservations_done.note(call_id, new_value)
             load_index.apply(call_id, old, new)
@@ -201,12 +204,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 heartbeats[value["backend_id"]] = value
                 continue
             if name == "PartitionTick":
-                sweep(
-                    reservations,
-                    reservations_done,
-                    value,
-                    lambda k, v: load_index.apply(k, routing.Reservation.from_json(v), None),
-                )
+                sweep_reservations(value)
                 continue
             if name == "RoutingTick":
                 now_ms = int(value["envelope"]["occurred_at"])

@@ -77,14 +77,14 @@ class Emitter:
                 value = encoded[id(e.record)] = self.codec.encode(e.name, e.record)
             self.send_raw(self.topics[e.dest], e.key.encode(), value)
 
-    def send_raw(
-        self, topic: str, key: bytes, value: bytes | None, partition: int | None = None
-    ) -> None:
-        """Queue one record; ``partition`` None lets the murmur2 partitioner choose."""
-        extra = {} if partition is None else {"partition": partition}
+    def send_raw(self, topic: str, key: bytes, value: bytes | None, partition: int = -1) -> None:
+        """Queue one record; ``partition`` -1 (librdkafka's unassigned) lets the murmur2
+        partitioner choose."""
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=self._delivered, **extra)
+                self.producer.produce(
+                    topic, value, key, partition=partition, on_delivery=self._delivered
+                )
                 break
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self.producer.poll(0.005)

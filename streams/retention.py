@@ -49,23 +49,24 @@ class Retention:
             raise ValueError(f"retention_ms must be positive, not {retention_ms}")
         self.retention_ms = retention_ms
         self._done: dict[int, dict[str, int]] = {}  # partition -> key -> done_ms
+        self._partition: dict[str, int] = {}  # key -> its partition in _done
 
     def __len__(self) -> int:
-        return sum(len(d) for d in self._done.values())
+        return len(self._partition)
 
     def note(self, key: str, value: dict[str, Any] | None) -> None:
-        """Follow a table write: track `key` if its new value is finished, else drop it."""
+        """Follow a table write: track `key` if its new value is finished, else drop it.
+        Runs on every table write, so both cases are a dict lookup or two."""
         stamp = done_stamp(value)
         if stamp is None:
             self.forget(key)
-            return
-        partition, done_ms = stamp
-        self._done.setdefault(partition, {}).setdefault(key, done_ms)
+        elif key not in self._partition:  # the first stamp wins
+            self._add(key, *stamp)
 
     def forget(self, key: str) -> None:
-        for entries in self._done.values():
-            if entries.pop(key, None) is not None:
-                return
+        partition = self._partition.pop(key, None)
+        if partition is not None:
+            del self._done[partition][key]
 
     def due(self, partition: int, now_ms: int, limit: int = SWEEP_LIMIT) -> list[str]:
         """Keys of `partition` finished at least `retention_ms` before `now_ms`, oldest
@@ -85,6 +86,10 @@ class Retention:
             stamp = done_stamp(value)
             if stamp is not None:
                 found.append((stamp[1], stamp[0], key))
-        self._done = {}
+        self._done, self._partition = {}, {}
         for done_ms, partition, key in sorted(found):
-            self._done.setdefault(partition, {})[key] = done_ms
+            self._add(key, partition, done_ms)
+
+    def _add(self, key: str, partition: int, done_ms: int) -> None:
+        self._done.setdefault(partition, {})[key] = done_ms
+        self._partition[key] = partition

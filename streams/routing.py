@@ -133,6 +133,8 @@ class Settings:
 
 
 HOLDING = frozenset({ResState.RESERVED, ResState.ACCEPTED})
+#: terminal states: nothing leaves them (streams/retention.py forgets them later)
+FINISHED = frozenset({ResState.REJECTED, ResState.RELEASED})
 
 
 @dataclass

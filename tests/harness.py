@@ -224,29 +224,3 @@ def sink(settings: Settings) -> Iterator[Service]:
         yield s
     finally:
         s.stop()
-
-
-def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
-    """The last value of every key in `topic` up to its current end (None: a tombstone)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4()}", "log_level": 3}
-    )
-    try:
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        latest: dict[bytes, bytes | None] = {}
-        left = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + 30
-        while left and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, 0.5):
-                if msg.error() is None:
-                    latest[msg.key()] = msg.value()
-                    if msg.offset() >= ends[msg.partition()] - 1:
-                        left.discard(msg.partition())
-        assert not left, f"{topic}: partitions {sorted(left)} not read to their end"
-        return latest
-    finally:
-        consumer.close()

@@ -15,9 +15,10 @@ import yaml
 
 from edge.sip.message import NameAddr
 from edge.sip.uac import Call
-from tests.harness import latest_values, run_cli
+from tests.harness import run_cli
 from tests.samples import sample
 from tests.stack import Stack, running_stack
+from trunkline.kafka_io import read_compacted
 from trunkline.topics import ADMISSION
 
 pytestmark = pytest.mark.integration
@@ -289,9 +290,10 @@ def test_finished_calls_are_forgotten_after_the_retention(kafka_bootstrap, tmp_p
         ids = [
             json.dumps(c.final.headers.get("x-callqueue-id")).encode() for c in (routed, blocked)
         ]
-        slots = latest_values(kafka_bootstrap, f"{s.settings.app_id}-admission-slots-changelog")
+        app_id = s.settings.app_id
+        slots = read_compacted(kafka_bootstrap, f"{app_id}-admission-slots-changelog")
         assert [slots[k] for k in ids] == [None, None]
-        held = latest_values(kafka_bootstrap, f"{s.settings.app_id}-routing-reservations-changelog")
+        held = read_compacted(kafka_bootstrap, f"{app_id}-routing-reservations-changelog")
         assert held[ids[0]] is None and ids[1] not in held  # the 403 never reached routing
         # the changelogs hold tombstones: a restarted worker (its tables recovered once it
         # decides a new call) holds only the new call
