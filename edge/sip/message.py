@@ -48,15 +48,49 @@ REQUIRED = ("via", "from", "to", "call-id", "cseq")
 _TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
 _REQUEST_LINE = re.compile(rf"^({_TOKEN}) (\S+) (SIP/\d+\.\d+)$")
 _STATUS_LINE = re.compile(r"^(SIP/\d+\.\d+) (\d{3}) ?(.*)$")
-_HEADER_NAME = re.compile(rf"^{_TOKEN}$")
+#: a header line as most messages have it: no leading whitespace, no LF inside
+_HEADER_PLAIN = re.compile(rf"({_TOKEN})[ \t]*:([^\n]*)\Z")
+# The common SIP URI (lowercase scheme, plain user and host, no '%', quotes or IPv6) in
+# one match; anything else takes the general parser. The two agree wherever this matches
+# (tests/unit/test_sip_message.py checks it on vectors and random URIs).
+_SIP_URI_FAST = re.compile(
+    r"(sips?):(?:([A-Za-z0-9+\-_.!~*'()&=$,/]+)@)?([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
+    r"((?:;[^?@\s\"%]*)?)(?:\?([^\s\"%]*))?\Z"
+)
+#: the common Via (upper-case transport, plain host) in one match, else the general path
+_VIA_FAST = re.compile(r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?((?:;[^\"]*)?)\Z")
 _VIA = re.compile(rf"^\s*SIP\s*/\s*2\.0\s*/\s*({_TOKEN})\s+(\S.*)$", re.I | re.S)
+#: a header line: name (surrounding whitespace as str.strip() sees it), colon, value
+_HEADER_LINE = re.compile(rf"\s*({_TOKEN})\s*:(.*)", re.S)
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
+# characters quote() would leave alone with each `safe` set below: when a whole string is
+# made of them, quoting is skipped (a regex match is ~10x cheaper than urllib's quote)
+_USER_SAFE = "+-_.!~*'()&=$,;?/"
+_HNAME_SAFE = "-_.!~*()"
+_HVALUE_SAFE = "-_.!~*()+"
+_USER_PLAIN = re.compile(r"[A-Za-z0-9+\-_.!~*'()&=$,;?/]*\Z")
+_HNAME_PLAIN = re.compile(r"[A-Za-z0-9\-_.!~*()]*\Z")
+_HVALUE_PLAIN = re.compile(r"[A-Za-z0-9\-_.!~*()+]*\Z")
+
+
+def canonical_name(name: str) -> str:
+    return _CANONICAL_SEEN.get(name) or _canonical_name(name)
 
 
 @lru_cache(maxsize=1024)
-def canonical_name(name: str) -> str:
+def _canonical_name(name: str) -> str:
     low = name.strip().lower()
     low = COMPACT.get(low, low)
     return CANONICAL.get(low) or "-".join(p[:1].upper() + p[1:] for p in low.split("-"))
+
+
+#: canonical_name of the names seen most (a dict lookup is cheaper than lru_cache's call)
+_CANONICAL_SEEN = {
+    n: _canonical_name(n)
+    for full in (*CANONICAL.values(), "Allow", "Supported", "Route", "Require", "Accept",
+                 "Subject", "Event", "Expires", "Date", "Organization", "Priority", "Server")
+    for n in (full, full.lower())
+} | {short: _canonical_name(short) for short in COMPACT}  # fmt: skip
 
 
 def split_list(value: str) -> list[str]:
@@ -91,6 +125,8 @@ def split_list(value: str) -> list[str]:
 def parse_params(text: str) -> dict[str, str | None]:
     """``;a=b;c`` -> {"a": "b", "c": None} (names lowercased, quotes kept)."""
     params: dict[str, str | None] = {}
+    if not text:
+        return params
     for part in _split_unquoted(text, ";"):
         part = part.strip()
         if not part:
@@ -131,6 +167,25 @@ class SipURI:
 
     @classmethod
     def parse(cls, text: str) -> SipURI:
+        m = _SIP_URI_FAST.match(text)
+        if m is not None:
+            scheme, user, host, port_text, params, hdrs = m.groups()
+            port = int(port_text) if port_text else None
+            headers: dict[str, str] = {}
+            if hdrs:
+                for pair in hdrs.split("&"):
+                    name, _, value = pair.partition("=")
+                    if not name:
+                        break
+                    headers[name] = value
+                else:
+                    hdrs = ""
+            if not hdrs and (port is None or 0 < port < 65536):
+                return cls(scheme, user, None, host.lower(), port, parse_params(params), headers)
+        return cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> SipURI:
         text = text.strip()
         scheme, colon, rest = text.partition(":")
         scheme = scheme.lower()
@@ -167,7 +222,7 @@ class SipURI:
         userinfo = ""
         if self.user is not None:
             userinfo = (
-                quote(self.user, safe="+-_.!~*'()&=$,;?/")
+                _quote(self.user, _USER_PLAIN, _USER_SAFE)
                 + (f":{self.password}" if self.password else "")
                 + "@"
             )
@@ -176,10 +231,14 @@ class SipURI:
         text = f"{self.scheme}:{userinfo}{host}{port}{format_params(self.params)}"
         if self.headers:
             text += "?" + "&".join(
-                f"{quote(k, safe='-_.!~*()')}={quote(v, safe='-_.!~*()+')}"
+                f"{_quote(k, _HNAME_PLAIN, _HNAME_SAFE)}={_quote(v, _HVALUE_PLAIN, _HVALUE_SAFE)}"
                 for k, v in self.headers.items()
             )
         return text
+
+
+def _quote(text: str, plain: re.Pattern[str], safe: str) -> str:
+    return text if plain.match(text) else quote(text, safe=safe)
 
 
 def _host_port(text: str, whole: str) -> tuple[str, int | None]:
@@ -194,7 +253,7 @@ def _host_port(text: str, whole: str) -> tuple[str, int | None]:
             raise ParseError(f"URI {whole!r}: junk after IPv6 reference")
     else:
         host, _, port_text = text.partition(":")
-    if not host or not re.match(r"^[A-Za-z0-9._:%-]+$", host):
+    if not _HOST.match(host):
         raise ParseError(f"URI {whole!r} has no valid host")
     port: int | None = None
     if port_text:
@@ -251,6 +310,16 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        m = _VIA_FAST.match(text)
+        if m is not None:
+            transport, host, port_text, params = m.groups()
+            port = int(port_text) if port_text else None
+            if port is None or 0 < port < 65536:
+                return cls(transport, host.lower(), port, parse_params(params))
+        return cls._parse_general(text)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> Via:
         m = _VIA.match(text)
         if not m:
             raise ParseError(f"Via {text!r}: expected SIP/2.0/<transport> sent-by")
@@ -418,7 +487,37 @@ def parse_head(head: bytes) -> tuple[str, Headers]:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParseError(f"header section is not UTF-8 at byte {exc.start}") from exc
-    lines = _unfold(text.lstrip("\r\n"))
+    text = text.lstrip("\r\n")
+    return _head_fast(text) or _head_by_line(text)
+
+
+def _head_fast(text: str) -> tuple[str, Headers] | None:
+    """The common head (CRLF lines, no folding, every line a plain `Name: value`) in one
+    pass; None sends it to the line-by-line parser, which also words the errors."""
+    lines = text.split("\r\n")
+    start = lines[0]
+    if len(lines) > MAX_HEADERS + 1 or not start or "\n" in start:
+        return None
+    headers = Headers()
+    items, index, match = headers._items, headers._index, _HEADER_PLAIN.match
+    seen = _CANONICAL_SEEN.get
+    for i in range(1, len(lines)):  # Headers.add and canonical_name, inlined
+        m = match(lines[i])
+        if m is None:  # folded, a bare LF, odd whitespace or malformed
+            return None
+        name = m[1]
+        key, value = seen(name) or _canonical_name(name), m[2].strip()
+        items.append((key, value))
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    return start, headers
+
+
+def _head_by_line(text: str) -> tuple[str, Headers]:
+    lines = _unfold(text)
     if not lines or not lines[0]:
         raise ParseError("empty message")
     start, header_lines = lines[0], lines[1:]
@@ -426,11 +525,10 @@ def parse_head(head: bytes) -> tuple[str, Headers]:
         raise ParseError(f"{len(header_lines)} headers exceed the limit of {MAX_HEADERS}")
     headers = Headers()
     for line in header_lines:
-        name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not _HEADER_NAME.match(name):
+        m = _HEADER_LINE.match(line)
+        if m is None:
             raise ParseError(f"malformed header line {line[:80]!r}")
-        headers.add(name, value.strip())
+        headers.add(m[1], m[2].strip())
     return start, headers
 
 
@@ -457,17 +555,17 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
         raise ParseError(f"malformed start line {start[:80]!r}")
     method, uri_text, version = m.groups()
     request = Request(headers, body, method=method.upper(), version=version)
-    addressable = all(headers.get(h) for h in REQUIRED)
-    partial = request if addressable else None
+    index = headers._index
+    missing = [k for k in _REQUIRED_KEYS if not index.get(k, ("",))[0]]
+    partial = None if missing else request
     if version != SIP_VERSION:
         raise ParseError(f"unsupported version {version}", partial, status_hint=505)
     try:
         request.uri = SipURI.parse(uri_text)
     except ParseError as exc:
         raise ParseError(f"Request-URI: {exc}", partial) from exc
-    for name in REQUIRED:
-        if not headers.get(name):
-            raise ParseError(f"missing {canonical_name(name)} header", partial)
+    if missing:
+        raise ParseError(f"missing {missing[0]} header", partial)
     try:
         _, cseq_method = request.cseq
         request.top_via  # noqa: B018 - validates the Via
@@ -480,6 +578,9 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             f"CSeq method {cseq_method} does not match request method {request.method}", partial
         )
     return request
+
+
+_REQUIRED_KEYS = tuple(canonical_name(h) for h in REQUIRED)
 
 
 def _frame_body(headers: Headers, rest: bytes, stream: bool) -> bytes:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.sip import message
 from edge.sip.errors import ParseError
 from edge.sip.message import (
     NameAddr,
@@ -227,3 +228,80 @@ def test_random_sip_like_messages_parse_or_raise_our_error(lines, tail):
         parse_message(bytes(msg))
     except ParseError:
         pass
+
+
+# -- the fast paths agree with the general parsers they shortcut -------------------------
+def _outcome(parse, text):
+    try:
+        return parse(text)
+    except ParseError as exc:
+        return ("ParseError", str(exc))
+
+
+_URI_CHARS = "sSiIpPtel:+0123456789abcXYZ@.;=?&-_%\"[] \t/!~*'()$,#"
+_URI_TEXT = st.one_of(
+    st.text(_URI_CHARS, max_size=40),
+    st.builds(lambda s, rest: s + rest, st.sampled_from(["sip:", "sips:", "SIP:"]),
+              st.text(_URI_CHARS, max_size=40)),
+)  # fmt: skip
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_URI_TEXT)
+def test_uri_fast_path_agrees_with_the_general_parser(text):
+    assert _outcome(SipURI.parse, text) == _outcome(SipURI._parse_general, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:+15551234567@proxy.example.com:5060;user=phone?X-Business-Id=123&X-Phone-Id=abc",
+        "sip:host;x=a@b",  # the '@' belongs to the user part: general path
+        "sip:1555;isub=1@host",
+        "sip:a@h:0",
+        "sip:a@h:65536",
+        "sip:a@h?=v",
+        "sip:a@h?",
+        "sip:a@h;",
+        "sip:A@Example.COM",
+        "sips:a@h:5061;transport=tls",
+    ],
+)
+def test_uri_fast_path_edges(text):
+    assert _outcome(SipURI.parse, text) == _outcome(SipURI._parse_general, text)
+
+
+_VIA_TEXT = st.builds(
+    lambda a, b: a + b,
+    st.sampled_from(["SIP/2.0/UDP ", "SIP/2.0/tcp ", "SIP / 2.0 / TLS ", "SIP/2.0/UDP", ""]),
+    st.text('abcH0123456789.:-;="[] \tz9hG4bK,rport', max_size=30),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_VIA_TEXT)
+def test_via_fast_path_agrees_with_the_general_parser(text):
+    assert _outcome(Via.parse, text) == _outcome(Via._parse_general, text)
+
+
+def _head_pairs(parse, text):
+    out = _outcome(parse, text)
+    return out if isinstance(out, tuple) and out[0] == "ParseError" else (out[0], list(out[1]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_LINES, max_size=12), st.sampled_from(["\r\n", "\n"]))
+def test_head_fast_path_agrees_with_the_line_parser(lines, sep):
+    text = sep.join(line.decode("latin-1") for line in lines)
+    fast = message._head_fast(text)
+    if fast is not None:
+        assert (fast[0], list(fast[1])) == _head_pairs(message._head_by_line, text)
+
+
+@pytest.mark.parametrize("path", sorted((VECTORS / "valid").glob("*.sip")), ids=lambda p: p.name)
+def test_head_fast_path_agrees_on_the_vectors(path):
+    head, _ = message.split_head(path.read_bytes())
+    text = head.decode("utf-8").lstrip("\r\n")
+    slow = _head_pairs(message._head_by_line, text)
+    fast = message._head_fast(text)
+    assert fast is None or (fast[0], list(fast[1])) == slow
