@@ -1,5 +1,8 @@
 """SIP parse + serialize rate for an INVITE with SDP, one core (messages/s).
 
+Measures the parser the edge runs (the mypyc build when scripts/setup made one from the
+current source, see trunkline/native.py) and the pure-Python module beside it.
+
 .venv/bin/python -m bench.sip_parse [--n 50000]
 """
 
@@ -7,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from bench._util import best_rate, pin_one_core
-from edge.sip.message import parse_message
+from edge.sip import message
+from trunkline import native
 
 VECTOR = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "sip" / "valid"
 SDP = (
@@ -29,11 +34,8 @@ INVITE = (
 )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=50_000)
-    args = ap.parse_args()
-    pin_one_core()
+def measure(label: str, module: Any, n: int) -> None:
+    parse_message = module.parse_message
     msg = parse_message(INVITE)
 
     def parse(n: int) -> None:
@@ -48,10 +50,25 @@ def main() -> None:
         for _ in range(n):
             bytes(parse_message(INVITE))
 
+    print(label)
+    print(f"  parse                {best_rate(n, parse):>10,.0f} messages/s")
+    print(f"  serialize            {best_rate(n, serialize):>10,.0f} messages/s")
+    print(f"  parse + serialize    {best_rate(n, both):>10,.0f} messages/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=50_000)
+    args = ap.parse_args()
+    pin_one_core()
     print(f"INVITE with SDP, {len(INVITE)} bytes, {args.n} messages, 1 core")
-    print(f"  parse                {best_rate(args.n, parse):>10,.0f} messages/s")
-    print(f"  serialize            {best_rate(args.n, serialize):>10,.0f} messages/s")
-    print(f"  parse + serialize    {best_rate(args.n, both):>10,.0f} messages/s")
+    source = Path(message.__file__ or "").with_name("message.py")
+    state = native.state(source)
+    if state == "compiled":
+        measure("edge.sip.message, mypyc build (what the edge runs)", message, args.n)
+    pure = native.load_pure("bench_sip_message_pure", source)
+    label = "pure Python" + ("" if state == "compiled" else f" (what the edge runs: {state})")
+    measure(label, pure, args.n)
 
 
 if __name__ == "__main__":

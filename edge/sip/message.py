@@ -499,14 +499,18 @@ def _head_fast(text: str) -> tuple[str, Headers] | None:
     if len(lines) > MAX_HEADERS + 1 or not start or "\n" in start:
         return None
     headers = Headers()
-    items, index, match = headers._items, headers._index, _HEADER_PLAIN.match
-    seen = _CANONICAL_SEEN.get
+    items, index = headers._items, headers._index
     for i in range(1, len(lines)):  # Headers.add and canonical_name, inlined
-        m = match(lines[i])
-        if m is None:  # folded, a bare LF, odd whitespace or malformed
-            return None
-        name = m[1]
-        key, value = seen(name) or _canonical_name(name), m[2].strip()
+        line = lines[i]
+        name, colon, value = line.partition(":")
+        key = _CANONICAL_SEEN.get(name)  # a known name is a token: no regex needed
+        if key is None or not colon or "\n" in value:
+            m = _HEADER_PLAIN.match(line)
+            if m is None:  # folded, a bare LF, odd whitespace or malformed
+                return None
+            name, value = m[1], m[2]
+            key = _CANONICAL_SEEN.get(name) or _canonical_name(name)
+        value = value.strip()
         items.append((key, value))
         values = index.get(key)
         if values is None:
