@@ -32,6 +32,8 @@ Latency settings (the decision path crosses Kafka several times, DESIGN.md):
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -57,6 +59,27 @@ FETCH_MAX_WAIT_MS = 3
 FETCH_MIN_BYTES = 1024
 PREFETCH_BACKOFF_S = 0.005
 FETCHER_TIMEOUT_S = 0.01
+#: After a fetch that brought nothing, the next one asks for a single byte and may wait
+#: 100 ms: the broker answers the moment a record arrives, and a quiet worker fetches a
+#: few times per tick instead of ~330 times a second. Only when no partition has records
+#: waiting for the agents: such a partition is left out of the fetch, and its next
+#: records would wait for the long poll. Records older than STUCK_AFTER_S are not
+#: waiting for anyone: Faust leaves its own tables' changelog partitions assigned after
+#: recovery but never reads them again, so the first records fetched there stay.
+IDLE_FETCH_MAX_WAIT_MS = 100
+STUCK_AFTER_S = 1.0
+
+
+def fetch_limits(
+    last_was_empty: bool, buffered_since: Iterable[float], now: float
+) -> tuple[int, int]:
+    """(fetch_min_bytes, fetch_max_wait_ms) for the next fetch: a long poll for one byte
+    after an empty fetch while no partition has records waiting for the agents (records
+    buffered for STUCK_AFTER_S or more wait for no one), else the short 1 KiB poll."""
+    waiting = any(now - t < STUCK_AFTER_S for t in buffered_since)
+    if last_was_empty and not waiting:
+        return 1, IDLE_FETCH_MAX_WAIT_MS
+    return FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS
 
 
 def _tune_aiokafka_fetcher() -> None:
@@ -77,6 +100,26 @@ def _tune_aiokafka_fetcher() -> None:
 
     patched._trunkline = True  # type: ignore[attr-defined]
     fetcher.Fetcher.__init__ = patched  # type: ignore[method-assign]
+
+    proc = fetcher.Fetcher._proc_fetch_request
+    plan = fetcher.Fetcher._get_actions_per_node
+
+    async def proc_fetch(self: Any, assignment: Any, node_id: int, request: Any) -> Any:
+        got = await proc(self, assignment, node_id, request)
+        self._tl_idle = not got  # False when the fetch put records in the buffer
+        return got
+
+    def plan_fetches(self: Any, assignment: Any) -> Any:
+        now = time.monotonic()
+        self._fetch_min_bytes, self._fetch_max_wait_ms = fetch_limits(
+            getattr(self, "_tl_idle", False),
+            (getattr(r, "_created", now) for r in self._records.values()),
+            now,
+        )
+        return plan(self, assignment)
+
+    fetcher.Fetcher._proc_fetch_request = proc_fetch  # type: ignore[method-assign]
+    fetcher.Fetcher._get_actions_per_node = plan_fetches  # type: ignore[method-assign]
 
 
 class AvroRecordCodec(codecs.Codec):
