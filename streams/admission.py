@@ -35,7 +35,16 @@ from functools import lru_cache
 from typing import Any
 
 from streams.config_view import ConfigView
-from streams.events import Emit, TransitionError, derived_id, envelope, fan_out, transition
+from streams.events import (
+    Emit,
+    TransitionError,
+    derived_id,
+    envelope,
+    fan_out,
+    pack_decision,
+    transition,
+    unpack_decision,
+)
 
 log = logging.getLogger("trunkline.admission")
 PRODUCER = "admission"
@@ -90,7 +99,7 @@ class Slot:
             "state": self.state.value,
             "business_id": self.business_id,
             "region_id": self.region_id,
-            "decision": self.decision,
+            "decision": pack_decision(self.decision),
         }
 
     @classmethod
@@ -101,7 +110,7 @@ class Slot:
             SlotState(data["state"]),
             data["business_id"],
             data.get("region_id", ""),
-            data.get("decision"),
+            unpack_decision(data.get("decision")),
         )
 
 

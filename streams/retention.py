@@ -24,7 +24,8 @@ from typing import Any
 DEFAULT_RETENTION_MS = 10 * 60 * 1000
 #: at most this many deletions per tick and partition (a tick per second: 2000/s)
 SWEEP_LIMIT = 2000
-DONE_KEY = "done"  # table values of terminal entries carry [partition, done_ms]
+DONE_KEY = "done"  # values written before 2026-11-26 carry [partition, done_ms] here
+DONE_PARTITION, DONE_MS = "done_partition", "done_ms"  # flat: no list for the GC to track
 
 
 def mark_done(
@@ -32,12 +33,16 @@ def mark_done(
 ) -> dict[str, Any]:
     """`value` (a terminal entry's JSON) stamped with when and where it finished; an entry
     already finished keeps its first stamp."""
-    stamp = (old or {}).get(DONE_KEY) or [partition, now_ms]
-    return {**value, DONE_KEY: list(stamp)}
+    first, when = done_stamp(old) or (partition, now_ms)
+    return {**value, DONE_PARTITION: first, DONE_MS: when}
 
 
 def done_stamp(value: dict[str, Any] | None) -> tuple[int, int] | None:
-    stamp = (value or {}).get(DONE_KEY)
+    if not value:
+        return None
+    if DONE_MS in value:
+        return int(value[DONE_PARTITION]), int(value[DONE_MS])
+    stamp = value.get(DONE_KEY)
     return (int(stamp[0]), int(stamp[1])) if stamp else None
 
 

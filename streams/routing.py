@@ -34,7 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.config_view import ConfigView
-from streams.events import Emit, TransitionError, derived_id, envelope, fan_out, transition
+from streams.events import (
+    Emit,
+    TransitionError,
+    derived_id,
+    envelope,
+    fan_out,
+    pack_decision,
+    transition,
+    unpack_decision,
+)
 
 log = logging.getLogger("trunkline.routing")
 PRODUCER = "routing"
@@ -108,7 +117,7 @@ class Reservation:
             "business_id": self.business_id,
             "backend_id": self.backend_id,
             "deadline_ms": self.deadline_ms,
-            "decision": self.decision,
+            "decision": pack_decision(self.decision),
         }
 
     @classmethod
@@ -121,7 +130,7 @@ class Reservation:
             d.get("business_id", ""),
             d.get("backend_id", ""),
             d.get("deadline_ms", 0),
-            d.get("decision"),
+            unpack_decision(d.get("decision")),
         )
 
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from streams.retention import DONE_KEY, Retention, done_stamp, mark_done
+from streams.retention import DONE_KEY, DONE_MS, DONE_PARTITION, Retention, done_stamp, mark_done
 
 
 def test_mark_done_stamps_partition_and_time_once():
     first = mark_done({"state": "RELEASED"}, None, 4, 1_000)
-    assert first == {"state": "RELEASED", DONE_KEY: [4, 1_000]}
+    assert first == {"state": "RELEASED", DONE_PARTITION: 4, DONE_MS: 1_000}
     # a later write of an entry already finished keeps when and where it finished
     again = mark_done({"state": "RELEASED", "x": 1}, first, 2, 9_000)
-    assert again[DONE_KEY] == [4, 1_000] and again["x"] == 1
+    assert (again[DONE_PARTITION], again[DONE_MS], again["x"]) == (4, 1_000, 1)
     assert done_stamp(again) == (4, 1_000)
     assert done_stamp({"state": "ADMITTED"}) is None and done_stamp(None) is None
+
+
+def test_values_stamped_before_the_flat_form_still_read():
+    old = {"state": "RELEASED", DONE_KEY: [3, 500]}  # a changelog written by an older worker
+    assert done_stamp(old) == (3, 500)
+    assert done_stamp(mark_done({"state": "RELEASED"}, old, 1, 9_000)) == (3, 500)
 
 
 def test_due_only_past_retention_in_the_ticks_partition_oldest_first():
