@@ -17,8 +17,8 @@ Latency settings (the decision path crosses Kafka several times, DESIGN.md):
   waits until that fetch returns. A short wait bounds that; the 1 KiB minimum stops the
   broker answering each record on its own, so at 300 calls/s the consumer thread fell
   from ~32% to ~17% of a core and the broker from ~45% to ~38%. Measured per hop at
-  300 calls/s (3 runs, fresh broker each): p50 10 -> 6-7 ms, p90 33 -> 11 ms. The cost is
-  a fetch every 3 ms while idle.
+  300 calls/s (3 runs, fresh broker each): p50 10 -> 6-7 ms, p90 33 -> 11 ms. A quiet
+  worker long-polls instead of fetching every 3 ms (``fetch_limits``).
 - aiokafka's ``fetcher_timeout`` (0.2 s, not exposed by Faust either): when every partition
   was waiting for the consumer or in flight, the fetch loop slept up to 200 ms before it
   looked again. At 300 calls/s that showed as 200-250 ms pauses with the event loop idle

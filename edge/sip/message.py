@@ -91,6 +91,7 @@ _CANONICAL_SEEN = {
                  "Subject", "Event", "Expires", "Date", "Organization", "Priority", "Server")
     for n in (full, full.lower())
 } | {short: _canonical_name(short) for short in COMPACT}  # fmt: skip
+_REQUIRED_KEYS = tuple(canonical_name(h) for h in REQUIRED)
 
 
 def split_list(value: str) -> list[str]:
@@ -171,16 +172,9 @@ class SipURI:
         if m is not None:
             scheme, user, host, port_text, params, hdrs = m.groups()
             port = int(port_text) if port_text else None
-            headers: dict[str, str] = {}
-            if hdrs:
-                for pair in hdrs.split("&"):
-                    name, _, value = pair.partition("=")
-                    if not name:
-                        break
-                    headers[name] = value
-                else:
-                    hdrs = ""
-            if not hdrs and (port is None or 0 < port < 65536):
+            pairs = [pair.partition("=") for pair in hdrs.split("&")] if hdrs else []
+            if all(name for name, _, _ in pairs) and (port is None or 0 < port < 65536):
+                headers = {name: value for name, _, value in pairs}
                 return cls(scheme, user, None, host.lower(), port, parse_params(params), headers)
         return cls._parse_general(text)
 
@@ -508,8 +502,7 @@ def _head_fast(text: str) -> tuple[str, Headers] | None:
             m = _HEADER_PLAIN.match(line)
             if m is None:  # folded, a bare LF, odd whitespace or malformed
                 return None
-            name, value = m[1], m[2]
-            key = _CANONICAL_SEEN.get(name) or _canonical_name(name)
+            key, value = canonical_name(m[1]), m[2]
         value = value.strip()
         items.append((key, value))
         values = index.get(key)
@@ -582,9 +575,6 @@ def parse_message(data: bytes, *, stream: bool = False) -> Request | Response:
             f"CSeq method {cseq_method} does not match request method {request.method}", partial
         )
     return request
-
-
-_REQUIRED_KEYS = tuple(canonical_name(h) for h in REQUIRED)
 
 
 def _frame_body(headers: Headers, rest: bytes, stream: bool) -> bytes:

@@ -61,17 +61,20 @@ def test_limit_one_two_simultaneous_invites_then_release(stack):
         "127.0.0.1",
         5070,
     )
-    queue_id = _queue_id(winner.final)
-    # still busy while the first call lives
-    c = Call("+15550000001")
-    assert uac.invite(c).status == 486
-    # the first call ends (as its media node would report), then a new call gets in
+    # still busy while the first call lives; once it ends, a new call gets in
+    _busy_until_released(stack, uac, _queue_id(winner.final))
+    uac.close()
+
+
+def _busy_until_released(stack, uac, queue_id):
+    """b-limit's one slot is held by `queue_id`: a new call gets 486 until that call ends
+    (as its media node would report), then a new call gets in."""
+    assert uac.invite(Call("+15550000001")).status == 486
     _release(stack, queue_id, "b-limit")
     stack.worker.poll("/state/admission-active/", lambda s: s.get("b-limit") == [])
-    d = Call("+15550000001")
-    assert uac.invite(d).status == 302
-    _release(stack, _queue_id(d.final), "b-limit")
-    uac.close()
+    again = Call("+15550000001")
+    assert uac.invite(again).status == 302
+    _release(stack, _queue_id(again.final), "b-limit")
 
 
 @pytest.mark.parametrize(
@@ -254,13 +257,7 @@ def test_a_killed_worker_comes_back_holding_the_same_slots(stack):
         "/state/admission-active/", lambda s: s.get("b-limit") == [queue_id], timeout=60
     )
     assert queue_id in stack.worker.get("/state/routing-open/").get("us-east-1", {})
-    busy = Call("+15550000001")
-    assert uac.invite(busy).status == 486
-    _release(stack, queue_id, "b-limit")
-    stack.worker.poll("/state/admission-active/", lambda s: s.get("b-limit") == [])
-    again = Call("+15550000001")
-    assert uac.invite(again).status == 302
-    _release(stack, _queue_id(again.final), "b-limit")
+    _busy_until_released(stack, uac, queue_id)
     uac.close()
 
 
