@@ -22,3 +22,34 @@ def best_rate(n: int, fn: Callable[[int], None], rounds: int = 3) -> float:
         fn(n)
         best = max(best, n / (time.perf_counter() - t0))
     return best
+
+
+def _spin(core: int, seconds: float) -> float:
+    try:
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError):
+        pass
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10_000):
+            n += 1
+    return n / (time.perf_counter() - t0) / 1e6
+
+
+def machine_speed(seconds: float = 1.0) -> list[float]:
+    """Millions of plain Python loop iterations per second on each core, all cores at once.
+
+    The benchmark machines are shared: a core's figure dropped by up to 45% between hours
+    (about 42 when quiet), so a latency figure means little without this number beside it.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    with ProcessPoolExecutor(len(cores)) as pool:
+        return list(pool.map(_spin, cores, [seconds] * len(cores)))
+
+
+def speed_line(speeds: list[float]) -> str:
+    return "# machine speed (M loop iterations/s per core, all busy at once): " + ", ".join(
+        f"{s:.1f}" for s in speeds
+    )

@@ -7,7 +7,10 @@ response p50/p99 (SIPp's response-time trace). Each rate runs --repeat times (3)
 machine is shared, and single runs at the same rate measured p99 from 32 to 120 ms. A
 rate passes when no run failed a call and the median run's p99 is <= 50 ms. The verdict
 is the highest rate that passed with every lower rate passing too, and our rate as a
-ratio of Kamailio's (judged the same way).
+ratio of Kamailio's (judged the same way). Before the first rate and after each one it
+prints the machine's speed (plain Python loop iterations per second on every core at once,
+the idle stack still running): on this shared machine a core's figure dropped by up to
+45% between hours (about 42 million when quiet), and the verdict moves with it.
 
     .venv/bin/python -m bench.proxy [--rates 100,200,300,500,750,1000] [--seconds 10]
         [--repeat 3] [--kamailio-rates 500,1000,2000,4000] [--profile]
@@ -32,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._util import machine_speed, speed_line
 from tests.harness import free_port
 from tests.stack import CONFIG, running_stack
 from trunkline import kafka_local
@@ -383,6 +387,7 @@ def main() -> None:
             # a fresh broker spends its first minute compiling (JIT): warm it up at a
             # moderate rate first, or the first rates measure the JVM, not the path
             run_sipp("warmup", port, 150, args.warmup, root / "warmup")
+            print(speed_line(machine_speed()), flush=True)
             print(
                 f"# trunkline: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
                 f"{args.seconds:g} s per rate, p99 bound {P99_BOUND_MS:g} ms",
@@ -397,6 +402,7 @@ def main() -> None:
                     print(run.line(), flush=True)
                     time.sleep(4)  # let redirect reservations expire between runs
                 print(verdict(results, "trunkline", rate), flush=True)
+                print(speed_line(machine_speed()), flush=True)
             if args.profile:
                 # an extra run, not counted: py-spy's sampling slows what it watches
                 rate = rates[len(rates) // 2]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +164,7 @@ def start(
     timeout: float = 90.0,
 ) -> int:
     """Start the broker unless it already runs; return its pid once it answers."""
+    extra = jvm_options(os.environ)  # a bad value fails before anything is written
     pid = read_pid(paths)
     if pid is not None:
         wait_for_broker(f"127.0.0.1:{_recorded_port(paths, port)}", timeout)
@@ -197,19 +200,7 @@ def start(
             raise KafkaLocalError(f"formatting KRaft storage failed:\n{fmt.stdout}\n{fmt.stderr}")
     log = open(paths.log_file, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [
-            _java(),
-            f"-Xmx{heap}",
-            f"-Xms{heap}",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={LOG4J}",
-            "-cp",
-            classpath,
-            "kafka.Kafka",
-            str(paths.properties),
-        ],
+        broker_command(_java(), heap, classpath, paths.properties, extra),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -224,6 +215,46 @@ def start(
         tail = paths.log_file.read_text(errors="replace")[-3000:]
         raise KafkaLocalError(f"{exc}; broker log tail:\n{tail}") from exc
     return proc.pid
+
+
+JVM_OPTS_ENV = "TRUNKLINE_KAFKA_JVM_OPTS"
+
+
+def jvm_options(env: Mapping[str, str]) -> list[str]:
+    """Extra JVM options for the local broker from TRUNKLINE_KAFKA_JVM_OPTS (shell-quoted),
+    e.g. GC logging or a JMX port; a quoting mistake is an error that names the variable."""
+    raw = env.get(JVM_OPTS_ENV, "")
+    try:
+        opts = shlex.split(raw)
+    except ValueError as exc:
+        raise KafkaLocalError(f"{JVM_OPTS_ENV}={raw!r}: {exc}") from exc
+    for opt in opts:
+        if not opt.startswith("-"):
+            raise KafkaLocalError(
+                f"{JVM_OPTS_ENV}: {opt!r} is not a JVM option (options start with '-')"
+            )
+    return opts
+
+
+def broker_command(
+    java: str, heap: str, classpath: str, properties: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """The broker's command line: a fixed heap, G1 with a 20 ms pause goal, then `extra`
+    (which may override the defaults: the JVM takes the last of repeated options)."""
+    return [
+        java,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={LOG4J}",
+        *extra,
+        "-cp",
+        classpath,
+        "kafka.Kafka",
+        str(properties),
+    ]
 
 
 def _recorded_port(paths: BrokerPaths, default: int) -> int:

@@ -153,6 +153,9 @@ class SipEdge:
                 "linger.ms": 1,
                 "partitioner": "murmur2_random",
                 "log_level": 4,
+                # the callback runs only for a refused record: a report per record woke
+                # the poll thread, which then waited for the GIL the SIP loop held
+                "delivery.report.only.error": True,
             }
         )
         self.udp: Datagrams | None = None
