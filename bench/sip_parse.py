@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     pin_one_core()
     print(f"INVITE with SDP, {len(INVITE)} bytes, {args.n} messages, 1 core")
-    source = Path(message.__file__ or "").with_name("message.py")
+    source = native.ROOT / native.MODULES["edge.sip.message"]
     state = native.state(source)
     if state == "compiled":
         measure("edge.sip.message, mypyc build (what the edge runs)", message, args.n)

@@ -68,9 +68,13 @@ _HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
 _USER_SAFE = "+-_.!~*'()&=$,;?/"
 _HNAME_SAFE = "-_.!~*()"
 _HVALUE_SAFE = "-_.!~*()+"
-_USER_PLAIN = re.compile(r"[A-Za-z0-9+\-_.!~*'()&=$,;?/]*\Z")
-_HNAME_PLAIN = re.compile(r"[A-Za-z0-9\-_.!~*()]*\Z")
-_HVALUE_PLAIN = re.compile(r"[A-Za-z0-9\-_.!~*()+]*\Z")
+
+
+def _plain(safe: str) -> re.Pattern[str]:
+    return re.compile("[A-Za-z0-9" + re.escape(safe) + r"]*\Z")
+
+
+_USER_PLAIN, _HNAME_PLAIN, _HVALUE_PLAIN = map(_plain, (_USER_SAFE, _HNAME_SAFE, _HVALUE_SAFE))
 
 
 def canonical_name(name: str) -> str:
