@@ -19,8 +19,9 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from confluent_kafka import Consumer, Producer
 
@@ -41,6 +42,7 @@ from trunkline.settings import Settings
 from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
 
 log = logging.getLogger("trunkline.media")
+_T = TypeVar("_T")
 _RTP_HEADER = struct.Struct("!BBHII")
 DTMF_EVENTS = "0123456789*#ABCD"
 
@@ -400,12 +402,7 @@ class MediaNode:
         """The seed's queue checks, for SIP and provider WebSockets alike: the entry exists
         (waiting briefly for an assignment still in flight), it is this node's, and nobody
         is processing it. Returns the CallRouted record, or (status, phrase, why)."""
-        routed = self.assignments.get(qid)
-        waited = 0.0
-        while routed is None and waited < self.config.assignment_wait_s:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-            routed = self.assignments.get(qid)
+        routed = await self._in_flight(lambda: self.assignments.get(qid))
         if routed is None:
             return 404, "Not Found", f"queue entry {qid} is not assigned to this node"
         if (
@@ -418,6 +415,18 @@ class MediaNode:
         if self.active_calls >= self.config.capacity:
             return 503, "Service Unavailable", "node at capacity"
         return routed
+
+    async def _in_flight(self, lookup: Callable[[], _T | None]) -> _T | None:
+        """What `lookup` finds, asking again for up to `assignment_wait_s`: the proxy sends
+        the 302 and the node's assignment at the same moment, and a UA may follow the
+        redirect before the assignment arrives here."""
+        found = lookup()
+        waited = 0.0
+        while found is None and waited < self.config.assignment_wait_s:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+            found = lookup()
+        return found
 
     @property
     def active_calls(self) -> int:
@@ -452,7 +461,7 @@ class MediaNode:
             )
 
         self._respond(key, make_response(req, 100, "Trying"), now)
-        qid = self._queue_id(req)
+        qid = await self._in_flight(lambda: self._queue_id(req))
         if not qid:
             refuse(404, "Not Found", "no X-CallQueue-Id and no queue entry for this Call-ID")
             return
