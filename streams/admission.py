@@ -18,6 +18,10 @@ Call slot transitions (events not listed raise TransitionError; the state stays)
     RELEASED  --offer----------> RELEASED    a late duplicate: nothing is re-admitted
     RELEASED  --release--------> RELEASED    released exactly once
 
+Every offer is copied to the call's history (call-events) here, ahead of its decision and
+in the same batch: the edge sends it only to admission. A duplicate offer is copied again
+(the history keeps one per event id), so a crash between the writes cannot leave it out.
+
 Checks, in order, with distinct answers: business exists (404) and is active (403); the
 number is configured for the business (404); its provider matches the call's (404); its
 route exists for the business (404); the packet's source IP is in the number's
@@ -211,6 +215,12 @@ def handle(
 
 
 def _offer(event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView) -> Result:
+    result = _decide(event, slot, active, config)
+    history = Emit("call-events", event["envelope"]["call_id"], "CallOffered", event)
+    return Result(result.slot, [history, *result.emits])
+
+
+def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView) -> Result:
     call_id = event["envelope"]["call_id"]
     if slot is not None:
         new_state = step(slot.state, Input.OFFER_AGAIN)

@@ -141,6 +141,13 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     async def send(emits: list[Emit]) -> None:
         emitter.emit(emits)
 
+    def as_received(record: dict[str, Any]) -> dict[int, bytes]:
+        """The bytes the record being handled arrived as, for the emitter: an input passed
+        on unchanged (the offer copied to call-events) is not encoded again."""
+        event = faust.current_event()
+        raw = event.message.value if event is not None else None
+        return {id(record): raw} if isinstance(raw, bytes) else {}
+
     @app.agent(admission_topic, name="admission")
     async def admission_agent(stream: Any) -> None:
         async for value in stream:
@@ -177,7 +184,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                         result.slot.state.value,
                         name,
                     )
-            await send(result.emits)
+            emitter.emit(result.emits, as_received(value))
 
     def apply(changes: routing.Changes, now_ms: int) -> None:
         for call_id, new in changes.reservations.items():

@@ -167,7 +167,8 @@ class EmittedTable(faust.Table):  # type: ignore[misc]
     Faust sends each table write with ``Topic.send_soon`` through aiokafka's producer:
     about a tenth of the worker's thread at 300 calls/s (the pure-Python sender and its
     socket writes). The emitter queues the same record (same topic, the partition of the
-    event being processed, the same JSON key and value) in librdkafka, and its flush runs
+    event being processed, the same JSON key and value) in librdkafka, through its
+    lingering history producer (nothing on the call path waits for it), and its flush runs
     before every offset commit (streams/emitter.py), so a committed offset still implies
     a stored changelog. The memory store keeps no persisted offsets, so nothing reads the
     send futures Faust would have returned.
@@ -182,6 +183,7 @@ class EmittedTable(faust.Table):  # type: ignore[misc]
             codecs.dumps(self.key_serializer, key),
             value,
             partition,
+            history=True,  # nothing on the call path waits for a changelog record
         )
 
     def on_key_set(self, key: Any, value: Any) -> None:

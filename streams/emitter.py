@@ -15,6 +15,13 @@ restart (every handler is idempotent by event id).
 
 Keys are partitioned with murmur2 (``murmur2_random``), as aiokafka and the Java client do,
 so a record lands in the partition Faust reads it from.
+
+Two producers. Records that someone is waiting for (the next hop, the edge's decision,
+the media node's assignment) leave through one that lingers 1 ms. The call's history
+(call-events) and the tables' changelogs leave through a second that lingers
+`HISTORY_LINGER_MS`: nothing waits for them on the call path, and librdkafka puts one
+partition in each ProduceRequest (librdkafka issue 1700), so records that linger together
+in a partition share a request. Both producers are flushed before every offset commit.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +39,11 @@ from schemas.codec import Codec
 from streams.events import Emit
 
 log = logging.getLogger("trunkline.emitter")
+#: what the history and changelog producer waits to fill a partition's batch; the sink
+#: stores call-events twice a second and changelogs are read only by a recovery
+HISTORY_LINGER_MS = 50
+#: destinations nothing on the call path waits for
+HISTORY_DESTS = frozenset({"call-events"})
 
 
 class EmitError(RuntimeError):
@@ -43,24 +56,26 @@ class Emitter:
         bootstrap: str,
         codec: Codec,
         topics: Mapping[str, str],
+        history_linger_ms: int = HISTORY_LINGER_MS,
         **conf: Any,
     ) -> None:
         self.codec = codec
         self.topics = dict(topics)
-        self.producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,  # ordered, no duplicates on retry
-                "acks": "all",
-                "linger.ms": 1,
-                "partitioner": "murmur2_random",
-                "log_level": 4,
-                # a Python callback per record cost the poll thread ~10% of the worker's
-                # samples; only failures matter (they fail the next flush)
-                "delivery.report.only.error": True,
-                **conf,
-            }
-        )
+        settings = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # ordered, no duplicates on retry
+            "acks": "all",
+            "linger.ms": 1,
+            "partitioner": "murmur2_random",
+            "log_level": 4,
+            # a Python callback per record cost the poll thread ~10% of the worker's
+            # samples; only failures matter (they fail the next flush)
+            "delivery.report.only.error": True,
+            **conf,
+        }
+        self.producer = Producer(settings)
+        self.history = Producer({**settings, "linger.ms": history_linger_ms})
+        self._producers = (self.producer, self.history)
         self.sent = 0
         self._errors: list[str] = []
         self._stop = threading.Event()
@@ -68,26 +83,39 @@ class Emitter:
         self._poller.start()
 
     # -- producing --------------------------------------------------------------------
-    def emit(self, emits: Iterable[Emit]) -> None:
-        """Queue every record (non-blocking unless librdkafka's queue is full)."""
-        encoded: dict[int, bytes] = {}  # fan-out shares one record object: encode it once
-        for e in emits:
+    def emit(self, emits: Iterable[Emit], encoded: dict[int, bytes] | None = None) -> None:
+        """Queue every record (non-blocking unless librdkafka's queue is full).
+
+        ``encoded`` maps ``id(record)`` to bytes already at hand for that record (an
+        input passed on unchanged), so it is not encoded again."""
+        encoded = {} if encoded is None else dict(encoded)
+        for e in emits:  # fan-out shares one record object: encode it once
             value = encoded.get(id(e.record))
             if value is None:
                 value = encoded[id(e.record)] = self.codec.encode(e.name, e.record)
-            self.send_raw(self.topics[e.dest], e.key.encode(), value)
+            self.send_raw(
+                self.topics[e.dest], e.key.encode(), value, history=e.dest in HISTORY_DESTS
+            )
 
-    def send_raw(self, topic: str, key: bytes, value: bytes | None, partition: int = -1) -> None:
+    def send_raw(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int = -1,
+        history: bool = False,
+    ) -> None:
         """Queue one record; ``partition`` -1 (librdkafka's unassigned) lets the murmur2
-        partitioner choose."""
+        partitioner choose; ``history`` sends it through the lingering producer."""
+        producer = self.history if history else self.producer
         while True:
             try:
-                self.producer.produce(
+                producer.produce(
                     topic, value, key, partition=partition, on_delivery=self._delivered
                 )
                 break
             except BufferError:  # the local queue is full: let librdkafka drain it
-                self.producer.poll(0.005)
+                producer.poll(0.005)
         self.sent += 1
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:
@@ -97,12 +125,18 @@ class Emitter:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
+            self.history.poll(0)
             self.producer.poll(0.05)
+
+    def queued(self) -> int:
+        """Records not yet acknowledged, both producers."""
+        return sum(len(p) for p in self._producers)
 
     # -- flushing ---------------------------------------------------------------------
     def flush(self, timeout: float = 30.0) -> None:
         """Block until every queued record is acknowledged; raise if any was refused."""
-        remaining = self.producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        remaining = sum(p.flush(max(0.0, deadline - time.monotonic())) for p in self._producers)
         if remaining:
             raise EmitError(f"{remaining} emitted record(s) not acknowledged in {timeout:.0f}s")
         if self._errors:
@@ -110,14 +144,15 @@ class Emitter:
             raise EmitError(f"{len(errors)} emitted record(s) refused: {errors[:3]}")
 
     async def flush_async(self, timeout: float = 30.0) -> None:
-        if len(self.producer) == 0 and not self._errors:
+        if self.queued() == 0 and not self._errors:
             return
         await asyncio.get_running_loop().run_in_executor(None, self.flush, timeout)
 
     def close(self) -> None:
         self._stop.set()
         self._poller.join(1)
-        self.producer.flush(10)
+        for p in self._producers:
+            p.flush(10)
 
 
 _emitters: list[Emitter] = []

@@ -1,12 +1,14 @@
 """The proxy's transaction user: a redirect server whose decisions come from Kafka. Pure.
 
-For each new INVITE: answer ``100 Trying`` at once, publish CallOffered (to admission,
-keyed by business, and to the call-events history), and wait for the decision with a
-deadline. The decision becomes the final response: 302 with the backend in Contact, or
-the rejection's code with a Warning that says why (Retry-After on 503). No decision in
-time: 503 + CallEnded(edge_timeout) so admission and routing release what they hold.
-CANCEL before the final response: 200 to the CANCEL, 487 to the INVITE and
-CallEnded(cancelled). OPTIONS: 200. Other methods: 405 with Allow.
+For each new INVITE: answer ``100 Trying`` at once, publish CallOffered to admission
+(keyed by business; admission copies it to the call-events history with its decision),
+and wait for the decision with a deadline. A number that names no business is refused
+here, and its offer and rejection go to the history directly. The decision becomes the
+final response: 302 with the backend in Contact, or the rejection's code with a Warning
+that says why (Retry-After on 503). No decision in time: 503 + CallEnded(edge_timeout)
+so admission and routing release what they hold. CANCEL before the final response: 200
+to the CANCEL, 487 to the INVITE and CallEnded(cancelled). OPTIONS: 200. Other methods:
+405 with Allow.
 
 Inputs carry `now` (Unix seconds); outputs are Reply (for the transaction layer) and
 Publish (for Kafka). The I/O lives in edge/sip/service.py.
@@ -180,10 +182,8 @@ class RedirectCore:
         )
         self.by_key[key] = call_id
         heapq.heappush(self._deadlines, (now + self.decision_timeout, call_id))
-        out += [
-            Publish("admission", business_id, "CallOffered", offered),
-            Publish("call-events", call_id, "CallOffered", offered),
-        ]
+        # admission copies the offer to the history (call-events) with its decision
+        out.append(Publish("admission", business_id, "CallOffered", offered))
         return out
 
     def _identify(self, request: Request, number: str) -> tuple[str, str]:

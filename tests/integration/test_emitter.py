@@ -5,6 +5,7 @@ offsets) when the broker did not take a record."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -54,6 +55,39 @@ def test_fan_out_lands_on_each_topic_in_the_partition_of_its_key(kafka_bootstrap
     assert dp == partition_for(b"edge-7", DECISIONS.partitions)
     assert cp == partition_for(b"call-42", CALL_EVENTS.partitions)
     assert dv == cv and CODEC.decode(dv) == ("CallRouted", record)
+
+
+def test_history_records_linger_but_a_flush_sends_them_at_once(kafka_bootstrap):
+    """call-events go through the lingering producer; the flush before an offset commit
+    must not wait out its linger, and must cover that producer too."""
+    prefix = f"em{uuid.uuid4().hex[:8]}."
+    apply_topics(kafka_bootstrap, prefix)
+    topics = {"decisions": DECISIONS.name(prefix), "call-events": CALL_EVENTS.name(prefix)}
+    emitter = Emitter(kafka_bootstrap, CODEC, topics, history_linger_ms=60_000)
+    record = sample("CallOffered", call_id="call-43")
+    emitter.emit(fan_out(("call-events",), {}, "CallOffered", record))
+    assert emitter.queued() == 1
+    started = time.monotonic()
+    asyncio.run(emitter.flush_async(20))
+    assert time.monotonic() - started < 10 and emitter.queued() == 0
+    emitter.close()
+    ((_, key, value),) = read_all(kafka_bootstrap, topics["call-events"])
+    assert key == b"call-43" and CODEC.decode(value) == ("CallOffered", record)
+
+
+def test_bytes_at_hand_are_sent_as_they_are(kafka_bootstrap):
+    prefix = f"em{uuid.uuid4().hex[:8]}."
+    apply_topics(kafka_bootstrap, prefix)
+    topics = {"call-events": CALL_EVENTS.name(prefix)}
+    emitter = Emitter(kafka_bootstrap, CODEC, topics)
+    record = sample("CallOffered", call_id="call-44")
+    # bytes that differ from `record`'s own encoding: the emitter must not re-encode
+    received = CODEC.encode("CallOffered", {**record, "edge_id": "edge-elsewhere"})
+    emitter.emit(fan_out(("call-events",), {}, "CallOffered", record), {id(record): received})
+    emitter.flush(10)
+    emitter.close()
+    ((_, _, value),) = read_all(kafka_bootstrap, topics["call-events"])
+    assert value == received != CODEC.encode("CallOffered", record)
 
 
 def test_flush_raises_when_the_broker_refuses_a_record(kafka_bootstrap):

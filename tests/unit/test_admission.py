@@ -67,14 +67,22 @@ def offer(call_id="q-1", **changes):
     return record
 
 
+def decided(result):
+    """The emits that carry the decision: every offer's first emit is its history copy."""
+    copy, *rest = result.emits
+    assert (copy.dest, copy.name) == ("call-events", "CallOffered")
+    return rest
+
+
 def test_admitted_call_holds_a_slot_and_goes_to_routing():
     r = handle("CallOffered", offer(), None, 0, CONFIG)
     assert r.slot.state is SlotState.ADMITTED
     assert [(e.dest, e.key, e.name) for e in r.emits] == [
+        ("call-events", "q-1", "CallOffered"),
         ("routing", "us-east-1", "CallAdmitted"),
         ("call-events", "q-1", "CallAdmitted"),
     ]
-    admitted = r.emits[0].record
+    admitted = r.emits[1].record
     assert admitted["region_id"] == "us-east-1" and admitted["route_id"] == "r1"
     assert (admitted["active_calls"], admitted["max_concurrent_calls"]) == (1, 1)
 
@@ -104,8 +112,9 @@ def test_admitted_call_holds_a_slot_and_goes_to_routing():
 def test_each_check_has_its_own_answer(changes, status, reason):
     r = handle("CallOffered", offer(**changes), None, 0, CONFIG)
     assert r.slot.state is SlotState.REJECTED
-    rejected = r.emits[0].record
-    assert (r.emits[0].dest, r.emits[0].key) == ("decisions", "edge-1")
+    decision = decided(r)
+    rejected = decision[0].record
+    assert [(e.dest, e.key) for e in decision] == [("decisions", "edge-1"), ("call-events", "q-1")]
     assert (rejected["status_code"], rejected["stage"]) == (status, "ADMISSION")
     assert reason in rejected["reason"]
 
@@ -113,7 +122,7 @@ def test_each_check_has_its_own_answer(changes, status, reason):
 def test_cidr_and_dialled_number_lookup():
     r = handle("CallOffered", offer(phone_id="", source_ip="10.1.2.3"), None, 0, CONFIG)
     assert r.slot.state is SlotState.ADMITTED
-    assert r.emits[0].record["phone_id"] == "abc"
+    assert decided(r)[0].record["phone_id"] == "abc"
 
 
 def test_plan_limit_is_486_and_a_release_frees_it():
@@ -129,8 +138,8 @@ def test_plan_limit_is_486_and_a_release_frees_it():
     slots = {}
     run("CallOffered", offer("q-1"), "q-1")
     second = run("CallOffered", offer("q-2"), "q-2")
-    assert second.emits[0].record["status_code"] == 486
-    assert "limit reached: 1/1" in second.emits[0].record["reason"]
+    assert decided(second)[0].record["status_code"] == 486
+    assert "limit reached: 1/1" in decided(second)[0].record["reason"]
     released = run("CallEnded", sample("CallEnded", call_id="q-1"), "q-1")
     assert released.slot.state is SlotState.RELEASED and index.count("123") == 0
     assert [(e.dest, e.key) for e in released.emits] == [("routing", "us-east-1")]
@@ -144,10 +153,10 @@ def test_duplicate_offer_repeats_the_same_decision_without_counting():
     first = handle("CallOffered", offer(), None, 0, CONFIG)
     again = handle("CallOffered", offer(), first.slot, 1, CONFIG)
     assert again.slot == first.slot
-    assert [e.record for e in again.emits] == [e.record for e in first.emits]
+    assert [e.record for e in decided(again)] == [e.record for e in decided(first)]
     assert (
-        again.emits[0].record["envelope"]["event_id"]
-        == first.emits[0].record["envelope"]["event_id"]
+        decided(again)[0].record["envelope"]["event_id"]
+        == decided(first)[0].record["envelope"]["event_id"]
     )
 
 
@@ -155,7 +164,18 @@ def test_end_before_offer_blocks_a_late_offer():
     early = handle("CallEnded", sample("CallEnded", call_id="q-1"), None, 0, CONFIG)
     assert early.slot.state is SlotState.RELEASED
     late = handle("CallOffered", offer(), early.slot, 0, CONFIG)
-    assert late.slot.state is SlotState.RELEASED and late.emits == []
+    assert late.slot.state is SlotState.RELEASED and decided(late) == []
+
+
+def test_every_offer_is_copied_to_the_history_unchanged_ahead_of_its_decision():
+    record = offer()
+    fresh = handle("CallOffered", record, None, 0, CONFIG)
+    again = handle("CallOffered", record, fresh.slot, 1, CONFIG)
+    refused = handle("CallOffered", offer("q-2", business_id="404"), None, 0, CONFIG)
+    for r, rec in ((fresh, record), (again, record)):
+        assert (r.emits[0].key, r.emits[0].record) == ("q-1", rec)
+        assert r.emits[0].record is rec  # the agent sends the bytes it received
+    assert refused.emits[0].key == "q-2" and decided(refused)[0].name == "CallRejected"
 
 
 def test_index_rebuilds_from_slots():

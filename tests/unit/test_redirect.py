@@ -46,10 +46,8 @@ def test_invite_gets_100_and_publishes_the_offer():
     out = c.on_request(invite(), ("k",), SRC, "UDP", now=100.0)
     assert isinstance(out[0], Reply) and out[0].response.status == 100
     pubs = [o for o in out if isinstance(o, Publish)]
-    assert [(p.dest, p.key, p.name) for p in pubs] == [
-        ("admission", "123", "CallOffered"),
-        ("call-events", "q-1", "CallOffered"),
-    ]
+    # only to admission: it copies the offer to call-events with its decision
+    assert [(p.dest, p.key, p.name) for p in pubs] == [("admission", "123", "CallOffered")]
     offered = pubs[0].record
     assert offered["provider_call_id"] == "sipcall-1@h"
     assert (offered["business_id"], offered["phone_id"]) == ("123", "abc")
