@@ -53,13 +53,16 @@ class ClickHouseSink:
         codec: Codec,
         store: ClickHouseStore,
         batch_size: int = 10_000,
-        flush_interval: float = 0.5,
+        flush_interval: float = 2.0,
     ) -> None:
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
         self.codec = codec
         self.store = store
         self.batch_size = batch_size
+        # seconds between inserts: each insert is a new part on disk, and merging parts
+        # rewrites them; on the local stack's one disk, inserts twice a second stalled the
+        # broker's writes (TRUNKLINE_SINK_FLUSH_MS, docs/design.md)
         self.flush_interval = flush_interval
         self.stats = SinkStats()
         self._stop = threading.Event()

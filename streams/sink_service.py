@@ -25,7 +25,7 @@ from schemas.codec import make_codec
 from streams import queries
 from streams.clickhouse import ClickHouseStore
 from streams.sink import ClickHouseSink
-from trunkline.aio import tune_gc
+from trunkline.aio import set_cpu_priority, tune_gc
 from trunkline.settings import Settings
 from trunkline.topics import CALL_EVENTS, DEAD_LETTERS
 
@@ -88,6 +88,7 @@ async def serve(settings: Settings) -> None:
         group_id=f"{settings.app_id}-clickhouse-sink",
         codec=make_codec(settings.schema_registry_url),
         store=store,
+        flush_interval=settings.sink_flush_ms / 1000,
     )
     sink.start()
     runner = web.AppRunner(build_web(store, sink, settings), access_log=None)
@@ -123,6 +124,10 @@ def run_sink(settings: Settings, loglevel: str = "info") -> None:
         level=getattr(logging, loglevel.upper()),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
+    # first, so every thread the sink and chDB start inherits it: nothing here is on the
+    # call path, and its bursts must not delay the decision path (TRUNKLINE_SINK_PRIORITY)
+    applied = set_cpu_priority(settings.sink_priority)
+    logging.getLogger("trunkline.sink").info("CPU priority: %s", applied)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # batches of 10,000 decoded records are young objects the cyclic GC would walk over and
     # over; collect less often (measured: see bench/sink.py in the issue notes)

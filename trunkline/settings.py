@@ -34,6 +34,19 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+#: CPU priority of the ClickHouse sink process (trunkline.aio.set_cpu_priority)
+SINK_PRIORITIES = ("idle", "normal")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r}: must be one of {', '.join(choices)}")
+    return raw
+
+
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -91,6 +104,8 @@ class Settings:
     sink_web_host: str = "127.0.0.1"
     sink_web_port: int = 6067
     sip_listen: str = "127.0.0.1:5060"
+    sink_priority: str = "idle"
+    sink_flush_ms: int = 2_000
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -151,4 +166,6 @@ class Settings:
             sink_web_host=env.get("TRUNKLINE_SINK_WEB_HOST") or "127.0.0.1",
             sink_web_port=_port(env, "TRUNKLINE_SINK_WEB_PORT", 6067),
             sip_listen=_host_port_setting(env, "TRUNKLINE_SIP_LISTEN", "127.0.0.1:5060"),
+            sink_priority=_choice(env, "TRUNKLINE_SINK_PRIORITY", SINK_PRIORITIES, "idle"),
+            sink_flush_ms=_positive(env, "TRUNKLINE_SINK_FLUSH_MS", 2_000),
         )

@@ -38,4 +38,11 @@ CREATE TABLE IF NOT EXISTS {db}.call_events_log
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (call_id, event_id);
+ORDER BY (call_id, event_id)
+SETTINGS min_bytes_for_wide_part = 1073741824, min_rows_for_wide_part = 100000000;
+
+-- Parts stay compact (all columns in one data file) up to 1 GiB: a merge into a wide part
+-- writes two or three files per column, and on a disk the broker shares those bursts
+-- delayed its writes. Tables created before this setting get it here.
+ALTER TABLE {db}.call_events_log
+    MODIFY SETTING min_bytes_for_wide_part = 1073741824, min_rows_for_wide_part = 100000000;

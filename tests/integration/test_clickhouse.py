@@ -35,7 +35,32 @@ def test_ddl_is_idempotent(ch_store):
         )
     }
     assert tables == {"call_events_log", "call_events", "calls"}
-    assert len(ddl_statements("x")) == 3
+    assert len(ddl_statements("x")) == 4
+
+
+def _wide_part_settings(store):
+    (row,) = store.query(f"SHOW CREATE TABLE {store.database}.call_events_log")
+    text = next(iter(row.values()))
+    return [
+        s for s in ("min_bytes_for_wide_part = 1073741824", "min_rows_for_wide_part") if s in text
+    ]
+
+
+def test_parts_stay_compact_in_new_and_older_tables(ch_store):
+    """Merged parts stay compact (one data file, not two or three per column) up to
+    1 GiB; a table created before that setting existed gets it at the next start."""
+    assert len(_wide_part_settings(ch_store)) == 2
+    db = ch_store.database
+    ch_store.client.command(f"DROP TABLE {db}.calls")
+    ch_store.client.command(f"DROP TABLE {db}.call_events")
+    ch_store.client.command(f"DROP TABLE {db}.call_events_log")
+    create = ddl_statements(db)[0]
+    ch_store.client.command(create[: create.index("SETTINGS")])  # the table as it was
+    assert _wide_part_settings(ch_store) == []
+    ch_store.ensure_schema()
+    assert len(_wide_part_settings(ch_store)) == 2
+    insert(ch_store, lifecycle("q-compact"))  # the altered table still takes rows
+    assert queries.event_counts(ch_store)["CallEnded"] == 1
 
 
 def test_event_delivered_twice_counts_once(ch_store):

@@ -16,6 +16,8 @@ def test_defaults(tmp_path):
     assert s.clickhouse_dsn == f"chdb://{tmp_path / 'clickhouse'}"
     assert s.topic_prefix == "trunkline."
     assert s.is_embedded_clickhouse
+    assert (s.sink_priority, s.sink_flush_ms) == ("idle", 2_000)
+    assert Settings.from_env({"TRUNKLINE_SINK_PRIORITY": "normal"}).sink_priority == "normal"
 
 
 @pytest.mark.parametrize(
@@ -26,6 +28,8 @@ def test_defaults(tmp_path):
         ({"TRUNKLINE_KAFKA_BOOTSTRAP": "localhost"}, "'localhost' is not host:port"),
         ({"TRUNKLINE_CLICKHOUSE_DSN": "mysql://x"}, "scheme must be chdb://, http:// or https://"),
         ({"TRUNKLINE_TOPIC_PREFIX": "a b"}, "TRUNKLINE_TOPIC_PREFIX='a b'"),
+        ({"TRUNKLINE_SINK_PRIORITY": "low"}, "TRUNKLINE_SINK_PRIORITY='low': must be one of"),
+        ({"TRUNKLINE_SINK_FLUSH_MS": "0"}, "TRUNKLINE_SINK_FLUSH_MS"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):
