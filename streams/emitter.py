@@ -40,7 +40,8 @@ from streams.events import Emit
 
 log = logging.getLogger("trunkline.emitter")
 #: what the history and changelog producer waits to fill a partition's batch; the sink
-#: stores call-events twice a second and changelogs are read only by a recovery
+#: stores call-events every 2 s (TRUNKLINE_SINK_FLUSH_MS), and only a recovery reads the
+#: changelogs
 HISTORY_LINGER_MS = 50
 #: destinations nothing on the call path waits for
 HISTORY_DESTS = frozenset({"call-events"})
