@@ -40,8 +40,10 @@ def set_cpu_priority(priority: str) -> str:
     exist; "normal" changes nothing. Returns what was applied.
 
     For processes off the call path that work in bursts: the ClickHouse sink's inserts
-    and chDB's merges took 30-57% of a core for 60-100 ms twice a second, and with the
-    two cores already 65% busy at 300 calls/s those bursts delayed the decision path.
+    and chDB's merges take 30-57% of a core for 60-100 ms at a time, on a machine whose
+    cores the decision path keeps 65% busy at 300 calls/s. Measured alone the gain was
+    within the machine's noise (docs/design.md); the sink is simply the one process that
+    may wait.
     """
     if priority == "normal":
         return "normal"
