@@ -138,9 +138,6 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
     }
     config = ConfigView(tl.tables)
 
-    async def send(emits: list[Emit]) -> None:
-        emitter.emit(emits)
-
     def as_received(record: dict[str, Any]) -> dict[int, bytes]:
         """The bytes the record being handled arrived as, for the emitter: an input passed
         on unchanged (the offer copied to call-events) is not encoded again."""
@@ -221,7 +218,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                     if res is not None:
                         changes = routing.expire(call_id, res, now_ms)
                         apply(changes, now_ms)
-                        await send(changes.emits)
+                        emitter.emit(changes.emits)
                 for backend_id in routing.lost_backends(
                     load_index.load, heartbeats, value["region_id"], now_ms, routing_settings
                 ):
@@ -231,7 +228,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                         if res is not None:
                             changes = routing.backend_lost(call_id, res, now_ms)
                             apply(changes, now_ms)
-                            await send(changes.emits)
+                            emitter.emit(changes.emits)
                 continue
             call_id = value["envelope"]["call_id"]
             res = routing.Reservation.from_json(reservations.get(call_id))
@@ -243,7 +240,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 log.error("routing: call %s: %s (event skipped)", call_id, exc)
                 continue
             apply(changes, int(value["envelope"]["occurred_at"]))
-            await send(changes.emits)
+            emitter.emit(changes.emits)
 
     @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
     async def tick() -> None:

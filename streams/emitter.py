@@ -88,8 +88,9 @@ class Emitter:
         """Queue every record (non-blocking unless librdkafka's queue is full).
 
         ``encoded`` maps ``id(record)`` to bytes already at hand for that record (an
-        input passed on unchanged), so it is not encoded again."""
-        encoded = {} if encoded is None else dict(encoded)
+        input passed on unchanged), so it is not encoded again; it is used as this call's
+        cache, so pass a mapping made for the call."""
+        encoded = {} if encoded is None else encoded
         for e in emits:  # fan-out shares one record object: encode it once
             value = encoded.get(id(e.record))
             if value is None:
