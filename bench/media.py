@@ -36,11 +36,11 @@ from media.sdp import SessionDescription
 from schemas import SingleObjectCodec
 from tests.harness import ROOT, child_env, free_port
 from tests.samples import sample
-from trunkline import kafka_local
-from trunkline.admin import apply_all
-from trunkline.kafka_io import Outgoing, make_producer, publish_all
-from trunkline.settings import Settings
-from trunkline.topics import ASSIGNMENTS, CALL_EVENTS
+from trunkline.core import kafka_local
+from trunkline.core.admin import apply_all
+from trunkline.core.kafka import Outgoing, make_producer, publish_all
+from trunkline.core.settings import Settings
+from trunkline.core.topics import ASSIGNMENTS, CALL_EVENTS
 
 CODEC = SingleObjectCodec()
 PAYLOAD = b"\xff" * 160  # PCMU silence: the generator must stay cheap

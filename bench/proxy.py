@@ -38,8 +38,8 @@ from pathlib import Path
 from bench._util import machine_speed, speed_line
 from tests.harness import free_port
 from tests.stack import CONFIG, running_stack
-from trunkline import kafka_local
-from trunkline.settings import Settings
+from trunkline.core import kafka_local
+from trunkline.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "invite_302.xml"

@@ -24,11 +24,11 @@ from pathlib import Path
 from schemas import SingleObjectCodec
 from tests.harness import Service, Sink, free_port
 from tests.samples import sample
-from trunkline import kafka_local
-from trunkline.admin import apply_all
-from trunkline.kafka_io import make_producer
-from trunkline.settings import Settings
-from trunkline.topics import CALL_EVENTS
+from trunkline.core import kafka_local
+from trunkline.core.admin import apply_all
+from trunkline.core.kafka import make_producer
+from trunkline.core.settings import Settings
+from trunkline.core.topics import CALL_EVENTS
 
 
 def produce(s: Settings, n: int, tag: str) -> float:

@@ -1,7 +1,7 @@
 """SIP parse + serialize rate for an INVITE with SDP, one core (messages/s).
 
 Measures the parser the edge runs (the mypyc build when scripts/setup made one from the
-current source, see trunkline/native.py) and the pure-Python module beside it.
+current source, see trunkline/core/native.py) and the pure-Python module beside it.
 
 .venv/bin/python -m bench.sip_parse [--n 50000]
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from bench._util import best_rate, pin_one_core
 from edge.sip import message
-from trunkline import native
+from trunkline.core import native
 
 VECTOR = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "sip" / "valid"
 SDP = (

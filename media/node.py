@@ -23,23 +23,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from confluent_kafka import Consumer, Producer
+from aiohttp import web
 
 from edge.sip.errors import ParseError, TransactionError
 from edge.sip.message import Request, Response, SipURI, make_response, parse_message
-from edge.sip.service import Listen, SipStream, _annotate_via, _response_addr
 from edge.sip.transaction import Address, NewRequest, Send, ServerTransactions, TxKey
+from edge.sip.transport import Listen, SipStream, annotate_via, response_addr
 from media.agents import Agent, CallInfo, make_agent
 from media.agents.base import FRAME_BYTES, SAMPLE_RATE, SILENCE
 from media.codecs import open_codec
 from media.rtp import JitterBuffer, RtpPacket
 from media.sdp import Answer, SdpError, SessionDescription, negotiate
+from media.ws import build_app
 from schemas.codec import CodecError, make_codec
-from streams.events import derived_id, envelope
-from trunkline.aio import Datagrams, serve_until_signalled, tune_gc
-from trunkline.kafka_io import key_partition_consumer
-from trunkline.settings import Settings
-from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
+from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
+from trunkline.core.events import derived_id, envelope
+from trunkline.core.kafka import KeyFollower, Producers
+from trunkline.core.settings import Settings
+from trunkline.core.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEATS, ROUTING
 
 log = logging.getLogger("trunkline.media")
 _T = TypeVar("_T")
@@ -184,32 +185,26 @@ class MediaNode:
         self.dialogs: dict[str, Dialog] = {}  # by SIP Call-ID
         self.by_queue: dict[str, Dialog] = {}
         self.ws_calls: dict[str, Any] = {}  # queue id -> media.ws provider session
-        self.producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-                "partitioner": "murmur2_random",
-                "log_level": 4,
-            }
-        )
+        self.out = Producers(settings.kafka_bootstrap, ("decision",), name="media")
         self.sip: Datagrams | None = None
         self._tcp: asyncio.AbstractServer | None = None  # SIP over TCP, from start()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._assignments: KeyFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        consumer = self._assignment_consumer()
-        t = threading.Thread(
-            target=self._follow_assignments, args=(consumer,), daemon=True, name="media-assignments"
+        # start 1000 records back: assignments younger than a redirect survive a restart
+        self._assignments = KeyFollower(
+            self.settings.kafka_bootstrap,
+            f"media-{self.config.server_id}",
+            ASSIGNMENTS.name(self.settings.topic_prefix),
+            self.config.server_id,
+            self._assignment,
+            lookback=1000,
         )
-        t.start()
-        self._threads.append(t)
+        self._assignments.start()
         _, proto = await loop.create_datagram_endpoint(
             lambda: Datagrams(lambda d, a: loop.create_task(self.on_datagram(d, a))),
             local_addr=(self.config.listen.host, self.config.listen.port),
@@ -228,10 +223,6 @@ class MediaNode:
             asyncio.create_task(self._timers()),
         ]
         if self.config.ws_listen is not None:
-            from aiohttp import web
-
-            from media.ws import build_app
-
             self._ws_runner = web.AppRunner(build_app(self), access_log=None)
             await self._ws_runner.setup()
             await web.TCPSite(
@@ -250,48 +241,30 @@ class MediaNode:
         for d in list(self.by_queue.values()):
             self._hang_up(d, "agent", "node_stopped")
         await asyncio.sleep(0.05)
-        self._stop.set()
         for task in self._tasks:
             task.cancel()
         if self.sip and self.sip.transport:
             self.sip.transport.close()
         if self._tcp is not None:
             self._tcp.close()
-        for t in self._threads:
-            await asyncio.get_running_loop().run_in_executor(None, t.join, 5)
-        self.producer.flush(10)
+        loop = asyncio.get_running_loop()
+        if self._assignments is not None:
+            await loop.run_in_executor(None, self._assignments.stop)
+        await loop.run_in_executor(None, self.out.close)
 
     # -- assignments ------------------------------------------------------------------------
-    def _assignment_consumer(self) -> Consumer:
-        # start 1000 records back: assignments younger than a redirect survive a restart
-        return key_partition_consumer(
-            self.settings.kafka_bootstrap,
-            f"media-{self.config.server_id}",
-            ASSIGNMENTS.name(self.settings.topic_prefix),
-            self.config.server_id,
-            lookback=1000,
-        )
-
-    def _follow_assignments(self, consumer: Consumer) -> None:
-        key = self.config.server_id.encode()
+    def _assignment(self, value: bytes) -> None:
+        """A CallRouted for this node (the follower's thread; plain dict writes)."""
         try:
-            while not self._stop.is_set():
-                msg = consumer.poll(0.1)
-                if msg is None or msg.error() or msg.key() != key:
-                    continue
-                try:
-                    name, record = self.codec.decode(msg.value() or b"")
-                except CodecError as exc:
-                    log.error("undecodable assignment: %s", exc)
-                    continue
-                if name == "CallRouted":
-                    self.assignments[record["envelope"]["call_id"]] = record
-                    if record.get("provider_call_id"):
-                        self.by_provider_call[record["provider_call_id"]] = record["envelope"][
-                            "call_id"
-                        ]
-        finally:
-            consumer.close()
+            name, record = self.codec.decode(value)
+        except CodecError as exc:
+            log.error("undecodable assignment: %s", exc)
+            return
+        if name == "CallRouted":
+            queue_id = record["envelope"]["call_id"]
+            self.assignments[queue_id] = record
+            if record.get("provider_call_id"):
+                self.by_provider_call[record["provider_call_id"]] = queue_id
 
     # -- SIP --------------------------------------------------------------------------------
     def _send(self, data: bytes, addr: Address, conn: Any = None) -> None:
@@ -314,11 +287,11 @@ class MediaNode:
         except ParseError as exc:
             if exc.partial is not None and exc.partial.method != "ACK":
                 r = make_response(exc.partial, exc.status_hint, "Bad Request", to_tag="bad")
-                self._send(bytes(r), _response_addr(exc.partial, source), conn)
+                self._send(bytes(r), response_addr(exc.partial, source), conn)
             return
         if isinstance(msg, Response):
             return  # responses to our BYE: nothing more to do
-        _annotate_via(msg, source)
+        annotate_via(msg, source)
         if msg.method == "ACK":
             d = self.dialogs.get(msg.call_id)
             if d is not None and d.answered_at is None:
@@ -336,7 +309,7 @@ class MediaNode:
                 now,
                 reliable=conn is not None,
                 conn=conn,
-                reply_to=_response_addr(msg, source),
+                reply_to=response_addr(msg, source),
             )
         except (ParseError, TransactionError):
             return
@@ -590,12 +563,9 @@ class MediaNode:
 
     # -- events -----------------------------------------------------------------------------
     def _publish(self, spec: Any, key: str, name: str, record: dict[str, Any]) -> None:
-        self.producer.produce(
-            spec.name(self.settings.topic_prefix),
-            key=key.encode(),
-            value=self.codec.encode(name, record),
+        self.out.produce(
+            spec.name(self.settings.topic_prefix), key.encode(), self.codec.encode(name, record)
         )
-        self.producer.poll(0)
 
     def _envelope(self, queue_id: str, at: float, what: str) -> dict[str, Any]:
         return envelope(
@@ -685,7 +655,7 @@ class MediaNode:
                     self._hang_up(d, "system", "no_ack")
                     continue
                 if d.ok and now >= d.ok_next and d.conn is None:  # UDP only: TCP is reliable
-                    self._send(d.ok, _response_addr(d.invite, d.source))
+                    self._send(d.ok, response_addr(d.invite, d.source))
                     d.ok_interval = min(d.ok_interval * 2, 4.0)
                     d.ok_next = now + d.ok_interval
                 if (

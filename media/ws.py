@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -20,8 +20,31 @@ from media.agents.base import FRAME_BYTES, SAMPLE_RATE, CallInfo
 from media.codecs import G711Codec
 from media.providers import telnyx, twilio, vonage
 
-if TYPE_CHECKING:
-    from media.node import MediaNode
+
+class MediaNode(Protocol):
+    """What a provider stream needs of the node it runs on (media/node.py)."""
+
+    ws_calls: dict[str, Any]
+
+    async def claim(self, qid: str) -> dict[str, Any] | tuple[int, str, str]: ...
+
+    def publish_accepted(self, queue_id: str, routed: dict[str, Any], now: float) -> None: ...
+
+    def publish_answered(self, queue_id: str, at: float, codec: str) -> None: ...
+
+    def publish_ended(
+        self,
+        queue_id: str,
+        routed: dict[str, Any],
+        reason: str,
+        side: str,
+        now: float,
+        accepted_at: float,
+        answered_at: float | None,
+        codec: str,
+        media: dict[str, Any],
+    ) -> None: ...
+
 
 log = logging.getLogger("trunkline.media.ws")
 

@@ -39,7 +39,7 @@ from functools import lru_cache
 from typing import Any
 
 from streams.config_view import ConfigView
-from streams.events import (
+from trunkline.core.events import (
     Emit,
     TransitionError,
     derived_id,

@@ -9,18 +9,26 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import faust
 
+from schemas.codec import Codec
 from streams import admission, retention, routing
 from streams.config_view import ConfigView
-from streams.emitter import Emitter, install_flush_hook
-from streams.events import Emit, envelope
-from trunkline.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, DECISIONS, HEARTBEATS, ROUTING
-
-if TYPE_CHECKING:
-    from streams.app import TrunklineApp
+from streams.emitter import Emitter
+from streams.patches import flush_with_faust
+from trunkline.core.events import Emit, envelope
+from trunkline.core.settings import Settings
+from trunkline.core.topics import (
+    ADMISSION,
+    ASSIGNMENTS,
+    CALL_EVENTS,
+    DECISIONS,
+    HEARTBEATS,
+    ROUTING,
+)
 
 log = logging.getLogger("trunkline.agents")
 TICK_INTERVAL_S = 0.05
@@ -38,8 +46,22 @@ class _View:
         return self.fn().items()
 
 
-def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
-    app, prefix = tl.app, tl.settings.topic_prefix
+@dataclass
+class Registered:
+    """What the agents leave for the worker's web views and its shutdown."""
+
+    emitter: Emitter
+    state_tables: dict[str, Any]
+
+
+def register(
+    app: faust.App,
+    settings: Settings,
+    codec: Codec,
+    config_tables: dict[str, Any],
+    routing_settings: routing.Settings,
+) -> Registered:
+    prefix = settings.topic_prefix
 
     def topic(spec: Any, *more: Any) -> Any:
         names = [spec.name(prefix), *(m.name(prefix) for m in more)]
@@ -68,17 +90,16 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         t.emitter = emitter  # streams.app.EmittedTable: changelogs leave through it
         return t
 
-    emitter = Emitter(tl.settings.kafka_bootstrap, tl.codec, out_topics)
-    install_flush_hook(emitter)
-    tl.emitter = emitter
+    emitter = Emitter(settings.kafka_bootstrap, codec, out_topics)
+    flush_with_faust(emitter)
 
     slots = table("admission-slots", ADMISSION.partitions)
     reservations = table("routing-reservations", ROUTING.partitions)
     heartbeats = table("routing-heartbeats", ROUTING.partitions)
     slot_index = admission.SlotIndex()
     load_index = routing.LoadIndex()
-    slots_done = retention.Retention(tl.settings.state_retention_ms)
-    reservations_done = retention.Retention(tl.settings.state_retention_ms)
+    slots_done = retention.Retention(settings.state_retention_ms)
+    reservations_done = retention.Retention(settings.state_retention_ms)
 
     def stored(value: dict[str, Any], old: Any, done: bool, now_ms: int) -> dict[str, Any]:
         """A table value; a finished entry is stamped with its partition and end time."""
@@ -120,7 +141,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
         reservations_done.rebuild(reservations.items())
         log.info("routing index rebuilt: load %s", load_index.load)
 
-    tl.state_tables = {
+    state_tables = {
         "admission-active": _View(slot_index.as_dict),
         "routing-held": _View(lambda: dict(load_index.load)),
         "routing-open": _View(load_index.open_calls),
@@ -136,7 +157,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
             }
         ),
     }
-    config = ConfigView(tl.tables)
+    config = ConfigView(config_tables)
 
     def as_received(record: dict[str, Any]) -> dict[int, bytes]:
         """The bytes the record being handled arrived as, for the emitter: an input passed
@@ -244,7 +265,7 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
 
     @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
     async def tick() -> None:
-        regions = sorted({b["region_id"] for b in tl.tables["backends"].values() if b})
+        regions = sorted({b["region_id"] for b in config_tables["backends"].values() if b})
         now_ms = int(time.time() * 1000)
         emitter.emit(
             Emit(
@@ -272,6 +293,8 @@ def register(tl: TrunklineApp, routing_settings: routing.Settings) -> None:
                 emitter.send_raw(
                     topic_name,
                     str(partition).encode(),
-                    tl.codec.encode("PartitionTick", record),
+                    codec.encode("PartitionTick", record),
                     partition,
                 )
+
+    return Registered(emitter, state_tables)

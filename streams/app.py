@@ -1,39 +1,17 @@
 """The Faust worker: config tables, the decision agents (admission, routing), web views.
 
-The ClickHouse sink runs in its own process (streams/sink_service.py).
-
-Latency settings (the decision path crosses Kafka several times, DESIGN.md):
-- ``producer_linger=0.002``: aiokafka alone measured 2.6 ms produce->consume with linger 0,
-  4.8 ms with 2 ms; but in the worker linger 0 sends one request per record and the
-  queue behind aiokafka's single in-flight request per broker made p99 worse under load.
-- ``broker_commit_interval=1.0``: offsets are committed every second; commits are not on
-  the decision path (a crash re-delivers at most a second of events, and every handler is
-  idempotent by event id).
-- ``stream_wait_empty=False``: do not wait for the stream buffer to drain on rebalance.
-- aiokafka fetches: ``fetch_max_wait_ms`` 3 with ``fetch_min_bytes`` 1024 (Faust hard-codes
-  1500 ms and 1 byte) and prefetch backoff 5 ms (aiokafka's 100 ms is not exposed); see
-  ``_tune_aiokafka_fetcher``. aiokafka keeps one fetch in flight per broker, and a
-  partition whose records were just handed to an agent is not in it: its next record
-  waits until that fetch returns. A short wait bounds that; the 1 KiB minimum stops the
-  broker answering each record on its own, so at 300 calls/s the consumer thread fell
-  from ~32% to ~17% of a core and the broker from ~45% to ~38%. Measured per hop at
-  300 calls/s (3 runs, fresh broker each): p50 10 -> 6-7 ms, p90 33 -> 11 ms. A quiet
-  worker long-polls instead of fetching every 3 ms (``fetch_limits``).
-- aiokafka's ``fetcher_timeout`` (0.2 s, not exposed by Faust either): when every partition
-  was waiting for the consumer or in flight, the fetch loop slept up to 200 ms before it
-  looked again. At 300 calls/s that showed as 200-250 ms pauses with the event loop idle
-  (p99 448 ms); at 10 ms the same run had p99 80-160 ms.
-- ``broker_session_timeout=10``: a crashed worker's partitions are reassigned after 10 s
-  (Faust's default is 60 s).
-- ``consumer_auto_offset_reset="earliest"``: a new consumer group replays from the start
-  (the projections are rebuilt from the topics).
+The ClickHouse sink runs in its own process (streams/sink_service.py). The app is tuned
+for a decision path that crosses Kafka several times: aiokafka's fetches are bounded
+(streams/patches.py), offsets are committed every second (every handler is idempotent by
+event id, so a crash re-delivers at most a second of events), a crashed worker's
+partitions move after a 10 s session timeout (Faust's default is 60 s), and a new consumer
+group replays from the earliest offset (the projections are rebuilt from the topics).
+Measurements behind each setting: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -41,85 +19,12 @@ from faust.serializers import codecs
 from faust.web import Request, Response, View
 
 from schemas.codec import Codec, make_codec
-from streams import agents, routing
-from trunkline.aio import tune_gc
-from trunkline.settings import Settings
-from trunkline.topics import CONFIG_TOPICS
+from streams import agents, patches, routing
+from trunkline.core.aio import tune_gc
+from trunkline.core.settings import Settings
+from trunkline.core.topics import CONFIG_TOPICS
 
 log = logging.getLogger("trunkline.worker")
-
-#: aiokafka sends one fetch at a time per broker, for the partitions that have no records
-#: waiting to be consumed; a partition whose records were just consumed is not in the
-#: in-flight fetch and waits for it to come back. Faust creates its consumer with
-#: fetch_max_wait_ms=1500 (hard-coded), so on a quiet broker a decision could wait up to
-#: 1.5 s per hop, and aiokafka's prefetch_backoff (0.1 s, not exposed either) adds up to
-#: 100 ms. Short long-polls bound both; a minimum of 1 KiB per answer keeps the broker
-#: from answering every record on its own under load.
-FETCH_MAX_WAIT_MS = 3
-FETCH_MIN_BYTES = 1024
-PREFETCH_BACKOFF_S = 0.005
-FETCHER_TIMEOUT_S = 0.01
-#: After a fetch that brought nothing, the next one asks for a single byte and may wait
-#: 100 ms: the broker answers the moment a record arrives, and a quiet worker fetches a
-#: few times per tick instead of ~330 times a second. Only when no partition has records
-#: waiting for the agents: such a partition is left out of the fetch, and its next
-#: records would wait for the long poll. Records older than STUCK_AFTER_S are not
-#: waiting for anyone: Faust leaves its own tables' changelog partitions assigned after
-#: recovery but never reads them again, so the first records fetched there stay.
-IDLE_FETCH_MAX_WAIT_MS = 100
-STUCK_AFTER_S = 1.0
-
-
-def fetch_limits(
-    last_was_empty: bool, buffered_since: Iterable[float], now: float
-) -> tuple[int, int]:
-    """(fetch_min_bytes, fetch_max_wait_ms) for the next fetch: a long poll for one byte
-    after an empty fetch while no partition has records waiting for the agents (records
-    buffered for STUCK_AFTER_S or more wait for no one), else the short 1 KiB poll."""
-    waiting = any(now - t < STUCK_AFTER_S for t in buffered_since)
-    if last_was_empty and not waiting:
-        return 1, IDLE_FETCH_MAX_WAIT_MS
-    return FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS
-
-
-def _tune_aiokafka_fetcher() -> None:
-    from aiokafka.consumer import fetcher
-
-    init = fetcher.Fetcher.__init__
-    if getattr(init, "_trunkline", False):
-        return
-
-    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["prefetch_backoff"] = PREFETCH_BACKOFF_S
-        kwargs["fetcher_timeout"] = FETCHER_TIMEOUT_S
-        kwargs["fetch_min_bytes"] = FETCH_MIN_BYTES
-        kwargs["fetch_max_wait_ms"] = min(
-            int(kwargs.get("fetch_max_wait_ms", 500)), FETCH_MAX_WAIT_MS
-        )
-        init(self, *args, **kwargs)
-
-    patched._trunkline = True  # type: ignore[attr-defined]
-    fetcher.Fetcher.__init__ = patched  # type: ignore[method-assign]
-
-    proc = fetcher.Fetcher._proc_fetch_request
-    plan = fetcher.Fetcher._get_actions_per_node
-
-    async def proc_fetch(self: Any, assignment: Any, node_id: int, request: Any) -> Any:
-        got = await proc(self, assignment, node_id, request)
-        self._tl_idle = not got  # False when the fetch put records in the buffer
-        return got
-
-    def plan_fetches(self: Any, assignment: Any) -> Any:
-        now = time.monotonic()
-        self._fetch_min_bytes, self._fetch_max_wait_ms = fetch_limits(
-            getattr(self, "_tl_idle", False),
-            (getattr(r, "_created", now) for r in self._records.values()),
-            now,
-        )
-        return plan(self, assignment)
-
-    fetcher.Fetcher._proc_fetch_request = proc_fetch  # type: ignore[method-assign]
-    fetcher.Fetcher._get_actions_per_node = plan_fetches  # type: ignore[method-assign]
 
 
 class AvroRecordCodec(codecs.Codec):
@@ -197,7 +102,7 @@ class TrunklineApp:
     """Builds the Faust app for one Settings; holds the pieces views and tests reach."""
 
     def __init__(self, settings: Settings) -> None:
-        _tune_aiokafka_fetcher()
+        patches.apply()
         self.settings = settings
         self.codec = make_codec(settings.schema_registry_url)
         codecs.register("tl-avro", AvroRecordCodec(self.codec))
@@ -252,15 +157,18 @@ class TrunklineApp:
                 schema=faust.Schema(key_serializer="tl-str", value_serializer="tl-avro"),
                 help=f"{section} from {topic.get_topic_name()}",
             )
-        self.state_tables: dict[str, Any] = {}
-        self.emitter: Any = None  # streams.emitter.Emitter, set by agents.register
-        agents.register(
-            self,
+        registered = agents.register(
+            self.app,
+            settings,
+            self.codec,
+            self.tables,
             routing.Settings(
                 redirect_timeout_ms=settings.redirect_timeout_ms,
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
             ),
         )
+        self.emitter = registered.emitter
+        self.state_tables = registered.state_tables
         self._register_views()
 
     # -- web views -----------------------------------------------------------------

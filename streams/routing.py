@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.config_view import ConfigView
-from streams.events import (
+from trunkline.core.events import (
     Emit,
     TransitionError,
     derived_id,

@@ -17,11 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from schemas.codec import Codec, CodecError
 from streams.clickhouse import ClickHouseStore
 from streams.projection import ProjectionError, Row, event_row
+from trunkline.core import kafka
 
 log = logging.getLogger("trunkline.sink")
 
@@ -67,26 +68,8 @@ class ClickHouseSink:
         self.stats = SinkStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._consumer_conf = {
-            "bootstrap.servers": bootstrap,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            # the sink stores every flush_interval anyway: let the broker gather 64 KiB
-            # (or wait 200 ms) per fetch instead of answering each new record at once
-            "fetch.wait.max.ms": 200,
-            "fetch.min.bytes": 65536,
-            "queued.min.messages": 200_000,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-        }
-        self._producer_conf = {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",
-        }
+        self._bootstrap = bootstrap
+        self._group_id = group_id
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -107,8 +90,14 @@ class ClickHouseSink:
     # batch N+1 is consumed, decoded and turned into rows. Offsets of batch N are
     # committed only once its insert succeeded, in order.
     def _run(self) -> None:
-        consumer = Consumer(self._consumer_conf)
-        dlq = Producer(self._producer_conf)
+        consumer = kafka.consumer(
+            self._bootstrap,
+            self._group_id,
+            # the sink stores every flush_interval anyway: let the broker gather 64 KiB
+            # (or wait 200 ms) per fetch instead of answering each new record at once
+            **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 65536, "queued.min.messages": 200_000},
+        )
+        dlq = kafka.Producers(self._bootstrap, ("config",), name="dead-letters")
         consumer.subscribe([self.topic])
         inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
         in_flight: tuple[Future[None], list[TopicPartition], int] | None = None
@@ -146,11 +135,11 @@ class ClickHouseSink:
                 self._finish(consumer, in_flight)
         finally:
             inserter.shutdown(wait=True)
-            dlq.flush(10)
+            dlq.close()
             consumer.close()
 
     def _prepare(
-        self, dlq: Producer, msgs: list[Message]
+        self, dlq: kafka.Producers, msgs: list[Message]
     ) -> tuple[list[Row], list[TopicPartition]]:
         """Decode a batch into rows; park what cannot be decoded. Returns rows and the
         offsets to commit once they are stored."""
@@ -169,8 +158,8 @@ class ClickHouseSink:
                 continue
             seen.add(row[0])
             rows.append(row)
-        if self.stats.dead_lettered != parked and dlq.flush(30) > 0:
-            raise RuntimeError("dead-letter topic did not take parked records; not committing")
+        if self.stats.dead_lettered != parked:
+            dlq.flush(30)  # raises when the dead-letter topic did not take them: no commit
         offsets: dict[tuple[str, int], int] = {}
         for msg in msgs:
             key = (msg.topic() or "", msg.partition() or 0)
@@ -201,13 +190,15 @@ class ClickHouseSink:
         future, offsets, n = in_flight
         future.result()  # raises if the insert gave up: nothing is committed
         if offsets:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            # a broker outage leaves no coordinator to commit to: wait for it (the rows
+            # are stored; only their commit waits), never die
+            kafka.commit(consumer, offsets, self._stop)
         self.stats.inserted += n
         self.stats.last_commit_at = time.time()
         self.stats.batches += 1
         self.stats.last_batch_size = n
 
-    def _dead_letter(self, dlq: Producer, msg: Message, exc: Exception) -> None:
+    def _dead_letter(self, dlq: kafka.Producers, msg: Message, exc: Exception) -> None:
         self.stats.dead_lettered += 1
         log.warning(
             "parking undecodable record %s[%s]@%s: %s",
@@ -218,8 +209,8 @@ class ClickHouseSink:
         )
         dlq.produce(
             self.dead_letter_topic,
-            key=msg.key(),
-            value=msg.value(),
+            msg.key(),
+            msg.value(),
             headers=[
                 ("source.topic", (msg.topic() or "").encode()),
                 ("source.partition", str(msg.partition()).encode()),
@@ -227,4 +218,3 @@ class ClickHouseSink:
                 ("error", str(exc).encode()[:1000]),
             ],
         )
-        dlq.poll(0)

@@ -25,9 +25,9 @@ from schemas.codec import make_codec
 from streams import queries
 from streams.clickhouse import ClickHouseStore
 from streams.sink import ClickHouseSink
-from trunkline.aio import set_cpu_priority, tune_gc
-from trunkline.settings import Settings
-from trunkline.topics import CALL_EVENTS, DEAD_LETTERS
+from trunkline.core.aio import set_cpu_priority, tune_gc
+from trunkline.core.settings import Settings
+from trunkline.core.topics import CALL_EVENTS, DEAD_LETTERS
 
 log = logging.getLogger("trunkline.sink")
 

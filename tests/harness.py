@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from trunkline import kafka_local
-from trunkline.admin import apply_all, wait_for_broker
-from trunkline.settings import Settings
+from trunkline.core import kafka_local
+from trunkline.core.admin import apply_all, wait_for_broker
+from trunkline.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

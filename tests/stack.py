@@ -20,10 +20,10 @@ from edge.sip.uac import UAC, Call
 from schemas import SingleObjectCodec
 from tests.harness import ROOT, Service, Sink, Worker, child_env, free_port, run_cli
 from tests.samples import sample
-from trunkline.admin import apply_all
-from trunkline.kafka_io import Outgoing, make_producer, publish_all
-from trunkline.settings import Settings
-from trunkline.topics import HEARTBEATS
+from trunkline.core.admin import apply_all
+from trunkline.core.kafka import Outgoing, make_producer, publish_all
+from trunkline.core.settings import Settings
+from trunkline.core.topics import HEARTBEATS
 
 CODEC = SingleObjectCodec()
 

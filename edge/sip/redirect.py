@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.sip.message import Request, Response, SipURI, make_response
 from edge.sip.transaction import Address, TxKey
-from streams.events import Destination, derived_id, envelope
+from trunkline.core.events import Destination, derived_id, envelope
 
 log = logging.getLogger("trunkline.sip.redirect")
 

@@ -16,15 +16,12 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client import Counter
 
 from edge.sip.errors import ParseError, TransactionError
-from edge.sip.framing import StreamFramer
-from edge.sip.message import Request, Response, make_response, parse_message
+from edge.sip.message import Response, make_response, parse_message
 from edge.sip.redirect import NumberEntry, Out, Publish, RedirectCore, Reply
 from edge.sip.transaction import (
     AckTimeout,
@@ -35,80 +32,27 @@ from edge.sip.transaction import (
     Send,
     ServerTransactions,
 )
+from edge.sip.transport import Listen, SipStream, annotate_via, response_addr
 from schemas.codec import Codec, CodecError, make_codec
-from trunkline.aio import Datagrams, serve_until_signalled, tune_gc
-from trunkline.kafka_io import key_partition_consumer
-from trunkline.settings import Settings
-from trunkline.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS
+from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
+from trunkline.core.kafka import CompactedFollower, KeyFollower, Producers, PublishError
+from trunkline.core.settings import Settings
+from trunkline.core.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS
 
 log = logging.getLogger("trunkline.sip.edge")
 
 
-@dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Listen:
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{text!r} is not host:port")
-        return cls(host.strip("[]") or "0.0.0.0", int(port))
-
-
-@dataclass
-class EdgeStats:
-    received: int = 0
-    malformed: int = 0
-    dropped: int = 0
-    invites: int = 0
-    decisions: int = 0
-    published: int = 0
-    publish_errors: int = 0
-
-
-class SipStream(asyncio.Protocol):
-    """SIP over one TCP/TLS connection: frames messages by Content-Length, answers
-    keep-alive pings, and hands each message to `on_message(data, peer, transport)`.
-    A framing error closes the connection (the stream cannot be resynchronised)."""
-
-    def __init__(
-        self,
-        name: str,
-        on_message: Callable[[bytes, Address, asyncio.Transport], Any],
-        on_error: Callable[[], Any] | None = None,
-    ) -> None:
-        self.name = name
-        self.on_message = on_message
-        self.on_error = on_error
-        self.framer = StreamFramer()
-        self.transport: asyncio.Transport | None = None
-        self.peer: Address = ("", 0)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.peer = (peer[0], peer[1])
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.framer.receive_data(data)
-        while True:
-            try:
-                message = self.framer.next_message()
-            except ParseError as exc:
-                log.warning("%s %s: closing, cannot frame: %s", self.name, self.peer, exc)
-                if self.on_error is not None:
-                    self.on_error()
-                self.transport.close()
-                return
-            if self.framer.pongs_due:
-                self.transport.write(b"\r\n" * self.framer.pongs_due)  # RFC 5626 pong
-                self.framer.pongs_due = 0
-            if message is None:
-                return
-            self.on_message(message, self.peer, self.transport)
+#: what the edge saw and did, for `/metrics` (Prometheus text format)
+MESSAGES = Counter(
+    "trunkline_sip_messages_total",
+    "SIP messages the edge received, by what became of them",
+    ["outcome"],  # received | malformed | stray_response
+)
+INVITES = Counter("trunkline_sip_invites_total", "New INVITE transactions")
+DECISIONS_IN = Counter("trunkline_sip_decisions_total", "Decisions read for this edge's calls")
+PUBLISHED = Counter(
+    "trunkline_sip_published_total", "Events the edge published, by outcome", ["outcome"]
+)
 
 
 class SipEdge:
@@ -132,8 +76,8 @@ class SipEdge:
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.enable_udp, self.enable_tcp = udp, tcp
         self.codec = codec or make_codec(settings.schema_registry_url)
-        self.stats = EdgeStats()
         self.numbers: dict[str, NumberEntry] = {}
+        self._number_by_id: dict[str, str] = {}
         self.transactions = ServerTransactions()
         self.core = RedirectCore(
             edge_id, directory=self.numbers.get, decision_timeout=settings.decision_timeout_s
@@ -145,24 +89,11 @@ class SipEdge:
         }
         self.decisions_topic = DECISIONS.name(prefix)
         self.numbers_topic = NUMBERS.name(prefix)
-        self.producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 1,
-                "partitioner": "murmur2_random",
-                "log_level": 4,
-                # the callback runs only for a refused record: a report per record woke
-                # the poll thread, which then waited for the GIL the SIP loop held
-                "delivery.report.only.error": True,
-            }
-        )
+        self.out = Producers(settings.kafka_bootstrap, ("decision",), name="sip-edge")
         self.udp: Datagrams | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._followers: list[KeyFollower | CompactedFollower] = []
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
         self.ready = threading.Event()
@@ -170,10 +101,29 @@ class SipEdge:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        decisions = self._decision_consumer()  # assigned before the first INVITE
-        self._spawn(self._follow_decisions, decisions, "decisions")
-        self._spawn(self._follow_numbers, None, "numbers")
-        self._spawn(self._poll_producer, None, "producer")
+        # assigned before the first INVITE, so no decision for a call of ours is missed
+        self._followers.append(
+            KeyFollower(
+                self.settings.kafka_bootstrap,
+                f"sip-edge-{self.edge_id}",
+                self.decisions_topic,
+                self.edge_id,
+                self._decision_bytes,
+            )
+        )
+        try:
+            self._followers.append(
+                CompactedFollower(
+                    self.settings.kafka_bootstrap,
+                    f"sip-edge-{self.edge_id}-numbers",
+                    self.numbers_topic,
+                    self._number_record,
+                )
+            )
+        except PublishError:
+            log.warning("no %s topic: numbers resolve only by X-Business-Id", self.numbers_topic)
+        for follower in self._followers:
+            follower.start()
         if self.enable_udp:
             _, proto = await self.loop.create_datagram_endpoint(
                 lambda: Datagrams(self.on_datagram), local_addr=(self.listen.host, self.listen.port)
@@ -209,20 +159,20 @@ class SipEdge:
         )
 
     async def stop(self) -> None:
-        self._stop.set()
         if self._timer_task:
             self._timer_task.cancel()
         for server in self.servers:
             server.close()
         if self.udp and self.udp.transport:
             self.udp.transport.close()
-        for t in self._threads:
-            await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
-        self.producer.flush(10)
+        loop = asyncio.get_running_loop()
+        for follower in self._followers:
+            await loop.run_in_executor(None, follower.stop)
+        await loop.run_in_executor(None, self.out.close)
 
     def _stream(self, name: str) -> SipStream:
         def malformed() -> None:
-            self.stats.malformed += 1
+            MESSAGES.labels("malformed").inc()
 
         return SipStream(
             name,
@@ -237,16 +187,6 @@ class SipEdge:
             return int(server.sockets[0].getsockname()[1])
         raise RuntimeError(f"no {kind} listener")
 
-    def _spawn(self, target: Any, arg: Any, name: str) -> None:
-        t = threading.Thread(
-            target=target,
-            args=(arg,) if arg is not None else (),
-            name=f"sip-edge-{name}",
-            daemon=True,
-        )
-        t.start()
-        self._threads.append(t)
-
     # -- input ----------------------------------------------------------------------------
     def on_datagram(self, data: bytes, source: Address) -> None:
         if data.strip(b"\r\n") == b"":
@@ -256,18 +196,18 @@ class SipEdge:
     def on_message(
         self, data: bytes, source: Address, transport: str, conn: Any, *, stream: bool
     ) -> None:
-        self.stats.received += 1
+        MESSAGES.labels("received").inc()
         now = time.time()
         try:
             message = parse_message(data, stream=stream)
         except ParseError as exc:
-            self.stats.malformed += 1
+            MESSAGES.labels("malformed").inc()
             self._bad_request(exc, source, transport, conn)
             return
         if isinstance(message, Response):
-            self.stats.dropped += 1  # a redirect server sends no requests: stray response
+            MESSAGES.labels("stray_response").inc()  # a redirect server sends no requests
             return
-        _annotate_via(message, source)
+        annotate_via(message, source)
         try:
             actions = self.transactions.receive(
                 message,
@@ -275,11 +215,11 @@ class SipEdge:
                 now,
                 reliable=transport != "UDP",
                 conn=conn,
-                reply_to=_response_addr(message, source),
+                reply_to=response_addr(message, source),
             )
             self._run(actions, transport, now)
         except (ParseError, TransactionError) as exc:
-            self.stats.malformed += 1
+            MESSAGES.labels("malformed").inc()
             self._bad_request(ParseError(str(exc), message), source, transport, conn)
 
     def _bad_request(self, exc: ParseError, source: Address, transport: str, conn: Any) -> None:
@@ -290,7 +230,7 @@ class SipEdge:
         status = exc.status_hint
         phrase = "Version Not Supported" if status == 505 else f"Bad Request ({reason})"
         response = make_response(exc.partial, status, phrase, to_tag="bad")
-        self._send(Send(bytes(response), _response_addr(exc.partial, source), conn))
+        self._send(Send(bytes(response), response_addr(exc.partial, source), conn))
 
     def _run(self, actions: list[Action], transport: str, now: float) -> None:
         for action in actions:
@@ -298,7 +238,7 @@ class SipEdge:
                 self._send(action)
             elif isinstance(action, NewRequest):
                 if action.request.method == "INVITE":
-                    self.stats.invites += 1
+                    INVITES.inc()
                 self._apply(
                     self.core.on_request(action.request, action.key, action.source, transport, now),
                     now,
@@ -337,100 +277,44 @@ class SipEdge:
             value = self.codec.encode(out.name, out.record)
         except CodecError as exc:
             log.error("cannot encode %s: %s", out.name, exc)
-            self.stats.publish_errors += 1
+            PUBLISHED.labels("unencodable").inc()
             return
-
-        def delivered(err: KafkaError | None, msg: Any) -> None:
-            if err is not None:
-                self.stats.publish_errors += 1
-                log.error("publish %s to %s failed: %s", out.name, msg.topic(), err)
-
-        while True:
-            try:
-                self.producer.produce(
-                    self.topics[out.dest], key=out.key.encode(), value=value, on_delivery=delivered
-                )
-                break
-            except BufferError:
-                self.producer.poll(0.01)
-        self.stats.published += 1
+        self.out.produce(self.topics[out.dest], out.key.encode(), value)
+        PUBLISHED.labels("queued").inc()
 
     # -- decisions --------------------------------------------------------------------------
-    def _decision_consumer(self) -> Consumer:
-        return key_partition_consumer(
-            self.settings.kafka_bootstrap,
-            f"sip-edge-{self.edge_id}",
-            self.decisions_topic,
-            self.edge_id,
-        )
-
-    def _follow_decisions(self, consumer: Consumer) -> None:
-        key = self.edge_id.encode()
+    def _decision_bytes(self, value: bytes) -> None:
+        """A decision for one of this edge's calls (the follower's thread)."""
         try:
-            while not self._stop.is_set():
-                msg = consumer.poll(0.1)
-                if msg is None or msg.error() or msg.key() != key:
-                    continue
-                try:
-                    name, record = self.codec.decode(msg.value() or b"")
-                except CodecError as exc:
-                    log.error("undecodable decision at offset %s: %s", msg.offset(), exc)
-                    continue
-                assert self.loop is not None
-                self.loop.call_soon_threadsafe(self._on_decision, name, record)
-        finally:
-            consumer.close()
+            name, record = self.codec.decode(value)
+        except CodecError as exc:
+            log.error("undecodable decision: %s", exc)
+            return
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._on_decision, name, record)
 
     def _on_decision(self, name: str, record: dict[str, Any]) -> None:
-        self.stats.decisions += 1
+        DECISIONS_IN.inc()
         now = time.time()
         self._apply(self.core.on_decision(name, record, now), now)
 
-    def _follow_numbers(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": f"sip-edge-{self.edge_id}-numbers",
-                "enable.auto.commit": False,
-                "log_level": 3,
-            }
-        )
+    def _number_record(self, phone_id: str, value: bytes | None) -> None:
+        """A numbers config record (the follower's thread): SIP numbers resolve calls that
+        carry no X-Business-Id by the dialled number. A plain dict swap, safe under the GIL."""
+        old = self._number_by_id.pop(phone_id, None)
+        if old is not None:
+            self.numbers.pop(old, None)
+        if value is None:
+            return
         try:
-            meta = consumer.list_topics(self.numbers_topic, timeout=10).topics.get(
-                self.numbers_topic
-            )
-            if meta is None or meta.error is not None:
-                log.warning(
-                    "no %s topic: numbers resolve only by X-Business-Id", self.numbers_topic
-                )
-                return
-            consumer.assign([TopicPartition(self.numbers_topic, p, 0) for p in meta.partitions])
-            by_id: dict[str, str] = {}
-            while not self._stop.is_set():
-                msg = consumer.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                phone_id = (msg.key() or b"").decode()
-                old = by_id.pop(phone_id, None)
-                if old is not None:
-                    self.numbers.pop(old, None)
-                if msg.value() is None:
-                    continue
-                try:
-                    _, record = self.codec.decode(msg.value())
-                except CodecError as exc:
-                    log.error("undecodable number %s: %s", phone_id, exc)
-                    continue
-                if record["provider"] != "SIP":
-                    continue
-                self.numbers[record["number"]] = NumberEntry(record["business_id"], record["id"])
-                by_id[phone_id] = record["number"]
-        finally:
-            consumer.close()
-
-    def _poll_producer(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.05)
+            _, record = self.codec.decode(value)
+        except CodecError as exc:
+            log.error("undecodable number %s: %s", phone_id, exc)
+            return
+        if record["provider"] != "SIP":
+            return
+        self.numbers[record["number"]] = NumberEntry(record["business_id"], record["id"])
+        self._number_by_id[phone_id] = record["number"]
 
     # -- timers -----------------------------------------------------------------------------
     async def _timers(self) -> None:
@@ -455,36 +339,6 @@ class SipEdge:
                     self._send(action)
                 elif isinstance(action, AckTimeout):
                     log.info("no ACK for the final response to %s", action.request.call_id)
-
-
-def _annotate_via(request: Request, source: Address) -> None:
-    """RFC 3261 §18.2.1 `received` and RFC 3581 `rport` on the top Via."""
-    values = request.headers.get_all("via")
-    if not values:
-        return
-    via = request.top_via
-    changed = False
-    if via.host != source[0]:
-        via.params["received"] = source[0]
-        changed = True
-    if "rport" in via.params and not via.params["rport"]:
-        via.params["rport"] = str(source[1])
-        changed = True
-    if changed:
-        request.headers.remove("via")
-        for v in [str(via), *values[1:]]:
-            request.headers.add("Via", v)
-
-
-def _response_addr(request: Request, source: Address) -> Address:
-    """Where a UDP response goes: the source with rport, else received + sent-by port."""
-    try:
-        via = request.top_via
-    except ParseError:
-        return source
-    if "rport" in via.params:
-        return source
-    return (source[0], via.port or 5060)
 
 
 async def run_edge(edge: SipEdge) -> None:

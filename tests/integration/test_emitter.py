@@ -13,11 +13,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from schemas import SingleObjectCodec
 from streams.emitter import EmitError, Emitter
-from streams.events import fan_out
 from tests.samples import sample
-from trunkline.admin import apply_topics
-from trunkline.kafka_io import partition_for
-from trunkline.topics import CALL_EVENTS, DECISIONS
+from trunkline.core.admin import apply_topics
+from trunkline.core.events import fan_out
+from trunkline.core.kafka import partition_for
+from trunkline.core.topics import CALL_EVENTS, DECISIONS
 
 pytestmark = pytest.mark.integration
 CODEC = SingleObjectCodec()

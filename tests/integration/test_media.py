@@ -332,8 +332,8 @@ def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_boot
 def _assign(stack, qid):
     from schemas import SingleObjectCodec
     from tests.samples import sample
-    from trunkline.kafka_io import Outgoing, make_producer, publish_all
-    from trunkline.topics import ASSIGNMENTS
+    from trunkline.core.kafka import Outgoing, make_producer, publish_all
+    from trunkline.core.topics import ASSIGNMENTS
 
     routed = sample("CallRouted", call_id=qid)
     routed.update(backend_id="backend-1", region_id="us-east-1", business_id="b-main")

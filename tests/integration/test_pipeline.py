@@ -14,10 +14,10 @@ from confluent_kafka.admin import ConfigResource
 from schemas import SingleObjectCodec
 from tests.harness import Sink, run_cli
 from tests.samples import sample
-from trunkline.admin import admin_client, apply_topics
-from trunkline.kafka_io import Outgoing, make_producer, publish_all
-from trunkline.settings import Settings
-from trunkline.topics import ALL_TOPICS, CALL_EVENTS, CONFIG_TOPICS, DEAD_LETTERS
+from trunkline.core.admin import admin_client, apply_topics
+from trunkline.core.kafka import Outgoing, make_producer, publish_all
+from trunkline.core.settings import Settings
+from trunkline.core.topics import ALL_TOPICS, CALL_EVENTS, CONFIG_TOPICS, DEAD_LETTERS
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"

@@ -18,8 +18,8 @@ from edge.sip.uac import Call
 from tests.harness import run_cli
 from tests.samples import sample
 from tests.stack import Stack, running_stack
-from trunkline.kafka_io import read_compacted
-from trunkline.topics import ADMISSION
+from trunkline.core.kafka import read_compacted
+from trunkline.core.topics import ADMISSION
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trunkline.aio import RECV_BUFFER_BYTES, Datagrams, set_cpu_priority
+from trunkline.core.aio import RECV_BUFFER_BYTES, Datagrams, set_cpu_priority
 
 
 def test_datagram_endpoint_widens_its_receive_buffer_up_to_rmem_max():

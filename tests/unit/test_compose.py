@@ -5,7 +5,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from trunkline.settings import Settings
+from trunkline.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trunkline.config import ConfigError, load_config, parse_config
+from trunkline.core.config import ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 

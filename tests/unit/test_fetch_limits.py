@@ -1,7 +1,7 @@
 """The worker's fetch policy (streams/app.py): a long poll for one byte when the consumer
 is quiet, the short 1 KiB poll whenever records are on their way to the agents."""
 
-from streams.app import (
+from streams.patches import (
     FETCH_MAX_WAIT_MS,
     FETCH_MIN_BYTES,
     IDLE_FETCH_MAX_WAIT_MS,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trunkline.kafka_local import JVM_OPTS_ENV, KafkaLocalError, broker_command, jvm_options
+from trunkline.core.kafka_local import JVM_OPTS_ENV, KafkaLocalError, broker_command, jvm_options
 
 
 def test_no_variable_means_no_extra_options() -> None:

@@ -4,7 +4,7 @@ import pytest
 
 from streams.queries import parse_duration
 from trunkline import cli
-from trunkline.settings import Settings, SettingsError
+from trunkline.core.settings import Settings, SettingsError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 

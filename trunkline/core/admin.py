@@ -16,7 +16,7 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from trunkline.topics import ALL_TOPICS, TopicSpec, internal_topics
+from trunkline.core.topics import ALL_TOPICS, TopicSpec, internal_topics
 
 
 class BrokerUnavailable(RuntimeError):

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from trunkline.admin import BrokerUnavailable, wait_for_broker
+from trunkline.core.admin import BrokerUnavailable, wait_for_broker
 
-HERE = Path(__file__).resolve().parent / "kafka"
+HERE = Path(__file__).resolve().parent / "kafka_broker"
 POM = HERE / "pom.xml"
 LOG4J = HERE / "log4j2.properties"
 

@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from trunkline import kafka_local, procs
-from trunkline.settings import Settings, SettingsError, check_bootstrap
+from trunkline.core import kafka_local, procs
+from trunkline.core.settings import Settings, SettingsError, check_bootstrap
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "config.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 
 
 class CliError(Exception):
@@ -64,8 +64,8 @@ def cmd_kafka(args: argparse.Namespace, s: Settings) -> int:
 
 # -- topics ----------------------------------------------------------------------------
 def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
-    from trunkline.admin import apply_all
-    from trunkline.topics import ALL_TOPICS, internal_topics
+    from trunkline.core.admin import apply_all
+    from trunkline.core.topics import ALL_TOPICS, internal_topics
 
     if args.action == "list":
         specs = [(spec.name(s.topic_prefix), spec) for spec in ALL_TOPICS]
@@ -81,7 +81,7 @@ def cmd_topics(args: argparse.Namespace, s: Settings) -> int:
 
 # -- config ----------------------------------------------------------------------------
 def _load_config_file(path: str) -> Any:
-    from trunkline.config import ConfigError, load_config
+    from trunkline.core.config import ConfigError, load_config
 
     try:
         text = Path(path).read_text()
@@ -95,7 +95,7 @@ def _load_config_file(path: str) -> Any:
 
 def cmd_config(args: argparse.Namespace, s: Settings) -> int:
     from schemas.codec import make_codec
-    from trunkline.topics import CONFIG_TOPICS
+    from trunkline.core.topics import CONFIG_TOPICS
 
     if args.action == "show":
         return _config_show(args, s)
@@ -105,8 +105,8 @@ def cmd_config(args: argparse.Namespace, s: Settings) -> int:
     if args.action == "check":
         _say(f"{args.file}: valid ({summary})")
         return EXIT_OK
-    from trunkline.admin import apply_topics
-    from trunkline.kafka_io import Outgoing, make_producer, publish_all, read_compacted
+    from trunkline.core.admin import apply_topics
+    from trunkline.core.kafka import Outgoing, make_producer, publish_all, read_compacted
 
     apply_topics(s.kafka_bootstrap, s.topic_prefix, tuple(CONFIG_TOPICS.values()))
     codec = make_codec(s.schema_registry_url)
@@ -138,8 +138,8 @@ def cmd_config(args: argparse.Namespace, s: Settings) -> int:
 
 def _config_show(args: argparse.Namespace, s: Settings) -> int:
     from schemas.codec import make_codec
-    from trunkline.kafka_io import read_compacted
-    from trunkline.topics import CONFIG_TOPICS
+    from trunkline.core.kafka import read_compacted
+    from trunkline.core.topics import CONFIG_TOPICS
 
     codec = make_codec(s.schema_registry_url)
     sections = [args.section] if args.section else list(CONFIG_TOPICS)
@@ -176,7 +176,8 @@ def cmd_sip_edge(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import logging
 
-    from edge.sip.service import Listen, SipEdge, run_edge
+    from edge.sip.service import SipEdge, run_edge
+    from edge.sip.transport import Listen
 
     logging.basicConfig(
         level=getattr(logging, args.loglevel.upper()),
@@ -216,7 +217,7 @@ def cmd_media(args: argparse.Namespace, s: Settings) -> int:
     import asyncio
     import logging
 
-    from edge.sip.service import Listen
+    from edge.sip.transport import Listen
     from media.node import MediaNode, NodeConfig, run_node
 
     logging.basicConfig(
@@ -258,8 +259,9 @@ def cmd_heartbeats(args: argparse.Namespace, s: Settings) -> int:
     """Publish BackendHeartbeat for backends named in the config (a stand-in for a media
     node's own heartbeats, to exercise routing before media nodes exist)."""
     from schemas.codec import make_codec
-    from trunkline.kafka_io import Outgoing, make_producer, publish_all, read_compacted
-    from trunkline.topics import BACKENDS, HEARTBEATS
+    from trunkline.core.events import envelope
+    from trunkline.core.kafka import Outgoing, make_producer, publish_all, read_compacted
+    from trunkline.core.topics import BACKENDS, HEARTBEATS
 
     codec = make_codec(s.schema_registry_url)
     known = {}
@@ -284,12 +286,7 @@ def cmd_heartbeats(args: argparse.Namespace, s: Settings) -> int:
         for backend_id in wanted:
             b = known[backend_id]
             record = {
-                "envelope": {
-                    "event_id": str(uuid.uuid4()),
-                    "call_id": "",
-                    "occurred_at": now,
-                    "producer_id": f"heartbeats-{backend_id}",
-                },
+                "envelope": envelope("", f"heartbeats-{backend_id}", now, str(uuid.uuid4())),
                 "backend_id": backend_id,
                 "region_id": b["region_id"],
                 "capacity": args.capacity or b["max_concurrent_calls"],
@@ -859,8 +856,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trunkline: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except Exception as exc:  # broker down, ClickHouse down...: say what, no traceback
-        from trunkline.admin import BrokerUnavailable
-        from trunkline.kafka_io import PublishError
+        from trunkline.core.admin import BrokerUnavailable
+        from trunkline.core.kafka import PublishError
 
         if isinstance(exc, (BrokerUnavailable, PublishError)):
             print(f"trunkline: {exc}", file=sys.stderr)

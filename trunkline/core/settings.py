@@ -34,7 +34,7 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-#: CPU priority of the ClickHouse sink process (trunkline.aio.set_cpu_priority)
+#: CPU priority of the ClickHouse sink process (trunkline.core.aio.set_cpu_priority)
 SINK_PRIORITIES = ("idle", "normal")
 
 

@@ -8,9 +8,9 @@ beside it records the source's SHA-256 at build time. `use_if_fresh` (called by
 differs: an edited parser is never shadowed by a stale build. Without a C compiler the
 build fails quietly and everything runs on the pure module.
 
-    python -m trunkline.native build    # compile what changed (scripts/setup runs this)
-    python -m trunkline.native status   # compiled, stale or pure, per module
-    python -m trunkline.native clean    # remove the builds
+    python -m trunkline.core.native build    # compile what changed (scripts/setup runs this)
+    python -m trunkline.core.native status   # compiled, stale or pure, per module
+    python -m trunkline.core.native clean    # remove the builds
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-log = logging.getLogger("trunkline.native")
+log = logging.getLogger("trunkline.core.native")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: module name -> source, relative to the project root
 MODULES = {"edge.sip.message": "edge/sip/message.py"}
 

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from trunkline.core.events import envelope
+
 PROVIDERS = ("SIP", "TWILIO", "TELNYX", "VONAGE")
 E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -66,13 +68,10 @@ class ConfigRecord:
         return str(uuid.uuid5(CONFIG_NAMESPACE, digest))
 
     def to_avro(self, occurred_at_ms: int, producer_id: str = "config") -> dict[str, Any]:
-        envelope = {
-            "event_id": self.event_id(),
-            "call_id": "",
-            "occurred_at": occurred_at_ms,
-            "producer_id": producer_id,
+        return {
+            "envelope": envelope("", producer_id, occurred_at_ms, self.event_id()),
+            **self.body,
         }
-        return {"envelope": envelope, **self.body}
 
 
 @dataclass

@@ -1,0 +1,5 @@
+import sys
+
+from trunkline.cli.main import main
+
+sys.exit(main())

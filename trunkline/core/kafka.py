@@ -1,0 +1,454 @@
+"""The one Kafka module: every service's producers, followers and readers come from here.
+
+Producer profiles (`PROFILES`), each idempotent with ``acks=all`` and murmur2 keys
+(``partitioner=murmur2_random``, so a key lands in the partition Faust/aiokafka read it
+from):
+
+- ``decision``: records someone waits for on the call path (an offer to admission, a
+  decision to an edge, an assignment to a media node). Linger 1 ms, and only refused
+  records are reported (a Python callback per record woke the poll thread, which then
+  queued for the GIL the SIP loop held).
+- ``history``: records nothing on the call path waits for (call-events, table
+  changelogs). Linger `HISTORY_LINGER_MS`: librdkafka puts one partition in each
+  ProduceRequest (librdkafka issue 1700), so records that linger together share one.
+- ``config``: operator tools (config apply, heartbeats stand-in, tests): every delivery
+  is reported, and `publish_all` waits for each acknowledgement.
+
+`Producers` holds one process's producers and the one thread that polls them all;
+refused records are collected and raised by `Producers.flush`, so a caller that commits
+consumer offsets after a flush never commits past a lost record.
+
+Reading: `KeyFollower` follows the one partition a key hashes to (the SIP edge's
+decisions, a media node's assignments), `CompactedFollower` follows every partition of a
+compacted topic from its start (config), `read_compacted` takes a snapshot of one, and
+`consumer` builds a group consumer for batch readers (the ClickHouse sink). `commit`
+retries a commit the broker could not take (during an outage the group coordinator is
+gone; the records are not lost, only their commit waits).
+
+Partitions are computed with aiokafka's murmur2 (`partition_for`), the same function
+Faust's producer uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+log = logging.getLogger("trunkline.kafka")
+
+Profile = Literal["decision", "history", "config"]
+#: what the history profile waits to fill a partition's batch; the sink stores
+#: call-events every 2 s (TRUNKLINE_SINK_FLUSH_MS), and only a recovery reads changelogs
+HISTORY_LINGER_MS = 50
+
+_COMMON: dict[str, Any] = {
+    "enable.idempotence": True,  # ordered, no duplicates on retry
+    "acks": "all",
+    "partitioner": "murmur2_random",  # aiokafka's and the Java client's key hashing
+    "compression.type": "lz4",
+    "log_level": 4,
+}
+PROFILES: dict[Profile, dict[str, Any]] = {
+    "decision": {**_COMMON, "linger.ms": 1, "delivery.report.only.error": True},
+    "history": {**_COMMON, "linger.ms": HISTORY_LINGER_MS, "delivery.report.only.error": True},
+    "config": {**_COMMON, "linger.ms": 2},
+}
+
+
+class PublishError(RuntimeError):
+    """Records the broker did not take (or did not acknowledge in time)."""
+
+
+def producer_config(bootstrap: str, profile: Profile = "config", **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, **PROFILES[profile], **extra}
+
+
+def make_producer(bootstrap: str, profile: Profile = "config", **extra: Any) -> Producer:
+    """A single producer of `profile` (for tools that produce and flush on their own)."""
+    return Producer(producer_config(bootstrap, profile, **extra))
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition a murmur2-partitioned producer (Faust, Java, librdkafka) picks."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+# -- producing ------------------------------------------------------------------------
+class Producers:
+    """One process's producers, one per profile it uses, polled by one thread.
+
+    `produce` never blocks the caller for long: when librdkafka's local queue is full it
+    polls until there is room. Refused records are counted and raised by `flush`.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        profiles: Iterable[Profile] = ("decision",),
+        name: str = "kafka",
+        overrides: Mapping[Profile, Mapping[str, Any]] | None = None,
+        **extra: Any,
+    ) -> None:
+        """`extra` applies to every producer; `overrides` to one profile's."""
+        over = overrides or {}
+        self._producers: dict[Profile, Producer] = {
+            p: Producer(producer_config(bootstrap, p, **extra, **over.get(p, {})))
+            for p in dict.fromkeys(profiles)
+        }
+        self._default: Profile = next(iter(self._producers))
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name=f"{name}-poll", daemon=True)
+        self._poller.start()
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        partition: int = -1,
+        profile: Profile | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Queue one record; ``partition`` -1 lets the murmur2 partitioner choose."""
+        producer = self._producers[profile or self._default]
+        while True:
+            try:
+                if headers:
+                    producer.produce(
+                        topic,
+                        value,
+                        key,
+                        partition=partition,
+                        on_delivery=self._delivered,
+                        headers=headers,
+                    )
+                else:
+                    producer.produce(
+                        topic, value, key, partition=partition, on_delivery=self._delivered
+                    )
+                break
+            except BufferError:  # the local queue is full: let librdkafka drain it
+                producer.poll(0.005)
+        self.sent += 1
+
+    def _delivered(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self.refused += 1
+                self._errors.append(f"{msg.topic()}: {err}")
+            log.error("produce to %s failed: %s", msg.topic(), err)
+
+    def _poll(self) -> None:
+        producers = list(self._producers.values())
+        first, rest = producers[0], producers[1:]
+        while not self._stop.is_set():
+            for p in rest:
+                p.poll(0)
+            first.poll(0.05)
+
+    def refused_pending(self) -> bool:
+        """Refused records that the next `flush` will raise for."""
+        with self._lock:
+            return bool(self._errors)
+
+    def queued(self) -> int:
+        """Records not yet acknowledged, every profile."""
+        return sum(len(p) for p in self._producers.values())
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until every queued record is acknowledged; raise if any was refused."""
+        deadline = time.monotonic() + timeout
+        remaining = sum(
+            p.flush(max(0.0, deadline - time.monotonic())) for p in self._producers.values()
+        )
+        if remaining:
+            raise PublishError(f"{remaining} record(s) not acknowledged in {timeout:.0f}s")
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors:
+            raise PublishError(f"{len(errors)} record(s) refused: {errors[:3]}")
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._poller.join(1)
+        for p in self._producers.values():
+            p.flush(timeout)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes | None  # None: tombstone
+
+
+def publish_all(producer: Producer, messages: Iterable[Outgoing], timeout: float = 30.0) -> int:
+    """Produce every message and wait for all acknowledgements; raise on any failure."""
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            errors.append(f"{msg.topic()} key={msg.key()!r}: {err}")
+
+    count = 0
+    for m in messages:
+        while True:
+            try:
+                producer.produce(m.topic, key=m.key, value=m.value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+            except KafkaException as exc:
+                raise PublishError(f"cannot produce to {m.topic}: {exc}") from exc
+        count += 1
+        producer.poll(0)
+    remaining = producer.flush(timeout)
+    if remaining:
+        raise PublishError(f"{remaining} message(s) not acknowledged within {timeout:.0f}s")
+    if errors:
+        raise PublishError("delivery failed:\n  " + "\n  ".join(errors[:20]))
+    return count
+
+
+# -- consuming --------------------------------------------------------------------------
+def consumer(bootstrap: str, group_id: str, **extra: Any) -> Consumer:
+    """A group consumer that commits only when told (`commit`), from the earliest offset
+    for a new group: batch readers store first, then commit, so a crash re-delivers."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        "log_level": 4,
+    }
+    conf.update(extra)
+    return Consumer(conf)
+
+
+#: commit errors that mean "not now" (no coordinator during a broker outage, a
+#: rebalance in progress), not "never"
+_RETRIABLE_COMMIT = {
+    KafkaError._WAIT_COORD,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.NETWORK_EXCEPTION,
+}
+
+#: the partitions were reassigned: the new owner resumes from the last committed offset
+_LOST_PARTITIONS = {
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._NO_OFFSET,
+}
+
+
+def commit(
+    consumer: Consumer,
+    offsets: list[TopicPartition],
+    stop: threading.Event | None = None,
+    max_backoff: float = 5.0,
+) -> bool:
+    """Commit `offsets` synchronously, retrying while the broker cannot take the commit.
+
+    Returns False when the partitions were taken away meanwhile (a rebalance: the new
+    owner re-reads from the last commit, which is at-least-once, not a loss) or `stop`
+    was set; True once committed. Other errors raise."""
+    backoff = 0.1
+    while True:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+            return True
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code in (
+                KafkaError.ILLEGAL_GENERATION,
+                KafkaError.UNKNOWN_MEMBER_ID,
+                KafkaError._NO_OFFSET,
+            ):
+                log.warning("commit dropped after a rebalance: %s", exc)
+                return False
+            if code not in _RETRIABLE_COMMIT:
+                raise
+            log.warning("commit not taken (%s); retrying in %.1fs", exc, backoff)
+        if stop is not None and stop.wait(backoff):
+            return False
+        if stop is None:
+            time.sleep(backoff)
+        backoff = min(backoff * 2, max_backoff)
+
+
+def _topic_partitions(c: Consumer, topic: str, timeout: float) -> list[int]:
+    meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise PublishError(f"topic {topic} is missing: run `trunkline topics apply`")
+    return sorted(meta.partitions)
+
+
+def read_compacted(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[bytes, bytes | None]:
+    """Latest value per key of a topic, start to current end (None for tombstones)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "trunkline-cli-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
+    try:
+        parts: list[TopicPartition] = []
+        ends: dict[int, int] = {}
+        for p in _topic_partitions(c, topic, timeout):
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                ends[p] = high
+                parts.append(TopicPartition(topic, p, low))
+        out: dict[bytes, bytes | None] = {}
+        if not parts:
+            return out
+        c.assign(parts)
+        done: set[int] = set()
+        while len(done) < len(ends):
+            msg = c.poll(timeout)
+            if msg is None:
+                raise PublishError(f"timed out reading {topic}")
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    done.add(msg.partition())
+                    continue
+                raise PublishError(f"reading {topic}: {msg.error()}")
+            out[msg.key() or b""] = msg.value()
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+        return out
+    finally:
+        c.close()
+
+
+class _Follower:
+    """A thread that polls an assigned consumer and hands each record to a callback."""
+
+    def __init__(self, name: str, c: Consumer, on_message: Callable[[Message], None]) -> None:
+        self._consumer = c
+        self._on_message = on_message
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                msg = self._consumer.poll(0.1)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.debug("%s: %s", self._thread.name, msg.error())
+                    continue
+                try:
+                    self._on_message(msg)
+                except Exception:  # one bad record must not stop the follower
+                    log.exception("%s: record at offset %s", self._thread.name, msg.offset())
+        finally:
+            self._consumer.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+class KeyFollower(_Follower):
+    """Follows the one partition of `topic` that `key` hashes to, handing on only the
+    records under `key` (an edge's decisions, a media node's assignments). It starts
+    `lookback` records before the partition's end, and is assigned (not subscribed: no
+    group join) before the constructor returns, so nothing produced after it is missed."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topic: str,
+        key: str,
+        on_value: Callable[[bytes], None],
+        lookback: int = 0,
+        **extra: Any,
+    ) -> None:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+            "log_level": 4,
+            **extra,
+        }
+        c = Consumer(conf)
+        try:
+            partitions = _topic_partitions(c, topic, 10)
+            partition = partition_for(key.encode(), len(partitions))
+            low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            c.assign([TopicPartition(topic, partition, max(low, high - lookback))])
+        except BaseException:
+            c.close()
+            raise
+        wanted = key.encode()
+
+        def on_message(msg: Message) -> None:
+            if msg.key() == wanted and msg.value() is not None:
+                on_value(msg.value())
+
+        super().__init__(f"follow-{topic}-{key}", c, on_message)
+
+
+class CompactedFollower(_Follower):
+    """Follows every partition of a compacted topic from its start: `on_record(key,
+    value)` for each record, value None for a tombstone (config topics)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topic: str,
+        on_record: Callable[[str, bytes | None], None],
+    ) -> None:
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "log_level": 3,
+            }
+        )
+        try:
+            c.assign([TopicPartition(topic, p, 0) for p in _topic_partitions(c, topic, 10)])
+        except BaseException:
+            c.close()
+            raise
+
+        def on_message(msg: Message) -> None:
+            on_record((msg.key() or b"").decode(), msg.value())
+
+        super().__init__(f"follow-{topic}", c, on_message)
