@@ -52,13 +52,12 @@ _COMMON: dict[str, Any] = {
     "enable.idempotence": True,  # ordered, no duplicates on retry
     "acks": "all",
     "partitioner": "murmur2_random",  # aiokafka's and the Java client's key hashing
-    "compression.type": "lz4",
     "log_level": 4,
 }
 PROFILES: dict[Profile, dict[str, Any]] = {
     "decision": {**_COMMON, "linger.ms": 1, "delivery.report.only.error": True},
     "history": {**_COMMON, "linger.ms": HISTORY_LINGER_MS, "delivery.report.only.error": True},
-    "config": {**_COMMON, "linger.ms": 2},
+    "config": {**_COMMON, "linger.ms": 2, "compression.type": "lz4"},
 }
 
 
