@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from trunkline.core.kafka_local import JVM_OPTS_ENV, KafkaLocalError, broker_command, jvm_options
+from trunkline.core.kafka_local import (
+    JVM_OPTS_ENV,
+    BrokerPaths,
+    KafkaLocalError,
+    broker_command,
+    cluster_id,
+    jvm_options,
+    read_pid,
+)
 
 
 def test_no_variable_means_no_extra_options() -> None:
@@ -36,3 +48,54 @@ def test_extra_options_come_after_the_defaults_and_before_the_main_class() -> No
     assert cmd.index("-Xmx1g") < cmd.index("-cp") < cmd.index("kafka.Kafka")
     assert cmd[-2:] == ["kafka.Kafka", "/s/server.properties"]
     assert cmd[cmd.index("-cp") + 1] == "/jars/*"
+
+
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    # 0xF8 encodes to '-' first in URL-safe base64: the storage tool would read it as an
+    # option (about one id in 64); such a draw is replaced, as Kafka's Uuid.randomUuid does
+    draws = iter([b"\xf8" + bytes(15), bytes(range(16))])
+    value = cluster_id(lambda: next(draws))
+    assert value == "AAECAwQFBgcICQoLDA0ODw"
+    assert len(value) == 22
+
+
+def _child(paths: BrokerPaths) -> subprocess.Popen[bytes]:
+    """A stand-in broker process whose command line names the broker's properties file."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["sh", "-c", "sleep 60", str(paths.properties)])
+    paths.pid_file.write_text(f"{proc.pid}\n")
+    return proc
+
+
+def test_a_running_broker_process_is_found_by_its_pid(tmp_path: Path) -> None:
+    paths = BrokerPaths(tmp_path / "kafka")
+    proc = _child(paths)
+    try:
+        assert read_pid(paths) == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_broker_that_is_still_a_zombie_is_not_running(tmp_path: Path) -> None:
+    paths = BrokerPaths(tmp_path / "kafka")
+    proc = _child(paths)
+    os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not become a zombie"
+        time.sleep(0.01)
+    assert read_pid(paths) is None  # and it was reaped
+    assert not Path(f"/proc/{proc.pid}").exists()
+
+
+def test_a_recorded_pid_now_used_by_another_program_is_not_the_broker(tmp_path: Path) -> None:
+    paths = BrokerPaths(tmp_path / "kafka")
+    paths.root.mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "60"])
+    paths.pid_file.write_text(f"{other.pid}\n")
+    try:
+        assert read_pid(paths) is None
+    finally:
+        other.kill()
+        other.wait()

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +103,15 @@ def _java() -> str:
     return java
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+def cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (22 chars).
+
+    Like Kafka's own `Uuid.randomUuid()`, an id that starts with '-' is drawn again: the
+    storage tool's argument parser reads such a value as an option (about 1 id in 64)."""
+    while True:
+        value = base64.urlsafe_b64encode(draw()).rstrip(b"=").decode()
+        if not value.startswith("-"):
+            return value
 
 
 def write_properties(paths: BrokerPaths, port: int, controller_port: int) -> None:
@@ -142,6 +149,9 @@ def write_properties(paths: BrokerPaths, port: int, controller_port: int) -> Non
 
 
 def read_pid(paths: BrokerPaths) -> int | None:
+    """The broker's pid when it runs: the recorded process exists, is not a zombie (a
+    SIGKILLed child its parent has not reaped yet still answers kill(pid, 0)), and is the
+    broker of these `paths` (a pid reused by another program is not ours)."""
     try:
         pid = int(paths.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -152,6 +162,18 @@ def read_pid(paths: BrokerPaths) -> int | None:
         return None
     except PermissionError:
         return pid
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            state = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = proc.joinpath("cmdline").read_bytes()
+        except (OSError, IndexError):
+            return None  # it exited while we looked
+        if state in ("Z", "X"):
+            _reap(pid)
+            return None
+        if str(paths.properties).encode() not in cmdline:
+            return None
     return pid
 
 
@@ -188,8 +210,7 @@ def start(
                 f"-Dlog4j2.configurationFile={LOG4J}",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                _cluster_id(),
+                f"--cluster-id={cluster_id()}",
                 "-c",
                 str(paths.properties),
             ],
