@@ -642,8 +642,11 @@ def make_response(
     h.add("From", request.headers.get("from") or "")
     to = request.headers.get("to") or ""
     if to_tag and status > 100:
-        to_addr = NameAddr.parse(to)
-        if to_addr.tag is None:
+        try:
+            tagged = NameAddr.parse(to).tag is not None
+        except ParseError:  # a To we cannot read still gets its answer (a 400 about it)
+            tagged = ";tag=" in to.lower()
+        if not tagged:
             to = f"{to};tag={to_tag}"
     h.add("To", to)
     h.add("Call-ID", request.call_id)

@@ -24,6 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.sip.identifiers import (
+    calling_number,
+    safe_form,
+    valid_call_id,
+    valid_id,
+    valid_number,
+)
 from edge.sip.message import Request, Response, SipURI, make_response
 from edge.sip.transaction import Address, TxKey
 from trunkline.core.events import Destination, derived_id, envelope
@@ -76,14 +83,20 @@ class NumberEntry:
     phone_id: str
 
 
+_CODEC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+MAX_CODECS = 16
+
+
 def offered_codecs(body: bytes) -> list[str]:
-    """Codec names of the first audio m= line of an SDP offer (enough for CallOffered)."""
+    """Codec names of the first audio m= line of an SDP offer (enough for CallOffered);
+    at most `MAX_CODECS`, and only names that look like codec names."""
     text = body.decode("utf-8", "replace")
     m = re.search(r"^m=audio \d+(?:/\d+)? \S+ ([0-9 ]+)", text, re.M)
     if not m:
         return []
     names = {pt: name for pt, name in _RTPMAP.findall(text)}
-    return [names.get(pt) or _STATIC_PT.get(pt, pt) for pt in m.group(1).split()]
+    found = (names.get(pt) or _STATIC_PT.get(pt, pt) for pt in m.group(1).split())
+    return [name for name in found if _CODEC_NAME.match(name)][:MAX_CODECS]
 
 
 def dialled_number(request: Request) -> str:
@@ -95,6 +108,10 @@ def dialled_number(request: Request) -> str:
 class RedirectCore:
     edge_id: str
     directory: Callable[[str], NumberEntry | None] = lambda number: None
+    #: is this business id / phone id configured? (the service follows the numbers
+    #: config; an unknown id is refused here and never stored)
+    known_business: Callable[[str], bool] = lambda business_id: True
+    known_phone: Callable[[str], bool] = lambda phone_id: True
     decision_timeout: float = 5.0
     retry_after_s: int = 5
     new_call_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
@@ -148,10 +165,15 @@ class RedirectCore:
         max_forwards = request.headers.get("max-forwards")
         if max_forwards is not None and max_forwards.strip() == "0":
             return [Reply(key, make_response(request, 483, REASONS[483], to_tag=tag))]
+        if not valid_call_id(request.call_id):
+            why = f"Call-ID {safe_form(request.call_id)} is not an RFC 3261 callid"
+            return [Reply(key, make_response(request, 400, f"Bad Request ({why})", to_tag=tag))]
         call_id = self.new_call_id()
         at_ms = int(now * 1000)
         number = dialled_number(request)
-        business_id, phone_id = self._identify(request, number)
+        business_id, phone_id, refusal = self._identify(request, number)
+        if refusal:
+            number = number if valid_number(number) else ""
         offered = {
             "envelope": envelope(call_id, self.edge_id, at_ms, derived_id(call_id, "CallOffered")),
             "provider": "SIP",
@@ -160,7 +182,7 @@ class RedirectCore:
             "business_id": business_id,
             "phone_id": phone_id,
             "to_number": number,
-            "from_number": request.from_.uri.user or "",
+            "from_number": calling_number(request.from_.uri.user or ""),
             "source_ip": source[0],
             "source_port": source[1],
             "transport": transport,
@@ -168,13 +190,12 @@ class RedirectCore:
             "edge_id": self.edge_id,
         }
         out: list[Out] = [Reply(key, make_response(request, 100, REASONS[100]))]
-        if not business_id:
-            reason = f"number {number or '(none)'} is not provisioned"
-            rejected = self._rejected(call_id, at_ms, 404, reason, None)
+        if refusal:
+            rejected = self._rejected(call_id, at_ms, 404, refusal, None)
             out += [
                 Publish("call-events", call_id, "CallOffered", offered),
                 Publish("call-events", call_id, "CallRejected", rejected),
-                Reply(key, self._error(request, tag, 404, reason, None, call_id)),
+                Reply(key, self._error(request, tag, 404, refusal, None, call_id)),
             ]
             return out
         self.pending[call_id] = Pending(
@@ -186,17 +207,24 @@ class RedirectCore:
         out.append(Publish("admission", business_id, "CallOffered", offered))
         return out
 
-    def _identify(self, request: Request, number: str) -> tuple[str, str]:
-        """Business and phone ids: Request-URI headers, then request headers (a UA that
-        followed a URI with headers copies them, RFC 3261 §19.1.5), then the directory."""
+    def _identify(self, request: Request, number: str) -> tuple[str, str, str]:
+        """(business id, phone id, refusal): Request-URI headers, then request headers (a
+        UA that followed a URI with headers copies them, RFC 3261 §19.1.5), then the
+        directory. An id that is not configured gives a refusal (404) and empty ids, so
+        the caller's string is never stored; the refusal names a safe form of it."""
         uri_h = {k.lower(): v for k, v in request.uri.headers.items()}
         business = uri_h.get("x-business-id") or request.headers.get("x-business-id") or ""
         phone = uri_h.get("x-phone-id") or request.headers.get("x-phone-id") or ""
-        if not business and number:
-            entry = self.directory(number)
-            if entry is not None:
-                return entry.business_id, phone or entry.phone_id
-        return business, phone
+        if phone and not (valid_id(phone) and self.known_phone(phone)):
+            return "", "", f"phone {safe_form(phone)} is not configured"
+        if business:
+            if not (valid_id(business) and self.known_business(business)):
+                return "", "", f"business {safe_form(business)} not found"
+            return business, phone, ""
+        entry = self.directory(number) if number and valid_number(number) else None
+        if entry is None:
+            return "", "", f"number {safe_form(number) or '(none)'} is not provisioned"
+        return entry.business_id, phone or entry.phone_id, ""
 
     def on_cancel(self, cancel: Request, key: TxKey, invite_key: TxKey, now: float) -> list[Out]:
         out: list[Out] = [Reply(key, make_response(cancel, 200, "OK"))]

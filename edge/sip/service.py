@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import threading
 import time
@@ -35,18 +36,20 @@ from edge.sip.transaction import (
 from edge.sip.transport import Listen, SipStream, annotate_via, response_addr
 from schemas.codec import Codec, CodecError, make_codec
 from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
-from trunkline.core.kafka import CompactedFollower, KeyFollower, Producers, PublishError
+from trunkline.core.kafka import CompactedFollower, KeyFollower, Producers
 from trunkline.core.settings import Settings
+from trunkline.core.throttle import LogThrottle
 from trunkline.core.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS
 
 log = logging.getLogger("trunkline.sip.edge")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 #: what the edge saw and did, for `/metrics` (Prometheus text format)
 MESSAGES = Counter(
     "trunkline_sip_messages_total",
     "SIP messages the edge received, by what became of them",
-    ["outcome"],  # received | malformed | stray_response
+    ["outcome"],  # received | malformed | dropped (unanswerable) | stray_response
 )
 INVITES = Counter("trunkline_sip_invites_total", "New INVITE transactions")
 DECISIONS_IN = Counter("trunkline_sip_decisions_total", "Decisions read for this edge's calls")
@@ -76,11 +79,17 @@ class SipEdge:
         self.tls_cert, self.tls_key = tls_cert, tls_key
         self.enable_udp, self.enable_tcp = udp, tcp
         self.codec = codec or make_codec(settings.schema_registry_url)
-        self.numbers: dict[str, NumberEntry] = {}
+        self.numbers: dict[str, NumberEntry] = {}  # SIP numbers by dialled number
         self._number_by_id: dict[str, str] = {}
+        self.phones: dict[str, str] = {}  # every configured phone id -> its business id
+        self.businesses: dict[str, int] = {}  # business id -> how many numbers it has
         self.transactions = ServerTransactions()
         self.core = RedirectCore(
-            edge_id, directory=self.numbers.get, decision_timeout=settings.decision_timeout_s
+            edge_id,
+            directory=self.numbers.get,
+            known_business=self.businesses.__contains__,
+            known_phone=self.phones.__contains__,
+            decision_timeout=settings.decision_timeout_s,
         )
         prefix = settings.topic_prefix
         self.topics = {
@@ -94,6 +103,7 @@ class SipEdge:
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._followers: list[KeyFollower | CompactedFollower] = []
+        self._drops = LogThrottle(10.0)
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
         self.ready = threading.Event()
@@ -111,19 +121,20 @@ class SipEdge:
                 self._decision_bytes,
             )
         )
-        try:
-            self._followers.append(
-                CompactedFollower(
-                    self.settings.kafka_bootstrap,
-                    f"sip-edge-{self.edge_id}-numbers",
-                    self.numbers_topic,
-                    self._number_record,
-                )
-            )
-        except PublishError:
-            log.warning("no %s topic: numbers resolve only by X-Business-Id", self.numbers_topic)
+        numbers = CompactedFollower(
+            self.settings.kafka_bootstrap,
+            f"sip-edge-{self.edge_id}-numbers",
+            self.numbers_topic,
+            self._number_record,
+        )
+        self._followers.append(numbers)
         for follower in self._followers:
             follower.start()
+        # the numbers say which business and phone ids exist: an INVITE naming one we do
+        # not know is refused without storing it, so take no traffic before they are read
+        loaded = await self.loop.run_in_executor(None, numbers.caught_up.wait, 30.0)
+        if not loaded:
+            raise RuntimeError(f"could not read {self.numbers_topic} within 30 s")
         if self.enable_udp:
             _, proto = await self.loop.create_datagram_endpoint(
                 lambda: Datagrams(self.on_datagram), local_addr=(self.listen.host, self.listen.port)
@@ -224,9 +235,16 @@ class SipEdge:
 
     def _bad_request(self, exc: ParseError, source: Address, transport: str, conn: Any) -> None:
         if exc.partial is None or exc.partial.method == "ACK":
-            log.info("dropped unanswerable packet from %s:%s: %s", source[0], source[1], exc)
+            MESSAGES.labels("dropped").inc()
+            # one line per interval, not per packet: a flood must not grow the log
+            summary = self._drops.note(time.monotonic(), f"{source[0]}:{source[1]}: {exc}")
+            if summary is not None:
+                log.info(
+                    "dropped %d unanswerable packet(s) since the last report; last from %s",
+                    *summary,
+                )
             return
-        reason = str(exc).replace("\r", " ").replace("\n", " ")[:100]
+        reason = _CONTROL.sub(" ", str(exc))[:100]
         status = exc.status_hint
         phrase = "Version Not Supported" if status == 505 else f"Bad Request ({reason})"
         response = make_response(exc.partial, status, phrase, to_tag="bad")
@@ -299,11 +317,17 @@ class SipEdge:
         self._apply(self.core.on_decision(name, record, now), now)
 
     def _number_record(self, phone_id: str, value: bytes | None) -> None:
-        """A numbers config record (the follower's thread): SIP numbers resolve calls that
-        carry no X-Business-Id by the dialled number. A plain dict swap, safe under the GIL."""
+        """A numbers config record (the follower's thread): every number makes its phone
+        id and its business known; SIP numbers also resolve calls that carry no
+        X-Business-Id by the dialled number. Plain dict writes, safe under the GIL."""
         old = self._number_by_id.pop(phone_id, None)
         if old is not None:
             self.numbers.pop(old, None)
+        owner = self.phones.pop(phone_id, None)
+        if owner is not None:
+            self.businesses[owner] -= 1
+            if not self.businesses[owner]:
+                del self.businesses[owner]
         if value is None:
             return
         try:
@@ -311,9 +335,12 @@ class SipEdge:
         except CodecError as exc:
             log.error("undecodable number %s: %s", phone_id, exc)
             return
+        business_id = record["business_id"]
+        self.phones[phone_id] = business_id
+        self.businesses[business_id] = self.businesses.get(business_id, 0) + 1
         if record["provider"] != "SIP":
             return
-        self.numbers[record["number"]] = NumberEntry(record["business_id"], record["id"])
+        self.numbers[record["number"]] = NumberEntry(business_id, record["id"])
         self._number_by_id[phone_id] = record["number"]
 
     # -- timers -----------------------------------------------------------------------------

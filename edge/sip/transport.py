@@ -31,31 +31,62 @@ class Listen:
         return cls(host.strip("[]") or "0.0.0.0", int(port))
 
 
+#: a TCP/TLS connection that carries nothing (not even a keep-alive) this long is closed;
+#: Kamailio's tcp_connection_lifetime default is 120 s as well
+TCP_IDLE_TIMEOUT_S = 120.0
+
+
 class SipStream(asyncio.Protocol):
     """SIP over one TCP/TLS connection: frames messages by Content-Length, answers
     keep-alive pings, and hands each message to `on_message(data, peer, transport)`.
-    A framing error closes the connection (the stream cannot be resynchronised)."""
+
+    A framing error closes the connection (the stream cannot be resynchronised); a
+    message that fails in `on_message` costs only itself (the stream stays framed, so the
+    messages behind it are still read). A connection idle for `idle_timeout` seconds is
+    closed."""
 
     def __init__(
         self,
         name: str,
         on_message: Callable[[bytes, Address, asyncio.Transport], Any],
         on_error: Callable[[], Any] | None = None,
+        idle_timeout: float = TCP_IDLE_TIMEOUT_S,
     ) -> None:
         self.name = name
         self.on_message = on_message
         self.on_error = on_error
+        self.idle_timeout = idle_timeout
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
+        self._last_rx = 0.0
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer = (peer[0], peer[1])
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
+        self._idle = loop.call_later(self.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+
+    def _check_idle(self) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_rx
+        if quiet >= self.idle_timeout:
+            log.info("%s %s: closing after %.0f s idle", self.name, self.peer, quiet)
+            self.transport.close()
+            return
+        self._idle = loop.call_later(self.idle_timeout - quiet, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
+        self._last_rx = asyncio.get_running_loop().time()
         self.framer.receive_data(data)
         while True:
             try:
@@ -71,7 +102,10 @@ class SipStream(asyncio.Protocol):
                 self.framer.pongs_due = 0
             if message is None:
                 return
-            self.on_message(message, self.peer, self.transport)
+            try:
+                self.on_message(message, self.peer, self.transport)
+            except Exception:  # one bad message must not take the connection down
+                log.exception("%s %s: a message failed; the connection stays", self.name, self.peer)
 
 
 def annotate_via(request: Request, source: Address) -> None:

@@ -169,3 +169,59 @@ def test_partitions_follow_kafkas_murmur2_vectors():
     assert aiokafka_murmur2(b"foobar") == -790332482 & 0xFFFFFFFF
     assert partition_for(b"21", 7) == (-973932308 & 0x7FFFFFFF) % 7
     assert partition_for(b"abc", 6) == (479470107 & 0x7FFFFFFF) % 6
+
+
+def _refusal(out):
+    pubs = [o for o in out if isinstance(o, Publish)]
+    final = [o.response for o in out if isinstance(o, Reply) and o.response.status >= 200]
+    return pubs, final[0]
+
+
+def test_an_unknown_business_is_refused_here_and_not_stored():
+    c = core(known_business=lambda b: b == "123")
+    uri = "sip:+15551234567@edge?X-Business-Id=%27%3B%20DROP%20TABLE%20calls%3B--"
+    pubs, final = _refusal(c.on_request(invite(uri), ("k",), SRC, "UDP", now=1.0))
+    assert final.status == 404
+    assert [(p.dest, p.name) for p in pubs] == [
+        ("call-events", "CallOffered"),
+        ("call-events", "CallRejected"),
+    ]
+    offered, rejected = pubs[0].record, pubs[1].record
+    assert (offered["business_id"], offered["phone_id"]) == ("", "")
+    assert rejected["reason"] == "business ___DROP_TABLE_calls_-- not found"
+    assert "DROP TABLE" not in final.headers.get("warning")
+    assert not c.pending  # nothing waits for a decision
+
+
+def test_an_unknown_phone_id_is_refused_here():
+    c = core(known_phone=lambda p: p == "abc")
+    uri = "sip:+15551234567@edge?X-Business-Id=123&X-Phone-Id=nope"
+    pubs, final = _refusal(c.on_request(invite(uri), ("k",), SRC, "UDP", now=1.0))
+    assert final.status == 404 and pubs[1].record["reason"] == "phone nope is not configured"
+    assert pubs[0].record["phone_id"] == "" and pubs[0].record["business_id"] == ""
+
+
+def test_a_dialled_string_that_is_no_number_is_not_stored():
+    c = core(directory={}.get)
+    uri = "sip:" + "9" * 40 + "@edge"
+    pubs, final = _refusal(c.on_request(invite(uri), ("k",), SRC, "UDP", now=1.0))
+    assert final.status == 404 and pubs[0].record["to_number"] == ""
+    assert pubs[1].record["reason"].startswith("number " + "9" * 40)
+
+
+def test_a_call_id_that_is_no_callid_gets_400_and_publishes_nothing():
+    c = core()
+    request = invite()
+    request.headers.remove("call-id")
+    request.headers.add("Call-ID", "has space\x01")
+    out = c.on_request(request, ("k",), SRC, "UDP", now=1.0)
+    assert [o.response.status for o in out if isinstance(o, Reply)] == [400]
+    assert not [o for o in out if isinstance(o, Publish)]
+
+
+def test_offered_codecs_are_bounded():
+    junk = b"a=rtpmap:96 " + b"X" * 300 + b"/8000\r\n"
+    many = " ".join(str(i) for i in range(100)).encode()
+    body = b"v=0\r\nm=audio 4000 RTP/AVP " + many + b"\r\n" + junk
+    codecs = offered_codecs(body)
+    assert len(codecs) == 16 and all(len(c) <= 32 for c in codecs)

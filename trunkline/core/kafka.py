@@ -76,7 +76,7 @@ def make_producer(bootstrap: str, profile: Profile = "config", **extra: Any) -> 
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition a murmur2-partitioned producer (Faust, Java, librdkafka) picks."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 # -- producing ------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class Producers:
         *,
         partition: int = -1,
         profile: Profile | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         """Queue one record; ``partition`` -1 lets the murmur2 partitioner choose."""
         producer = self._producers[profile or self._default]
@@ -332,14 +332,15 @@ def read_compacted(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[by
             msg = c.poll(timeout)
             if msg is None:
                 raise PublishError(f"timed out reading {topic}")
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    done.add(msg.partition())
+            partition, error = msg.partition() or 0, msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    done.add(partition)
                     continue
-                raise PublishError(f"reading {topic}: {msg.error()}")
+                raise PublishError(f"reading {topic}: {error}")
             out[msg.key() or b""] = msg.value()
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
+            if (msg.offset() or 0) + 1 >= ends[partition]:
+                done.add(partition)
         return out
     finally:
         c.close()
@@ -363,9 +364,10 @@ class _Follower:
                 msg = self._consumer.poll(0.1)
                 if msg is None:
                     continue
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.debug("%s: %s", self._thread.name, msg.error())
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.debug("%s: %s", self._thread.name, error)
                     continue
                 try:
                     self._on_message(msg)
@@ -416,15 +418,18 @@ class KeyFollower(_Follower):
         wanted = key.encode()
 
         def on_message(msg: Message) -> None:
-            if msg.key() == wanted and msg.value() is not None:
-                on_value(msg.value())
+            value = msg.value()
+            if msg.key() == wanted and value is not None:
+                on_value(value)
 
         super().__init__(f"follow-{topic}-{key}", c, on_message)
 
 
 class CompactedFollower(_Follower):
     """Follows every partition of a compacted topic from its start: `on_record(key,
-    value)` for each record, value None for a tombstone (config topics)."""
+    value)` for each record, value None for a tombstone (config topics). `caught_up` is
+    set once every record that existed when it started has been handed on, so a service
+    can wait for its config before it takes traffic."""
 
     def __init__(
         self,
@@ -441,13 +446,27 @@ class CompactedFollower(_Follower):
                 "log_level": 3,
             }
         )
+        ends: dict[int, int] = {}
         try:
-            c.assign([TopicPartition(topic, p, 0) for p in _topic_partitions(c, topic, 10)])
+            partitions = _topic_partitions(c, topic, 10)
+            for p in partitions:
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    ends[p] = high
+            c.assign([TopicPartition(topic, p, 0) for p in partitions])
         except BaseException:
             c.close()
             raise
+        self.caught_up = threading.Event()
+        if not ends:
+            self.caught_up.set()
 
         def on_message(msg: Message) -> None:
             on_record((msg.key() or b"").decode(), msg.value())
+            partition = msg.partition() or 0
+            if ends and (msg.offset() or 0) + 1 >= ends.get(partition, 0):
+                ends.pop(partition, None)
+                if not ends:
+                    self.caught_up.set()
 
         super().__init__(f"follow-{topic}", c, on_message)
