@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from edge.sip.errors import ParseError, TransactionError
+from edge.sip.flood import FloodGuard, Limits
 from edge.sip.message import Response, make_response, parse_message
 from edge.sip.redirect import NumberEntry, Out, Publish, RedirectCore, Reply
 from edge.sip.transaction import (
@@ -49,7 +50,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MESSAGES = Counter(
     "trunkline_sip_messages_total",
     "SIP messages the edge received, by what became of them",
-    ["outcome"],  # received | malformed | dropped (unanswerable) | stray_response
+    # received | malformed | dropped (unanswerable) | stray_response | flood (over the
+    # source's limit) | retransmit_skipped (the target's response budget was spent)
+    ["outcome"],
 )
 INVITES = Counter("trunkline_sip_invites_total", "New INVITE transactions")
 DECISIONS_IN = Counter("trunkline_sip_decisions_total", "Decisions read for this edge's calls")
@@ -104,6 +107,16 @@ class SipEdge:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._followers: list[KeyFollower | CompactedFollower] = []
         self._drops = LogThrottle(10.0)
+        self.flood = FloodGuard(
+            Limits(
+                rate=settings.sip_flood_rate,
+                burst=2 * settings.sip_flood_rate,
+                trusted_rate=settings.sip_trusted_rate,
+                trusted_burst=2 * settings.sip_trusted_rate,
+            )
+        )
+        self._flood_log = LogThrottle(10.0)
+        self._allowed_ips: dict[str, list[str]] = {}  # phone id -> its allowedSourceIps
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
         self.ready = threading.Event()
@@ -208,6 +221,16 @@ class SipEdge:
         self, data: bytes, source: Address, transport: str, conn: Any, *, stream: bool
     ) -> None:
         MESSAGES.labels("received").inc()
+        if not self.flood.allow_request(source[0], time.monotonic()):
+            MESSAGES.labels("flood").inc()  # dropped silently: an answer feeds the flood
+            summary = self._flood_log.note(time.monotonic(), source[0])
+            if summary is not None:
+                log.warning(
+                    "flood control: %d request(s) over the limit since the last report "
+                    "(last from %s)",
+                    *summary,
+                )
+            return
         now = time.time()
         try:
             message = parse_message(data, stream=stream)
@@ -316,6 +339,13 @@ class SipEdge:
         now = time.time()
         self._apply(self.core.on_decision(name, record, now), now)
 
+    def _retrust(self) -> None:
+        """Sources in any number's allowedSourceIps get the trusted flood limit (applied on
+        the event loop, which owns the guard)."""
+        entries = sorted({ip for ips in self._allowed_ips.values() for ip in ips})
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.flood.trust, entries)
+
     def _number_record(self, phone_id: str, value: bytes | None) -> None:
         """A numbers config record (the follower's thread): every number makes its phone
         id and its business known; SIP numbers also resolve calls that carry no
@@ -323,6 +353,8 @@ class SipEdge:
         old = self._number_by_id.pop(phone_id, None)
         if old is not None:
             self.numbers.pop(old, None)
+        if self._allowed_ips.pop(phone_id, None) is not None:
+            self._retrust()
         owner = self.phones.pop(phone_id, None)
         if owner is not None:
             self.businesses[owner] -= 1
@@ -337,6 +369,9 @@ class SipEdge:
             return
         business_id = record["business_id"]
         self.phones[phone_id] = business_id
+        if record.get("allowed_source_ips"):
+            self._allowed_ips[phone_id] = list(record["allowed_source_ips"])
+            self._retrust()
         self.businesses[business_id] = self.businesses.get(business_id, 0) + 1
         if record["provider"] != "SIP":
             return
@@ -361,8 +396,16 @@ class SipEdge:
                     pass
             now = time.time()
             self._apply(self.core.expire(now), now)
+            mono = time.monotonic()
             for action in self.transactions.expire(now):
                 if isinstance(action, Send):
+                    # a retransmission spends from its target's budget: a source that
+                    # never ACKs must not turn the edge into an amplifier
+                    if action.conn is None and not self.flood.allow_retransmit(
+                        action.addr[0], mono
+                    ):
+                        MESSAGES.labels("retransmit_skipped").inc()
+                        continue
                     self._send(action)
                 elif isinstance(action, AckTimeout):
                     log.info("no ACK for the final response to %s", action.request.call_id)

@@ -30,12 +30,14 @@ class Call:
 
 
 class UAC:
-    def __init__(self, host: str, port: int, transport: str = "UDP") -> None:
+    def __init__(
+        self, host: str, port: int, transport: str = "UDP", bind: str = "127.0.0.1"
+    ) -> None:
         self.remote = (host, port)
         self.transport = transport
         if transport == "UDP":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.bind((bind, 0))
         else:
             self.sock = socket.create_connection(self.remote, timeout=10)
             self.framer = StreamFramer()

@@ -56,6 +56,15 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _positive_count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise SettingsError(f"{name}={raw!r} must be a positive whole number")
+    return int(raw)
+
+
 def _host_port_setting(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name) or default
     host, sep, port = raw.rpartition(":")
@@ -106,6 +115,8 @@ class Settings:
     sip_listen: str = "127.0.0.1:5060"
     sink_priority: str = "idle"
     sink_flush_ms: int = 2_000
+    sip_flood_rate: int = 100
+    sip_trusted_rate: int = 5_000
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -168,4 +179,6 @@ class Settings:
             sip_listen=_host_port_setting(env, "TRUNKLINE_SIP_LISTEN", "127.0.0.1:5060"),
             sink_priority=_choice(env, "TRUNKLINE_SINK_PRIORITY", SINK_PRIORITIES, "idle"),
             sink_flush_ms=_positive(env, "TRUNKLINE_SINK_FLUSH_MS", 2_000),
+            sip_flood_rate=_positive_count(env, "TRUNKLINE_SIP_FLOOD_RATE", 100),
+            sip_trusted_rate=_positive_count(env, "TRUNKLINE_SIP_TRUSTED_RATE", 5_000),
         )
