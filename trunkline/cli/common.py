@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -73,14 +73,17 @@ def add_loglevel(parser: argparse.ArgumentParser) -> None:
 
 
 # -- output ------------------------------------------------------------------------------
+def _width(stream: TextIO) -> int | None:
+    """Not a terminal (a pipe, a log): wide enough that lines are not cut or wrapped."""
+    return 200 if not stream.isatty() and "COLUMNS" not in os.environ else None
+
+
 def out() -> Console:
-    """stdout. Not a terminal: no colours, and wide enough that tables do not wrap."""
-    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(width=200 if wide else None, highlight=False)
+    return Console(width=_width(sys.stdout), highlight=False)
 
 
 def err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, width=_width(sys.stderr), highlight=False)
 
 
 def say(text: str = "") -> None:

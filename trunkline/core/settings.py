@@ -15,17 +15,24 @@ import os
 import re
 import shlex
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
 from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
 from pydantic_core import PydanticUseDefault
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "TRUNKLINE_"
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _APP_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_HOST_RE = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")  # name, IPv4, [IPv6]
 
 #: CPU priority of the ClickHouse sink process (trunkline.core.aio.set_cpu_priority)
 SINK_PRIORITIES = ("idle", "normal")
@@ -105,20 +112,32 @@ def _positive_ms(raw: Any, info: ValidationInfo) -> int:
     return int(text)
 
 
-def _text(raw: Any, info: ValidationInfo) -> str:
+def _host(raw: Any, info: ValidationInfo) -> str:
     if _unset(raw):
         raise PydanticUseDefault()
-    return str(raw)
+    text = str(raw)
+    if not _HOST_RE.match(text):
+        raise SettingsError(f"{_name(info)}={text!r} is not a host name or IP address")
+    return text
 
 
-def _optional_text(raw: Any, info: ValidationInfo) -> str | None:
-    return None if _unset(raw) else str(raw)
+def _http_url(raw: Any, info: ValidationInfo) -> str | None:
+    if _unset(raw):
+        return None
+    text = str(raw)
+    url = urlparse(text)
+    if url.scheme not in ("http", "https", "mock") or not url.netloc:  # mock: in-memory
+        raise SettingsError(f"{_name(info)}={text!r} is not an http(s):// (or mock://) URL")
+    return text
 
 
 def _path(raw: Any, info: ValidationInfo) -> Path:
     if _unset(raw):
         raise PydanticUseDefault()
-    return Path(raw).resolve()
+    path = Path(raw).resolve()
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"{_name(info)}={str(raw)!r} is not a directory")
+    return path
 
 
 def _host_port(raw: Any, info: ValidationInfo) -> str:
@@ -178,7 +197,7 @@ def _jvm_opts(raw: Any, info: ValidationInfo) -> str:
 
 Port = Annotated[int, BeforeValidator(_port)]
 PositiveMs = Annotated[int, BeforeValidator(_positive_ms)]
-Text = Annotated[str, BeforeValidator(_text)]
+Host = Annotated[str, BeforeValidator(_host)]
 HostPort = Annotated[str, BeforeValidator(_host_port)]
 AbsPath = Annotated[Path, BeforeValidator(_path)]
 
@@ -194,6 +213,12 @@ class _MappingSource(EnvSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
         super().__init__(settings_cls)
         self.env_vars = {k.lower(): v for k, v in env.items()}
+
+
+#: the environment `Settings()` reads while `from_env` builds one (None: os.environ)
+_ENVIRONMENT: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "trunkline_settings_environment", default=None
+)
 
 
 class Settings(BaseSettings):
@@ -216,10 +241,10 @@ class Settings(BaseSettings):
     clickhouse_dsn: Annotated[str, BeforeValidator(_dsn)] = Field(
         default_factory=lambda data: f"chdb://{data.get('state_dir', Path('.state'))}/clickhouse"
     )
-    schema_registry_url: Annotated[str | None, BeforeValidator(_optional_text)] = None
-    worker_web_host: Text = "127.0.0.1"
+    schema_registry_url: Annotated[str | None, BeforeValidator(_http_url)] = None
+    worker_web_host: Host = "127.0.0.1"
     worker_web_port: Port = 6066
-    sink_web_host: Text = "127.0.0.1"
+    sink_web_host: Host = "127.0.0.1"
     sink_web_port: Port = 6067
     sink_priority: Annotated[str, BeforeValidator(_sink_priority)] = "idle"
     sink_flush_ms: PositiveMs = 2_000
@@ -246,10 +271,23 @@ class Settings(BaseSettings):
         return f"http://{self.sink_web_host}:{self.sink_web_port}"
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment: os.environ, or the mapping `from_env` was
+        given (no .env files, no secrets directory)."""
+        env = _ENVIRONMENT.get()
+        return (init_settings, env_settings if env is None else _MappingSource(settings_cls, env))
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Settings from `env` (default: os.environ); SettingsError names a bad variable."""
-        values = _MappingSource(cls, os.environ if env is None else env)()
-        return cls._validated(values)
+        return cls._built({}, os.environ if env is None else env)
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with `changes` (field names; None means unchanged), validated like the
@@ -263,7 +301,7 @@ class Settings(BaseSettings):
         unknown = sorted(set(clean) - set(type(self).model_fields))
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
-        return self._validated({**self.model_dump(), **clean})
+        return self._built({**self.model_dump(), **clean}, {})
 
     def to_env(self) -> dict[str, str]:
         """These settings as the TRUNKLINE_* variables that reproduce them in a child."""
@@ -274,12 +312,16 @@ class Settings(BaseSettings):
         }
 
     @classmethod
-    def _validated(cls, values: Mapping[str, Any]) -> Settings:
+    def _built(cls, values: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+        """`values` (field names) over `env` (variables), validated."""
+        token = _ENVIRONMENT.set(env)
         try:
-            return cls.model_validate(dict(values))  # no __init__: os.environ is not read
+            return cls(**values)
         except ValidationError as exc:
             errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"]
             raise SettingsError("; ".join(_describe(e) for e in errors)) from None
+        finally:
+            _ENVIRONMENT.reset(token)
 
 
 def _describe(error: Any) -> str:

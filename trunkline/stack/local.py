@@ -126,7 +126,7 @@ def _start(s: Settings, name: str, args: list[str]) -> int:
     return procs.start(s.state_dir, name, cli_argv(*args), s.to_env())
 
 
-def _wait_ready(s: Settings, svc: Service, timeout: float) -> str:
+def wait_ready(s: Settings, svc: Service, timeout: float) -> str:
     def ready() -> str | None:
         if procs.running_pid(s.state_dir, svc.name) is None:
             raise _exited(s, svc.name)
@@ -182,7 +182,7 @@ def up(s: Settings, options: UpOptions, progress: Progress = QUIET) -> UpReport:
         with progress.step(svc.title) as step:
             pid = _start(s, svc.name, svc.args(s))
             step.update(f"pid {pid}, waiting for {svc.address(s)}")
-            detail = _wait_ready(s, svc, options.timeout)
+            detail = wait_ready(s, svc, options.timeout)
             step.update(f"pid {pid}, {detail}")
             started.append(Started(svc.name, pid, detail))
     backends: dict[str, str] = {}  # backend id -> the process that heartbeats for it

@@ -72,13 +72,13 @@ SINK = Service(
 )
 WORKER = Service(
     name="worker",
-    title="worker (Faust app: config tables, admission, routing)",
+    title="worker (config tables, admission, routing)",
     args=lambda s: ["worker"],
     address=lambda s: s.worker_url,
     address_key="web",
     probe=lambda s: get_json(f"{s.worker_url}/health/"),
     health_key="health",
-    ready=lambda s, h: f"web {s.worker_url}, tables {h['tables']}" if "tables" in h else None,
+    ready=lambda s, h: f"web {s.worker_url}, {len(h['tables'])} tables" if "tables" in h else None,
 )
 SIP_EDGE = Service(
     name="sip-edge",

@@ -44,16 +44,19 @@ def declared(s: Settings) -> list[TopicRow]:
 
 def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
     """Create missing topics, raise partitions, reset drifted configs. Idempotent."""
-    specs = _specs(s)
+    groups = [
+        (s.topic_prefix, ALL_TOPICS),  # ours, under the topic prefix
+        ("", internal_topics(s.app_id)),  # the Faust app's own
+    ]
     results: list[TopicResult] = []
-    with progress.step("topics", total=len(specs)) as step:
-        for prefix, spec in specs:
+    with progress.step("topics", total=sum(len(specs) for _, specs in groups)) as step:
+        for prefix, specs in groups:
             try:
-                done = apply_topics(s.kafka_bootstrap, prefix, (spec,))
+                results += apply_topics(
+                    s.kafka_bootstrap, prefix, specs, on_result=lambda r: step.advance(r.name)
+                )
             except (BrokerUnavailable, KafkaException) as exc:
-                raise StackError(f"topic {spec.name(prefix)}: {exc}") from exc
-            results += done
-            step.advance(spec.name(prefix))
+                raise StackError(f"applying topics: {exc}") from exc
         changed = sum(r.action != "unchanged" for r in results)
         step.update(f"{len(results)} declared, {changed} created or updated")
     return results
