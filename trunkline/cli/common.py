@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,9 +45,6 @@ class Context:
     settings: Settings
     #: no TRUNKLINE_KAFKA_BOOTSTRAP (or --bootstrap): up/down/status own the local broker
     manage_broker: bool
-
-
-Handler = Callable[[argparse.Namespace, Context], int]
 
 
 # -- argument types ----------------------------------------------------------------------
