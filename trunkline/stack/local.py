@@ -144,12 +144,14 @@ def wait_ready(s: Settings, svc: Service, timeout: float) -> str:
         raise StackError(str(exc)) from None
 
 
-def _wait_live(s: Settings, backend_ids: set[str], names: dict[str, str], timeout: float) -> None:
-    """Until routing holds a fresh heartbeat from each backend (a media node or the
-    stand-in), so the first call after `up` finds them live."""
+def _wait_live(s: Settings, heartbeaters: dict[str, str], timeout: float) -> None:
+    """Until routing holds a fresh heartbeat from each backend (backend id -> the process
+    that heartbeats for it: its media node or the stand-in), so the first call after `up`
+    finds them live."""
+    backend_ids = set(heartbeaters)
 
     def all_live() -> bool:
-        for name in set(names.values()):
+        for name in set(heartbeaters.values()):
             if procs.running_pid(s.state_dir, name) is None:
                 raise _exited(s, name)
         return backend_ids <= live_backends(s, int(time.time() * 1000))
@@ -203,7 +205,7 @@ def up(s: Settings, options: UpOptions, progress: Progress = QUIET) -> UpReport:
                 backends.setdefault(rec.key, HEARTBEATS)
     if backends:
         with progress.step("routing sees the backends' heartbeats") as step:
-            _wait_live(s, set(backends), backends, options.timeout)
+            _wait_live(s, backends, options.timeout)
             step.update(", ".join(sorted(backends)))
     return UpReport(started_broker, applied_topics, applied, started, s.state_dir / "logs")
 
