@@ -7,6 +7,7 @@ takes the furthest step reached even when producers' clocks disagree.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -21,20 +22,42 @@ COLUMNS: tuple[str, ...] = (
 
 Row = tuple[Any, ...]
 
-#: event type -> (status after it, rank)
+
+class CallStatus(StrEnum):
+    """A queue entry's status (the seed's InboundCallQueue), defined here once: the
+    projection writes them, the read side and the CLI compare against them."""
+
+    QUEUED = "Queued"
+    PROCESSING_PROXY = "ProcessingProxy"
+    PROCESSED_PROXY = "ProcessedProxy"
+    PROCESSING_BACKEND = "ProcessingBackend"
+    IN_PROGRESS = "InProgress"
+    REJECTED = "Rejected"
+    COMPLETED = "Completed"
+    CANCELLED = "Cancelled"
+    FAILED = "Failed"
+
+
+#: statuses after which nothing more happens to the call
+FINAL_STATUSES = frozenset(
+    {CallStatus.REJECTED, CallStatus.COMPLETED, CallStatus.CANCELLED, CallStatus.FAILED}
+)
+
+#: event type -> (status after it, rank); CallEnded's status comes from END_STATUS
 STATUS: dict[str, tuple[str, int]] = {
-    "CallOffered": ("Queued", 10),
-    "CallAdmitted": ("ProcessingProxy", 20),
-    "CallRouted": ("ProcessedProxy", 30),
-    "CallRejected": ("Rejected", 40),
-    "CallAccepted": ("ProcessingBackend", 50),
-    "CallAnswered": ("InProgress", 60),
-    "CallEnded": ("Ended", 70),
+    "CallOffered": (CallStatus.QUEUED, 10),
+    "CallAdmitted": (CallStatus.PROCESSING_PROXY, 20),
+    "CallRouted": (CallStatus.PROCESSED_PROXY, 30),
+    "CallRejected": (CallStatus.REJECTED, 40),
+    "CallAccepted": (CallStatus.PROCESSING_BACKEND, 50),
+    "CallAnswered": (CallStatus.IN_PROGRESS, 60),
+    "CallEnded": (CallStatus.FAILED, 70),
 }
-END_STATUS = {
-    "completed": "Completed",
-    "cancelled": "Cancelled",
-    "rejected": "Rejected",
+#: CallEnded reason -> status; any other reason is a failure
+END_STATUS: dict[str, str] = {
+    "completed": CallStatus.COMPLETED,
+    "cancelled": CallStatus.CANCELLED,
+    "rejected": CallStatus.REJECTED,
 }
 
 
@@ -91,7 +114,7 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         raise ProjectionError(f"{name} {env.get('event_id')} has no call_id")
     media = r.get("media") or {}
     if name == "CallEnded":
-        status = END_STATUS.get(r["reason"], "Failed")
+        status = END_STATUS.get(r["reason"], CallStatus.FAILED)
     log_type, log_message = _log(name, r)
     at_ms = int(env["occurred_at"])
     return (

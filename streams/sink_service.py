@@ -9,7 +9,7 @@ open the data path), runs the batch sink (streams/sink.py) and answers reads ove
     GET /events/counts/               events per type
 
 Kept apart from the Faust worker so that batch decoding and inserts never hold the GIL
-the decision path needs (measured: at 200 calls/s p50 went from 3.6 s to 40 ms).
+the decision path needs (docs/benchmarks.md, 2026-11-26 04:34).
 """
 
 from __future__ import annotations
@@ -130,6 +130,6 @@ def run_sink(settings: Settings, loglevel: str = "info") -> None:
     logging.getLogger("trunkline.sink").info("CPU priority: %s", applied)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # batches of 10,000 decoded records are young objects the cyclic GC would walk over and
-    # over; collect less often (measured: see bench/sink.py in the issue notes)
+    # over; collect less often
     tune_gc(100_000)
     asyncio.run(serve(settings))

@@ -1,10 +1,13 @@
+import argparse
+import re
 from pathlib import Path
 
 import pytest
 
 from streams.queries import parse_duration
 from trunkline import cli
-from trunkline.core.settings import Settings, SettingsError
+from trunkline.cli.main import build_parser
+from trunkline.core.settings import Settings, SettingsError, env_var
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "config.yaml"
 
@@ -94,3 +97,152 @@ def test_bad_env_exits_2(monkeypatch, capsys):
     monkeypatch.setenv("TRUNKLINE_CLICKHOUSE_DSN", "ftp://x")
     assert cli.main(["status"]) == 2
     assert "TRUNKLINE_CLICKHOUSE_DSN" in capsys.readouterr().err
+
+
+# -- settings: every variable, documented and validated ----------------------------------
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+#: a value each variable refuses (a new setting needs one here: it is validated too)
+BAD_VALUES = {
+    "TRUNKLINE_STATE_DIR": str(EXAMPLE),  # a file, not a directory
+    "TRUNKLINE_CACHE_DIR": str(EXAMPLE),
+    "TRUNKLINE_KAFKA_PORT": "70000",
+    "TRUNKLINE_KAFKA_CONTROLLER_PORT": "x",
+    "TRUNKLINE_KAFKA_BOOTSTRAP": "nohost",
+    "TRUNKLINE_KAFKA_JVM_OPTS": "'-Xmx1g",
+    "TRUNKLINE_TOPIC_PREFIX": "a/b",
+    "TRUNKLINE_APP_ID": "a b",
+    "TRUNKLINE_CLICKHOUSE_DSN": "mysql://db",
+    "TRUNKLINE_SCHEMA_REGISTRY_URL": "registry:8081",
+    "TRUNKLINE_WORKER_WEB_HOST": "http://x",
+    "TRUNKLINE_WORKER_WEB_PORT": "0",
+    "TRUNKLINE_SINK_WEB_HOST": "a b",
+    "TRUNKLINE_SINK_WEB_PORT": "-1",
+    "TRUNKLINE_SINK_PRIORITY": "high",
+    "TRUNKLINE_SINK_FLUSH_MS": "2s",
+    "TRUNKLINE_SIP_LISTEN": "5060",
+    "TRUNKLINE_SIP_FLOOD_RATE": "0",
+    "TRUNKLINE_SIP_TRUSTED_RATE": "lots",
+    "TRUNKLINE_DECISION_TIMEOUT_MS": "0",
+    "TRUNKLINE_REDIRECT_TIMEOUT_MS": "1.5",
+    "TRUNKLINE_HEARTBEAT_TIMEOUT_MS": "-5",
+    "TRUNKLINE_STATE_RETENTION_MS": "ten",
+}
+
+
+def _configuration_section() -> str:
+    text = README.read_text()
+    start = text.index("\n## Configuration")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_every_documented_variable_is_a_setting_and_every_setting_is_documented():
+    documented = set(re.findall(r"^\| `(TRUNKLINE_[A-Z_]+)`", _configuration_section(), re.M))
+    fields = {env_var(name) for name in Settings.model_fields}
+    assert documented == fields
+
+
+def test_every_setting_has_a_refused_value_listed_here():
+    assert set(BAD_VALUES) == {env_var(name) for name in Settings.model_fields}
+
+
+@pytest.mark.parametrize(("variable", "value"), sorted(BAD_VALUES.items()))
+def test_a_bad_value_exits_2_naming_the_variable(variable, value, monkeypatch, capsys):
+    monkeypatch.setenv(variable, value)
+    assert cli.main(["status", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"trunkline: {variable}")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("variable", sorted(BAD_VALUES))
+def test_an_empty_variable_means_its_default(variable):
+    default = Settings.from_env({})
+    empty = Settings.from_env({variable: ""})
+    if variable in ("TRUNKLINE_TOPIC_PREFIX", "TRUNKLINE_KAFKA_JVM_OPTS"):
+        assert getattr(empty, variable.removeprefix("TRUNKLINE_").lower()) == ""
+    else:
+        assert empty == default
+
+
+def test_derived_defaults_follow_the_variables_they_come_from(tmp_path):
+    s = Settings.from_env({"TRUNKLINE_KAFKA_PORT": "29192", "TRUNKLINE_STATE_DIR": str(tmp_path)})
+    assert (s.kafka_bootstrap, s.kafka_controller_port) == ("127.0.0.1:29192", 29193)
+    assert s.clickhouse_dsn == f"chdb://{tmp_path}/clickhouse"
+    assert Settings.from_env({"TRUNKLINE_DECISION_TIMEOUT_MS": "1500"}).decision_timeout_s == 1.5
+
+
+def test_settings_reach_a_child_unchanged_through_its_environment(tmp_path):
+    s = Settings.from_env(
+        {
+            "TRUNKLINE_STATE_DIR": str(tmp_path),
+            "TRUNKLINE_KAFKA_BOOTSTRAP": "b1:9092,b2:9092",
+            "TRUNKLINE_TOPIC_PREFIX": "",
+            "TRUNKLINE_SCHEMA_REGISTRY_URL": "http://registry:8081",
+            "TRUNKLINE_DECISION_TIMEOUT_MS": "750",
+        }
+    )
+    assert Settings.from_env(s.to_env()) == s
+
+
+def test_from_env_reads_only_the_mapping_it_is_given(monkeypatch):
+    monkeypatch.setenv("TRUNKLINE_TOPIC_PREFIX", "from-the-process.")
+    assert Settings.from_env({}).topic_prefix == "trunkline."
+    assert Settings.from_env().topic_prefix == "from-the-process."
+
+
+def test_overrides_are_validated_like_the_environment():
+    s = Settings.from_env({})
+    slower = s.with_overrides(decision_timeout_s=2.5, worker_web_port=None)
+    assert (slower.decision_timeout_ms, slower.worker_web_port) == (2500, 6066)
+    assert s.with_overrides(worker_web_port=7000).worker_url == "http://127.0.0.1:7000"
+    with pytest.raises(SettingsError, match="TRUNKLINE_WORKER_WEB_PORT=0 is outside"):
+        s.with_overrides(worker_web_port=0)
+    with pytest.raises(SettingsError, match="unknown setting"):
+        s.with_overrides(worker_port=1)
+
+
+# -- the CLI's commands and flags are the ones README documents --------------------------
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {opt for action in parser._actions for opt in action.option_strings}
+
+
+def _cli_rows() -> list[str]:
+    text = README.read_text()
+    start = text.index("\n## CLI")
+    section = text[start : text.index("\n## ", start + 1)]
+    rows = re.findall(r"^\| `([^`]+)` \|", section, re.M)
+    return [row.replace("\\|", "|") for row in rows]  # `\|` is a | inside a table cell
+
+
+def test_readme_documents_every_command():
+    documented = {row.split()[0] for row in _cli_rows()}
+    assert documented == set(_subcommands(build_parser()))
+
+
+@pytest.mark.parametrize("row", _cli_rows())
+def test_every_documented_command_and_flag_exists(row):
+    parser = build_parser()
+    words = row.split()
+    while words and words[0] in _subcommands(parser):
+        parser = _subcommands(parser)[words.pop(0)]
+    if words and "|" in words[0]:  # e.g. `kafka up|down|status|fetch`: the choices
+        positional = next(a for a in parser._actions if a.choices and not a.option_strings)
+        assert set(words[0].split("|")) <= set(positional.choices)
+    flags = set(re.findall(r"--[a-z][a-z-]*", row))
+    assert flags <= _options(parser), f"{row}: {flags - _options(parser)} not accepted"
+
+
+def test_the_global_flags_are_documented():
+    text = README.read_text()
+    usage = re.search(r"^`trunkline (\[.*\]) COMMAND`", text, re.M)
+    assert usage is not None
+    flags = set(re.findall(r"--[a-z][a-z-]*", usage.group(1)))
+    assert flags == _options(build_parser()) - {"-h", "--help"}

@@ -24,7 +24,14 @@ class BrokerUnavailable(RuntimeError):
 
 
 def admin_client(bootstrap: str, quiet: bool = False) -> AdminClient:
-    conf: dict[str, object] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000}
+    conf: dict[str, object] = {
+        "bootstrap.servers": bootstrap,
+        "socket.timeout.ms": 5000,
+        # warnings and errors only: librdkafka's informational lines (e.g. "Purging 1
+        # unserved events from background queue" as a client closes) reached the
+        # operator's terminal in the middle of `topics apply`
+        "log_level": 4,
+    }
     if quiet:  # while waiting for a broker to come up, "connection refused" is expected
         conf["log_level"] = 0
     return AdminClient(conf)
@@ -62,15 +69,26 @@ class TopicResult:
 
 
 def apply_topics(
-    bootstrap: str, prefix: str, specs: tuple[TopicSpec, ...] = ALL_TOPICS, timeout: float = 30.0
+    bootstrap: str,
+    prefix: str,
+    specs: tuple[TopicSpec, ...] = ALL_TOPICS,
+    timeout: float = 30.0,
+    on_result: Callable[[TopicResult], None] | None = None,
 ) -> list[TopicResult]:
-    """Create missing topics; raise partitions and reset configs that drifted. Idempotent."""
+    """Create missing topics; raise partitions and reset configs that drifted. Idempotent.
+    `on_result` hears each topic's result as soon as it is known (progress)."""
     client = admin_client(bootstrap)
     try:
         existing = client.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot list topics at {bootstrap}: {exc}") from exc
     results: list[TopicResult] = []
+
+    def done(result: TopicResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
     to_create = [s for s in specs if s.name(prefix) not in existing]
     if to_create:
         futures = client.create_topics(
@@ -88,10 +106,10 @@ def apply_topics(
         for name, fut in futures.items():
             try:
                 fut.result()
-                results.append(TopicResult(name, "created"))
+                done(TopicResult(name, "created"))
             except KafkaException as exc:
                 if "TOPIC_ALREADY_EXISTS" in str(exc):  # a concurrent apply won the race
-                    results.append(TopicResult(name, "unchanged", "created concurrently"))
+                    done(TopicResult(name, "unchanged", "created concurrently"))
                 else:
                     raise
     for spec in specs:
@@ -119,7 +137,7 @@ def apply_topics(
                 [ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)]
             )[ConfigResource(ConfigResource.Type.TOPIC, name)].result()
             changes.append("configs " + ", ".join(f"{k}={v}" for k, v in drift.items()))
-        results.append(TopicResult(name, "updated" if changes else "unchanged", "; ".join(changes)))
+        done(TopicResult(name, "updated" if changes else "unchanged", "; ".join(changes)))
     return results
 
 

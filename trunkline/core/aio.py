@@ -24,8 +24,8 @@ def tune_gc(gen0_threshold: int = 50_000) -> None:
     """Freeze what start-up allocated and run the cyclic GC's young collections less often.
 
     A service's long-lived objects (config, tables, sockets, imported modules) were walked
-    by every full collection: in the SIP edge at 300 calls/s those took 26-35 ms each, and
-    found nothing to free. Frozen objects are never walked; a larger first threshold trades
+    by every full collection, which found nothing to free among them (docs/benchmarks.md,
+    2026-11-26 08:19). Frozen objects are never walked; a larger first threshold trades
     a few hundred young collections a second for a few larger ones.
     """
     gc.collect()
@@ -39,11 +39,9 @@ def set_cpu_priority(priority: str) -> str:
     normal thread preempts it at once), or the lowest nice value where SCHED_IDLE does not
     exist; "normal" changes nothing. Returns what was applied.
 
-    For processes off the call path that work in bursts: the ClickHouse sink's inserts
-    and chDB's merges take 30-57% of a core for 60-100 ms at a time, on a machine whose
-    cores the decision path keeps 65% busy at 300 calls/s. Measured alone the gain was
-    within the machine's noise (docs/design.md); the sink is simply the one process that
-    may wait.
+    For processes off the call path that work in bursts, such as the ClickHouse sink's
+    inserts and chDB's merges: the sink is the one process that may wait. Measured alone
+    the gain was within the machine's noise (docs/benchmarks.md, 2026-11-26 14:07).
     """
     if priority == "normal":
         return "normal"

@@ -1,78 +1,61 @@
-"""Runtime settings: environment variables with embedded defaults, validated once.
+"""Runtime settings: `TRUNKLINE_*` environment variables with embedded defaults, validated
+once, read with pydantic-settings.
 
-Every process (CLI, worker, edges, media nodes) reads the same variables, so one
-`export` points the whole stack somewhere else. Command-line flags override them.
+Every process (CLI, worker, sink, edges, media nodes) reads the same variables, so one
+`export` points the whole stack somewhere else; the CLI's flags override them, and the
+CLI hands its settings to the processes it starts (`Settings.to_env`). Each field `x` is
+the variable `TRUNKLINE_X`. An empty variable means its default (except
+`TRUNKLINE_TOPIC_PREFIX`, where empty is a valid prefix). A bad value raises
+`SettingsError` naming the variable, which the CLI turns into exit status 2.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo
+from pydantic_core import PydanticUseDefault
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "TRUNKLINE_"
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _APP_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_HOST_RE = re.compile(r"^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")  # name, IPv4, [IPv6]
+
+#: CPU priority of the ClickHouse sink process (trunkline.core.aio.set_cpu_priority)
+SINK_PRIORITIES = ("idle", "normal")
 
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use; the message names the variable."""
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise SettingsError(f"{name}={value} is outside 1..65535")
-    return value
+def env_var(field_name: str) -> str:
+    """The environment variable of a Settings field: `kafka_port` -> TRUNKLINE_KAFKA_PORT."""
+    return ENV_PREFIX + field_name.upper()
 
 
-#: CPU priority of the ClickHouse sink process (trunkline.core.aio.set_cpu_priority)
-SINK_PRIORITIES = ("idle", "normal")
+def _name(info: ValidationInfo) -> str:
+    return env_var(info.field_name or "")
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if raw not in choices:
-        raise SettingsError(f"{name}={raw!r}: must be one of {', '.join(choices)}")
-    return raw
+def _unset(raw: Any) -> bool:
+    return raw is None or (isinstance(raw, str) and raw.strip() == "")
 
 
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or int(raw) <= 0:
-        raise SettingsError(f"{name}={raw!r} must be a positive whole number of milliseconds")
-    return int(raw)
-
-
-def _positive_count(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or int(raw) <= 0:
-        raise SettingsError(f"{name}={raw!r} must be a positive whole number")
-    return int(raw)
-
-
-def _host_port_setting(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name) or default
-    host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise SettingsError(f"{name}={raw!r} is not host:port")
-    return raw
-
-
+# -- value checks (each error names the variable) --------------------------------------
 def check_bootstrap(value: str, name: str = "TRUNKLINE_KAFKA_BOOTSTRAP") -> str:
     parts = [p.strip() for p in value.split(",") if p.strip()]
     if not parts:
@@ -93,30 +76,201 @@ def check_clickhouse_dsn(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Settings:
-    state_dir: Path
-    cache_dir: Path
-    kafka_bootstrap: str
-    kafka_port: int
-    kafka_controller_port: int
-    topic_prefix: str
-    app_id: str
-    clickhouse_dsn: str
-    schema_registry_url: str | None
-    worker_web_host: str
-    worker_web_port: int
-    redirect_timeout_ms: int = 10_000
-    heartbeat_timeout_ms: int = 5_000
-    decision_timeout_s: float = 5.0
-    state_retention_ms: int = 600_000
-    sink_web_host: str = "127.0.0.1"
-    sink_web_port: int = 6067
-    sip_listen: str = "127.0.0.1:5060"
-    sink_priority: str = "idle"
-    sink_flush_ms: int = 2_000
-    sip_flood_rate: int = 100
-    sip_trusted_rate: int = 5_000
+def check_jvm_opts(value: str, name: str = "TRUNKLINE_KAFKA_JVM_OPTS") -> list[str]:
+    """Shell-quoted JVM options for the local broker; each must start with '-'."""
+    try:
+        opts = shlex.split(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={value!r}: {exc}") from exc
+    for opt in opts:
+        if not opt.startswith("-"):
+            raise SettingsError(f"{name}: {opt!r} is not a JVM option (options start with '-')")
+    return opts
+
+
+# -- field types: a before-validator per kind, so every message is ours ------------------
+def _port(raw: Any, info: ValidationInfo) -> int:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{_name(info)}={raw!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise SettingsError(f"{_name(info)}={value} is outside 1..65535")
+    return value
+
+
+def _positive_ms(raw: Any, info: ValidationInfo) -> int:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw).strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise SettingsError(
+            f"{_name(info)}={raw!r} must be a positive whole number of milliseconds"
+        )
+    return int(text)
+
+
+def _positive_count(raw: Any, info: ValidationInfo) -> int:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw).strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise SettingsError(f"{_name(info)}={raw!r} must be a positive whole number")
+    return int(text)
+
+
+def _host(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw)
+    if not _HOST_RE.match(text):
+        raise SettingsError(f"{_name(info)}={text!r} is not a host name or IP address")
+    return text
+
+
+def _http_url(raw: Any, info: ValidationInfo) -> str | None:
+    if _unset(raw):
+        return None
+    text = str(raw)
+    url = urlparse(text)
+    if url.scheme not in ("http", "https", "mock") or not url.netloc:  # mock: in-memory
+        raise SettingsError(f"{_name(info)}={text!r} is not an http(s):// (or mock://) URL")
+    return text
+
+
+def _path(raw: Any, info: ValidationInfo) -> Path:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    path = Path(raw).resolve()
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"{_name(info)}={str(raw)!r} is not a directory")
+    return path
+
+
+def _host_port(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"{_name(info)}={text!r} is not host:port")
+    return text
+
+
+def _bootstrap(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    return check_bootstrap(str(raw), _name(info))
+
+
+def _dsn(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    return check_clickhouse_dsn(str(raw))
+
+
+def _topic_prefix(raw: Any, info: ValidationInfo) -> str:
+    if raw is None:
+        raise PydanticUseDefault()
+    text = str(raw)  # empty is a valid prefix
+    if not _TOPIC_PREFIX_RE.match(text):
+        raise SettingsError(f"{_name(info)}={text!r}: only letters, digits, '.', '_' and '-'")
+    return text
+
+
+def _app_id(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw)
+    if not _APP_ID_RE.match(text):
+        raise SettingsError(f"{_name(info)}={text!r}: only letters, digits, '.', '_', '-'")
+    return text
+
+
+def _sink_priority(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    if raw not in SINK_PRIORITIES:
+        raise SettingsError(f"{_name(info)}={raw!r}: must be one of {', '.join(SINK_PRIORITIES)}")
+    return str(raw)
+
+
+def _jvm_opts(raw: Any, info: ValidationInfo) -> str:
+    if raw is None:
+        raise PydanticUseDefault()
+    check_jvm_opts(str(raw), _name(info))
+    return str(raw)
+
+
+Port = Annotated[int, BeforeValidator(_port)]
+PositiveMs = Annotated[int, BeforeValidator(_positive_ms)]
+PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
+Host = Annotated[str, BeforeValidator(_host)]
+HostPort = Annotated[str, BeforeValidator(_host_port)]
+AbsPath = Annotated[Path, BeforeValidator(_path)]
+
+
+def _default_cache_dir() -> Path:
+    return (Path.home() / ".cache" / "trunkline").resolve()
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ
+    (tests and the CLI build settings from an explicit environment)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {k.lower(): v for k, v in env.items()}
+
+
+#: the environment `Settings()` reads while `from_env` builds one (None: os.environ)
+_ENVIRONMENT: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "trunkline_settings_environment", default=None
+)
+
+
+class Settings(BaseSettings):
+    """Everything a trunkline process reads from its environment, validated and frozen."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    state_dir: AbsPath = Field(default_factory=lambda: Path(".state").resolve())
+    cache_dir: AbsPath = Field(default_factory=_default_cache_dir)
+    kafka_port: Port = 19092
+    kafka_controller_port: Port = Field(
+        default_factory=lambda data: int(data.get("kafka_port", 19092)) + 1
+    )
+    kafka_bootstrap: Annotated[str, BeforeValidator(_bootstrap)] = Field(
+        default_factory=lambda data: f"127.0.0.1:{data.get('kafka_port', 19092)}"
+    )
+    kafka_jvm_opts: Annotated[str, BeforeValidator(_jvm_opts)] = ""
+    topic_prefix: Annotated[str, BeforeValidator(_topic_prefix)] = "trunkline."
+    app_id: Annotated[str, BeforeValidator(_app_id)] = "trunkline"
+    clickhouse_dsn: Annotated[str, BeforeValidator(_dsn)] = Field(
+        default_factory=lambda data: f"chdb://{data.get('state_dir', Path('.state'))}/clickhouse"
+    )
+    schema_registry_url: Annotated[str | None, BeforeValidator(_http_url)] = None
+    worker_web_host: Host = "127.0.0.1"
+    worker_web_port: Port = 6066
+    sink_web_host: Host = "127.0.0.1"
+    sink_web_port: Port = 6067
+    sink_priority: Annotated[str, BeforeValidator(_sink_priority)] = "idle"
+    sink_flush_ms: PositiveMs = 2_000
+    sip_listen: HostPort = "127.0.0.1:5060"
+    #: flood control (edge/sip/flood.py): requests a second per source IP, and for
+    #: sources in any number's allowedSourceIps
+    sip_flood_rate: PositiveCount = 100
+    sip_trusted_rate: PositiveCount = 5_000
+    decision_timeout_ms: PositiveMs = 5_000
+    redirect_timeout_ms: PositiveMs = 10_000
+    heartbeat_timeout_ms: PositiveMs = 5_000
+    state_retention_ms: PositiveMs = 600_000
+
+    @property
+    def decision_timeout_s(self) -> float:
+        return self.decision_timeout_ms / 1000
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -130,55 +284,65 @@ class Settings:
     def sink_url(self) -> str:
         return f"http://{self.sink_web_host}:{self.sink_web_port}"
 
-    def with_overrides(self, **changes: object) -> Settings:
-        clean = {k: v for k, v in changes.items() if v is not None}
-        return replace(self, **clean)  # type: ignore[arg-type]
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment: os.environ, or the mapping `from_env` was
+        given (no .env files, no secrets directory)."""
+        env = _ENVIRONMENT.get()
+        return (init_settings, env_settings if env is None else _MappingSource(settings_cls, env))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        state_dir = Path(env.get("TRUNKLINE_STATE_DIR") or ".state").resolve()
-        cache_dir = Path(
-            env.get("TRUNKLINE_CACHE_DIR") or Path.home() / ".cache" / "trunkline"
-        ).resolve()
-        kafka_port = _port(env, "TRUNKLINE_KAFKA_PORT", 19092)
-        controller_port = _port(env, "TRUNKLINE_KAFKA_CONTROLLER_PORT", kafka_port + 1)
-        bootstrap = check_bootstrap(
-            env.get("TRUNKLINE_KAFKA_BOOTSTRAP") or f"127.0.0.1:{kafka_port}"
-        )
-        prefix = env.get("TRUNKLINE_TOPIC_PREFIX", "trunkline.")
-        if not _TOPIC_PREFIX_RE.match(prefix):
-            raise SettingsError(
-                f"TRUNKLINE_TOPIC_PREFIX={prefix!r}: only letters, digits, '.', '_' and '-'"
-            )
-        app_id = env.get("TRUNKLINE_APP_ID") or "trunkline"
-        if not _APP_ID_RE.match(app_id):
-            raise SettingsError(f"TRUNKLINE_APP_ID={app_id!r}: only letters, digits, '.', '_', '-'")
-        dsn = check_clickhouse_dsn(
-            env.get("TRUNKLINE_CLICKHOUSE_DSN") or f"chdb://{state_dir / 'clickhouse'}"
-        )
-        registry = env.get("TRUNKLINE_SCHEMA_REGISTRY_URL") or None
-        return cls(
-            state_dir=state_dir,
-            cache_dir=cache_dir,
-            kafka_bootstrap=bootstrap,
-            kafka_port=kafka_port,
-            kafka_controller_port=controller_port,
-            topic_prefix=prefix,
-            app_id=app_id,
-            clickhouse_dsn=dsn,
-            schema_registry_url=registry,
-            worker_web_host=env.get("TRUNKLINE_WORKER_WEB_HOST") or "127.0.0.1",
-            worker_web_port=_port(env, "TRUNKLINE_WORKER_WEB_PORT", 6066),
-            redirect_timeout_ms=_positive(env, "TRUNKLINE_REDIRECT_TIMEOUT_MS", 10_000),
-            heartbeat_timeout_ms=_positive(env, "TRUNKLINE_HEARTBEAT_TIMEOUT_MS", 5_000),
-            decision_timeout_s=_positive(env, "TRUNKLINE_DECISION_TIMEOUT_MS", 5_000) / 1000,
-            state_retention_ms=_positive(env, "TRUNKLINE_STATE_RETENTION_MS", 600_000),
-            sink_web_host=env.get("TRUNKLINE_SINK_WEB_HOST") or "127.0.0.1",
-            sink_web_port=_port(env, "TRUNKLINE_SINK_WEB_PORT", 6067),
-            sip_listen=_host_port_setting(env, "TRUNKLINE_SIP_LISTEN", "127.0.0.1:5060"),
-            sink_priority=_choice(env, "TRUNKLINE_SINK_PRIORITY", SINK_PRIORITIES, "idle"),
-            sink_flush_ms=_positive(env, "TRUNKLINE_SINK_FLUSH_MS", 2_000),
-            sip_flood_rate=_positive_count(env, "TRUNKLINE_SIP_FLOOD_RATE", 100),
-            sip_trusted_rate=_positive_count(env, "TRUNKLINE_SIP_TRUSTED_RATE", 5_000),
-        )
+        """Settings from `env` (default: os.environ); SettingsError names a bad variable."""
+        return cls._built({}, os.environ if env is None else env)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with `changes` (field names; None means unchanged), validated like the
+        environment. `decision_timeout_s` is accepted for `decision_timeout_ms`."""
+        clean = {k: v for k, v in changes.items() if v is not None}
+        if "decision_timeout_s" in clean:
+            seconds = clean.pop("decision_timeout_s")
+            if not isinstance(seconds, int | float):
+                raise SettingsError(f"decision_timeout_s={seconds!r} is not a number")
+            clean["decision_timeout_ms"] = max(1, round(seconds * 1000))
+        unknown = sorted(set(clean) - set(type(self).model_fields))
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)}")
+        return self._built({**self.model_dump(), **clean}, {})
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the TRUNKLINE_* variables that reproduce them in a child."""
+        return {
+            env_var(name): str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
+    @classmethod
+    def _built(cls, values: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+        """`values` (field names) over `env` (variables), validated."""
+        token = _ENVIRONMENT.set(env)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"]
+            raise SettingsError("; ".join(_describe(e) for e in errors)) from None
+        finally:
+            _ENVIRONMENT.reset(token)
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as our message: the check's own text, or the variable's name
+    with what pydantic said."""
+    ctx = error.get("ctx") or {}
+    if isinstance(ctx.get("error"), SettingsError):
+        return str(ctx["error"])
+    field = str(error["loc"][0]) if error.get("loc") else "?"
+    return f"{env_var(field)}={error.get('input')!r}: {error.get('msg')}"

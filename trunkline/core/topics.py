@@ -50,8 +50,8 @@ CALL_EVENTS = TopicSpec(
     "Every call lifecycle event: the history. The ClickHouse sink and replays read it.",
 )
 # The decision topics have 2 partitions: aiokafka names every assigned partition in every
-# fetch (no incremental sessions), so each one costs the worker and the broker ~330 times a
-# second; 6 -> 2 took the 300 calls/s p99 from 60-80 ms to 24-32 ms (docs/design.md).
+# fetch (no incremental sessions), so each one costs the worker and the broker on every
+# fetch (docs/design.md; measured in docs/benchmarks.md, 2026-11-26 09:32).
 # Raise them (on fresh topics: keys move) before running more workers than partitions.
 ADMISSION = TopicSpec(
     "admission", 2, False, 7 * DAY_MS, "business_id",

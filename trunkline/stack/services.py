@@ -1,0 +1,156 @@
+"""The services the local stack runs, as data: how each is started (a `trunkline`
+command in its own process, with the stack's settings in its environment), where it
+answers, and how its health is read. `up` starts LOCAL_SERVICES in order and waits for
+each, `down` stops them in reverse, `status` probes them; a new service is one more
+`Service` in that tuple (plus its command in trunkline.cli).
+
+Media nodes are started per backend of the config whose SIP address is on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge.sip.ping import options_ping
+from trunkline.core.config import Config
+from trunkline.core.settings import Settings
+
+HEARTBEATS = "heartbeats"  # the heartbeat stand-in's process name
+MEDIA_PREFIX = "media-"
+
+
+def cli_argv(*args: str) -> list[str]:
+    """A `trunkline` command as a child process (the venv's Python, this package)."""
+    return [sys.executable, "-m", "trunkline.cli", *args]
+
+
+def get_json(url: str, timeout: float = 3.0) -> Any:
+    """GET `url` as JSON; raises OSError (nothing answers) or ValueError (not JSON)."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def local_host(host: str) -> str:
+    """The address to reach a listener bound to `host` from this machine."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def _sip_ping(s: Settings) -> int | None:
+    host, _, port = s.sip_listen.rpartition(":")
+    return options_ping(local_host(host), int(port))
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # its pid and log name
+    title: str  # for the operator
+    args: Callable[[Settings], list[str]]  # the `trunkline` command that runs it
+    address: Callable[[Settings], str]  # where it answers
+    address_key: str  # "web" or "listen" (status)
+    probe: Callable[[Settings], Any]  # its health now; OSError/ValueError: not answering
+    health_key: str  # "health" or "options" (status)
+    ready: Callable[[Settings, Any], str | None]  # from a probe: a summary once ready
+
+
+SINK = Service(
+    name="sink",
+    title="ClickHouse sink",
+    args=lambda s: ["sink"],
+    address=lambda s: s.sink_url,
+    address_key="web",
+    probe=lambda s: get_json(f"{s.sink_url}/health/"),
+    health_key="health",
+    ready=lambda s, h: (
+        f"reads on {s.sink_url}, ClickHouse {s.clickhouse_dsn}" if h["sink"].get("alive") else None
+    ),
+)
+WORKER = Service(
+    name="worker",
+    title="worker (config tables, admission, routing)",
+    args=lambda s: ["worker"],
+    address=lambda s: s.worker_url,
+    address_key="web",
+    probe=lambda s: get_json(f"{s.worker_url}/health/"),
+    health_key="health",
+    ready=lambda s, h: f"web {s.worker_url}, {len(h['tables'])} tables" if "tables" in h else None,
+)
+SIP_EDGE = Service(
+    name="sip-edge",
+    title="SIP edge (UDP and TCP)",
+    args=lambda s: ["sip-edge", "--listen", s.sip_listen],
+    address=lambda s: s.sip_listen,
+    address_key="listen",
+    probe=_sip_ping,
+    health_key="options",
+    ready=lambda s, status: f"answering OPTIONS on {s.sip_listen}" if status == 200 else None,
+)
+
+#: started in this order, stopped in reverse
+LOCAL_SERVICES: tuple[Service, ...] = (SINK, WORKER, SIP_EDGE)
+
+
+@dataclass(frozen=True)
+class MediaNodeSpec:
+    backend_id: str
+    region_id: str
+    sip_address: str
+    capacity: int
+    ws_listen: str
+
+    @property
+    def name(self) -> str:
+        return MEDIA_PREFIX + self.backend_id
+
+    def args(self) -> list[str]:
+        return [
+            "media",
+            "--server-id",
+            self.backend_id,
+            "--region",
+            self.region_id,
+            "--listen",
+            self.sip_address,
+            "--capacity",
+            str(self.capacity),
+            "--ws-listen",
+            self.ws_listen,
+        ]
+
+
+def local_media_nodes(config: Config) -> list[MediaNodeSpec]:
+    """A media node for each configured backend on this machine (a backend elsewhere
+    runs on its own machine)."""
+    nodes = []
+    for rec in config.section("backends").values():
+        b = rec.body
+        host = b["sip_address"].rpartition(":")[0]
+        if host.startswith("127.") or host == "localhost":
+            nodes.append(
+                MediaNodeSpec(
+                    b["id"],
+                    b["region_id"],
+                    b["sip_address"],
+                    int(b["max_concurrent_calls"]),
+                    urllib.parse.urlparse(b["media_url"]).netloc,
+                )
+            )
+    return nodes
+
+
+def live_backends(s: Settings, now_ms: int) -> set[str]:
+    """Backend ids whose last heartbeat routing holds is younger than the heartbeat
+    timeout (the worker's view; a table entry alone may be a previous run's)."""
+    held = get_json(f"{s.worker_url}/state/routing-heartbeats/")
+    if not isinstance(held, dict):
+        return set()
+    return {
+        backend_id
+        for backend_id, beat in held.items()
+        if now_ms - int(beat["envelope"]["occurred_at"]) < s.heartbeat_timeout_ms
+    }

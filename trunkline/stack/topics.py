@@ -1,0 +1,62 @@
+"""The declared topics: their layout, and applying it to the broker topic by topic (so
+the operator sees each one as it is created or reconciled)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+
+from trunkline.core.admin import BrokerUnavailable, TopicResult, apply_topics
+from trunkline.core.settings import Settings
+from trunkline.core.topics import ALL_TOPICS, TopicSpec, internal_topics
+from trunkline.stack.base import QUIET, Progress, StackError
+
+
+@dataclass(frozen=True)
+class TopicRow:
+    name: str
+    partitions: int
+    policy: str  # "compact" or "delete <retention> ms"
+    key: str
+    doc: str
+
+
+def _specs(s: Settings) -> list[tuple[str, TopicSpec]]:
+    """(prefix, spec) for our topics under the topic prefix and the Faust app's own."""
+    return [(s.topic_prefix, spec) for spec in ALL_TOPICS] + [
+        ("", spec) for spec in internal_topics(s.app_id)
+    ]
+
+
+def declared(s: Settings) -> list[TopicRow]:
+    return [
+        TopicRow(
+            spec.name(prefix),
+            spec.partitions,
+            "compact" if spec.compacted else f"delete {spec.retention_ms} ms",
+            spec.key,
+            spec.doc,
+        )
+        for prefix, spec in _specs(s)
+    ]
+
+
+def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
+    """Create missing topics, raise partitions, reset drifted configs. Idempotent."""
+    groups = [
+        (s.topic_prefix, ALL_TOPICS),  # ours, under the topic prefix
+        ("", internal_topics(s.app_id)),  # the Faust app's own
+    ]
+    results: list[TopicResult] = []
+    with progress.step("topics", total=sum(len(specs) for _, specs in groups)) as step:
+        for prefix, specs in groups:
+            try:
+                results += apply_topics(
+                    s.kafka_bootstrap, prefix, specs, on_result=lambda r: step.advance(r.name)
+                )
+            except (BrokerUnavailable, KafkaException) as exc:
+                raise StackError(f"applying topics: {exc}") from exc
+        changed = sum(r.action != "unchanged" for r in results)
+        step.update(f"{len(results)} declared, {changed} created or updated")
+    return results
