@@ -112,6 +112,9 @@ class RedirectCore:
     #: config; an unknown id is refused here and never stored)
     known_business: Callable[[str], bool] = lambda business_id: True
     known_phone: Callable[[str], bool] = lambda phone_id: True
+    #: can offers reach the event log now? While not, INVITEs get 503 with Retry-After at
+    #: once (no decision could come), and nothing is published
+    available: Callable[[], bool] = lambda: True
     decision_timeout: float = 5.0
     retry_after_s: int = 5
     new_call_id: Callable[[], str] = field(default=lambda: str(uuid.uuid4()))
@@ -165,6 +168,22 @@ class RedirectCore:
         max_forwards = request.headers.get("max-forwards")
         if max_forwards is not None and max_forwards.strip() == "0":
             return [Reply(key, make_response(request, 483, REASONS[483], to_tag=tag))]
+        if not self.available():
+            return [
+                Reply(
+                    key,
+                    make_response(
+                        request,
+                        503,
+                        REASONS[503],
+                        to_tag=tag,
+                        headers=[
+                            ("Warning", f'399 {self.edge_id} "event log unavailable"'),
+                            ("Retry-After", str(self.retry_after_s)),
+                        ],
+                    ),
+                )
+            ]
         if not valid_call_id(request.call_id):
             why = f"Call-ID {safe_form(request.call_id)} is not an RFC 3261 callid"
             return [Reply(key, make_response(request, 400, f"Bad Request ({why})", to_tag=tag))]

@@ -37,7 +37,7 @@ from edge.sip.transaction import (
 from edge.sip.transport import Listen, SipStream, annotate_via, response_addr
 from schemas.codec import Codec, CodecError, make_codec
 from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
-from trunkline.core.kafka import CompactedFollower, KeyFollower, Producers
+from trunkline.core.kafka import BrokerWatch, CompactedFollower, KeyFollower, Producers
 from trunkline.core.settings import Settings
 from trunkline.core.throttle import LogThrottle
 from trunkline.core.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS
@@ -92,6 +92,7 @@ class SipEdge:
             directory=self.numbers.get,
             known_business=self.businesses.__contains__,
             known_phone=self.phones.__contains__,
+            available=lambda: self.broker.available,
             decision_timeout=settings.decision_timeout_s,
         )
         prefix = settings.topic_prefix
@@ -101,7 +102,10 @@ class SipEdge:
         }
         self.decisions_topic = DECISIONS.name(prefix)
         self.numbers_topic = NUMBERS.name(prefix)
-        self.out = Producers(settings.kafka_bootstrap, ("decision",), name="sip-edge")
+        self.broker = BrokerWatch(settings.kafka_bootstrap)
+        self.out = Producers(
+            settings.kafka_bootstrap, ("decision",), name="sip-edge", error_cb=self.broker.on_error
+        )
         self.udp: Datagrams | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -225,3 +225,13 @@ def test_offered_codecs_are_bounded():
     body = b"v=0\r\nm=audio 4000 RTP/AVP " + many + b"\r\n" + junk
     codecs = offered_codecs(body)
     assert len(codecs) == 16 and all(len(c) <= 32 for c in codecs)
+
+
+def test_while_the_event_log_is_unreachable_invites_get_503_at_once():
+    c = core(available=lambda: False)
+    out = c.on_request(invite(), ("k",), SRC, "UDP", now=1.0)
+    assert [o.response.status for o in out if isinstance(o, Reply)] == [503]
+    response = out[0].response
+    assert response.headers.get("retry-after") == "5"
+    assert "event log unavailable" in response.headers.get("warning")
+    assert not [o for o in out if isinstance(o, Publish)] and not c.pending

@@ -470,3 +470,49 @@ class CompactedFollower(_Follower):
                     self.caught_up.set()
 
         super().__init__(f"follow-{topic}", c, on_message)
+
+
+class BrokerWatch:
+    """Whether the brokers are reachable, for services that must answer at once when they
+    are not (the SIP edge answers 503 with Retry-After instead of letting callers wait for
+    a decision that cannot come).
+
+    Pass `on_error` as a client's librdkafka ``error_cb``: "all brokers down" marks the
+    cluster unavailable, and a probe thread asks for metadata every `probe_interval`
+    seconds until a broker answers again."""
+
+    def __init__(self, bootstrap: str, probe_interval: float = 0.5) -> None:
+        self._bootstrap = bootstrap
+        self._interval = probe_interval
+        self._down = threading.Event()
+        self._lock = threading.Lock()
+        self._probe: threading.Thread | None = None
+
+    @property
+    def available(self) -> bool:
+        return not self._down.is_set()
+
+    def on_error(self, err: KafkaError) -> None:
+        if err.code() != KafkaError._ALL_BROKERS_DOWN:
+            return
+        with self._lock:
+            if self._down.is_set():
+                return
+            log.warning("Kafka brokers unreachable (%s): answering as unavailable", err)
+            self._down.set()
+            self._probe = threading.Thread(target=self._wait_up, name="broker-probe", daemon=True)
+            self._probe.start()
+
+    def _wait_up(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        client = AdminClient({"bootstrap.servers": self._bootstrap, "log_level": 0})
+        while True:
+            try:
+                client.list_topics(timeout=self._interval)
+                break
+            except KafkaException:
+                time.sleep(self._interval)
+        with self._lock:
+            self._down.clear()
+        log.warning("Kafka brokers reachable again")
