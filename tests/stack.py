@@ -115,6 +115,7 @@ class Stack:
     edges: dict[str, int]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     media_ws_port: int = 0
+    edge_metrics: dict[str, int] = field(default_factory=dict)  # edge id -> /metrics port
 
     def uac(self, edge: str = "edge-a", transport: str = "UDP") -> UAC:
         return UAC("127.0.0.1", self.edges[edge], transport)
@@ -140,7 +141,7 @@ def _heartbeats(s: Settings, stop: threading.Event, capacity: int = 100) -> None
         stop.wait(1.0)
 
 
-def _start_edge(s: Settings, edge_id: str, port: int) -> subprocess.Popen[bytes]:
+def _start_edge(s: Settings, edge_id: str, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
     log = open(s.state_dir / f"{edge_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -152,6 +153,8 @@ def _start_edge(s: Settings, edge_id: str, port: int) -> subprocess.Popen[bytes]
             edge_id,
             "--listen",
             f"127.0.0.1:{port}",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
         ],
         env=child_env(s),
         stdout=log,
@@ -217,9 +220,10 @@ def running_stack(
     worker = Worker(s)
     worker.start()
     ports = {e: free_port() for e in edges}
+    metrics = {e: free_port() for e in edges}  # each edge's /metrics
     procs = []
     try:
-        procs = [_start_edge(s, e, p) for e, p in ports.items()]
+        procs = [_start_edge(s, e, p, metrics[e]) for e, p in ports.items()]
         if media:
             log = open(s.state_dir / "media.log", "wb")  # noqa: SIM115
             procs.append(
@@ -245,7 +249,7 @@ def running_stack(
                 )
             )
         worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
-        yield Stack(s, worker, sink, ports, procs, ws_port if media else 0)
+        yield Stack(s, worker, sink, ports, procs, ws_port if media else 0, metrics)
     finally:
         stop.set()
         for p in procs:

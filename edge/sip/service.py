@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram, start_http_server
 
 from edge.sip.errors import ParseError, TransactionError
 from edge.sip.flood import FloodGuard, Limits
@@ -55,7 +55,17 @@ MESSAGES = Counter(
     ["outcome"],
 )
 INVITES = Counter("trunkline_sip_invites_total", "New INVITE transactions")
-DECISIONS_IN = Counter("trunkline_sip_decisions_total", "Decisions read for this edge's calls")
+REQUESTS = Counter("trunkline_sip_requests_total", "New SIP transactions by method", ["method"])
+RESPONSES = Counter("trunkline_sip_responses_total", "Responses the edge sent by code", ["code"])
+INVITE_LATENCY = Histogram(
+    "trunkline_sip_invite_final_seconds",
+    "INVITE received -> final answer sent (302 or a rejection), by the final code",
+    ["code"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+DECISIONS_IN = Counter(
+    "trunkline_sip_decisions_total", "Decisions read for this edge's calls", ["decision"]
+)
 PUBLISHED = Counter(
     "trunkline_sip_published_total", "Events the edge published, by outcome", ["outcome"]
 )
@@ -74,8 +84,11 @@ class SipEdge:
         udp: bool = True,
         tcp: bool = True,
         codec: Codec | None = None,
+        metrics_listen: Listen | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics_listen = metrics_listen
+        self._metrics: Any = None  # the /metrics HTTP server, once started
         self.edge_id = edge_id
         self.listen = listen
         self.tls_listen = tls_listen
@@ -175,6 +188,10 @@ class SipEdge:
                 )
             )
         self._timer_task = asyncio.create_task(self._timers())
+        if self.metrics_listen is not None:  # Prometheus text format at /metrics
+            self._metrics, _ = start_http_server(
+                self.metrics_listen.port, addr=self.metrics_listen.host
+            )
         self.ready.set()
         log.info(
             "SIP edge %s listening on %s:%s (udp=%s tcp=%s tls=%s)",
@@ -189,6 +206,8 @@ class SipEdge:
     async def stop(self) -> None:
         if self._timer_task:
             self._timer_task.cancel()
+        if self._metrics is not None:
+            self._metrics.shutdown()
         for server in self.servers:
             server.close()
         if self.udp and self.udp.transport:
@@ -282,6 +301,7 @@ class SipEdge:
             if isinstance(action, Send):
                 self._send(action)
             elif isinstance(action, NewRequest):
+                REQUESTS.labels(action.request.method).inc()
                 if action.request.method == "INVITE":
                     INVITES.inc()
                 self._apply(
@@ -301,6 +321,10 @@ class SipEdge:
                 tx = self.transactions.get(out.key)
                 if tx is None:
                     continue
+                status = out.response.status
+                RESPONSES.labels(str(status)).inc()
+                if status >= 200 and tx.is_invite:
+                    INVITE_LATENCY.labels(str(status)).observe(max(0.0, now - tx.started))
                 for send in self.transactions.respond(out.key, out.response, now):
                     if isinstance(send, Send):
                         self._send(send)
@@ -339,7 +363,7 @@ class SipEdge:
         self.loop.call_soon_threadsafe(self._on_decision, name, record)
 
     def _on_decision(self, name: str, record: dict[str, Any]) -> None:
-        DECISIONS_IN.inc()
+        DECISIONS_IN.labels(name).inc()
         now = time.time()
         self._apply(self.core.on_decision(name, record, now), now)
 

@@ -165,6 +165,7 @@ class ServerTransaction:
     interval: float = T1  # Timer G's current interval
     h_deadline: float | None = None
     history: list[tuple[State, Event, State]] = field(default_factory=list)
+    started: float = 0.0  # when the request arrived (the `now` of `receive`)
 
     @property
     def is_invite(self) -> bool:
@@ -262,6 +263,7 @@ class ServerTransactions:
             conn,
             State.PROCEEDING if request.method == "INVITE" else State.TRYING,
             reply_to or source,
+            started=now,
         )
         self.transactions[key] = tx
         if request.method == "CANCEL":

@@ -4,6 +4,7 @@ itself, and an identifier we do not know is refused without being stored."""
 from __future__ import annotations
 
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -111,3 +112,35 @@ def test_a_call_id_that_is_not_a_callid_gets_400(stack):
     r = _final(uac)
     assert r.status == 400 and "not an RFC 3261 callid" in r.reason
     uac.close()
+
+
+def test_the_edge_exposes_prometheus_metrics_that_move_with_a_call(stack):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://127.0.0.1:{stack.edge_metrics['edge-a']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    before = scrape()
+    uac = stack.uac()
+    final = uac.invite(Call("+15550000002"))
+    assert final is not None and final.status == 302
+    _release(stack, final)
+    uac.close()
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("trunkline_sip_requests_total", method="INVITE") == 1
+    assert moved("trunkline_sip_responses_total", code="302") == 1
+    assert moved("trunkline_sip_invite_final_seconds_count", code="302") == 1
+    assert moved("trunkline_sip_decisions_total", decision="CallRouted") == 1
+    assert moved("trunkline_sip_published_total", outcome="queued") == 1

@@ -36,6 +36,11 @@ def register(sub: Subparsers) -> None:
     e.add_argument(
         "--listen", help="UDP and TCP address (env TRUNKLINE_SIP_LISTEN, default 127.0.0.1:5060)"
     )
+    e.add_argument(
+        "--metrics-listen",
+        help="Prometheus /metrics address (env TRUNKLINE_SIP_METRICS_LISTEN, "
+        "default 127.0.0.1:9060)",
+    )
     e.add_argument("--no-udp", action="store_true", help="do not listen on UDP")
     e.add_argument("--no-tcp", action="store_true", help="do not listen on TCP")
     e.add_argument("--tls-listen", help="TLS address, e.g. 127.0.0.1:5061 (needs cert and key)")
@@ -104,6 +109,10 @@ def cmd_sip_edge(args: argparse.Namespace, ctx: Context) -> int:
         tls = Listen.parse(args.tls_listen) if args.tls_listen else None
     except ValueError as exc:
         raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
+    try:
+        metrics = Listen.parse(args.metrics_listen or s.sip_metrics_listen)
+    except ValueError as exc:
+        raise CliError(f"--metrics-listen: {exc}", EXIT_USAGE) from exc
     if tls and not (args.tls_cert and args.tls_key):
         raise CliError("--tls-listen needs --tls-cert and --tls-key", EXIT_USAGE)
     for path in (args.tls_cert, args.tls_key):
@@ -120,6 +129,7 @@ def cmd_sip_edge(args: argparse.Namespace, ctx: Context) -> int:
         tls_key=args.tls_key,
         udp=not args.no_udp,
         tcp=not args.no_tcp,
+        metrics_listen=metrics,
     )
     try:
         asyncio.run(run_edge(edge))

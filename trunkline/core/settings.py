@@ -259,6 +259,7 @@ class Settings(BaseSettings):
     sink_priority: Annotated[str, BeforeValidator(_sink_priority)] = "idle"
     sink_flush_ms: PositiveMs = 2_000
     sip_listen: HostPort = "127.0.0.1:5060"
+    sip_metrics_listen: HostPort = "127.0.0.1:9060"
     #: flood control (edge/sip/flood.py): requests a second per source IP, and for
     #: sources in any number's allowedSourceIps
     sip_flood_rate: PositiveCount = 100
