@@ -54,8 +54,8 @@ def test_telnyx_media_dtmf_stop():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"event": "start", "start": {}}', "start: malformed frame"),
-        ('{"event": "media", "media": {"payload": "%%"}}', "media: malformed frame"),
+        ('{"event": "start", "start": {}}', "start: missing 'media_format'"),
+        ('{"event": "media", "media": {"payload": "%%"}}', "media: payload is not base64"),
         ('{"event": "nope"}', "unknown event 'nope'"),
     ],
 )
