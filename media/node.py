@@ -708,7 +708,7 @@ class MediaNode:
         """SIP transaction timers and every call's timer, on the node's clock."""
         next_prune = 0.0
         while True:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # SIP's shortest timer is T1 (500 ms)
             now = self.clock()
             for send in self.transactions.expire(now):
                 if isinstance(send, Send):
