@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
@@ -154,7 +154,6 @@ class SipLeg:
     agent: Agent | None = None
     agent_task: asyncio.Task[None] | None = None
     ok: bytes = b""
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def apply(self, actions: list[Action]) -> None:
         self.node.apply_sip(self, actions)
@@ -706,7 +705,7 @@ class MediaNode:
 
     async def _timers(self) -> None:
         """SIP transaction timers and every call's timer, on the node's clock."""
-        next_prune = 0.0
+        next_prune = self.clock() + 10.0
         while True:
             await asyncio.sleep(0.05)  # SIP's shortest timer is T1 (500 ms)
             now = self.clock()

@@ -48,7 +48,12 @@ class Node:
 
     def assign(self, queue_id: str, provider: str = "SIP") -> None:
         routed = sample("CallRouted", call_id=queue_id)
-        routed.update(backend_id="backend-1", region_id="us-east-1", provider=provider)
+        routed.update(
+            backend_id="backend-1",
+            region_id="us-east-1",
+            provider=provider,
+            redirect_deadline=MediaNode.wall_ms() + 60_000,
+        )
         self.node.assign(CODEC.encode("CallRouted", routed))
 
     @property

@@ -344,6 +344,8 @@ def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_boot
 def _assign(stack, qid, provider="SIP"):
     """A CallRouted for backend-1, straight to its assignments (no admission, no routing:
     only the node's side of the call is under test)."""
+    import time
+
     from schemas import SingleObjectCodec
     from tests.samples import sample
     from trunkline.core.kafka import Outgoing, make_producer, publish_all
@@ -351,7 +353,11 @@ def _assign(stack, qid, provider="SIP"):
 
     routed = sample("CallRouted", call_id=qid)
     routed.update(
-        backend_id="backend-1", region_id="us-east-1", business_id="b-main", provider=provider
+        backend_id="backend-1",
+        region_id="us-east-1",
+        business_id="b-main",
+        provider=provider,
+        redirect_deadline=int(time.time() * 1000) + 60_000,  # unclaimed, forgotten after
     )
     publish_all(
         make_producer(stack.settings.kafka_bootstrap),
