@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -41,64 +41,20 @@ from media.call import (
     State,
 )
 from media.codecs import G711Codec
+from media.host import Host
 from media.providers import telnyx, twilio, vonage
 from media.providers.base import ProtocolError
-from trunkline.core.events import Emit
+from media.queue import queue_id_from
 
 log = logging.getLogger("trunkline.media.ws")
-_T = TypeVar("_T")
 
-QUEUE_ID_NAMES = ("callQueueId", "queueId")  # the name, then its alias
 CLOSE_POLICY = 1008  # a refused queue entry
 CLOSE_UNSUPPORTED = 1003  # a message of the wrong shape, an unsupported format
 CLOSE_INTERNAL = 1011  # our own failure
 
 
-class NodeConfigLike(Protocol):
-    server_id: str
-    assignment_wait_s: float
-
-
-class MediaNode(Protocol):
-    """What a provider stream needs of the node it runs on (media/node.py)."""
-
-    @property
-    def config(self) -> NodeConfigLike: ...
-
-    def clock(self) -> float: ...
-
-    def wall_ms(self) -> int: ...
-
-    def entry(self, queue_id: str) -> dict[str, Any] | None: ...
-
-    async def await_entry(self, call: Call, lookup: Callable[[], _T | None]) -> _T | None: ...
-
-    def claim(
-        self, queue_id: str, routed: dict[str, Any], provider: str, holder: Any
-    ) -> tuple[int, str] | None: ...
-
-    def release(self, queue_id: str | None, holder: Any) -> None: ...
-
-    def open_leg(self, leg: Any) -> None: ...
-
-    def feed(self, leg: Any, event: Input, **data: Any) -> bool: ...
-
-    def emit(self, emits: list[Emit]) -> None: ...
-
-
 Decode = Callable[[bytes], bytes]  # provider payload -> 16 kHz PCM
 Send = Callable[[bytes], Awaitable[None]]  # 20 ms of 16 kHz PCM -> the provider
-
-
-def queue_id_from(params: dict[str, str], query: Any) -> str | None:
-    """`callQueueId` (or its alias `queueId`) from the provider's parameters, else from
-    the URL's query string."""
-    for source in (params, query):
-        for name in QUEUE_ID_NAMES:
-            value = source.get(name)
-            if value:
-                return str(value)
-    return None
 
 
 def _reason(text: str) -> bytes:
@@ -110,7 +66,7 @@ class ProviderLeg:
     """One provider stream on the node: the call machine, the agent, the pacing."""
 
     def __init__(
-        self, node: MediaNode, ws: web.WebSocketResponse, provider: str, stream_id: str
+        self, node: Host, ws: web.WebSocketResponse, provider: str, stream_id: str
     ) -> None:
         self.node, self.ws, self.provider = node, ws, provider
         self.call = Call(
@@ -137,6 +93,9 @@ class ProviderLeg:
 
     def media_rx(self) -> float | None:
         return None
+
+    def forget(self) -> None:
+        pass
 
     # -- the machine's actions ---------------------------------------------------------
     def apply(self, actions: list[Action]) -> None:
@@ -258,7 +217,7 @@ class ProviderLeg:
 
 
 async def _open(
-    node: MediaNode,
+    node: Host,
     ws: web.WebSocketResponse,
     provider: str,
     stream_id: str,
@@ -272,11 +231,11 @@ async def _open(
         node.feed(leg, Input.REFUSE, status=404, why="no callQueueId")
         return leg
     leg.queue_id = queue_id
-    routed = node.entry(queue_id)
+    routed = node.assignments.get(queue_id)
     if routed is None:
         why = f"queue entry {queue_id} is not assigned to this node"
         node.feed(leg, Input.WAIT, status=404, why=why)
-        routed = await node.await_entry(leg.call, lambda: node.entry(queue_id))
+        routed = await node.await_entry(leg.call, lambda: node.assignments.get(queue_id))
         if routed is None:
             return leg  # the wait expired: refused (1008)
     leg.routed = routed
@@ -352,10 +311,10 @@ class _TelnyxAdapter:
             return None
         if event.encoding not in ("PCMU", "PCMA") or event.sample_rate != 8000:
             raise ProtocolError("only PCMU or PCMA at 8000 Hz")
-        queue_id = queue_id_from(event.custom_parameters, {}) or telnyx.client_state_queue_id(
+        queue_id = queue_id_from(event.custom_parameters) or telnyx.client_state_queue_id(
             event.client_state
         )
-        return _Opening(event.encoding, queue_id or queue_id_from({}, query), event.stream_id)
+        return _Opening(event.encoding, queue_id or queue_id_from(query), event.stream_id)
 
     def payloads(self, event: Any) -> list[bytes]:
         if not (isinstance(event, telnyx.Media) and event.track in ("inbound", "")):
@@ -399,7 +358,7 @@ async def _json_stream(
     request: web.Request, adapter: _TwilioAdapter | _TelnyxAdapter
 ) -> web.WebSocketResponse:
     """A provider stream of JSON text frames carrying G.711 (Twilio, Telnyx)."""
-    node: MediaNode = request.app[NODE]  # type: ignore[assignment]
+    node: Host = request.app[NODE]  # type: ignore[assignment]
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
     leg: ProviderLeg | None = None
@@ -476,7 +435,7 @@ def _resample(pcm: bytes, rate: int) -> bytes:
 
 
 async def vonage_stream(request: web.Request) -> web.WebSocketResponse:
-    node: MediaNode = request.app[NODE]  # type: ignore[assignment]
+    node: Host = request.app[NODE]  # type: ignore[assignment]
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
     leg: ProviderLeg | None = None
@@ -532,7 +491,7 @@ async def vonage_stream(request: web.Request) -> web.WebSocketResponse:
 NODE = web.AppKey("node", object)
 
 
-def build_app(node: MediaNode) -> web.Application:
+def build_app(node: Host) -> web.Application:
     app = web.Application()
     app[NODE] = node
     app.router.add_get("/twilio", twilio_stream)

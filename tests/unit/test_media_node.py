@@ -8,7 +8,8 @@ import time
 from types import SimpleNamespace
 
 from media.call import Call, Input, State
-from media.node import Assignments, MediaNode
+from media.node import MediaNode
+from media.queue import Assignments, check_claim, queue_id_from
 
 
 def _node() -> SimpleNamespace:
@@ -101,3 +102,49 @@ def test_assignments_by_queue_id_and_by_call_id_and_expiry():
     assert book.expired(10 + 60_000) == [] and book.expired(10 + 60_001) == ["q-1"]
     book.discard("q-1")
     assert book.get("q-1") is None and book.by_provider_call == {}
+
+
+def test_a_call_finds_its_entry_by_queue_id_or_by_the_call_id_the_edge_saw():
+    book = Assignments()
+    record = {"envelope": {"call_id": "q-1"}, "provider_call_id": "abc@ua"}
+    book.add(record)
+    assert book.find("q-1") == ("q-1", record)
+    assert book.find(None, "abc@ua") == ("q-1", record)
+    assert book.find("q-9", "abc@ua") is None  # a named entry is the one looked for
+    assert book.find(None, "other@ua") is None
+
+
+ROUTED = {"backend_id": "backend-1", "region_id": "us-east-1", "provider": "TWILIO"}
+
+
+def _check(routed=ROUTED, provider="TWILIO", processing=(), active=0, capacity=2):
+    return check_claim(
+        "q-1",
+        routed,
+        provider,
+        server_id="backend-1",
+        region_id="us-east-1",
+        processing=processing,
+        active=active,
+        capacity=capacity,
+    )
+
+
+def test_the_queue_checks_in_order():
+    assert _check() is None
+    assert _check({**ROUTED, "backend_id": "backend-2"}) == (
+        403,
+        "queue entry q-1 belongs to backend-2",
+    )
+    assert _check({**ROUTED, "region_id": "eu"})[0] == 403
+    assert _check(provider="SIP") == (403, "queue entry q-1 is a TWILIO call, not a SIP one")
+    assert _check({**ROUTED, "provider": None}, "SIP") is None  # older records: SIP
+    assert _check(processing={"q-1"}) == (486, "queue entry q-1 is already being processed")
+    assert _check(active=2) == (503, "node at capacity")
+
+
+def test_a_provider_names_its_entry_by_call_queue_id_then_queue_id():
+    assert queue_id_from({"callQueueId": "a", "queueId": "b"}) == "a"
+    assert queue_id_from({"queueId": "b"}, {"callQueueId": "c"}) == "b"
+    assert queue_id_from({}, {"callQueueId": "c"}) == "c"
+    assert queue_id_from({"callQueueId": ""}, {}) is None

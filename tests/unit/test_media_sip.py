@@ -131,7 +131,7 @@ def test_hold_stops_our_media_and_the_media_timeout_then_resume_restarts_both():
         ok = await ua.final("INVITE")
         assert ok.status == 200 and b"a=recvonly" in ok.body
         ua.send(n, "ACK", 2, to)
-        leg = n.node.legs[ua.call_id]
+        leg = n.node.sip.legs[ua.call_id]
         await n.until(lambda: leg.call.state is State.HELD)
         await asyncio.sleep(0.1)
         held_at = ua.rtp_packets
@@ -145,7 +145,7 @@ def test_hold_stops_our_media_and_the_media_timeout_then_resume_restarts_both():
         ua.answer(bye)
         record = ended(n, "q-hold")
         assert record is not None and record["reason"] == "media_timeout"
-        await n.until(lambda: ua.call_id not in n.node.legs)
+        await n.until(lambda: ua.call_id not in n.node.sip.legs)
         ua.close()
 
     run(test, media_timeout_s=0.5)
@@ -175,7 +175,7 @@ def test_a_ua_that_answers_our_bye_gets_it_once():
         ua = await UA().open()
         n.assign("q-ans")
         await ua.answered_call(n, "q-ans")
-        leg = n.node.legs[ua.call_id]
+        leg = n.node.sip.legs[ua.call_id]
         assert leg.agent is not None
         leg.agent.hang_up()  # the agent hangs up
         bye = await ua.request("BYE")
