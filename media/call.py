@@ -68,7 +68,6 @@ from trunkline.core.events import TransitionError
 log = logging.getLogger("trunkline.media.call")
 
 __all__ = [
-    "FINISHED",
     "TRANSITIONS",
     "Action",
     "Call",
@@ -164,20 +163,6 @@ TRANSITIONS: dict[State, dict[Input, State]] = {
     },
     State.ENDED: {},
 }
-
-#: the call holds nothing on the node any more (its media, agent and claim are freed)
-FINISHED = frozenset({State.ENDING, State.ENDED})
-#: timers, fired by `expire`; the other inputs come from outside
-TIMERS = frozenset(
-    {
-        Input.WAIT_EXPIRED,
-        Input.OK_TIMER,
-        Input.NO_ACK,
-        Input.MEDIA_TIMEOUT,
-        Input.BYE_TIMER,
-        Input.BYE_GIVEN_UP,
-    }
-)
 
 
 def step(state: State, event: Input) -> State:
