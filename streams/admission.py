@@ -258,6 +258,7 @@ def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: Confi
         "agent_options": dict(route.get("agent_options") or {}),
         "provider_call_id": event.get("provider_call_id") or "",
         "edge_id": event["edge_id"],
+        "provider": event.get("provider") or "SIP",  # the media node checks who may claim it
         "active_calls": active + 1,
         "max_concurrent_calls": int(plan["max_concurrent_calls"]),
     }

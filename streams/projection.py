@@ -95,7 +95,8 @@ def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
         side = f" by {r['hangup_side']}" if r.get("hangup_side") else ""
         talk = f" after {r['talk_ms'] / 1000:.1f} s" if r.get("talk_ms") is not None else ""
         level = "Info" if reason in ("completed", "cancelled") else "Error"
-        return level, f"Call ended: {reason}{side}{talk}"
+        detail = f" ({r['detail']})" if r.get("detail") else ""
+        return level, f"Call ended: {reason}{side}{talk}{detail}"
     raise ProjectionError(f"{name} is not a call lifecycle event")
 
 

@@ -355,6 +355,7 @@ def _admit(
         "backend_sip_address": backend["sip_address"],
         "backend_media_url": backend["media_url"],
         "edge_id": event["edge_id"],
+        "provider": event.get("provider") or "SIP",  # the media node checks who may claim it
         "bypass": bypass,
         "agent": event.get("agent") or "greeting",
         "agent_options": dict(event.get("agent_options") or {}),

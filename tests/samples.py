@@ -29,7 +29,7 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "CallAdmitted": {
             "business_id": "123", "phone_id": "abc", "route_id": "route-abc123",
             "region_id": "us-east-1", "plan_id": "starter", "agent": "greeting",
-            "agent_options": {}, "edge_id": "edge-1", "active_calls": 1,
+            "agent_options": {}, "edge_id": "edge-1", "provider": "SIP", "active_calls": 1,
             "provider_call_id": "a84b4c76e66710@pc33.atlanta.example.com",
             "max_concurrent_calls": 2,
         },
@@ -41,7 +41,8 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "CallRouted": {
             "business_id": "123", "region_id": "us-east-1", "backend_id": "backend-2",
             "backend_sip_address": "127.0.0.1:5070", "backend_media_url": "ws://127.0.0.1:8081",
-            "edge_id": "edge-1", "bypass": False, "agent": "greeting", "agent_options": {},
+            "edge_id": "edge-1", "provider": "SIP", "bypass": False, "agent": "greeting",
+            "agent_options": {},
             "provider_call_id": "a84b4c76e66710@pc33.atlanta.example.com",
             "redirect_deadline": 1_700_000_032_000,
         },
@@ -53,6 +54,7 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
             "setup_ms": 120, "talk_ms": 12_300, "codec": "PCMU/8000",
             "media": {"packets_sent": 615, "packets_received": 610, "packets_lost": 5,
                       "jitter_ms": 1.5},
+            "detail": "",
         },
         "Plan": {"id": "starter", "name": "Starter", "max_concurrent_calls": 2},
         "Business": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter"},

@@ -116,6 +116,7 @@ class Stack:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     media_ws_port: int = 0
     edge_metrics: dict[str, int] = field(default_factory=dict)  # edge id -> /metrics port
+    media_sip_port: int = 0
 
     def uac(self, edge: str = "edge-a", transport: str = "UDP") -> UAC:
         return UAC("127.0.0.1", self.edges[edge], transport)
@@ -183,9 +184,11 @@ def running_stack(
     config: dict | None = None,
     capacity: int = 100,
     media: bool = False,
+    media_args: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
-    instead of the heartbeat stand-in."""
+    instead of the heartbeat stand-in; `media_args` are added to its command line (e.g.
+    `("--media-timeout", "3")`)."""
     tag = uuid.uuid4().hex[:8]
     s = Settings.from_env(
         {
@@ -241,6 +244,7 @@ def running_stack(
                         f"127.0.0.1:{media_port}",
                         "--ws-listen",
                         f"127.0.0.1:{ws_port}",
+                        *media_args,
                     ],
                     env=child_env(s),
                     stdout=log,
@@ -249,7 +253,16 @@ def running_stack(
                 )
             )
         worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
-        yield Stack(s, worker, sink, ports, procs, ws_port if media else 0, metrics)
+        yield Stack(
+            s,
+            worker,
+            sink,
+            ports,
+            procs,
+            ws_port if media else 0,
+            media_port if media else 0,
+            metrics,
+        )
     finally:
         stop.set()
         for p in procs:

@@ -2,7 +2,8 @@
 Twilio Media Streams format, playing Twilio's part, so voice-agent frameworks that serve
 Twilio's protocol attach unchanged. The route's `agentOptions.url` names the server.
 
-We send `connected`, `start` (customParameters: queueId, businessId, from, to), `media`
+We send `connected`, `start` (customParameters: callQueueId, and queueId as an alias,
+businessId, from, to), `media`
 (the caller, mu-law 8 kHz, 20 ms), `dtmf`, `stop`; the server sends `media` (played in
 order), `mark` (sent back once the audio queued before it has played) and `clear` (drops
 queued audio; pending marks come back at once, as Twilio does).
@@ -20,6 +21,7 @@ import aiohttp
 from media.agents.base import FRAME_BYTES, SAMPLE_RATE, SILENCE, Agent, CallInfo
 from media.codecs import G711Codec
 from media.providers import twilio
+from media.providers.base import ProtocolError
 
 log = logging.getLogger("trunkline.agents.websocket")
 
@@ -83,7 +85,8 @@ class WebSocketAgent(Agent):
                         self.stream_sid,
                         call.call_id,
                         {
-                            "queueId": call.call_id,
+                            "callQueueId": call.call_id,
+                            "queueId": call.call_id,  # the name before issue 13, kept
                             "businessId": call.business_id,
                             "from": call.from_number,
                             "to": call.to_number,
@@ -99,7 +102,7 @@ class WebSocketAgent(Agent):
                         self._receive(msg.data)
                 finally:
                     sender.cancel()
-        except (aiohttp.ClientError, OSError, twilio.ProtocolError) as exc:
+        except (aiohttp.ClientError, OSError, ProtocolError) as exc:
             log.error("call %s: agent at %s: %s", call.call_id, self.url, exc)
         finally:
             self.connected = False

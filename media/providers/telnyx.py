@@ -2,7 +2,8 @@
 it. Pure. Like Twilio's but snake_case (`stream_id`, `sequence_number`, `media_format`),
 and the encoding is the call's (PCMU, or PCMA on many EU/UK legs): read it from `start`.
 Frame order is not guaranteed: `MediaReorder` puts frames back in `sequence_number`
-order within a small window."""
+order within a small window. The queue id comes in `custom_parameters` or in the
+`client_state` the webhook edge's `answer` command set (`client_state_queue_id`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,20 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
-from media.providers.twilio import Dtmf, Mark, ProtocolError, Stop
+from media.providers.base import (
+    ProtocolError,
+    digit,
+    integer,
+    load_json,
+    need,
+    obj,
+    params,
+    payload,
+    string,
+    text,
+)
+from media.providers.twilio import Dtmf, Mark, Stop
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class Start:
     encoding: str
     sample_rate: int
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    client_state: str = ""  # as sent: base64 of what the answer command carried
 
 
 @dataclass(frozen=True)
@@ -39,40 +52,61 @@ class Connected:
 Event = Connected | Start | Media | Dtmf | Mark | Stop
 
 
-def parse(text: str | bytes) -> Event:
+def parse(data: str | bytes) -> Event:
+    """One message from Telnyx; anything but the documented shapes raises ProtocolError
+    naming what was wrong."""
+    msg = obj(load_json(data), "message")
+    kind = string(need(msg, "event", "message"), "event")
+    if kind == "connected":
+        return Connected(str(msg.get("version", "")))
+    if kind == "start":
+        s = obj(need(msg, "start", "start"), "start")
+        fmt = obj(need(s, "media_format", "start"), "start.media_format")
+        return Start(
+            text(msg.get("stream_id", ""), "stream_id"),
+            text(s.get("call_control_id", ""), "start.call_control_id"),
+            text(need(fmt, "encoding", "start.media_format"), "encoding").upper(),
+            integer(fmt.get("sample_rate", 8000), "sample_rate"),
+            params(s.get("custom_parameters"), "start.custom_parameters"),
+            text(s.get("client_state") or "", "start.client_state"),
+        )
+    if kind == "media":
+        m = obj(need(msg, "media", "media"), "media")
+        return Media(
+            integer(msg.get("sequence_number", 0), "sequence_number"),
+            text(m.get("track", "inbound"), "media.track"),
+            payload(need(m, "payload", "media"), "media"),
+        )
+    if kind == "dtmf":
+        return Dtmf(digit(need(obj(need(msg, "dtmf", "dtmf"), "dtmf"), "digit", "dtmf"), "digit"))
+    if kind == "mark":
+        return Mark(text(need(obj(need(msg, "mark", "mark"), "mark"), "name", "mark"), "mark"))
+    if kind == "stop":
+        stop = obj(msg.get("stop") or {}, "stop")
+        return Stop(text(stop.get("call_control_id", ""), "stop.call_control_id"))
+    raise ProtocolError(f"unknown event {kind[:40]!r}")
+
+
+def client_state_queue_id(client_state: str) -> str | None:
+    """The queue id a Call Control `answer` put in `client_state` (base64): the decoded
+    text itself, or its `callQueueId` (or `queueId`) when it is a JSON object."""
+    if not client_state:
+        return None
     try:
-        msg: dict[str, Any] = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from exc
-    kind = msg.get("event")
-    try:
-        if kind == "connected":
-            return Connected(str(msg.get("version", "")))
-        if kind == "start":
-            s, fmt = msg["start"], msg["start"]["media_format"]
-            return Start(
-                str(msg.get("stream_id", "")),
-                str(s.get("call_control_id", "")),
-                str(fmt["encoding"]).upper(),
-                int(fmt.get("sample_rate", 8000)),
-                {str(k): str(v) for k, v in (s.get("custom_parameters") or {}).items()},
-            )
-        if kind == "media":
-            m = msg["media"]
-            return Media(
-                int(msg.get("sequence_number", 0)),
-                str(m.get("track", "inbound")),
-                base64.b64decode(m["payload"], validate=True),
-            )
-        if kind == "dtmf":
-            return Dtmf(str(msg["dtmf"]["digit"]))
-        if kind == "mark":
-            return Mark(str(msg["mark"]["name"]))
-        if kind == "stop":
-            return Stop(str((msg.get("stop") or {}).get("call_control_id", "")))
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise ProtocolError(f"{kind}: malformed frame: {exc!r}") from exc
-    raise ProtocolError(f"unknown event {kind!r}")
+        decoded = base64.b64decode(client_state, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    decoded = decoded.strip()
+    if decoded.startswith("{"):
+        try:
+            state = json.loads(decoded)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(state, dict):
+            return None
+        found = state.get("callQueueId") or state.get("queueId")
+        return found if isinstance(found, str) and found else None
+    return decoded or None
 
 
 def media_message(payload: bytes) -> str:

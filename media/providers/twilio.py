@@ -10,14 +10,22 @@ Twilio -> us, JSON text frames (numbers inside arrive as strings): `connected`,
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
-
-class ProtocolError(ValueError):
-    pass
+from media.providers.base import (
+    ProtocolError,
+    digit,
+    integer,
+    kind_of,
+    load_json,
+    need,
+    obj,
+    params,
+    payload,
+    string,
+    text,
+)
 
 
 @dataclass(frozen=True)
@@ -65,62 +73,47 @@ class Stop:
 Event = Connected | Start | Media | Dtmf | Mark | Stop
 
 
-def _get(obj: dict[str, Any], key: str, where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise ProtocolError(f"{where}: missing {key!r}")
-    return obj[key]
-
-
-def _int(value: Any, where: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"{where}: {value!r} is not a number") from None
-
-
-def parse(text: str | bytes) -> Event:
-    try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from exc
-    kind = _get(msg, "event", "message")
+def parse(data: str | bytes) -> Event:
+    """One message from Twilio. Anything but the documented shapes raises ProtocolError
+    with what was wrong (an array or a scalar where an object belongs, a missing field,
+    `customParameters` that is not an object of strings...)."""
+    msg = obj(load_json(data), "message")
+    kind = string(need(msg, "event", "message"), "event")
     if kind == "connected":
         return Connected(str(msg.get("protocol", "")), str(msg.get("version", "")))
     if kind == "start":
-        s = _get(msg, "start", "start")
-        fmt = _get(s, "mediaFormat", "start")
+        s = obj(need(msg, "start", "start"), "start")
+        fmt = obj(need(s, "mediaFormat", "start"), "start.mediaFormat")
+        tracks = s.get("tracks") or []
+        if not isinstance(tracks, list):
+            raise ProtocolError(f"start.tracks is {kind_of(tracks)}, not an array")
         return Start(
-            stream_sid=str(msg.get("streamSid") or _get(s, "streamSid", "start")),
-            account_sid=str(_get(s, "accountSid", "start")),
-            call_sid=str(_get(s, "callSid", "start")),
-            encoding=str(_get(fmt, "encoding", "start.mediaFormat")),
-            sample_rate=_int(_get(fmt, "sampleRate", "start.mediaFormat"), "sampleRate"),
-            channels=_int(_get(fmt, "channels", "start.mediaFormat"), "channels"),
-            tracks=tuple(s.get("tracks") or ()),
-            custom_parameters={
-                str(k): str(v) for k, v in (s.get("customParameters") or {}).items()
-            },
+            stream_sid=text(msg.get("streamSid") or need(s, "streamSid", "start"), "streamSid"),
+            account_sid=text(need(s, "accountSid", "start"), "start.accountSid"),
+            call_sid=text(need(s, "callSid", "start"), "start.callSid"),
+            encoding=text(need(fmt, "encoding", "start.mediaFormat"), "encoding"),
+            sample_rate=integer(need(fmt, "sampleRate", "start.mediaFormat"), "sampleRate"),
+            channels=integer(need(fmt, "channels", "start.mediaFormat"), "channels"),
+            tracks=tuple(text(t, "start.tracks[]") for t in tracks),
+            custom_parameters=params(s.get("customParameters"), "start.customParameters"),
         )
     if kind == "media":
-        m = _get(msg, "media", "media")
-        try:
-            payload = base64.b64decode(_get(m, "payload", "media"), validate=True)
-        except (binascii.Error, TypeError) as exc:
-            raise ProtocolError(f"media: payload is not base64: {exc}") from exc
+        m = obj(need(msg, "media", "media"), "media")
         return Media(
-            _int(msg.get("sequenceNumber", 0), "sequenceNumber"),
-            str(m.get("track", "inbound")),
-            _int(m.get("chunk", 0), "chunk"),
-            _int(m.get("timestamp", 0), "timestamp"),
-            payload,
+            integer(msg.get("sequenceNumber", 0), "sequenceNumber"),
+            text(m.get("track", "inbound"), "media.track"),
+            integer(m.get("chunk", 0), "chunk"),
+            integer(m.get("timestamp", 0), "timestamp"),
+            payload(need(m, "payload", "media"), "media"),
         )
     if kind == "dtmf":
-        return Dtmf(str(_get(_get(msg, "dtmf", "dtmf"), "digit", "dtmf")))
+        return Dtmf(digit(need(obj(need(msg, "dtmf", "dtmf"), "dtmf"), "digit", "dtmf"), "digit"))
     if kind == "mark":
-        return Mark(str(_get(_get(msg, "mark", "mark"), "name", "mark")))
+        return Mark(text(need(obj(need(msg, "mark", "mark"), "mark"), "name", "mark"), "mark"))
     if kind == "stop":
-        return Stop(str((msg.get("stop") or {}).get("callSid", "")))
-    raise ProtocolError(f"unknown event {kind!r}")
+        stop = obj(msg.get("stop") or {}, "stop")
+        return Stop(text(stop.get("callSid", ""), "stop.callSid"))
+    raise ProtocolError(f"unknown event {kind[:40]!r}")
 
 
 def media_message(stream_sid: str, mulaw: bytes) -> str:
@@ -210,23 +203,15 @@ class Clear:
     pass
 
 
-def parse_outbound(text: str | bytes) -> Media | Mark | Clear:
+def parse_outbound(data: str | bytes) -> Media | Mark | Clear:
     """What a server sends back over a Twilio stream: media, mark, clear."""
-    try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"not JSON: {exc}") from exc
-    kind = _get(msg, "event", "message")
+    msg = obj(load_json(data), "message")
+    kind = string(need(msg, "event", "message"), "event")
     if kind == "media":
-        try:
-            payload = base64.b64decode(
-                _get(_get(msg, "media", "media"), "payload", "media"), validate=True
-            )
-        except (binascii.Error, TypeError) as exc:
-            raise ProtocolError(f"media: payload is not base64: {exc}") from exc
-        return Media(0, "outbound", 0, 0, payload)
+        m = obj(need(msg, "media", "media"), "media")
+        return Media(0, "outbound", 0, 0, payload(need(m, "payload", "media"), "media"))
     if kind == "mark":
-        return Mark(str(_get(_get(msg, "mark", "mark"), "name", "mark")))
+        return Mark(text(need(obj(need(msg, "mark", "mark"), "mark"), "name", "mark"), "mark"))
     if kind == "clear":
         return Clear()
-    raise ProtocolError(f"unexpected event {kind!r} from the agent")
+    raise ProtocolError(f"unexpected event {kind[:40]!r} from the agent")

@@ -1,5 +1,8 @@
 """A whole call on a real broker: SIP edge -> 302 -> media node -> RTP both ways -> BYE,
-then the queue entry in ClickHouse and the plan slot free again."""
+then the queue entry in ClickHouse and the plan slot free again; and the ways a call on
+the node ends otherwise (CANCEL during the assignment wait, no RTP, a UA that never
+answers our BYE, provider streams that misbehave). The shared stack's node ends a call
+after 3 s without RTP (`--media-timeout 3`)."""
 
 from __future__ import annotations
 
@@ -14,12 +17,17 @@ from media.caller import place_call
 from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
+MEDIA_TIMEOUT_S = 3
 
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(
-        kafka_bootstrap, tmp_path_factory.mktemp("media"), edges=("edge-a",), media=True
+        kafka_bootstrap,
+        tmp_path_factory.mktemp("media"),
+        edges=("edge-a",),
+        media=True,
+        media_args=("--media-timeout", str(MEDIA_TIMEOUT_S)),
     ) as s:
         s.worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b, timeout=30)
         yield s
@@ -154,7 +162,7 @@ def test_twilio_media_stream_gets_greeting_and_echo(stack):
     from media.codecs import G711Codec
 
     qid = f"tw-{uuid.uuid4().hex[:10]}"
-    _assign(stack, qid)
+    _assign(stack, qid, "TWILIO")
     codec = G711Codec("PCMU")
     t = np.arange(8000 * 3) / 8000
     tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
@@ -179,7 +187,7 @@ def test_twilio_media_stream_gets_greeting_and_echo(stack):
                             "streamSid": "MZ1",
                             "callSid": "CA1",
                             "tracks": ["inbound"],
-                            "customParameters": {"queueId": qid},
+                            "customParameters": {"callQueueId": qid},
                             "mediaFormat": {
                                 "encoding": "audio/x-mulaw",
                                 "sampleRate": 8000,
@@ -272,6 +280,8 @@ def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_boot
                 await ws.send_str(twilio.mark_message(event.stream_sid, "hello"))
             elif isinstance(event, twilio.Media):
                 await ws.send_str(twilio.media_message("x", event.payload))  # echo
+            elif isinstance(event, twilio.Dtmf):
+                seen["dtmf"] = event.digit
         return ws
 
     loop = asyncio.new_event_loop()
@@ -307,17 +317,19 @@ def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_boot
             kafka_bootstrap, tmp_path / "ws", edges=("edge-a",), media=True, config=config
         ) as s:
             s.worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b, timeout=30)
-            r = place_call("127.0.0.1", s.edges["edge-a"], "+15550000009", seconds=3)
+            r = place_call("127.0.0.1", s.edges["edge-a"], "+15550000009", seconds=3, dtmf="5")
             assert r.error is None, r.error
             heard = np.frombuffer(bytes(r.received_pcm), dtype="<i2").astype(float)
             assert len(heard) > 8000
             assert dominant(heard[-4000:]) == pytest.approx(440, abs=10)  # the agent's echo
             start = seen["start"]
+            assert start.custom_parameters["callQueueId"] == r.queue_id  # type: ignore[attr-defined]
             assert start.custom_parameters["queueId"] == r.queue_id  # type: ignore[attr-defined]
             assert start.custom_parameters["businessId"] == "b-main"  # type: ignore[attr-defined]
             assert start.encoding == "audio/x-mulaw"  # type: ignore[attr-defined]
             assert seen["events"][:2] == ["Connected", "Start"]  # type: ignore[index]
             assert "Mark" in seen["events"]  # our mark came back once it had "played"
+            assert seen["dtmf"] == "5"  # the caller's key, RFC 4733 in, Twilio's dtmf out
             entry = s.sink.poll(
                 f"/calls/{r.queue_id}/",
                 lambda e: isinstance(e, dict) and e.get("status") == "Completed",
@@ -329,14 +341,24 @@ def test_websocket_agent_bridges_the_call_to_a_twilio_protocol_server(kafka_boot
         thread.join(5)
 
 
-def _assign(stack, qid):
+def _assign(stack, qid, provider="SIP"):
+    """A CallRouted for backend-1, straight to its assignments (no admission, no routing:
+    only the node's side of the call is under test)."""
+    import time
+
     from schemas import SingleObjectCodec
     from tests.samples import sample
     from trunkline.core.kafka import Outgoing, make_producer, publish_all
     from trunkline.core.topics import ASSIGNMENTS
 
     routed = sample("CallRouted", call_id=qid)
-    routed.update(backend_id="backend-1", region_id="us-east-1", business_id="b-main")
+    routed.update(
+        backend_id="backend-1",
+        region_id="us-east-1",
+        business_id="b-main",
+        provider=provider,
+        redirect_deadline=int(time.time() * 1000) + 60_000,  # unclaimed, forgotten after
+    )
     publish_all(
         make_producer(stack.settings.kafka_bootstrap),
         [
@@ -370,7 +392,7 @@ def test_telnyx_stream_with_pcma_and_frames_out_of_order(stack):
     from media.codecs import G711Codec
 
     qid = f"tx-{uuid.uuid4().hex[:10]}"
-    _assign(stack, qid)
+    _assign(stack, qid, "TELNYX")
     alaw = G711Codec("PCMA")
     t = np.arange(8000 * 3) / 8000
     tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
@@ -395,7 +417,7 @@ def test_telnyx_stream_with_pcma_and_frames_out_of_order(stack):
                                 "sample_rate": 8000,
                                 "channels": 1,
                             },
-                            "custom_parameters": {"queueId": qid},
+                            "custom_parameters": {"queueId": qid},  # the old name
                         },
                     }
                 )
@@ -458,7 +480,7 @@ def test_vonage_binary_l16_stream(stack):
     import aiohttp
 
     qid = f"vn-{uuid.uuid4().hex[:10]}"
-    _assign(stack, qid)
+    _assign(stack, qid, "VONAGE")
     t = np.arange(16000 * 3) / 16000
     tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2").tobytes()
     heard = bytearray()
@@ -474,7 +496,7 @@ def test_vonage_binary_l16_stream(stack):
                     {
                         "event": "websocket:connected",
                         "content-type": "audio/l16;rate=16000",
-                        "queueId": qid,
+                        "callQueueId": qid,
                     }
                 )
             )
@@ -590,7 +612,7 @@ def test_streamdouble_twilio_simulator_hears_the_greeting_and_its_echo(stack):
     from media.codecs import G711Codec
 
     qid = f"sd-{uuid.uuid4().hex[:10]}"
-    _assign(stack, qid)
+    _assign(stack, qid, "TWILIO")
     codec = G711Codec("PCMU")
     t = np.arange(8000 * 4) / 8000
     tone = (np.sin(2 * np.pi * 440 * t) * 6000).astype("<i2")
@@ -600,7 +622,7 @@ def test_streamdouble_twilio_simulator_hears_the_greeting_and_its_echo(stack):
             f"ws://127.0.0.1:{stack.media_ws_port}/twilio",
             frames=frames,
             config=SessionConfig(
-                custom_parameters={"queueId": qid}, quiet_period_s=0.5, max_drain_s=2.0
+                custom_parameters={"callQueueId": qid}, quiet_period_s=0.5, max_drain_s=2.0
             ),
         )
     )
@@ -621,3 +643,214 @@ def test_streamdouble_twilio_simulator_hears_the_greeting_and_its_echo(stack):
     )
     assert entry["hangupSide"] == "caller"
     assert entry["media"]["packetsReceived"] == 200
+
+
+# -- the ways a call on the node ends, on the wire ------------------------------------------
+class RawUA:
+    """A SIP UA that is only a UDP socket: the test writes every request and sees every
+    datagram the node sends (answers, retransmissions, its BYEs)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.host, self.port = self.sock.getsockname()
+        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # never sends
+        self.rtp.bind(("127.0.0.1", 0))
+        self.call_id = f"{uuid4_hex()}@raw-ua"
+
+    def sdp(self) -> bytes:
+        return (
+            f"v=0\r\no=ua 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {self.rtp.getsockname()[1]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        ).encode()
+
+    def send(
+        self,
+        method: str,
+        port: int,
+        cseq: int,
+        to: str,
+        branch: str,
+        extra: str = "",
+        body: bytes = b"",
+    ) -> None:
+        data = (
+            f"{method} sip:+15550000002@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:ua@{self.host}>;tag=ua1\r\nTo: {to}\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: {cseq} {method}\r\n"
+            f"Contact: <sip:ua@{self.host}:{self.port}>\r\n{extra}"
+            + ("Content-Type: application/sdp\r\n" if body else "")
+            + f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.sock.sendto(data, ("127.0.0.1", port))
+
+    def receive(self, timeout: float):
+        """(arrival time, raw bytes, parsed message), or None after `timeout`."""
+        import time
+
+        from edge.sip.message import parse_message
+
+        self.sock.settimeout(max(0.001, timeout))
+        try:
+            data, _ = self.sock.recvfrom(65535)
+        except TimeoutError:
+            return None
+        return time.monotonic(), data, parse_message(data)
+
+    def final(self, method: str, timeout: float = 10):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (got := self.receive(deadline - time.monotonic())) is not None:
+            msg = got[2]
+            if getattr(msg, "status", 0) >= 200 and msg.cseq[1] == method:
+                return msg
+        raise AssertionError(f"no final response to {method}")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.rtp.close()
+
+
+def uuid4_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:16]
+
+
+def _redirected_call(stack: Stack, ua: RawUA) -> tuple[str, str]:
+    """INVITE through the edge (302, ACK), then to the node (200, ACK): the queue id and
+    the To of the node's dialog."""
+    from edge.sip.message import NameAddr
+
+    edge = stack.edges["edge-a"]
+    to = "<sip:+15550000002@127.0.0.1>"
+    ua.send("INVITE", edge, 1, to, "z9hG4bK" + uuid4_hex(), body=ua.sdp())
+    redirect = ua.final("INVITE")
+    assert redirect.status == 302
+    ua.send("ACK", edge, 1, f"{to};tag={redirect.to.tag}", redirect.top_via.branch)
+    qid = NameAddr.parse(redirect.headers.get("contact")).uri.headers["X-CallQueue-Id"]
+    ua.send(
+        "INVITE",
+        stack.media_sip_port,
+        2,
+        to,
+        "z9hG4bK" + uuid4_hex(),
+        f"X-CallQueue-Id: {qid}\r\n",
+        ua.sdp(),
+    )
+    ok = ua.final("INVITE")
+    assert ok.status == 200
+    dialog_to = f"{to};tag={ok.to.tag}"
+    ua.send("ACK", stack.media_sip_port, 2, dialog_to, "z9hG4bK" + uuid4_hex())
+    return qid, dialog_to
+
+
+def test_a_bye_to_a_ua_that_never_answers_is_retransmitted_then_given_up(stack):
+    """No RTP: the node ends the call (media_timeout) and sends BYE over UDP. The UA never
+    answers: the same BYE comes again after T1, 2T1, 4T1, then every T2 (Timer E), and
+    stops at 64*T1 (Timer F). The call was ended (and its slots freed) at the first BYE."""
+    import itertools
+    import threading
+    import time
+
+    ua = RawUA()
+    try:
+        qid, _ = _redirected_call(stack, ua)
+        byes: list[tuple[float, bytes]] = []
+
+        def listen() -> None:
+            deadline = time.monotonic() + MEDIA_TIMEOUT_S + 10
+            while (got := ua.receive(deadline - time.monotonic())) is not None:
+                at, data, msg = got
+                if getattr(msg, "method", "") == "BYE":
+                    byes.append((at, data))
+                    deadline = byes[0][0] + 64 * 0.5 + 3  # past Timer F, and then some
+                # anything else (200 OK retransmissions before our ACK landed) is ignored
+
+        listener = threading.Thread(target=listen)
+        listener.start()
+        entry = stack.sink.poll(
+            f"/calls/{qid}/", lambda e: isinstance(e, dict) and "endedAt" in e, timeout=30
+        )
+        stack.worker.poll("/state/admission-active/", lambda a: qid not in a.get("b-main", []))
+        stack.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)
+        freed_at = time.monotonic()
+        listener.join(60)
+    finally:
+        ua.close()
+    assert entry["reason"] == "media_timeout" and entry["hangupSide"] == "system"
+    assert len(byes) == 11, [round(b[0] - byes[0][0], 2) for b in byes]
+    assert len({data for _, data in byes}) == 1  # the same request: branch and CSeq kept
+    gaps = [round(b[0] - a[0], 2) for a, b in itertools.pairwise(byes)]
+    assert gaps == pytest.approx([0.5, 1, 2, 4, 4, 4, 4, 4, 4, 4], abs=0.25), gaps
+    assert freed_at < byes[-1][0]  # the slots did not wait for the BYE to give up
+
+
+def test_rtp_timeout_ends_the_call_as_media_timeout_and_frees_its_slots(stack):
+    r = place_call("127.0.0.1", stack.edges["edge-a"], "+15550000002", seconds=1, hang_up=False)
+    assert r.error is None, r.error
+    assert r.answer is not None and r.answer.status == 200
+    entry = stack.sink.poll(
+        f"/calls/{r.queue_id}/",
+        lambda e: isinstance(e, dict) and e.get("reason") == "media_timeout",
+        timeout=30,
+    )
+    assert entry["status"] == "Failed" and entry["hangupSide"] == "system"
+    assert entry["talkMs"] >= MEDIA_TIMEOUT_S * 1000
+    assert entry["media"]["packetsReceived"] >= 40
+    stack.worker.poll("/state/admission-active/", lambda a: r.queue_id not in a.get("b-main", []))
+    stack.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)
+
+
+def test_cancel_during_the_assignment_wait_is_answered_and_the_call_ends_cancelled(stack):
+    """The UA reaches the node before its assignment does and gives up: CANCEL gets 200,
+    the INVITE 487. The call's offer then passes admission and routing (which hold a plan
+    and a backend slot for it) and its assignment reaches the node, which ends the queue
+    entry as `cancelled`: both slots are freed."""
+    from tests.samples import sample
+    from trunkline.core.topics import ADMISSION
+
+    qid = f"cx-{uuid4_hex()}"
+    ua = RawUA()
+    to = "<sip:+15550000002@127.0.0.1>"
+    branch = "z9hG4bK" + uuid4_hex()
+    try:
+        ua.send(
+            "INVITE", stack.media_sip_port, 1, to, branch, f"X-CallQueue-Id: {qid}\r\n", ua.sdp()
+        )
+        got = ua.receive(5)
+        assert got is not None and got[2].status == 100  # the node waits for the entry
+        ua.send("CANCEL", stack.media_sip_port, 1, to, branch)
+        answers = []
+        while len(answers) < 2 and (got := ua.receive(5)) is not None:
+            if got[2].status >= 200:
+                answers.append((got[2].cseq[1], got[2].status))
+        assert answers == [("CANCEL", 200), ("INVITE", 487)]
+        tag = got[2].to.tag
+        ua.send("ACK", stack.media_sip_port, 1, f"{to};tag={tag}", branch)
+        offered = sample("CallOffered", call_id=qid)
+        offered.update(
+            business_id="b-main",
+            phone_id="n-main",
+            to_number="+15550000002",
+            source_ip="127.0.0.1",
+            provider_call_id=ua.call_id,
+            edge_id="edge-nobody",
+        )
+        stack.publish(ADMISSION.name(stack.settings.topic_prefix), "b-main", "CallOffered", offered)
+        entry = stack.sink.poll(
+            f"/calls/{qid}/",
+            lambda e: isinstance(e, dict) and e.get("status") == "Cancelled",
+            timeout=30,
+        )
+    finally:
+        ua.close()
+    assert entry["hangupSide"] == "caller"
+    assert entry["processingBackendServerId"] == "backend-1"
+    assert [log["message"].split(" ")[:2] for log in entry["logs"]][-1] == ["Call", "ended:"]
+    stack.worker.poll("/state/admission-active/", lambda a: qid not in a.get("b-main", []))
+    stack.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)

@@ -86,7 +86,7 @@ def test_interarrival_jitter():
 
 
 def test_the_node_packs_headers_aiortc_parses():
-    from media.node import _RTP_HEADER
+    from media.rtp_session import _RTP_HEADER
 
     data = _RTP_HEADER.pack(0x80, 8, 65535, 4_000_000_000, 0xDEADBEEF) + b"\xd5" * 160
     p = RtpPacket.parse(data)
