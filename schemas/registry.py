@@ -27,7 +27,15 @@ LIFECYCLE_EVENTS = (
     "CallAnswered",
     "CallEnded",
 )
-CONFIG_RECORDS = ("Plan", "Business", "Route", "PhoneNumber", "BackendServer", "BypassRule")
+CONFIG_RECORDS = (
+    "Plan",
+    "Business",
+    "Route",
+    "PhoneNumber",
+    "BackendServer",
+    "BypassRule",
+    "ProviderAccount",
+)
 OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick")
 TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS
 
