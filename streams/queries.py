@@ -72,6 +72,7 @@ def show_call(store: Queryable, call_id: str) -> dict[str, Any] | None:
         "status": r["status"],
         "provider": r["provider"] or None,
         "providerCallId": r["provider_call_id"] or None,
+        "providerAccountId": r.get("provider_account_id") or None,
         "businessId": r["business_id"] or None,
         "routeNumberId": r["route_number_id"] or None,
         "routeId": r["route_id"] or None,
@@ -96,6 +97,12 @@ def show_call(store: Queryable, call_id: str) -> dict[str, Any] | None:
             "packetsLost": r["packets_lost"],
             "jitterMs": round(float(r["jitter_ms"]), 3),
         }
+        if r.get("mos"):
+            entry["media"]["mos"] = round(float(r["mos"]), 2)
+        if r.get("hangup_cause"):
+            entry["hangupCause"] = r["hangup_cause"]
+        if r.get("provider_duration_ms"):
+            entry["providerDurationMs"] = r["provider_duration_ms"]
     entry["logs"] = [
         {"at": _iso(at), "type": log_type, "message": message}
         for at, _rank, log_type, message in r["logs"]
