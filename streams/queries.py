@@ -72,7 +72,6 @@ def show_call(store: Queryable, call_id: str) -> dict[str, Any] | None:
         "status": r["status"],
         "provider": r["provider"] or None,
         "providerCallId": r["provider_call_id"] or None,
-        "providerAccountId": r.get("provider_account_id") or None,
         "businessId": r["business_id"] or None,
         "routeNumberId": r["route_number_id"] or None,
         "routeId": r["route_id"] or None,
@@ -81,6 +80,8 @@ def show_call(store: Queryable, call_id: str) -> dict[str, Any] | None:
         "processingBackendServerId": r["processing_backend_server_id"] or None,
         "enqueuedAt": _iso(r["enqueued_at"]),
     }
+    if r.get("provider_account_id"):  # provider calls: the account the webhook came for
+        entry["providerAccountId"] = r["provider_account_id"]
     if r["status_code"]:
         entry["statusCode"] = r["status_code"]
     if r["reason"]:
