@@ -193,7 +193,7 @@ class WebhookCalls:
             "edge_id": self.edge_id,
             "provider_account_id": call.account_id,
         }
-        log.info(
+        log.debug(
             "call %s: %s %s offered (%s -> %s)",
             call.call_id,
             call.provider.title,
@@ -229,7 +229,7 @@ class WebhookCalls:
             log.warning("call %s: unexpected decision %s", call_id, name)
             return []
         self._settle(entry, state, decision, now)
-        log.info("call %s: %s -> %s (%s)", call_id, entry.state.value, state.value, name)
+        log.debug("call %s: %s -> %s (%s)", call_id, entry.state.value, state.value, name)
         return [Answer(call_id, decision)]
 
     def _settle(self, entry: Entry, state: CallState, decision: Decision, now: float) -> None:

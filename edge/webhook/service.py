@@ -441,7 +441,7 @@ class WebhookEdge:
 
     def _event(self, event: CallEvent) -> None:
         outs = self.core.on_event(event, time.time())
-        log.info(
+        log.debug(
             "call %s: %s %s -> %s",
             event.call_id,
             event.provider.title,
