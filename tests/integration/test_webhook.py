@@ -219,11 +219,11 @@ def _config(telnyx_api: str) -> dict[str, Any]:
 
 
 def start_webhook_edge(
-    stack: Stack, extra_env: dict[str, str], name: str = "webhook-t"
+    stack: Stack, extra_env: dict[str, str], name: str = "webhook-t", log_name: str = ""
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = stack.settings.state_dir / f"{name}.log"
+    log = stack.settings.state_dir / f"{log_name or name}.log"
     env = {**child_env(stack.settings), **extra_env, "TRUNKLINE_PUBLIC_URL": url}
     proc = subprocess.Popen(
         [sys.executable, "-m", "trunkline.cli", "webhook-edge", "--edge-id", name,
@@ -715,3 +715,63 @@ def test_the_edge_refuses_to_start_without_a_secret(hooks):
     text = log.read_text()
     assert "environment variable TL_TEST_VONAGE_SECRET is not set" in text
     assert "account vonage-main" in text
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
+def test_a_retry_on_another_edge_sharing_the_edge_id_gets_the_same_answer(hooks):
+    """Two edges behind one public URL share one edge id: the retry that lands on the
+    second edge gets admission's replayed decision, and the call stays admitted once."""
+    proc, url, log = start_webhook_edge(hooks.stack, SECRETS, "webhook-t", "webhook-t-second")
+    try:
+        _wait_healthy(proc, url, log)
+        sid = f"CA{uuid.uuid4().hex}"
+        first = hooks.twilio("/webhooks/twilio/voice", voice(sid))
+        path = "/webhooks/twilio/voice"
+        params = voice(sid)
+        signature = RequestValidator(SECRETS["TL_TEST_TWILIO_TOKEN"]).compute_signature(
+            f"{url}{path}", params
+        )
+        second = requests.post(
+            f"{url}{path}", data=params, headers={"X-Twilio-Signature": signature}, timeout=20
+        )
+        assert second.status_code == 200 and second.content == first.content
+        queue_id = twiml_stream(first.content)[1]["callQueueId"]
+        active = hooks.stack.worker.get("/state/admission-active/")
+        assert active.get("b-main", []).count(queue_id) == 1
+        assert (
+            hooks.twilio("/webhooks/twilio/status", status(sid, "canceled", 1)).status_code == 204
+        )
+        hooks.slots_free()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_vonage_answer_by_post_json(hooks):
+    call_uuid = str(uuid.uuid4())
+    r = requests.post(
+        f"{hooks.url}/webhooks/vonage/answer",
+        params={"token": SECRETS["TL_TEST_VONAGE_ANSWER"]},
+        json={"uuid": call_uuid, "to": NUMBERS["vonage"].lstrip("+"), "from": "15550001111"},
+        timeout=20,
+    )
+    assert r.status_code == 200
+    (connect,) = r.json()
+    queue_id = connect["endpoint"][0]["headers"]["callQueueId"]
+    doc = {"uuid": call_uuid, "status": "timeout", "to": NUMBERS["vonage"].lstrip("+")}
+    assert hooks.vonage_event(doc).status_code == 204
+    entry = hooks.entry(queue_id, status="Failed")
+    assert entry["reason"] == "no_answer" and entry["hangupCause"] == "timeout"
+    hooks.slots_free()
