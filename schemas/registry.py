@@ -26,6 +26,7 @@ LIFECYCLE_EVENTS = (
     "CallAccepted",
     "CallAnswered",
     "CallEnded",
+    "CallProgress",
 )
 CONFIG_RECORDS = (
     "Plan",

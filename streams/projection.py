@@ -53,6 +53,8 @@ STATUS: dict[str, tuple[str, int]] = {
     "CallAccepted": (CallStatus.PROCESSING_BACKEND, 50),
     "CallAnswered": (CallStatus.IN_PROGRESS, 60),
     "CallEnded": (CallStatus.FAILED, 70),
+    # a provider's progress report (ringing...): a log line that never moves the status
+    "CallProgress": (CallStatus.QUEUED, 5),
 }
 #: CallEnded reason -> status; any other reason is a failure
 END_STATUS: dict[str, str] = {
@@ -88,6 +90,8 @@ def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
         )
     if name == "CallAnswered":
         return "Info", f"{_title(provider)} status {r.get('provider_status')}: call answered"
+    if name == "CallProgress":
+        return "Info", f"{_title(provider)} status {r.get('provider_status')}"
     if name == "CallEnded":
         duration = r.get("provider_duration_ms")
         took = f" after {duration / 1000:.0f} s" if duration is not None else ""

@@ -48,6 +48,8 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
             "redirect_deadline": 1_700_000_032_000,
         },
         "CallAccepted": {"backend_id": "backend-2", "region_id": "us-east-1", "agent": "greeting"},
+        "CallProgress": {"provider": "TWILIO", "provider_call_id": "CA1",
+                         "provider_status": "ringing", "business_id": "123"},
         "CallAnswered": {"backend_id": "backend-2", "codec": "PCMU/8000", "provider": None,
                          "provider_call_id": None, "provider_status": None},
         "CallEnded": {

@@ -24,7 +24,8 @@ Entries are forgotten `retention` seconds after they were answered; a retry afte
 is offered again and gets admission's replayed decision.
 
 Lifecycle reports (status callbacks, hangups) need no state: `on_event` turns each into
-CallAnswered (history) or CallEnded (admission and history) with ids derived from the
+CallProgress or CallAnswered (history) or CallEnded (admission and history) with ids
+derived from the
 provider's event identity, so a retried callback is the same event everywhere and the
 machines free slots exactly once (the media node's own CallEnded may arrive too).
 
@@ -269,9 +270,8 @@ class WebhookCalls:
 
     # -- lifecycle reports -------------------------------------------------------------
     def on_event(self, event: CallEvent, now: float) -> list[Publish]:
-        """A status callback or hangup: CallAnswered / CallEnded (progress: nothing)."""
-        if event.progress is Progress.PROGRESS:
-            return []
+        """A status callback or hangup: CallProgress or CallAnswered (history), CallEnded
+        (admission and history)."""
         call_id = event.call_id
         entry = self.entries.get(call_id)
         if entry is not None:
@@ -282,6 +282,15 @@ class WebhookCalls:
             ).business_id
         event_id = derived_id(call_id, f"{event.provider.value}/{event.event_key}")
         at_ms = int(now * 1000)
+        if event.progress is Progress.PROGRESS:
+            progress = {
+                "envelope": envelope(call_id, self.edge_id, at_ms, event_id),
+                "provider": event.provider.value,
+                "provider_call_id": event.provider_call_id,
+                "provider_status": event.status,
+                "business_id": business_id,
+            }
+            return [Publish("call-events", call_id, "CallProgress", progress)]
         if event.progress is Progress.ANSWERED:
             routed = entry.decision if entry is not None else None
             answered = {

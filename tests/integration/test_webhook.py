@@ -429,6 +429,7 @@ def test_twilio_call_end_to_end(hooks):
     assert any(m.startswith("Call admitted") for m in messages)
     assert any(m.startswith("Call routed to backend-1") for m in messages)
     assert any(m.startswith("Call accepted by backend-1") for m in messages)  # stream connected
+    assert "Twilio status ringing" in messages and "Twilio status initiated" in messages
     assert "Twilio status in-progress: call answered" in messages
     assert "Twilio status completed: call ended: completed after 5 s" in messages
     hooks.slots_free()

@@ -151,7 +151,10 @@ def test_lifecycle_reports_become_events_with_ids_from_the_provider():
         )  # fmt: skip
         return c.on_event(event, T0)
 
-    assert report(Progress.PROGRESS, "ringing", "seq/0") == []
+    (ringing,) = report(Progress.PROGRESS, "ringing", "seq/0")
+    assert (ringing.dest, ringing.name) == ("call-events", "CallProgress")
+    assert ringing.record["provider_status"] == "ringing"
+    CODEC.encode("CallProgress", ringing.record)
     (answered,) = report(Progress.ANSWERED, "in-progress", "seq/1")
     assert (answered.dest, answered.name) == ("call-events", "CallAnswered")
     assert answered.record["provider_status"] == "in-progress"
