@@ -14,6 +14,8 @@ from urllib.parse import urlencode
 import jwt
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from edge.webhook import telnyx, twilio, vonage
@@ -337,3 +339,49 @@ def test_timestamps_are_passed_in():
     body = telnyx_body()
     now = time.time()
     refused(lambda: telnyx.verify(PUBLIC, telnyx_headers(body, at=now), body, now + 1000))
+
+
+# -- garbage never escapes as anything but a WebhookError ------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _decode_all(body: bytes) -> None:
+    for ctype in ("application/json", "application/x-www-form-urlencoded", "text/plain"):
+        try:
+            params, _ = twilio.parse(body, ctype)
+            twilio.voice_call(params, "a", "")
+            twilio.status_event(params, {}, "a")
+        except WebhookError:
+            pass
+        try:
+            telnyx.decode(telnyx.parse(body, ctype), "a")
+        except WebhookError:
+            pass
+        try:
+            data = vonage.parse_json(body, ctype)
+            vonage.event(data, "a")
+            vonage.answer_call(data, "a")
+        except WebhookError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_bytes_raise_only_webhook_errors(body):
+    _decode_all(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_arbitrary_json_raises_only_webhook_errors(doc):
+    _decode_all(json.dumps(doc).encode())
+    _decode_all(
+        json.dumps({"data": {"event_type": "call.hangup", "id": "e", "payload": doc}}).encode()
+    )
+    if isinstance(doc, dict):
+        _decode_all(json.dumps({"status": "completed", "uuid": "u", **doc}).encode())
