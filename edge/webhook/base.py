@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import parse_qsl
 
 from trunkline.core.events import derived_id
@@ -67,8 +68,8 @@ class InboundCall:
     event_key: str  # the provider's identity of this request (for command ids)
     source_ip: str = ""
 
-    @property
-    def call_id(self) -> str:
+    @cached_property
+    def call_id(self) -> str:  # a uuid5: computed once per request, not per use
         return call_id_for(self.provider, self.account_id, self.provider_call_id)
 
 
@@ -95,8 +96,8 @@ class CallEvent:
     duration_ms: int | None = None
     mos: float | None = None
 
-    @property
-    def call_id(self) -> str:
+    @cached_property
+    def call_id(self) -> str:  # a uuid5: computed once per request, not per use
         return call_id_for(self.provider, self.account_id, self.provider_call_id)
 
 
