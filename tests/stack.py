@@ -260,9 +260,9 @@ def running_stack(
             sink,
             ports,
             procs,
-            ws_port if media else 0,
-            media_port if media else 0,
-            metrics,
+            media_ws_port=ws_port if media else 0,
+            media_sip_port=media_port if media else 0,
+            edge_metrics=metrics,
         )
     finally:
         stop.set()

@@ -1,9 +1,8 @@
 """The webhook edge on a real broker, worker, sink and media node, driven by independent
 peers: requests signed with the providers' own libraries, TwiML and NCCO parsed as
 documents, streamdouble playing Twilio's media side, a local stand-in for Telnyx's API.
-
-The media node reads `queueId` until the media branch (which adds `callQueueId`, keeping
-`queueId` as an alias) is merged, so the media clients here send both names."""
+The media clients carry the queue id only as the answers name it: `callQueueId` (Twilio's
+custom parameter, Telnyx's `client_state`, the Vonage header)."""
 
 from __future__ import annotations
 
@@ -406,8 +405,7 @@ def test_twilio_call_end_to_end(hooks):
             url,
             frames=frames,
             config=SessionConfig(
-                # queueId: until the media node reads callQueueId (the media branch)
-                custom_parameters={"callQueueId": queue_id, "queueId": queue_id},
+                custom_parameters={"callQueueId": queue_id},
                 quiet_period_s=0.5,
                 max_drain_s=2.0,
             ),
@@ -525,7 +523,7 @@ def telnyx_doc(kind: str, event_id: str, ccid: str, **payload: Any) -> bytes:
     ).encode()  # fmt: skip
 
 
-async def telnyx_media(url: str, client_state: str, queue_id: str) -> bytes:
+async def telnyx_media(url: str, client_state: str) -> bytes:
     """Telnyx's media side: start (with the client_state the answer set), then inbound
     PCMU frames paced at 20 ms; returns what it heard (16 kHz PCM)."""
     from media.codecs import G711Codec
@@ -540,8 +538,6 @@ async def telnyx_media(url: str, client_state: str, queue_id: str) -> bytes:
             "start": {
                 "call_control_id": "v3:x", "client_state": client_state,
                 "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
-                # until the node reads client_state / callQueueId (the media branch)
-                "custom_parameters": {"callQueueId": queue_id, "queueId": queue_id},
             },
         }  # fmt: skip
         await ws.send_str(json.dumps(start))
@@ -586,7 +582,7 @@ def test_telnyx_call_end_to_end(hooks):
         time.sleep(0.05)
     again = hooks.telnyx.commands(ccid)
     assert len(again) == 2 and again[1]["body"] == body
-    heard = asyncio.run(telnyx_media(body["stream_url"], body["client_state"], queue_id))
+    heard = asyncio.run(telnyx_media(body["stream_url"], body["client_state"]))
     assert_greeting(np.frombuffer(heard, dtype="<i2").astype(float)[::2])
     answered = telnyx_doc("call.answered", str(uuid.uuid4()), ccid)
     assert hooks.telnyx_event(answered).status_code == 200
@@ -612,8 +608,7 @@ async def vonage_media(uri: str, headers: dict[str, str]) -> bytes:
     heard = bytearray()
     async with aiohttp.ClientSession() as http, http.ws_connect(uri) as ws:
         first = {"event": "websocket:connected", "content-type": "audio/l16;rate=16000"}
-        # queueId: until the node reads callQueueId (the media branch)
-        await ws.send_str(json.dumps({**first, **headers, "queueId": headers["callQueueId"]}))
+        await ws.send_str(json.dumps({**first, **headers}))
 
         async def receive() -> None:
             async for msg in ws:
