@@ -26,8 +26,17 @@ LIFECYCLE_EVENTS = (
     "CallAccepted",
     "CallAnswered",
     "CallEnded",
+    "CallProgress",
 )
-CONFIG_RECORDS = ("Plan", "Business", "Route", "PhoneNumber", "BackendServer", "BypassRule")
+CONFIG_RECORDS = (
+    "Plan",
+    "Business",
+    "Route",
+    "PhoneNumber",
+    "BackendServer",
+    "BypassRule",
+    "ProviderAccount",
+)
 OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick")
 TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS
 

@@ -22,7 +22,7 @@ from schemas.codec import Codec, make_codec
 from streams import agents, patches, routing
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
-from trunkline.core.topics import CONFIG_TOPICS
+from trunkline.core.topics import CONFIG_TOPICS, WORKER_CONFIG_SECTIONS
 
 log = logging.getLogger("trunkline.worker")
 
@@ -133,7 +133,8 @@ class TrunklineApp:
             Table=EmittedTable,
         )
         self.tables: dict[str, Any] = {}
-        for section, spec in CONFIG_TOPICS.items():
+        for section in WORKER_CONFIG_SECTIONS:
+            spec = CONFIG_TOPICS[section]
             topic = self.app.topic(
                 spec.name(settings.topic_prefix),
                 key_serializer="tl-str",

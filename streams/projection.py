@@ -18,6 +18,7 @@ COLUMNS: tuple[str, ...] = (
     "backend_id", "status", "status_rank", "status_code", "reason", "hangup_side",
     "setup_ms", "talk_ms", "codec", "packets_sent", "packets_received", "packets_lost",
     "jitter_ms", "log_type", "log_message", "payload", "kafka_partition", "kafka_offset",
+    "provider_account_id", "hangup_cause", "provider_duration_ms", "mos",
 )  # fmt: skip
 
 Row = tuple[Any, ...]
@@ -52,6 +53,8 @@ STATUS: dict[str, tuple[str, int]] = {
     "CallAccepted": (CallStatus.PROCESSING_BACKEND, 50),
     "CallAnswered": (CallStatus.IN_PROGRESS, 60),
     "CallEnded": (CallStatus.FAILED, 70),
+    # a provider's progress report (ringing...): a log line that never moves the status
+    "CallProgress": (CallStatus.QUEUED, 5),
 }
 #: CallEnded reason -> status; any other reason is a failure
 END_STATUS: dict[str, str] = {
@@ -69,7 +72,43 @@ def _s(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _title(provider: Any) -> str:
+    return str(provider).title()
+
+
+def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
+    """Log lines of provider calls (webhook edge): what the provider said."""
+    provider = r.get("provider")
+    if not provider or provider == "SIP":
+        return None
+    if name == "CallOffered":
+        account = r.get("provider_account_id") or "?"
+        return "Info", (
+            f"{_title(provider)} webhook received by {r['edge_id']} (account {account}): "
+            f"call {r['provider_call_id']} from {r.get('from_number') or '?'} "
+            f"to {r['to_number']}"
+        )
+    if name == "CallAnswered":
+        return "Info", f"{_title(provider)} status {r.get('provider_status')}: call answered"
+    if name == "CallProgress":
+        return "Info", f"{_title(provider)} status {r.get('provider_status')}"
+    if name == "CallEnded":
+        duration = r.get("provider_duration_ms")
+        took = f" after {duration / 1000:.0f} s" if duration is not None else ""
+        mos = (r.get("media") or {}).get("mos")
+        quality = f", MOS {mos:.2f}" if mos is not None else ""
+        level = "Info" if r["reason"] in ("completed", "cancelled") else "Error"
+        return level, (
+            f"{_title(provider)} status {r.get('hangup_cause')}: "
+            f"call ended: {r['reason']}{took}{quality}"
+        )
+    return None
+
+
 def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
+    provided = _provider_log(name, r)
+    if provided is not None:
+        return provided
     if name == "CallOffered":
         return "Info", (
             f"Call offered by {r['edge_id']} from {r['source_ip']} "
@@ -149,6 +188,10 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         orjson.dumps(r).decode(),  # payload
         partition,  # kafka_partition
         offset,  # kafka_offset
+        _s(r.get("provider_account_id")),  # provider_account_id
+        _s(r.get("hangup_cause")),  # hangup_cause
+        r.get("provider_duration_ms") or 0,  # provider_duration_ms
+        media.get("mos") or 0.0,  # mos
     )
 
 

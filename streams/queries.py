@@ -80,6 +80,8 @@ def show_call(store: Queryable, call_id: str) -> dict[str, Any] | None:
         "processingBackendServerId": r["processing_backend_server_id"] or None,
         "enqueuedAt": _iso(r["enqueued_at"]),
     }
+    if r.get("provider_account_id"):  # provider calls: the account the webhook came for
+        entry["providerAccountId"] = r["provider_account_id"]
     if r["status_code"]:
         entry["statusCode"] = r["status_code"]
     if r["reason"]:
@@ -96,6 +98,12 @@ def show_call(store: Queryable, call_id: str) -> dict[str, Any] | None:
             "packetsLost": r["packets_lost"],
             "jitterMs": round(float(r["jitter_ms"]), 3),
         }
+        if r.get("mos"):
+            entry["media"]["mos"] = round(float(r["mos"]), 2)
+        if r.get("hangup_cause"):
+            entry["hangupCause"] = r["hangup_cause"]
+        if r.get("provider_duration_ms"):
+            entry["providerDurationMs"] = r["provider_duration_ms"]
     entry["logs"] = [
         {"at": _iso(at), "type": log_type, "message": message}
         for at, _rank, log_type, message in r["logs"]

@@ -25,6 +25,7 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
             "to_number": "+15551234567", "from_number": "+15550001111",
             "source_ip": "203.0.113.10", "source_port": 5060, "transport": "UDP",
             "offered_codecs": ["PCMU", "PCMA", "telephone-event"], "edge_id": "edge-1",
+            "provider_account_id": "",
         },
         "CallAdmitted": {
             "business_id": "123", "phone_id": "abc", "route_id": "route-abc123",
@@ -47,14 +48,19 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
             "redirect_deadline": 1_700_000_032_000,
         },
         "CallAccepted": {"backend_id": "backend-2", "region_id": "us-east-1", "agent": "greeting"},
-        "CallAnswered": {"backend_id": "backend-2", "codec": "PCMU/8000"},
+        "CallProgress": {"provider": "TWILIO", "provider_call_id": "CA1",
+                         "provider_status": "ringing", "business_id": "123"},
+        "CallAnswered": {"backend_id": "backend-2", "codec": "PCMU/8000", "provider": None,
+                         "provider_call_id": None, "provider_status": None},
         "CallEnded": {
             "reason": "completed", "hangup_side": "caller", "status_code": None,
             "business_id": "123", "region_id": "us-east-1", "backend_id": "backend-2",
             "setup_ms": 120, "talk_ms": 12_300, "codec": "PCMU/8000",
             "media": {"packets_sent": 615, "packets_received": 610, "packets_lost": 5,
-                      "jitter_ms": 1.5},
+                      "jitter_ms": 1.5, "mos": None},
             "detail": "",
+            "provider": None, "provider_call_id": None, "hangup_cause": None,
+            "provider_duration_ms": None,
         },
         "Plan": {"id": "starter", "name": "Starter", "max_concurrent_calls": 2},
         "Business": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter"},
@@ -63,7 +69,7 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         "PhoneNumber": {
             "id": "abc", "business_id": "123", "provider": "SIP", "number": "+15551234567",
             "route_id": "route-abc123", "region_id": "us-east-1", "is_e164": True,
-            "allowed_source_ips": ["203.0.113.10", "127.0.0.0/8"],
+            "allowed_source_ips": ["203.0.113.10", "127.0.0.0/8"], "provider_account_id": "",
         },
         "BackendServer": {
             "id": "backend-1", "region_id": "us-east-1", "sip_address": "127.0.0.1:5070",
@@ -76,5 +82,10 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
                              "draining": False},
         "RoutingTick": {"region_id": "us-east-1"},
         "PartitionTick": {"partition": 3},
+        "ProviderAccount": {
+            "id": "twilio-main", "kind": "TWILIO", "account_sid": "AC0123456789abcdef",
+            "connection_id": None, "public_key": None, "application_id": None,
+            "api_base_url": None, "secret_refs": {"authToken": "env:TWILIO_AUTH_TOKEN"},
+        },
     }  # fmt: skip
     return {"envelope": env, **bodies[name]}

@@ -211,6 +211,7 @@ def running_stack(
         for b in config["backends"]:
             if b["id"] == "backend-1":
                 b["sipAddress"] = f"127.0.0.1:{media_port}"
+                b["mediaUrl"] = f"ws://127.0.0.1:{ws_port}"  # what provider answers point at
     cfg.write_text(yaml.safe_dump(config))
     done = run_cli(s, "config", "apply", str(cfg))
     assert done.returncode == 0, done.stderr

@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS {db}.call_events_log
     payload          String,
     kafka_partition  UInt32,
     kafka_offset     UInt64,
+    provider_account_id String DEFAULT '',
+    hangup_cause     String DEFAULT '',
+    provider_duration_ms Int64 DEFAULT 0,
+    mos              Float32 DEFAULT 0,
     ingested_at      DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree
@@ -46,3 +50,11 @@ SETTINGS min_bytes_for_wide_part = 1073741824, min_rows_for_wide_part = 10000000
 -- delayed its writes. Tables created before this setting get it here.
 ALTER TABLE {db}.call_events_log
     MODIFY SETTING min_bytes_for_wide_part = 1073741824, min_rows_for_wide_part = 100000000;
+
+-- Provider calls (the webhook edge): the account, the provider's hang-up cause and
+-- duration, and its MOS. Tables created before these columns get them here.
+ALTER TABLE {db}.call_events_log
+    ADD COLUMN IF NOT EXISTS provider_account_id String DEFAULT '',
+    ADD COLUMN IF NOT EXISTS hangup_cause String DEFAULT '',
+    ADD COLUMN IF NOT EXISTS provider_duration_ms Int64 DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS mos Float32 DEFAULT 0;

@@ -1,11 +1,12 @@
--- Deduplicated events: what analytics queries should read.
-CREATE VIEW IF NOT EXISTS {db}.call_events AS
+-- Deduplicated events: what analytics queries should read. (OR REPLACE: a view keeps
+-- the columns it was created with, so a new column needs the view made again.)
+CREATE OR REPLACE VIEW {db}.call_events AS
 SELECT * FROM {db}.call_events_log FINAL;
 
 -- One row per call: the seed's InboundCallQueue entry, rebuilt from the events (a
 -- projection, so a replay of the topic rebuilds it exactly). Status follows the
 -- furthest lifecycle step reached (status_rank), not wall-clock order.
-CREATE VIEW IF NOT EXISTS {db}.calls AS
+CREATE OR REPLACE VIEW {db}.calls AS
 SELECT
     call_id                                                        AS id,
     argMax(status, (status_rank, occurred_at))                     AS status,
@@ -29,6 +30,10 @@ SELECT
     maxIf(packets_received, event_type = 'CallEnded')              AS packets_received,
     maxIf(packets_lost, event_type = 'CallEnded')                  AS packets_lost,
     maxIf(jitter_ms, event_type = 'CallEnded')                     AS jitter_ms,
+    anyIf(provider_account_id, provider_account_id != '')          AS provider_account_id,
+    argMaxIf(hangup_cause, occurred_at, hangup_cause != '')        AS hangup_cause,
+    maxIf(provider_duration_ms, event_type = 'CallEnded')          AS provider_duration_ms,
+    maxIf(mos, event_type = 'CallEnded')                           AS mos,
     count()                                                        AS event_count,
     arraySort(x -> (x.1, x.2), groupArray((occurred_at, status_rank, log_type, log_message))) AS logs
 FROM {db}.call_events

@@ -53,12 +53,16 @@ def test_up_waits_for_every_part_then_a_call_completes_and_down_stops_everything
         "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
         "TRUNKLINE_SINK_WEB_PORT": str(free_port()),
         "TRUNKLINE_SIP_LISTEN": f"127.0.0.1:{free_port()}",
+        "TRUNKLINE_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
     }
     try:
         up = _cli(env, "up", "--config", str(cfg))
         assert up.returncode == 0, up.stderr
         assert "trunkline is up" in up.stdout
-        for part in ("topics", "config", "ClickHouse sink", "worker", "SIP edge", "media node"):
+        for part in (
+            "topics", "config", "ClickHouse sink", "worker", "SIP edge", "webhook edge",
+            "media node",
+        ):  # fmt: skip
             assert part in up.stderr  # the progress, on stderr
         assert "Kafka broker" not in up.stderr  # TRUNKLINE_KAFKA_BOOTSTRAP: not ours to start
 
@@ -73,7 +77,8 @@ def test_up_waits_for_every_part_then_a_call_completes_and_down_stops_everything
         status = _cli(env, "status", "--json")
         assert status.returncode == 0, status.stderr
         doc = json.loads(status.stdout)
-        assert all(doc[name]["running"] for name in ("sink", "worker", "sip_edge"))
+        assert all(doc[n]["running"] for n in ("sink", "worker", "sip_edge", "webhook_edge"))
+        assert doc["webhook_edge"]["health"]["edge_id"] == "webhook-1"
         assert doc["sip_edge"]["options"] == 200 and doc["sink"]["health"]["sink"]["alive"]
         assert list(doc["media_nodes"]) == ["media-backend-1"]
 
@@ -82,5 +87,5 @@ def test_up_waits_for_every_part_then_a_call_completes_and_down_stops_everything
     finally:
         down = _cli(env, "down")
     assert down.returncode == 0, down.stderr
-    for name in ("sink", "worker", "sip-edge", "media-backend-1"):
+    for name in ("sink", "worker", "sip-edge", "webhook-edge", "media-backend-1"):
         assert procs.running_pid(state, name) is None

@@ -35,7 +35,7 @@ def test_ddl_is_idempotent(ch_store):
         )
     }
     assert tables == {"call_events_log", "call_events", "calls"}
-    assert len(ddl_statements("x")) == 4
+    assert len(ddl_statements("x")) == 5
 
 
 def _wide_part_settings(store):

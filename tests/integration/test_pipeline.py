@@ -93,6 +93,7 @@ def test_config_applied_from_yaml_is_read_back_from_the_worker_tables(settings, 
         "region_id": "us-east-1",
         "is_e164": True,
         "allowed_source_ips": ["203.0.113.10", "127.0.0.0/8"],
+        "provider_account_id": "",
     }
     assert worker.get("/config/plans/")["starter"]["max_concurrent_calls"] == 2
     assert worker.get("/config/businesses/")["123"]["plan_id"] == "starter"

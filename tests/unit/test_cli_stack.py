@@ -31,7 +31,7 @@ def test_status_of_nothing_running_is_a_failure_with_the_whole_document(state, c
     assert cli.main(["status", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {
-        "state_dir", "kafka", "sink", "worker", "sip_edge", "media_nodes",
+        "state_dir", "kafka", "sink", "worker", "sip_edge", "webhook_edge", "media_nodes",
         "heartbeats_standin", "clickhouse", "topic_prefix",
     }  # fmt: skip
     assert doc["kafka"]["running"] is False and doc["kafka"]["bootstrap"] == "127.0.0.1:19092"
@@ -43,6 +43,8 @@ def test_status_of_nothing_running_is_a_failure_with_the_whole_document(state, c
         "health": None,
     }
     assert doc["sip_edge"]["listen"] == "127.0.0.1:5060" and doc["sip_edge"]["options"] is None
+    assert doc["webhook_edge"]["listen"] == "127.0.0.1:8080"
+    assert doc["webhook_edge"]["health"] is None
 
 
 def test_status_with_a_broker_of_someone_else_is_not_a_failure(state, capsys, monkeypatch):
@@ -55,9 +57,9 @@ def test_status_with_a_broker_of_someone_else_is_not_a_failure(state, capsys, mo
 def test_down_with_nothing_running_says_so(state, capsys):
     assert cli.main(["down"]) == 0
     err = capsys.readouterr().err
-    for name in ("heartbeats", "sip-edge", "worker", "sink", "Kafka broker"):
+    for name in ("heartbeats", "webhook-edge", "sip-edge", "worker", "sink", "Kafka broker"):
         assert name in err
-    assert err.count("was not running") == 5
+    assert err.count("was not running") == 6
 
 
 def test_up_refuses_a_bad_config_before_starting_anything(state, tmp_path, capsys):

@@ -30,6 +30,7 @@ def test_example_is_valid_and_normalised():
         "region_id": "us-east-1",
         "is_e164": True,
         "allowed_source_ips": ["203.0.113.10", "127.0.0.0/8"],
+        "provider_account_id": "",
     }
     assert numbers["globex-twilio"].body["provider"] == "TWILIO"  # case-insensitive
     assert config.section("businesses")["123"].body["plan_id"] == "starter"  # int id -> str

@@ -125,7 +125,10 @@ def test_the_lifecycle_records_go_where_they_free_slots_with_derived_ids():
     }
     assert len(record["detail"]) == 500
     for e in accepted + answered + ended:
-        assert codec.decode(codec.encode(e.name, e.record))[1] == e.record
+        decoded = codec.decode(codec.encode(e.name, e.record))[1]
+        # what the node writes comes back; fields it leaves out (a provider's, issue 13)
+        # take their schema defaults
+        assert {k: decoded[k] for k in e.record} == e.record
     # the same call ends once per node, however often it is said
     again = events.ended("backend-1", "q-1", ROUTED, 1, reason="completed", side="caller")
     assert again[0].record["envelope"]["event_id"] == record["envelope"]["event_id"]

@@ -1,5 +1,5 @@
-"""`worker`, `sink`, `sip-edge`, `media`: run one service in the foreground (what `up`
-starts in the background, one process each)."""
+"""`worker`, `sink`, `sip-edge`, `webhook-edge`, `media`: run one service in the
+foreground (what `up` starts in the background, one process each)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ def register(sub: Subparsers) -> None:
     )
     add_loglevel(e)
     e.set_defaults(func=cmd_sip_edge)
+
+    wh = sub.add_parser(
+        "webhook-edge", help="run the provider webhook edge (Twilio, Telnyx, Vonage)"
+    )
+    wh.add_argument("--edge-id", default="webhook-1", help="this edge's id (decisions key)")
+    wh.add_argument(
+        "--listen", help="HTTP address (env TRUNKLINE_HTTP_LISTEN, default 127.0.0.1:8080)"
+    )
+    add_loglevel(wh)
+    wh.set_defaults(func=cmd_webhook_edge)
 
     md = sub.add_parser("media", help="run a media node (SIP backend listener, RTP, agents)")
     md.add_argument("--server-id", required=True, help="the backend id in the config")
@@ -133,6 +143,28 @@ def cmd_sip_edge(args: argparse.Namespace, ctx: Context) -> int:
     )
     try:
         asyncio.run(run_edge(edge))
+    except OSError as exc:
+        raise CliError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    return EXIT_OK
+
+
+def cmd_webhook_edge(args: argparse.Namespace, ctx: Context) -> int:
+    from edge.sip.transport import Listen
+    from edge.webhook.service import WebhookEdge, run_webhook_edge
+    from trunkline.core.config import SecretError
+
+    _logging(args.loglevel)
+    s = ctx.settings
+    address = args.listen or s.http_listen
+    try:
+        listen = Listen.parse(address)
+    except ValueError as exc:
+        raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
+    edge = WebhookEdge(s, args.edge_id, listen.host, listen.port)
+    try:
+        asyncio.run(run_webhook_edge(edge))
+    except SecretError as exc:
+        raise CliError(f"webhook edge refuses to start: {exc}", EXIT_USAGE) from exc
     except OSError as exc:
         raise CliError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
     return EXIT_OK

@@ -5,16 +5,25 @@ publish, or raises :class:`ConfigError` listing each problem as ``section[i] (id
 message``. Validation is all-or-nothing: the caller publishes only after it passes.
 
 YAML keys are camelCase (the seed's JSON); Avro fields are snake_case.
+
+Secrets (a provider's auth token, API key, private key, signature secret) are written as
+references, ``{env: NAME}`` or ``{file: PATH}``, never as values: a literal is refused
+naming the field. Records carry the reference (``env:NAME``), so no secret value ever
+reaches a topic or ``config show``; each process that needs one resolves it from its own
+environment at start (`resolve_secret`) and refuses to start naming what is missing.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -28,8 +37,9 @@ E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 CONFIG_NAMESPACE = uuid.UUID("5b0f3c9e-6a34-4d5e-9a56-3f4c1b7d2e10")
 
-SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules")
+SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules", "providers")
 AVRO_NAME = {
+    "providers": "ProviderAccount",
     "plans": "Plan",
     "businesses": "Business",
     "routes": "Route",
@@ -231,6 +241,9 @@ def _number(c: _Checker) -> dict[str, Any]:
         "region_id": c.ident("regionId"),
         "is_e164": is_e164,
         "allowed_source_ips": allowed,
+        # resolved against the providers section in parse_config (may be left out when
+        # the number's provider kind has exactly one account)
+        "provider_account_id": c.ident("providerAccountId", required=False) or "",
     }
 
 
@@ -263,7 +276,146 @@ def _bypass(c: _Checker) -> dict[str, Any]:
     return {"id": rule_id, "business_id": business, "backend_id": backend, "phone_id": phone}
 
 
+class SecretError(ValueError):
+    """A secret reference this process cannot resolve; the message names the variable or
+    file (never a value)."""
+
+
+SECRET_NAMES = ("authToken", "apiKey", "privateKey", "signatureSecret", "answerToken")
+#: provider kind -> (required secrets, optional secrets)
+KIND_SECRETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "TWILIO": (("authToken",), ()),
+    "TELNYX": (("apiKey",), ()),
+    "VONAGE": (("signatureSecret",), ("privateKey", "answerToken")),
+}
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def secret_ref(c: _Checker, name: str, required: bool) -> str | None:
+    """A secret field: ``{env: NAME}`` or ``{file: PATH}`` -> ``env:NAME`` / ``file:PATH``.
+    A literal value is refused, naming the field and never echoing the value."""
+    value = c._get(name, required)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        c.fail(
+            name,
+            "is a secret: write a reference {env: VARIABLE} or {file: PATH}, not the value itself",
+        )
+        return None
+    if len(value) != 1 or next(iter(value)) not in ("env", "file"):
+        c.fail(name, "a secret reference has exactly one key, env or file")
+        return None
+    kind, target = next(iter(value.items()))
+    if not isinstance(target, str) or not target.strip():
+        c.fail(
+            name,
+            f"{{{kind}: ...}} needs a non-empty {'variable name' if kind == 'env' else 'path'}",
+        )
+        return None
+    if kind == "env" and not _ENV_NAME_RE.match(target):
+        c.fail(name, f"{target!r} is not an environment variable name")
+        return None
+    return f"{kind}:{target}"
+
+
+def describe_ref(ref: str) -> str:
+    """How a reference reads in messages: 'environment variable X' / 'file P'."""
+    kind, _, target = ref.partition(":")
+    return f"environment variable {target}" if kind == "env" else f"file {target}"
+
+
+def resolve_secret(
+    ref: str, env: Mapping[str, str] | None = None, read: Callable[[str], str] | None = None
+) -> str:
+    """The value behind a reference, from this process's environment (or a file it can
+    read, relative to its working directory). Raises SecretError naming what is missing."""
+    kind, _, target = ref.partition(":")
+    if kind == "env":
+        value = (os.environ if env is None else env).get(target, "")
+        if not value:
+            raise SecretError(f"environment variable {target} is not set (or empty)")
+        return value
+    if kind == "file":
+        try:
+            value = (read or _read_text)(target)
+        except OSError as exc:
+            raise SecretError(f"file {target} cannot be read: {exc.strerror or exc}") from None
+        if not value.strip():
+            raise SecretError(f"file {target} is empty")
+        return value.strip() if not value.lstrip().startswith("-----BEGIN") else value
+    raise SecretError(f"{ref!r} is not a secret reference (env:NAME or file:PATH)")
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _url(c: _Checker, name: str) -> str | None:
+    value = c.text(name, required=False)
+    if value is not None:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            c.fail(name, f"{value!r} must be an http:// or https:// URL with a host")
+            return None
+    return value
+
+
+def _provider(c: _Checker) -> dict[str, Any]:
+    kind = c.text("kind")
+    if kind is not None and kind.upper() not in PROVIDERS[1:]:
+        c.fail("kind", f"unknown provider kind {kind!r}; expected Twilio, Telnyx or Vonage")
+        kind = None
+    kind = kind.upper() if kind else None
+    body: dict[str, Any] = {
+        "id": c.ident("id"),
+        "kind": kind,
+        "account_sid": None,
+        "connection_id": None,
+        "public_key": None,
+        "application_id": None,
+        "api_base_url": _url(c, "apiBaseUrl"),
+        "secret_refs": {},
+    }
+    if kind is None:
+        for name in SECRET_NAMES:  # still refuse literal secrets, and mark fields used
+            secret_ref(c, name, False)
+        for name in ("accountSid", "connectionId", "publicKey", "applicationId"):
+            c._get(name, False)
+        return body
+    required, optional = KIND_SECRETS[kind]
+    for name in SECRET_NAMES:
+        if name in required or name in optional:
+            ref = secret_ref(c, name, name in required)
+            if ref is not None:
+                body["secret_refs"][name] = ref
+        elif name in c.item:
+            secret_ref(c, name, False)  # a literal is still refused as a secret
+            c.fail(name, f"is not used by {kind.title()} accounts")
+    if kind == "TWILIO":
+        sid = c.text("accountSid")
+        if sid is not None and not re.match(r"^AC[A-Za-z0-9]{1,64}$", sid):
+            c.fail("accountSid", f"{sid!r} is not a Twilio account SID (AC...)")
+        body["account_sid"] = sid
+    elif kind == "TELNYX":
+        key = c.text("publicKey")
+        if key is not None:
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                c.fail("publicKey", "must be the base64 Ed25519 public key (32 bytes)")
+        body["public_key"] = key
+        body["connection_id"] = c.text("connectionId", required=False)
+    else:
+        body["application_id"] = c.text("applicationId")
+    return body
+
+
 _BUILDERS: dict[str, Callable[[_Checker], dict[str, Any]]] = {
+    "providers": _provider,
     "plans": _plan,
     "businesses": _business,
     "routes": _route,
@@ -342,6 +494,12 @@ def parse_config(data: Any) -> Config:
                     f"not {b['business_id']!r}",
                 )
             )
+    accounts_by_kind: dict[str, list[str]] = {}
+    for _, b in built["providers"]:
+        if b["kind"]:
+            accounts_by_kind.setdefault(b["kind"], []).append(b["id"])
+    for where, b in built["numbers"]:
+        _number_account(where, b, bodies["providers"], accounts_by_kind, problems)
     numbers_by_value: dict[str, str] = {}
     for where, b in built["numbers"]:
         if b["number"] is None or b["provider"] is None:
@@ -376,6 +534,57 @@ def parse_config(data: Any) -> Config:
         for _, body in built[section]:
             config.records.append(ConfigRecord(section, body["id"], AVRO_NAME[section], body))
     return config
+
+
+def _number_account(
+    where: str,
+    number: dict[str, Any],
+    accounts: dict[str, dict[str, Any]],
+    by_kind: dict[str, list[str]],
+    problems: list[Problem],
+) -> None:
+    """Check (or fill in) a number's providerAccountId against the providers section."""
+    provider, account_id = number["provider"], number["provider_account_id"]
+    if provider is None:
+        return
+    if provider == "SIP":
+        if account_id:
+            problems.append(
+                Problem(f"{where}.providerAccountId", "SIP numbers take no provider account")
+            )
+        return
+    kind_name = provider.title()
+    if account_id:
+        account = accounts.get(account_id)
+        if account is None:
+            problems.append(
+                Problem(
+                    f"{where}.providerAccountId",
+                    f"account {account_id!r} is not defined in providers",
+                )
+            )
+        elif account["kind"] != provider:
+            problems.append(
+                Problem(
+                    f"{where}.providerAccountId",
+                    f"account {account_id!r} is a {str(account['kind']).title()} account, "
+                    f"the number is a {kind_name} number",
+                )
+            )
+        return
+    candidates = by_kind.get(provider, [])
+    if len(candidates) == 1:
+        number["provider_account_id"] = candidates[0]
+    elif len(candidates) > 1:
+        problems.append(
+            Problem(
+                f"{where}.providerAccountId",
+                f"is required: {len(candidates)} {kind_name} accounts are configured "
+                f"({', '.join(candidates)})",
+            )
+        )
+    # no account of the kind: the number is kept (its calls cannot come in by webhook
+    # until an account is configured)
 
 
 def load_config(text: str) -> Config:

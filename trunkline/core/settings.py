@@ -140,6 +140,20 @@ def _http_url(raw: Any, info: ValidationInfo) -> str | None:
     return text
 
 
+def _public_url(raw: Any, info: ValidationInfo) -> str:
+    """The base URL providers call (webhook signatures are checked against it): http(s),
+    a host, no query; kept without a trailing slash."""
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw)
+    url = urlparse(text)
+    if url.scheme not in ("http", "https") or not url.netloc or url.query:
+        raise SettingsError(
+            f"{_name(info)}={text!r}: expected http(s)://host[:port][/path], no query"
+        )
+    return text.rstrip("/")
+
+
 def _path(raw: Any, info: ValidationInfo) -> Path:
     if _unset(raw):
         raise PydanticUseDefault()
@@ -264,6 +278,9 @@ class Settings(BaseSettings):
     #: sources in any number's allowedSourceIps
     sip_flood_rate: PositiveCount = 100
     sip_trusted_rate: PositiveCount = 5_000
+    #: the webhook edge (edge/webhook): where it listens, and the URL providers call
+    http_listen: HostPort = "127.0.0.1:8080"
+    public_url: Annotated[str, BeforeValidator(_public_url)] = "http://127.0.0.1:8080"
     decision_timeout_ms: PositiveMs = 5_000
     redirect_timeout_ms: PositiveMs = 10_000
     heartbeat_timeout_ms: PositiveMs = 5_000

@@ -98,6 +98,10 @@ BACKENDS = TopicSpec(
 BYPASS_RULES = TopicSpec(
     "config.bypass-rules", 1, True, None, "id", ("BypassRule",), "Admin bypass rules (compacted)."
 )
+PROVIDERS = TopicSpec(
+    "config.providers", 1, True, None, "id", ("ProviderAccount",),
+    "Provider accounts (compacted): ids, public identifiers, secret references (never values).",
+)  # fmt: skip
 
 #: config kind (the YAML section) -> its topic
 CONFIG_TOPICS: dict[str, TopicSpec] = {
@@ -107,7 +111,12 @@ CONFIG_TOPICS: dict[str, TopicSpec] = {
     "numbers": NUMBERS,
     "backends": BACKENDS,
     "bypassRules": BYPASS_RULES,
+    "providers": PROVIDERS,
 }
+#: the sections the worker keeps as tables (admission and routing read them); provider
+#: accounts are read only by the webhook edge, and each partition a worker follows costs
+#: it on every fetch (docs/design.md)
+WORKER_CONFIG_SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules")
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CALL_EVENTS,

@@ -46,6 +46,11 @@ def _sip_ping(s: Settings) -> int | None:
     return options_ping(local_host(host), int(port))
 
 
+def _http_base(s: Settings) -> str:
+    host, _, port = s.http_listen.rpartition(":")
+    return f"http://{local_host(host)}:{port}"
+
+
 @dataclass(frozen=True)
 class Service:
     name: str  # its pid and log name
@@ -91,8 +96,25 @@ SIP_EDGE = Service(
     ready=lambda s, status: f"answering OPTIONS on {s.sip_listen}" if status == 200 else None,
 )
 
+WEBHOOK_EDGE = Service(
+    name="webhook-edge",
+    title="webhook edge (Twilio, Telnyx, Vonage)",
+    # provider secrets come from the environment `up` runs in (processes inherit it)
+    args=lambda s: ["webhook-edge", "--listen", s.http_listen],
+    address=lambda s: s.http_listen,
+    address_key="listen",
+    probe=lambda s: get_json(f"{_http_base(s)}/health"),
+    health_key="health",
+    ready=lambda s, h: (
+        f"providers call {s.public_url}/webhooks/..., accounts: "
+        + (", ".join(h["accounts"]) or "none")
+        if "accounts" in h
+        else None
+    ),
+)
+
 #: started in this order, stopped in reverse
-LOCAL_SERVICES: tuple[Service, ...] = (SINK, WORKER, SIP_EDGE)
+LOCAL_SERVICES: tuple[Service, ...] = (SINK, WORKER, SIP_EDGE, WEBHOOK_EDGE)
 
 
 @dataclass(frozen=True)
