@@ -27,7 +27,7 @@ from streams.clickhouse import ClickHouseStore
 from streams.sink import ClickHouseSink
 from trunkline.core.aio import set_cpu_priority, tune_gc
 from trunkline.core.settings import Settings
-from trunkline.core.topics import CALL_EVENTS, DEAD_LETTERS
+from trunkline.core.topics import BILLING, CALL_EVENTS, DEAD_LETTERS, WEBHOOK_DELIVERIES
 
 log = logging.getLogger("trunkline.sink")
 
@@ -83,7 +83,9 @@ async def serve(settings: Settings) -> None:
     await loop.run_in_executor(None, store.ensure_schema)
     sink = ClickHouseSink(
         bootstrap=settings.kafka_bootstrap,
-        topic=CALL_EVENTS.name(settings.topic_prefix),
+        topic=[
+            spec.name(settings.topic_prefix) for spec in (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
+        ],
         dead_letter_topic=DEAD_LETTERS.name(settings.topic_prefix),
         group_id=f"{settings.app_id}-clickhouse-sink",
         codec=make_codec(settings.schema_registry_url),
@@ -97,7 +99,7 @@ async def serve(settings: Settings) -> None:
     await site.start()
     log.info(
         "ClickHouse sink: %s -> %s; web on %s:%s",
-        CALL_EVENTS.name(settings.topic_prefix),
+        ", ".join(sink.topics),
         settings.clickhouse_dsn,
         settings.sink_web_host,
         settings.sink_web_port,
