@@ -255,7 +255,8 @@ def delivery_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
         r["subscription_id"], r["webhook_id"], int(r["attempt"]), env["event_id"],
         r["source_event_id"], r["event_type"], env.get("call_id") or "",
         r.get("business_id") or "", r["url"], r.get("status_code") or 0, r.get("error") or "",
-        int(r.get("latency_ms") or 0), r["outcome"], _instant(int(r.get("next_attempt_at") or 0)),
+        int(r.get("latency_ms") or 0), r["outcome"],
+        _instant(int(r["next_attempt_at"])) if r.get("next_attempt_at") else None,
         _instant(int(r["attempted_at"])), r["body"], partition, offset,
     )  # fmt: skip
 

@@ -197,11 +197,11 @@ def billing_summary(
         params["month"] = month
     rows = store.query(
         f"""
-        SELECT direction, provider, currency, count() AS calls,
-               countIf(connected = 1) AS connected, sum(talk_seconds) AS talk_seconds,
-               sum(billable_seconds) AS billable_seconds, sum(amount) AS amount,
-               sumIf(assumeNotNull(provider_cost), provider_cost IS NOT NULL) AS provider_cost,
-               countIf(provider_cost IS NOT NULL) AS costed_calls
+        SELECT direction, provider, currency, count() AS n_calls,
+               countIf(connected = 1) AS n_connected, sum(talk_seconds) AS total_talk,
+               sum(billable_seconds) AS total_billable, sum(amount) AS total_amount,
+               sumIf(assumeNotNull(provider_cost), provider_cost IS NOT NULL) AS total_cost,
+               countIf(provider_cost IS NOT NULL) AS n_costed
         FROM {store.database}.billing_records WHERE {clause}
         GROUP BY direction, provider, currency ORDER BY direction, provider, currency
         """,
@@ -214,12 +214,12 @@ def billing_summary(
                 "direction": r["direction"],
                 "provider": r["provider"],
                 "currency": r["currency"],
-                "calls": int(r["calls"]),
-                "connected": int(r["connected"]),
-                "talk_seconds": int(r["talk_seconds"]),
-                "billable_seconds": int(r["billable_seconds"]),
-                "amount": _money(r["amount"]),
-                "provider_cost": _money(r["provider_cost"]) if r["costed_calls"] else None,
+                "calls": int(r["n_calls"]),
+                "connected": int(r["n_connected"]),
+                "talk_seconds": int(r["total_talk"]),
+                "billable_seconds": int(r["total_billable"]),
+                "amount": _money(r["total_amount"]),
+                "provider_cost": _money(r["total_cost"]) if r["n_costed"] else None,
             }
         )
     return out
@@ -243,30 +243,33 @@ def list_deliveries(
         where.append("subscription_id = {sub:String}")
         params["sub"] = subscription
     if since_s:
-        having.append("last_attempt_at >= now64(3) - toIntervalSecond({since:UInt32})")
+        having.append("d_last_attempt_at >= now64(3) - toIntervalSecond({since:UInt32})")
         params["since"] = since_s
     if failed:
-        having.append("outcome != 'delivered'")
+        having.append("d_outcome != 'delivered'")
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     having_clause = ("HAVING " + " AND ".join(having)) if having else ""
     rows = store.query(
         f"""
-        SELECT subscription_id, webhook_id, argMax(event_type, attempt) AS event_type,
-               argMax(call_id, attempt) AS call_id,
-               argMax(source_event_id, attempt) AS event_id,
-               argMax(outcome, attempt) AS outcome,
-               argMax(status_code, attempt) AS status_code, count() AS attempts,
-               argMax(latency_ms, attempt) AS latency_ms, argMax(error, attempt) AS error,
-               argMax(url, attempt) AS url, min(attempted_at) AS first_attempt_at,
-               max(attempted_at) AS last_attempt_at
+        SELECT subscription_id, webhook_id, argMax(event_type, attempt) AS d_event_type,
+               argMax(call_id, attempt) AS d_call_id,
+               argMax(source_event_id, attempt) AS d_event_id,
+               argMax(outcome, attempt) AS d_outcome,
+               argMax(status_code, attempt) AS d_status_code, count() AS d_attempts,
+               argMax(latency_ms, attempt) AS d_latency_ms, argMax(error, attempt) AS d_error,
+               argMax(url, attempt) AS d_url, min(attempted_at) AS d_first_attempt_at,
+               max(attempted_at) AS d_last_attempt_at
         FROM {store.database}.webhook_deliveries {clause}
         GROUP BY subscription_id, webhook_id {having_clause}
-        ORDER BY last_attempt_at DESC LIMIT {{limit:UInt32}}
+        ORDER BY d_last_attempt_at DESC LIMIT {{limit:UInt32}}
         """,
         params,
     )
     return [
-        {k: (None if k == "status_code" and not v else _iso(v)) for k, v in row.items()}
+        {
+            k.removeprefix("d_"): (None if k == "d_status_code" and not v else _iso(v))
+            for k, v in row.items()
+        }
         for row in rows
     ]
 
@@ -307,13 +310,13 @@ def redeliverable(
         params["since"] = since_s
     rows = store.query(
         f"""
-        SELECT webhook_id, argMax(source_event_id, attempt) AS event_id,
-               argMax(event_type, attempt) AS event_type, argMax(call_id, attempt) AS call_id,
-               argMax(business_id, attempt) AS business_id, argMax(body, attempt) AS body,
-               min(attempted_at) AS first_attempt_at
+        SELECT webhook_id, argMax(source_event_id, attempt) AS d_event_id,
+               argMax(event_type, attempt) AS d_event_type, any(call_id) AS d_call_id,
+               argMax(business_id, attempt) AS d_business_id, argMax(body, attempt) AS d_body,
+               min(attempted_at) AS d_first_attempt_at
         FROM {store.database}.webhook_deliveries WHERE {" AND ".join(where)}
-        GROUP BY webhook_id ORDER BY first_attempt_at, webhook_id
+        GROUP BY webhook_id ORDER BY d_first_attempt_at, webhook_id
         """,
         params,
     )
-    return [{k: _iso(v) for k, v in row.items()} for row in rows]
+    return [{k.removeprefix("d_"): _iso(v) for k, v in row.items()} for row in rows]

@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS {db}.webhook_deliveries_log
     error            String,
     latency_ms       UInt32,
     outcome          LowCardinality(String),
-    next_attempt_at  DateTime64(3, 'UTC'),
+    next_attempt_at  Nullable(DateTime64(3, 'UTC')),
     attempted_at     DateTime64(3, 'UTC'),
     body             String,
     kafka_partition  UInt32,
