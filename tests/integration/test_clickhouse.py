@@ -210,8 +210,9 @@ def test_deliveries_one_row_per_delivery_with_its_attempts(ch_store):
     def attempt(n, outcome, status, webhook_id="msg_1"):
         r = sample("WebhookAttempt", call_id="q1")
         r["envelope"].update(event_id=f"{webhook_id}-{n}", call_id="q1")
+        retry_at = T0 if outcome == "retrying" else None
         r.update(attempt=n, outcome=outcome, status_code=status, webhook_id=webhook_id,
-                 attempted_at=T0 + n * 1000, next_attempt_at=None if outcome != "retrying" else T0)  # fmt: skip
+                 attempted_at=T0 + n * 1000, next_attempt_at=retry_at)  # fmt: skip
         return delivery_row(r)
 
     rows = [attempt(1, "retrying", 500), attempt(2, "retrying", None), attempt(3, "delivered", 200),
