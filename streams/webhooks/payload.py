@@ -53,9 +53,21 @@ RANK: dict[str, int] = {
 ENTRY_ONLY = frozenset({"CallAdmitted", "CallAccepted", "CallProgress", "CallCost"})
 
 
+_ISO_SECONDS: dict[int, str] = {}
+
+
 def iso(ms: int) -> str:
-    """Epoch ms -> ISO 8601 UTC with milliseconds and Z."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """Epoch ms -> ISO 8601 UTC with milliseconds and Z (the second's text is cached:
+    consecutive events share it, and strftime was a tenth of an event's handling)."""
+    seconds, millis = divmod(ms, 1000)
+    prefix = _ISO_SECONDS.get(seconds)
+    if prefix is None:
+        if len(_ISO_SECONDS) > 4096:
+            _ISO_SECONDS.clear()
+        prefix = _ISO_SECONDS[seconds] = datetime.fromtimestamp(seconds, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+    return f"{prefix}.{millis:03d}Z"
 
 
 def _set(entry: dict[str, Any], key: str, value: Any) -> None:
