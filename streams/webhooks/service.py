@@ -349,10 +349,12 @@ class WebhookService:
                     marks[q] = await run(self._watermark, q)
                 self._gates[call_id] = (q, marks[q])
                 self._apply(self.book.on_record(name, record, now, gated=True))
-            for call_id, (q, needed) in list(self._gates.items()):
-                if await run(self._read_position, q) >= needed:
-                    del self._gates[call_id]
-                    self._apply(self.book.ungate(call_id))
+            if self._gates:
+                read = {q: await run(self._read_position, q) for q, _ in self._gates.values()}
+                for call_id, (q, needed) in list(self._gates.items()):
+                    if read[q] >= needed:
+                        del self._gates[call_id]
+                        self._apply(self.book.ungate(call_id))
             if offsets:
                 self.stats["events"] += len(msgs)
                 parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
