@@ -69,6 +69,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class RefusedTarget(OSError):
+    """Raised inside aiohttp's connector: every address of the host was refused."""
+
+
 class FilteringResolver(AbstractResolver):
     """aiohttp's resolver, keeping only the addresses a subscription may reach: the
     connection goes to an address that was checked (no check-then-resolve gap)."""
@@ -86,7 +90,7 @@ class FilteringResolver(AbstractResolver):
                 targets.allowed_addresses(host, [r["host"] for r in found], self._allow_private)
             )
         except targets.TargetRefused as exc:
-            raise OSError(str(exc)) from None
+            raise RefusedTarget(str(exc)) from None
         return [r for r in found if r["host"] in kept]
 
     async def close(self) -> None:
@@ -282,6 +286,12 @@ class WebhookService:
             result = Result(None, f"target refused: {exc}", _elapsed_ms(started))
         except TimeoutError:
             result = Result(None, f"timeout after {self.timeout.total:.0f} s", _elapsed_ms(started))
+        except aiohttp.ClientConnectorError as exc:
+            cause = exc.os_error if isinstance(exc.os_error, RefusedTarget) else exc.__cause__
+            if isinstance(cause, RefusedTarget):
+                result = Result(None, f"target refused: {cause}", _elapsed_ms(started))
+            else:
+                result = Result(None, f"{type(exc).__name__}: {exc}"[:300], _elapsed_ms(started))
         except (aiohttp.ClientError, OSError) as exc:
             result = Result(None, f"{type(exc).__name__}: {exc}"[:300], _elapsed_ms(started))
         if d.key in self.book.deliveries:

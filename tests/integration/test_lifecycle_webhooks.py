@@ -466,3 +466,29 @@ def record_ms(iso: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused_after_resolution(
+    kafka_bootstrap, tmp_path, receiver
+):
+    s = hook_settings(kafka_bootstrap, tmp_path / "state", TRUNKLINE_WEBHOOK_RETRY_SCHEDULE="100ms")
+    url = f"http://localhost:{receiver.port}/ssrf"  # a name: the config cannot judge it
+    apply_config(
+        s,
+        [
+            {"id": "ssrf", "url": url, "events": ["call.ended"], "allowPrivateTargets": False},
+            {"id": "ok", "url": receiver.url("ok"), "events": ["call.ended"]},
+        ],
+    )
+    hooks = webhooks(s)
+    hooks.start()
+    try:
+        publish(s, lifecycle("c-ssrf", int(time.time() * 1000)))
+        receiver.wait_for(lambda seen: len(receiver.accepted("ok")) == 1, 30, "the allowed one")
+        health = hooks.poll("/health/", lambda h: h["stats"]["dead"] == 1)
+        assert health["stats"]["delivered"] == 1
+        assert receiver.on("ssrf") == []  # no request ever reached the loopback address
+    finally:
+        hooks.stop()
+    log = hooks.log.read_text() if hooks.log else ""
+    assert "target refused" in log and "loopback" in log
