@@ -45,7 +45,7 @@ import enum
 import heapq
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.webhooks import payload, retry
@@ -109,6 +109,14 @@ def webhook_id(subscription_id: str, event_id: str) -> str:
     return "msg_" + uuid.uuid5(_WEBHOOK_IDS, f"{subscription_id}/{event_id}").hex
 
 
+def replace(d: Delivery, **changes: Any) -> Delivery:
+    """`dataclasses.replace` without its per-field checks (hot: several per delivery)."""
+    new = object.__new__(Delivery)
+    new.__dict__.update(d.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
 @dataclass(frozen=True)
 class Subscription:
     """A WebhookSubscription config record, its secret still a reference."""
@@ -162,7 +170,11 @@ class Delivery:
 
     @property
     def webhook_id(self) -> str:
-        return webhook_id(self.subscription_id, self.event_id)
+        cached: str | None = self.__dict__.get("_webhook_id")
+        if cached is None:
+            cached = webhook_id(self.subscription_id, self.event_id)
+            object.__setattr__(self, "_webhook_id", cached)  # derived: computed once
+        return cached
 
     @property
     def order(self) -> tuple[int, int, str]:

@@ -151,6 +151,7 @@ class WebhookService:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="webhooks-consumer")
         self._gates: dict[str, tuple[int, int]] = {}  # call id -> (partition, offset needed)
         self._position: dict[int, int] = {}  # call-events partition -> next offset read
+        self._partitions: dict[str, int] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,14 +199,24 @@ class WebhookService:
         self._apply(self.book.set_subscription(sub_id, record))
 
     # -- applying the book's changes ------------------------------------------------------
+    def _partition(self, key: str) -> int:
+        """The state partition of a call (or subscription) id, remembered a while."""
+        partition = self._partitions.get(key)
+        if partition is None:
+            if len(self._partitions) > 100_000:
+                self._partitions.clear()
+            partition = self._partitions[key] = kafka.partition_for(
+                key.encode(), WEBHOOK_STATE.partitions
+            )
+        return partition
+
     def _apply(self, changes: Changes) -> None:
-        partitions = WEBHOOK_STATE.partitions
         for w in changes.writes:
             self.out.produce(
                 self.topics["state"],
                 w.key.encode(),
                 None if w.value is None else orjson.dumps(w.value),
-                partition=kafka.partition_for(w.partition_key.encode(), partitions),
+                partition=self._partition(w.partition_key),
             )
         for a in changes.attempts:
             self.out.produce(
