@@ -53,6 +53,10 @@ _COMMON: dict[str, Any] = {
     "acks": "all",
     "partitioner": "murmur2_random",  # aiokafka's and the Java client's key hashing
     "log_level": 4,
+    # librdkafka backs off reconnecting up to 10 s by default: after a broker restart a
+    # media node's heartbeats could arrive that much later than the worker's ticks, past
+    # routing's grace (streams/routing.py). 1 s, like the Java client.
+    "reconnect.backoff.max.ms": 1000,
 }
 PROFILES: dict[Profile, dict[str, Any]] = {
     "decision": {**_COMMON, "linger.ms": 1, "delivery.report.only.error": True},
@@ -63,6 +67,11 @@ PROFILES: dict[Profile, dict[str, Any]] = {
 
 class PublishError(RuntimeError):
     """Records the broker did not take (or did not acknowledge in time)."""
+
+
+class PublishTimeout(PublishError):
+    """Records still queued when a flush's time ran out: not refused (librdkafka keeps
+    retrying them until ``message.timeout.ms``), only not acknowledged yet."""
 
 
 def producer_config(bootstrap: str, profile: Profile = "config", **extra: Any) -> dict[str, Any]:
@@ -173,7 +182,7 @@ class Producers:
             p.flush(max(0.0, deadline - time.monotonic())) for p in self._producers.values()
         )
         if remaining:
-            raise PublishError(f"{remaining} record(s) not acknowledged in {timeout:.0f}s")
+            raise PublishTimeout(f"{remaining} record(s) not acknowledged in {timeout:.0f}s")
         with self._lock:
             errors, self._errors = self._errors, []
         if errors:
