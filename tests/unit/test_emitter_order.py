@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -204,3 +205,74 @@ class WatchedProducers(FakeProducers):
             acked = sum(1 for t, _, _ in self.acked if t != CHANGELOG)
             self.changelog_written.append((value, acked))
         super().produce(topic, key, value, partition=partition, profile=profile)
+
+
+class Killed(Exception):
+    pass
+
+
+class DyingProducers(FakeProducers):
+    """Dies at its `die_at`-th operation (a produce or a flush), like a SIGKILL."""
+
+    def __init__(self, die_at):
+        super().__init__()
+        self.die_at = die_at
+        self.ops = 0
+        self.dead = False
+
+    def _tick(self):
+        self.ops += 1
+        if self.ops == self.die_at:
+            self.dead = True
+            raise Killed
+
+    def produce(self, topic, key, value, *, partition=-1, profile=None):
+        self._tick()
+        super().produce(topic, key, value, partition=partition, profile=profile)
+
+    def flush(self, timeout=30.0):
+        self._tick()
+        super().flush(timeout)
+
+
+def test_a_kill_at_any_point_leaves_no_admitted_call_without_its_history():
+    """The hole a RELEASED slot (which drops its decision) left: an offer and the call's
+    release are processed, the worker dies before the commit, and on restart the offer is
+    processed again against whatever state the changelog holds. Whatever reached the
+    broker (every acknowledged record, and, at worst, every changelog record produced but
+    not acknowledged while no unacknowledged output did), the history ends up with the
+    call's CallAdmitted."""
+    from streams import admission
+    from tests.unit.test_admission import CONFIG, offer
+
+    ended = sample("CallEnded", call_id="q-1")
+    inputs = [("CallOffered", offer()), ("CallEnded", ended)]
+    for die_at in range(1, 20):
+        out = DyingProducers(die_at)
+        em = emitter(out)
+        slot = None
+        try:
+            for name, event in inputs:  # the agent: handle, write the table, emit
+                result = admission.handle(name, event, slot, 0, CONFIG)
+                if result.slot != slot:
+                    slot = result.slot
+                    em.changelog(CHANGELOG, b'"q-1"', orjson.dumps(slot.to_json()), 0)
+                em.emit(result.emits)
+            em.flush()  # the flush before the commit; the commit would follow
+        except Killed:
+            pass
+        if not out.dead:
+            continue  # it got to the commit: nothing is processed again
+        broker = list(out.acked) + [r for r in out.pending if r[0] == CHANGELOG]
+        stored = [v for t, _, v in broker if t == CHANGELOG]
+        recovered = admission.Slot.from_json(orjson.loads(stored[-1])) if stored else None
+        state = recovered.state if recovered else None
+        history = [CODEC.decode(v)[0] for t, _, v in broker if t == "call-events"]
+        for name, event in inputs:  # the restarted worker re-processes both events
+            result = admission.handle(name, event, recovered, 0, CONFIG)
+            recovered = result.slot
+            history += [e.name for e in result.emits if e.dest == "call-events"]
+        assert "CallAdmitted" in history, (die_at, state, history)
+
+
+CODEC = SingleObjectCodec()

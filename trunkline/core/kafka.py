@@ -51,16 +51,17 @@ class RepeatFilter(logging.Filter):
     says how many were held back. librdkafka retries a broker that is away many times a
     second, and a log line per attempt buried everything else during an outage."""
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.every = every
+        self._clock = clock
         self._seen: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         key = _DIGITS.sub("#", text)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             last, held = self._seen.get(key, (0.0, 0))
             if last and now - last < self.every:
