@@ -40,7 +40,11 @@ read before the heartbeats that were sent meanwhile. Each region therefore keeps
 `Watch` of its ticks (a table value, so a replay judges the same):
 
     a tick more than `tick_gap_ms` after the previous one   -> a gap: down = previous
-                                                               tick, up = this tick
+                                                               tick, up = this tick (a
+                                                               gap inside the last one's
+                                                               grace: down = the last
+                                                               down + the time ticks
+                                                               flowed since its up)
     an event inside a gap or its grace (up + heartbeat      -> judged at `down`: as the
       timeout)                                                 region was before the gap
     an event more than `tick_gap_ms` after the last tick    -> judged at the last tick:
@@ -189,7 +193,9 @@ class Watch:
         if self.last_tick_ms and now_ms - self.last_tick_ms > s.tick_gap_ms:
             down = self.last_tick_ms
             if self.up_ms and down < self.up_ms + s.heartbeat_timeout_ms:
-                down = self.down_ms  # a gap within the last one's grace: still as before that
+                # a gap within the last one's grace: as before that gap, advanced by the
+                # time ticks flowed since it (heartbeats had only that long to arrive)
+                down = self.down_ms + (self.last_tick_ms - self.up_ms)
             return Watch(now_ms, down, now_ms)
         return Watch(now_ms, self.down_ms, self.up_ms)
 

@@ -241,9 +241,15 @@ def test_ticks_far_apart_mean_the_pipe_was_down():
     gap = w.after_tick(NOW + 14_000, S)
     assert (gap.last_tick_ms, gap.down_ms, gap.up_ms) == (NOW + 14_000, NOW + 1_050, NOW + 14_000)
     assert gap.after_tick(NOW + 900, S) == gap  # an old tick delivered again changes nothing
-    # another gap inside the grace: the region was last judged as of the first gap's start
+    # another gap inside the grace: judged as of the first gap's start, advanced by the
+    # time ticks flowed in between (heartbeats had only that long to get through)
     again = gap.after_tick(NOW + 16_000, S)
     assert (again.down_ms, again.up_ms) == (NOW + 1_050, NOW + 16_000)
+    flowing = gap
+    for t in range(NOW + 14_050, NOW + 16_001, 50):
+        flowing = flowing.after_tick(t, S)
+    chained = flowing.after_tick(NOW + 19_000, S)
+    assert (chained.down_ms, chained.up_ms) == (NOW + 1_050 + 2_000, NOW + 19_000)
     later = gap
     for t in range(NOW + 14_050, NOW + 19_101, 50):  # ticks all through the grace
         later = later.after_tick(t, S)
@@ -373,3 +379,23 @@ def test_a_tick_ends_each_call_once_even_when_it_is_due_and_its_backend_lost():
             break
     assert [e.record["reason"] for e in out.emits] == ["backend_lost", "backend_lost"]
     assert t == NOW + 5_050
+
+
+def test_ticks_that_keep_stalling_still_let_deadlines_pass():
+    """A worker whose ticks keep arriving more than a second apart (each gap inside the
+    last one's grace) still judges time moving: as fast as ticks flowed between gaps."""
+    cfg, index, store = _region()
+    beats = {"b1": hb("b1", at=NOW)}
+    watch, _ = _tick(index, store, beats, routing.NO_TICKS, NOW)
+    _route(cfg, index, store, "q-1", NOW + 10, beats, watch)  # deadline NOW + 10_010
+    _accept(index, store, "q-1")
+    _route(cfg, index, store, "q-2", NOW + 20, beats, watch)  # never taken
+    t, ended = NOW, []
+    while t < NOW + 120_000 and not ended:
+        t += 1_500  # a stall, then a second of ticks; the backend keeps heartbeating
+        for _ in range(20):
+            t += 50
+            beats["b1"] = hb("b1", at=t)
+            watch, out = _tick(index, store, beats, watch, t)
+            ended += [e.record["reason"] for e in out.emits if e.dest == "admission"]
+    assert ended == ["redirect_timeout"] and store["q-1"].state is ResState.ACCEPTED
