@@ -6,7 +6,9 @@ current slot, how many of the business's calls hold a slot, and a config view (t
 event's own `occurred_at`); it returns the new slot and the records to publish. The count
 per business is derived from the slots (ADMITTED ones), never stored on its own.
 
-Call slot transitions (events not listed raise TransitionError; the state stays):
+Call slot transitions (events not listed raise TransitionError; the state stays). `handle`
+classifies the event into an `Input`, asks `step` for the next state and builds the new
+slot from that state: the table is the only place a state is named as a target.
 
     (none)    --offer ok-------> ADMITTED    hold a plan slot, CallAdmitted -> routing
     (none)    --offer refused--> REJECTED    CallRejected -> edge
@@ -17,6 +19,11 @@ Call slot transitions (events not listed raise TransitionError; the state stays)
     REJECTED  --release--------> REJECTED    nothing held
     RELEASED  --offer----------> RELEASED    a late duplicate: nothing is re-admitted
     RELEASED  --release--------> RELEASED    released exactly once
+
+What leaves with a transition follows from the states, not from the event: a slot that
+stops holding (ADMITTED -> anything else) forwards the release to routing; a duplicate
+offer re-sends the decision the slot keeps (a RELEASED slot keeps none: nothing is
+re-admitted). A duplicate is answered from the slot, never decided again.
 
 Every offer is copied to the call's history (call-events) here, ahead of its decision and
 in the same batch: the edge sends it only to admission. A duplicate offer is copied again
@@ -63,6 +70,8 @@ class SlotState(enum.Enum):
 
 #: terminal states: nothing leaves them (streams/retention.py forgets them later)
 FINISHED = frozenset({SlotState.REJECTED, SlotState.RELEASED})
+#: states that hold one of the plan's slots (what SlotIndex counts)
+HOLDING = frozenset({SlotState.ADMITTED})
 
 
 class Input(enum.Enum):
@@ -97,6 +106,14 @@ class Slot:
     business_id: str
     region_id: str = ""
     decision: dict[str, Any] | None = None  # the record emitted for the offer, re-sent on dup
+
+    def moved(self, state: SlotState) -> Slot:
+        """This slot in `state` (from `step`); a RELEASED slot drops its decision: nothing
+        is re-sent for a call whose slot was freed."""
+        decision = None if state is SlotState.RELEASED else self.decision
+        if state is self.state and decision is self.decision:
+            return self
+        return Slot(state, self.business_id, self.region_id, decision)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -222,16 +239,15 @@ def _offer(event: dict[str, Any], slot: Slot | None, active: int, config: Config
 
 def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView) -> Result:
     call_id = event["envelope"]["call_id"]
-    if slot is not None:
-        new_state = step(slot.state, Input.OFFER_AGAIN)
-        emits = _replay_decision(slot) if new_state is not SlotState.RELEASED else []
-        return Result(slot, emits)
+    if slot is not None:  # a duplicate: answered from the slot, never decided again
+        again = slot.moved(step(slot.state, Input.OFFER_AGAIN))
+        return Result(again, _replay_decision(again))
     now = int(event["envelope"]["occurred_at"])
     cause = event["envelope"]["event_id"]
     business_id = event.get("business_id") or ""
     refusal, facts = check_offer(event, config, active)
     if refusal is not None:
-        step(None, Input.OFFER_REFUSED)
+        state = step(None, Input.OFFER_REFUSED)
         rejected = {
             "envelope": envelope(call_id, PRODUCER, now, derived_id(cause, "CallRejected")),
             "stage": "ADMISSION",
@@ -243,9 +259,9 @@ def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: Confi
             "edge_id": event["edge_id"],
         }
         decision = {"name": "CallRejected", "record": rejected}
-        new_slot = Slot(SlotState.REJECTED, business_id, "", decision)
+        new_slot = Slot(state, business_id, "", decision)
         return Result(new_slot, _decision_emits(new_slot))
-    step(None, Input.OFFER_OK)
+    state = step(None, Input.OFFER_OK)
     number, route, plan = facts["number"], facts["route"], facts["plan"]
     admitted = {
         "envelope": envelope(call_id, PRODUCER, now, derived_id(cause, "CallAdmitted")),
@@ -263,7 +279,7 @@ def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: Confi
         "max_concurrent_calls": int(plan["max_concurrent_calls"]),
     }
     new_slot = Slot(
-        SlotState.ADMITTED,
+        state,
         business_id,
         number["region_id"],
         {"name": "CallAdmitted", "record": admitted},
@@ -285,19 +301,18 @@ def _replay_decision(slot: Slot) -> list[Emit]:
 
 def _release(name: str, event: dict[str, Any], slot: Slot | None) -> Result:
     call_id = event["envelope"]["call_id"]
-    business_id = event.get("business_id") or (slot.business_id if slot else "")
-    if slot is None:
-        step(None, Input.RELEASE)
-        return Result(Slot(SlotState.RELEASED, business_id), [])
-    new_state = step(slot.state, Input.RELEASE)
-    if slot.state is not SlotState.ADMITTED:
-        return Result(slot, [])
+    if slot is None:  # an end that overtook its offer: remembered, so the offer is refused
+        business_id = event.get("business_id") or ""
+        return Result(Slot(step(None, Input.RELEASE), business_id), [])
+    new = slot.moved(step(slot.state, Input.RELEASE))
+    if slot.state not in HOLDING or new.state in HOLDING:
+        return Result(new, [])
     # routing may hold a backend slot for an admitted call: pass the release on (same event,
     # same id). Releases routing itself decided (a 503, a missed redirect) already freed it.
     from_routing = event["envelope"].get("producer_id") == ROUTING_PRODUCER
     emits = [] if from_routing else [Emit("routing", slot.region_id, name, event)]
-    log.debug("call %s: plan slot of business %s released (%s)", call_id, business_id, name)
-    return Result(Slot(new_state, slot.business_id, slot.region_id, None), emits)
+    log.debug("call %s: plan slot of business %s released (%s)", call_id, slot.business_id, name)
+    return Result(new, emits)
 
 
 class SlotIndex:
@@ -317,9 +332,9 @@ class SlotIndex:
         return {b: sorted(c) for b, c in self._admitted.items()}
 
     def apply(self, call_id: str, old: Slot | None, new: Slot | None) -> None:
-        if old is not None and old.state is SlotState.ADMITTED:
+        if old is not None and old.state in HOLDING:
             self._admitted.get(old.business_id, set()).discard(call_id)
-        if new is not None and new.state is SlotState.ADMITTED:
+        if new is not None and new.state in HOLDING:
             self._admitted.setdefault(new.business_id, set()).add(call_id)
 
     def rebuild(self, slots: Iterable[tuple[str, Slot | None]]) -> None:

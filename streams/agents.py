@@ -19,7 +19,7 @@ from streams import admission, retention, routing
 from streams.config_view import ConfigView
 from streams.emitter import Emitter
 from streams.patches import flush_with_faust
-from trunkline.core.events import Emit, envelope
+from trunkline.core.events import envelope
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
     ADMISSION,
@@ -96,6 +96,8 @@ def register(
     slots = table("admission-slots", ADMISSION.partitions)
     reservations = table("routing-reservations", ROUTING.partitions)
     heartbeats = table("routing-heartbeats", ROUTING.partitions)
+    ticks = table("routing-ticks", ROUTING.partitions)  # region -> routing.Watch
+    watches: dict[str, routing.Watch] = {}  # the ticks table, parsed
     slot_index = admission.SlotIndex()
     load_index = routing.LoadIndex()
     slots_done = retention.Retention(settings.state_retention_ms)
@@ -135,6 +137,12 @@ def register(
             "admission index rebuilt: %s", {b: len(c) for b, c in slot_index.as_dict().items()}
         )
 
+    @ticks.on_recover
+    async def _rebuild_watches() -> None:
+        watches.clear()
+        watches.update((region, routing.Watch.from_json(v)) for region, v in ticks.items() if v)
+        log.info("routing ticks recovered: %s", {r: w.to_json() for r, w in watches.items()})
+
     @reservations.on_recover
     async def _rebuild_reservations() -> None:
         load_index.rebuild((k, routing.Reservation.from_json(v)) for k, v in reservations.items())
@@ -146,6 +154,7 @@ def register(
         "routing-held": _View(lambda: dict(load_index.load)),
         "routing-open": _View(load_index.open_calls),
         "routing-heartbeats": heartbeats,
+        "routing-ticks": _View(lambda: {r: w.to_json() for r, w in watches.items()}),
         # per-call entries held (live and finished-but-retained); finished ones are
         # deleted after TRUNKLINE_STATE_RETENTION_MS (streams/retention.py)
         "sizes": _View(
@@ -232,30 +241,46 @@ def register(
                 sweep_reservations(value)
                 continue
             if name == "RoutingTick":
+                region = value["region_id"]
                 now_ms = int(value["envelope"]["occurred_at"])
-                # a bounded batch per tick: expirations never stall new calls for long
-                for call_id in load_index.due(value["region_id"], now_ms)[:EXPIRE_PER_TICK]:
-                    res = routing.Reservation.from_json(reservations.get(call_id))
-                    if res is not None:
-                        changes = routing.expire(call_id, res, now_ms)
-                        apply(changes, now_ms)
-                        emitter.emit(changes.emits)
-                for backend_id in routing.lost_backends(
-                    load_index.load, heartbeats, value["region_id"], now_ms, routing_settings
-                ):
-                    log.warning("backend %s stopped heartbeating: ending its calls", backend_id)
-                    for call_id in load_index.calls_on(backend_id):
-                        res = routing.Reservation.from_json(reservations.get(call_id))
-                        if res is not None:
-                            changes = routing.backend_lost(call_id, res, now_ms)
-                            apply(changes, now_ms)
-                            emitter.emit(changes.emits)
+                watch, changes = routing.tick(
+                    region,
+                    now_ms,
+                    watches.get(region, routing.NO_TICKS),
+                    lambda c: routing.Reservation.from_json(reservations.get(c)),
+                    load_index,
+                    heartbeats,
+                    routing_settings,
+                    EXPIRE_PER_TICK,
+                )
+                if watch != watches.get(region):
+                    if watch.up_ms and watch.up_ms == now_ms:
+                        log.warning(
+                            "region %s: no RoutingTick for %d ms (broker or worker away): "
+                            "liveness and deadlines judged as of %d for %d ms",
+                            region,
+                            watch.up_ms - watch.down_ms,
+                            watch.down_ms,
+                            routing_settings.heartbeat_timeout_ms,
+                        )
+                    watches[region] = watch
+                    ticks[region] = watch.to_json()
+                apply(changes, now_ms)
+                emitter.emit(changes.emits)
                 continue
             call_id = value["envelope"]["call_id"]
             res = routing.Reservation.from_json(reservations.get(call_id))
+            region = value.get("region_id") or (res.region_id if res else "")
             try:
                 changes = routing.handle(
-                    name, value, res, config, heartbeats, load_index.load, routing_settings
+                    name,
+                    value,
+                    res,
+                    config,
+                    heartbeats,
+                    load_index.load,
+                    routing_settings,
+                    watches.get(region, routing.NO_TICKS),
                 )
             except routing.TransitionError as exc:
                 log.error("routing: call %s: %s (event skipped)", call_id, exc)
@@ -265,17 +290,22 @@ def register(
 
     @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
     async def tick() -> None:
+        """A RoutingTick per region, unless the last ones are not acknowledged yet: ticks
+        sent into an outage would arrive after it with times that hide it (routing.Watch)."""
         regions = sorted({b["region_id"] for b in config_tables["backends"].values() if b})
         now_ms = int(time.time() * 1000)
-        emitter.emit(
-            Emit(
-                "routing",
-                region,
-                "RoutingTick",
-                {
-                    "envelope": envelope("", "routing-timer", now_ms, str(uuid.uuid4())),
-                    "region_id": region,
-                },
+        topic_name = ROUTING.name(prefix)
+        emitter.emit_ticks(
+            (
+                topic_name,
+                region.encode(),
+                codec.encode(
+                    "RoutingTick",
+                    {
+                        "envelope": envelope("", "routing-timer", now_ms, str(uuid.uuid4())),
+                        "region_id": region,
+                    },
+                ),
             )
             for region in regions
         )

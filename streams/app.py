@@ -76,24 +76,23 @@ class EmittedTable(faust.Table):  # type: ignore[misc]
 
     Faust sends each table write with ``Topic.send_soon`` through aiokafka's producer:
     about a tenth of the worker's thread at 300 calls/s (the pure-Python sender and its
-    socket writes). The emitter queues the same record (same topic, the partition of the
-    event being processed, the same JSON key and value) in librdkafka, through its
-    lingering history producer (nothing on the call path waits for it), and its flush runs
-    before every offset commit (streams/emitter.py), so a committed offset still implies
-    a stored changelog. The memory store keeps no persisted offsets, so nothing reads the
-    send futures Faust would have returned.
+    socket writes). The emitter holds the same record (same topic, the partition of the
+    event being processed, the same JSON key and value) until the flush before the next
+    offset commit has seen every output queued before it acknowledged, then writes it
+    through librdkafka and waits for it (streams/emitter.py): the changelog never gets
+    ahead of the outputs of the events that changed the table, and a committed offset
+    still implies a stored changelog. The memory store keeps no persisted offsets, so
+    nothing reads the send futures Faust would have returned.
     """
 
     emitter: Any = None  # set by streams.agents.register before the worker starts
 
     def _changelog(self, key: Any, value: bytes | None) -> None:
-        partition = self.partition_for_key(key)
-        self.emitter.send_raw(
+        self.emitter.changelog(
             self.changelog_topic.get_topic_name(),
             codecs.dumps(self.key_serializer, key),
             value,
-            partition,
-            history=True,  # nothing on the call path waits for a changelog record
+            self.partition_for_key(key),
         )
 
     def on_key_set(self, key: Any, value: Any) -> None:

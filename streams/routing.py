@@ -7,7 +7,9 @@ Admin bypass rules (number rules first, then business rules) pick their backend 
 is live, in the call's region, and has room; otherwise the least loaded live backend of
 the region wins (ties by id). No backend -> CallRejected 503 with Retry-After.
 
-Reservation transitions (events not listed raise TransitionError; the state stays):
+Reservation transitions (events not listed raise TransitionError; the state stays).
+`handle`, `expire` and `backend_lost` classify what happened into an `Input`, ask `step`
+for the next state and build the new reservation from it:
 
     (none)    --admitted, room-----> RESERVED   CallRouted -> edge (302)
     (none)    --admitted, no room--> REJECTED   CallRejected 503 -> edge, admission
@@ -22,14 +24,44 @@ Reservation transitions (events not listed raise TransitionError; the state stay
     ACCEPTED  --accepted-----------> ACCEPTED   duplicate
     ACCEPTED  --release------------> RELEASED   the call ended: free the slot
     REJECTED  --admitted/release---> REJECTED   nothing held
-    RELEASED  --any----------------> RELEASED   released exactly once
+    RELEASED  --admitted/accepted/release--> RELEASED   released exactly once
+
+A CallAccepted for a call routing holds nothing for (never reserved here, or forgotten
+after the retention) stores nothing: there is no state to move. A reservation that stops
+holding (RESERVED/ACCEPTED -> anything else) frees the backend's slot; one the system
+ended (deadline, backend lost) also tells admission and the history (CallEnded).
+
+Time and liveness. Every judgement uses event times: a CallAdmitted's `occurred_at`, and
+the RoutingTicks the worker's leader sends per region every 50 ms (redirect deadlines,
+lost backends). Heartbeats travel from other processes through the same broker, so a
+silence routing sees may be the pipe's, not the backend's: while the broker is away (or
+the worker restarts) no tick and no heartbeat arrives, and afterwards the ticks may be
+read before the heartbeats that were sent meanwhile. Each region therefore keeps a
+`Watch` of its ticks (a table value, so a replay judges the same):
+
+    a tick more than `tick_gap_ms` after the previous one   -> a gap: down = previous
+                                                               tick, up = this tick (a
+                                                               gap inside the last one's
+                                                               grace: down = the last
+                                                               down + the time ticks
+                                                               flowed since its up)
+    an event inside a gap or its grace (up + heartbeat      -> judged at `down`: as the
+      timeout)                                                 region was before the gap
+    an event more than `tick_gap_ms` after the last tick    -> judged at the last tick:
+      (no tick came since: maybe a gap in progress)            the pipe's state is unknown
+    otherwise                                               -> judged at its own time
+
+"Judged at t" applies to liveness (a backend is live when its heartbeat was younger than
+the timeout at t) and to redirect deadlines (due when t reached them). The leader only
+sends a tick once the previous one was acknowledged (streams/emitter.py), so an outage
+shows as a gap in the ticks' own times instead of a burst of ticks sent into it.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +171,54 @@ class Settings:
     redirect_timeout_ms: int = 10_000
     heartbeat_timeout_ms: int = 5_000
     retry_after_s: int = 5
+    #: two RoutingTicks further apart than this (20 tick intervals) mean the pipe was down
+    tick_gap_ms: int = 1_000
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A region's RoutingTicks as routing read them (table value per region): the last
+    tick, and the latest gap in the ticks (`down_ms`: the tick before it, `up_ms`: the
+    tick after it; 0 when none was seen)."""
+
+    last_tick_ms: int = 0
+    down_ms: int = 0
+    up_ms: int = 0
+
+    def after_tick(self, now_ms: int, s: Settings) -> Watch:
+        """The watch once a tick of time `now_ms` was read. A tick not later than the last
+        one (re-delivered after a restart) changes nothing."""
+        if now_ms <= self.last_tick_ms:
+            return self
+        if self.last_tick_ms and now_ms - self.last_tick_ms > s.tick_gap_ms:
+            down = self.last_tick_ms
+            if self.up_ms and down < self.up_ms + s.heartbeat_timeout_ms:
+                # a gap within the last one's grace: as before that gap, advanced by the
+                # time ticks flowed since it (heartbeats had only that long to arrive)
+                down = self.down_ms + (self.last_tick_ms - self.up_ms)
+            return Watch(now_ms, down, now_ms)
+        return Watch(now_ms, self.down_ms, self.up_ms)
+
+    def judged_at(self, now_ms: int, s: Settings) -> int:
+        """The time at which an event of time `now_ms` judges liveness and deadlines."""
+        if self.up_ms and self.down_ms < now_ms < self.up_ms + s.heartbeat_timeout_ms:
+            return self.down_ms  # inside a gap, or its grace: as the region was before it
+        if self.last_tick_ms and now_ms - self.last_tick_ms > s.tick_gap_ms:
+            return self.last_tick_ms  # no tick since: the pipe may be down right now
+        return now_ms
+
+    def to_json(self) -> dict[str, int]:
+        return {"last_tick_ms": self.last_tick_ms, "down_ms": self.down_ms, "up_ms": self.up_ms}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Watch:
+        if not d:
+            return cls()
+        return cls(int(d["last_tick_ms"]), int(d.get("down_ms", 0)), int(d.get("up_ms", 0)))
+
+
+#: no tick read yet: every event is judged at its own time
+NO_TICKS = Watch()
 
 
 HOLDING = frozenset({ResState.RESERVED, ResState.ACCEPTED})
@@ -219,54 +299,105 @@ def handle(
     heartbeats: Mapping[str, dict[str, Any]],
     load: Mapping[str, int],
     s: Settings,
+    watch: Watch = NO_TICKS,
 ) -> Changes:
-    """One event from the routing topic (not heartbeats: the agent stores those).
+    """One event from the routing topic (not heartbeats or ticks: see `tick`).
 
-    `load` is the number of calls holding a slot per backend (derived from reservations).
+    `load` is the number of calls holding a slot per backend (derived from reservations);
+    `watch` is the region's ticks, which say when liveness may be judged.
     """
     call_id = event["envelope"]["call_id"]
     out = Changes()
     if name == "CallAdmitted":
-        if reservation is not None:
-            step(reservation.state, Input.ADMITTED_AGAIN)
-            if reservation.decision and reservation.state in (
-                ResState.RESERVED,
-                ResState.ACCEPTED,
-                ResState.REJECTED,
-            ):
-                out.emits = _decision_emits(reservation)
-            return out
-        return _admit(event, config, heartbeats, load, s)
+        if reservation is None:
+            return _admit(event, config, heartbeats, load, s, watch)
+        again = _replace(reservation, step(reservation.state, Input.ADMITTED_AGAIN))
+        _moved(out, call_id, reservation, again)
+        out.emits = _decision_emits(again) if again.decision else []
+        return out
     if name == "CallAccepted":
         if reservation is None:
-            return out  # accepted without a reservation of ours: nothing to hold
-        new = step(reservation.state, Input.ACCEPTED)
-        if new is not reservation.state:
-            out.reservations[call_id] = _replace(reservation, new)
+            return out  # nothing held for it here: nothing to move (module docstring)
+        _moved(
+            out,
+            call_id,
+            reservation,
+            _replace(reservation, step(reservation.state, Input.ACCEPTED)),
+        )
         return out
     if name in ("CallEnded", "CallRejected"):
-        new = step(reservation.state if reservation else None, Input.RELEASE)
-        if reservation is None:
-            out.reservations[call_id] = Reservation(ResState.RELEASED, event.get("region_id") or "")
+        if reservation is None:  # an end that overtook its admission: remembered
+            state = step(None, Input.RELEASE)
+            out.reservations[call_id] = Reservation(state, event.get("region_id") or "")
             return out
-        if new is not reservation.state:
-            out.reservations[call_id] = _replace(reservation, new)
+        _moved(
+            out, call_id, reservation, _replace(reservation, step(reservation.state, Input.RELEASE))
+        )
         return out
     raise TransitionError(f"routing does not handle {name}")
 
 
-def expire(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
-    """A reservation whose redirect deadline passed: free it and end the call."""
-    if reservation.state is not ResState.RESERVED or now_ms < reservation.deadline_ms:
+def _moved(out: Changes, call_id: str, old: Reservation, new: Reservation) -> None:
+    if new != old:
+        out.reservations[call_id] = new
+
+
+def takes(state: ResState | None, event: Input) -> bool:
+    """Whether the table lists `event` for `state`."""
+    return event in TRANSITIONS[state]
+
+
+def expire(
+    call_id: str, reservation: Reservation, now_ms: int, at_ms: int | None = None
+) -> Changes:
+    """A reservation whose redirect deadline passed (judged at `at_ms`, default `now_ms`):
+    free it and end the call (stamped `now_ms`)."""
+    at = now_ms if at_ms is None else at_ms
+    if not takes(reservation.state, Input.DEADLINE) or at < reservation.deadline_ms:
         return Changes()
     return _system_end(call_id, reservation, Input.DEADLINE, "redirect_timeout", now_ms)
 
 
 def backend_lost(call_id: str, reservation: Reservation, now_ms: int) -> Changes:
     """The call's node stopped heartbeating: free the slot and end the call."""
-    if reservation.state not in HOLDING:
+    if not takes(reservation.state, Input.BACKEND_LOST):
         return Changes()
     return _system_end(call_id, reservation, Input.BACKEND_LOST, "backend_lost", now_ms)
+
+
+def tick(
+    region_id: str,
+    now_ms: int,
+    watch: Watch,
+    reservations: Callable[[str], Reservation | None],
+    index: LoadIndex,
+    heartbeats: Mapping[str, dict[str, Any]],
+    s: Settings,
+    limit: int = 32,
+) -> tuple[Watch, Changes]:
+    """A RoutingTick of `region_id`: the region's new watch, and what it ends. Redirect
+    deadlines due at the judged time (at most `limit` per tick: expirations never stall
+    new calls for long), then every call on a backend whose heartbeats stopped.
+    `reservations` looks a call's reservation up."""
+    watch = watch.after_tick(now_ms, s)
+    at = watch.judged_at(now_ms, s)
+    out = Changes()
+    for call_id in index.due(region_id, at)[:limit]:
+        res = reservations(call_id)
+        if res is not None:
+            _merge(out, expire(call_id, res, now_ms, at))
+    for backend_id in lost_backends(index.load, heartbeats, region_id, at, s):
+        log.warning("backend %s stopped heartbeating: ending its calls", backend_id)
+        for call_id in index.calls_on(backend_id):
+            res = reservations(call_id)
+            if res is not None and call_id not in out.reservations:
+                _merge(out, backend_lost(call_id, res, now_ms))
+    return watch, out
+
+
+def _merge(out: Changes, more: Changes) -> None:
+    out.reservations.update(more.reservations)
+    out.emits.extend(more.emits)
 
 
 def lost_backends(
@@ -291,8 +422,10 @@ def _system_end(
     call_id: str, reservation: Reservation, why: Input, reason: str, now_ms: int
 ) -> Changes:
     out = Changes()
-    step(reservation.state, why)
-    out.reservations[call_id] = _replace(reservation, ResState.RELEASED)
+    new = _replace(reservation, step(reservation.state, why))
+    out.reservations[call_id] = new
+    if new.state in HOLDING:
+        return out
     ended = {
         "envelope": envelope(call_id, PRODUCER, now_ms, derived_id(call_id, reason)),
         "reason": reason,
@@ -319,13 +452,15 @@ def _admit(
     heartbeats: Mapping[str, dict[str, Any]],
     load: Mapping[str, int],
     s: Settings,
+    watch: Watch,
 ) -> Changes:
     out = Changes()
     env = event["envelope"]
     call_id, now, cause = env["call_id"], int(env["occurred_at"]), env["event_id"]
-    backend, bypass = choose_backend(event, config, heartbeats, load, now, s)
+    at = watch.judged_at(now, s)
+    backend, bypass = choose_backend(event, config, heartbeats, load, at, s)
     if backend is None:
-        step(None, Input.ADMITTED_FULL)
+        state = step(None, Input.ADMITTED_FULL)
         rejected = {
             "envelope": envelope(call_id, PRODUCER, now, derived_id(cause, "CallRejected")),
             "stage": "ROUTING",
@@ -337,7 +472,7 @@ def _admit(
             "edge_id": event["edge_id"],
         }
         res = Reservation(
-            ResState.REJECTED,
+            state,
             event["region_id"],
             event["business_id"],
             decision={"name": "CallRejected", "record": rejected},
@@ -345,7 +480,7 @@ def _admit(
         out.reservations[call_id] = res
         out.emits = _decision_emits(res)
         return out
-    step(None, Input.ADMITTED_ROOM)
+    state = step(None, Input.ADMITTED_ROOM)
     deadline = now + s.redirect_timeout_ms
     routed = {
         "envelope": envelope(call_id, PRODUCER, now, derived_id(cause, "CallRouted")),
@@ -363,7 +498,7 @@ def _admit(
         "redirect_deadline": deadline,
     }
     res = Reservation(
-        ResState.RESERVED,
+        state,
         event["region_id"],
         event["business_id"],
         backend["id"],
@@ -390,6 +525,9 @@ def _decision_emits(res: Reservation) -> list[Emit]:
 
 
 def _replace(r: Reservation, state: ResState) -> Reservation:
+    """`r` in `state` (from `step`); a RELEASED reservation drops its decision."""
+    if state is r.state:
+        return r
     return Reservation(
         state,
         r.region_id,

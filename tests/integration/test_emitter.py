@@ -101,3 +101,23 @@ def test_flush_raises_when_the_broker_refuses_a_record(kafka_bootstrap):
     with pytest.raises(EmitError):
         asyncio.run(emitter.flush_async(10))
     emitter.close()
+
+
+def test_changelog_records_wait_for_the_flush_and_outputs_do_not(kafka_bootstrap):
+    """On a real broker: the outputs leave at once; the table's changelog record only in
+    the flush before the commit, once they are acknowledged."""
+    prefix = f"em{uuid.uuid4().hex[:8]}."
+    apply_topics(kafka_bootstrap, prefix)
+    topics = {"decisions": DECISIONS.name(prefix), "call-events": CALL_EVENTS.name(prefix)}
+    changelog = CALL_EVENTS.name(prefix)  # any topic will do as the table's changelog
+    emitter = Emitter(kafka_bootstrap, CODEC, {"decisions": topics["decisions"]})
+    record = sample("CallRouted", call_id="call-45")
+    emitter.emit(fan_out(("decisions",), {"decisions": "edge-7"}, "CallRouted", record))
+    emitter.changelog(changelog, b'"call-45"', b'{"state":"RESERVED"}', 0)
+    deadline = time.monotonic() + 10
+    while not read_all(kafka_bootstrap, topics["decisions"]):  # the decision is out...
+        assert time.monotonic() < deadline
+    assert read_all(kafka_bootstrap, changelog) == []  # ...its table write is not
+    asyncio.run(emitter.flush_async(20))
+    assert read_all(kafka_bootstrap, changelog) == [(0, b'"call-45"', b'{"state":"RESERVED"}')]
+    emitter.close()

@@ -213,3 +213,17 @@ def test_releases_routing_decided_are_not_sent_back_to_it():
     ended["envelope"]["producer_id"] = "routing"  # a redirect nobody took
     released = handle("CallEnded", ended, first.slot, 1, CONFIG)
     assert released.slot.state is SlotState.RELEASED and released.emits == []
+
+
+def test_handle_builds_the_slot_from_the_table(monkeypatch):
+    """handle() takes the new state from step(), never from a literal: change the table
+    and the slot follows it."""
+    table = {state: dict(row) for state, row in admission.TRANSITIONS.items()}
+    table[SlotState.REJECTED][Input.RELEASE] = SlotState.RELEASED
+    table[None][Input.RELEASE] = SlotState.REJECTED
+    monkeypatch.setattr(admission, "TRANSITIONS", table)
+    refused = handle("CallOffered", offer(business_id="404"), None, 0, CONFIG)
+    ended = handle("CallEnded", sample("CallEnded", call_id="q-1"), refused.slot, 0, CONFIG)
+    assert ended.slot.state is SlotState.RELEASED and ended.slot.decision is None
+    early = handle("CallEnded", sample("CallEnded", call_id="q-2"), None, 0, CONFIG)
+    assert early.slot.state is SlotState.REJECTED

@@ -32,6 +32,7 @@ Faust's producer uses.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +44,43 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 log = logging.getLogger("trunkline.kafka")
 
+
+class RepeatFilter(logging.Filter):
+    """Lets a message through at most once per `every` seconds (numbers in it do not
+    count: "after 0ms" and "after 1ms" are the same message); the next one that passes
+    says how many were held back. librdkafka retries a broker that is away many times a
+    second, and a log line per attempt buried everything else during an outage."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key = _DIGITS.sub("#", text)
+        now = self._clock()
+        with self._lock:
+            last, held = self._seen.get(key, (0.0, 0))
+            if last and now - last < self.every:
+                self._seen[key] = (last, held + 1)
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg, record.args = f"{text} ({held} more like it held back)", ()
+        return True
+
+
+_DIGITS = re.compile(r"\d+")
+#: where every client of this module sends librdkafka's own log lines (confluent-kafka
+#: hands them over when the client is polled), repeats held back
+LIBRDKAFKA_LOG = logging.getLogger("trunkline.kafka.librdkafka")
+LIBRDKAFKA_LOG.addFilter(RepeatFilter())
+
 Profile = Literal["decision", "history", "config"]
 #: what the history profile waits to fill a partition's batch; the sink stores
 #: call-events every 2 s (TRUNKLINE_SINK_FLUSH_MS), and only a recovery reads changelogs
@@ -53,6 +91,11 @@ _COMMON: dict[str, Any] = {
     "acks": "all",
     "partitioner": "murmur2_random",  # aiokafka's and the Java client's key hashing
     "log_level": 4,
+    "logger": LIBRDKAFKA_LOG,
+    # librdkafka backs off reconnecting up to 10 s by default: after a broker restart a
+    # media node's heartbeats could arrive that much later than the worker's ticks, past
+    # routing's grace (streams/routing.py). 1 s, like the Java client.
+    "reconnect.backoff.max.ms": 1000,
 }
 PROFILES: dict[Profile, dict[str, Any]] = {
     "decision": {**_COMMON, "linger.ms": 1, "delivery.report.only.error": True},
@@ -63,6 +106,11 @@ PROFILES: dict[Profile, dict[str, Any]] = {
 
 class PublishError(RuntimeError):
     """Records the broker did not take (or did not acknowledge in time)."""
+
+
+class PublishTimeout(PublishError):
+    """Records still queued when a flush's time ran out: not refused (librdkafka keeps
+    retrying them until ``message.timeout.ms``), only not acknowledged yet."""
 
 
 def producer_config(bootstrap: str, profile: Profile = "config", **extra: Any) -> dict[str, Any]:
@@ -173,7 +221,7 @@ class Producers:
             p.flush(max(0.0, deadline - time.monotonic())) for p in self._producers.values()
         )
         if remaining:
-            raise PublishError(f"{remaining} record(s) not acknowledged in {timeout:.0f}s")
+            raise PublishTimeout(f"{remaining} record(s) not acknowledged in {timeout:.0f}s")
         with self._lock:
             errors, self._errors = self._errors, []
         if errors:
@@ -234,6 +282,7 @@ def consumer(bootstrap: str, group_id: str, **extra: Any) -> Consumer:
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "log_level": 4,
+        "logger": LIBRDKAFKA_LOG,
     }
     conf.update(extra)
     return Consumer(conf)
@@ -272,29 +321,37 @@ def commit(
 
     Returns False when the partitions were taken away meanwhile (a rebalance: the new
     owner re-reads from the last commit, which is at-least-once, not a loss) or `stop`
-    was set; True once committed. Other errors raise."""
+    was set; True once committed. Other errors raise. While it waits it says so once,
+    then every `QUIET_S` seconds, and once more when the commit is taken."""
     backoff = 0.1
+    started = time.monotonic()
+    said = 0.0
     while True:
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
+            if said:
+                log.info("commit taken after %.0f s", time.monotonic() - started)
             return True
         except KafkaException as exc:
             code = exc.args[0].code() if exc.args else None
-            if code in (
-                KafkaError.ILLEGAL_GENERATION,
-                KafkaError.UNKNOWN_MEMBER_ID,
-                KafkaError._NO_OFFSET,
-            ):
+            if code in _LOST_PARTITIONS:
                 log.warning("commit dropped after a rebalance: %s", exc)
                 return False
             if code not in _RETRIABLE_COMMIT:
                 raise
-            log.warning("commit not taken (%s); retrying in %.1fs", exc, backoff)
+            now = time.monotonic()
+            if not said or now - said >= QUIET_S:
+                log.warning("commit not taken (%s); retrying for %.0f s so far", exc, now - started)
+                said = now
         if stop is not None and stop.wait(backoff):
             return False
         if stop is None:
             time.sleep(backoff)
         backoff = min(backoff * 2, max_backoff)
+
+
+#: while a broker is away, a waiting client says so this often
+QUIET_S = 10.0
 
 
 def _topic_partitions(c: Consumer, topic: str, timeout: float) -> list[int]:
@@ -313,6 +370,7 @@ def read_compacted(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[by
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "log_level": 3,
+            "logger": LIBRDKAFKA_LOG,
         }
     )
     try:
@@ -404,6 +462,7 @@ class KeyFollower(_Follower):
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 50,
             "log_level": 4,
+            "logger": LIBRDKAFKA_LOG,
             **extra,
         }
         c = Consumer(conf)
@@ -444,6 +503,7 @@ class CompactedFollower(_Follower):
                 "group.id": group_id,
                 "enable.auto.commit": False,
                 "log_level": 3,
+                "logger": LIBRDKAFKA_LOG,
             }
         )
         ends: dict[int, int] = {}

@@ -180,6 +180,8 @@ def internal_topics(app_id: str) -> tuple[TopicSpec, ...]:
                   "call_id", ("json",), "Routing's reservation per call (Faust changelog)."),
         TopicSpec(f"{app_id}-routing-heartbeats-changelog", ROUTING.partitions, True, None,
                   "backend_id", ("json",), "Latest heartbeat per backend (Faust changelog)."),
+        TopicSpec(f"{app_id}-routing-ticks-changelog", ROUTING.partitions, True, None,
+                  "region_id", ("json",), "Routing's last tick and tick gap per region."),
         TopicSpec(f"{app_id}-__assignor-__leader", 1, False, None, "-", ("-",),
                   "Faust's leader election."),
     )  # fmt: skip
