@@ -23,6 +23,7 @@ from trunkline.cli import (
     heartbeats,
     kafka,
     lifecycle,
+    replay,
     services,
     topics,
     webhooks,
@@ -41,6 +42,7 @@ from trunkline.stack.base import BadInput, StackError
 #: the command groups, in `trunkline --help` order
 COMMAND_GROUPS = (
     lifecycle, kafka, topics, config, services, heartbeats, call, calls, billing, webhooks,
+    replay,
 )  # fmt: skip
 
 
