@@ -513,6 +513,17 @@ def read_ranges(
         c.close()
 
 
+def topic_exists(bootstrap: str, topic: str, timeout: float = 15.0) -> bool:
+    c = _reader(bootstrap)
+    try:
+        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        return meta is not None and meta.error is None
+    except KafkaException as exc:
+        raise PublishError(f"cannot list topics at {bootstrap}: {exc}") from exc
+    finally:
+        c.close()
+
+
 def committed_offsets(
     bootstrap: str, group: str, partitions: Iterable[tuple[str, int]], timeout: float = 15.0
 ) -> dict[tuple[str, int], int]:

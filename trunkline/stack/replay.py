@@ -374,6 +374,11 @@ def rebuild(
     ]
     # the machines: their inputs from the oldest record kept (billing: all of call-events)
     machine_ranges = [r for r in full if r.topic not in ch_names or r.topic == history]
+    if verify:
+        # a live table is the state at its worker's committed offsets (its changelog is
+        # written in the flush before each commit): compare the machines there
+        machine_ranges = _at_committed(s, machine_ranges, history)
+    billing_end = {r.partition: r.end for r in machine_ranges if r.topic == history}
     opened: Callable[[], None] = lambda: None  # noqa: E731
     if target is None:
         target, opened = open_target(s)
@@ -410,7 +415,7 @@ def rebuild(
                     undecodable += 1
                     continue
                 rec = LogRecord(suffix[topic], partition, offset, msg.timestamp()[1], name, record)
-                if topic == history:
+                if topic == history and offset < billing_end[partition]:
                     rebuilder.run_machines(rec)
                 if ch_start[(topic, partition)] <= offset < ch_end[(topic, partition)]:
                     rebuilder.project(rec)
@@ -481,7 +486,8 @@ def rebuild(
                     )
                 )
                 progress.advance(1)
-            report.checks += _verify_machines(s, machine_tables, machine_ranges, history)
+            ends = {(r.topic, r.partition): r.end for r in full}
+            report.checks += _verify_machines(s, machine_tables, machine_ranges, history, ends)
             progress.advance(len(machine_tables))
         if swap:
             for t in CH_TOPICS:
@@ -505,6 +511,7 @@ def _verify_machines(
     tables: dict[str, Table],
     ranges: list[kafka.PartitionRange],
     history: str,
+    ends: dict[tuple[str, int], int],
 ) -> list[TableCheck]:
     """Each machine table's shadow against its live changelog; a note when the live
     worker's committed offsets are not the rebuild's end offsets (its tables then hold
@@ -516,7 +523,7 @@ def _verify_machines(
         except kafka.PublishError as exc:
             checks.append(TableCheck(table, "faust", {}, {}, False, [], str(exc)))
             continue
-        live = {k.decode(): orjson.loads(v) for k, v in raw.items() if v is not None}
+        live = {_table_key(k): orjson.loads(v) for k, v in raw.items() if v is not None}
         mine = shadow_table.live()
         a, b = entries_digest(live), entries_digest(mine)
         equal = a == b
@@ -530,27 +537,58 @@ def _verify_machines(
                 {"count": b.count, "xor": b.xor},
                 equal,
                 [] if equal else differing_keys(live, mine),
-                _behind(s, group, inputs),
+                _behind(group, inputs, ends),
             )
         )
     return checks
 
 
-def _behind(s: Settings, group: str, ranges: list[kafka.PartitionRange]) -> str:
+def _table_key(raw: bytes) -> str:
+    """A changelog key as the table knows it: Faust writes a table's keys as JSON."""
     try:
-        committed = kafka.committed_offsets(
-            s.kafka_bootstrap, group, [(r.topic, r.partition) for r in ranges]
-        )
-    except kafka.PublishError as exc:
-        return f"committed offsets of {group} unknown: {exc}"
-    off = [
-        f"{r.topic}[{r.partition}] at {committed.get((r.topic, r.partition), -1)} (end {r.end})"
+        key = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+    return key if isinstance(key, str) else raw.decode("utf-8", "replace")
+
+
+def _at_committed(
+    s: Settings, ranges: list[kafka.PartitionRange], history: str
+) -> list[kafka.PartitionRange]:
+    """`ranges` ending at the live workers' committed offsets (the decision worker's on
+    its inputs, the billing worker's on call-events); a partition it never committed is
+    one it holds nothing of."""
+    out = []
+    for group, ours in (
+        (s.app_id, [r for r in ranges if r.topic != history]),
+        (billing_app_id(s.app_id), [r for r in ranges if r.topic == history]),
+    ):
+        try:
+            committed = kafka.committed_offsets(
+                s.kafka_bootstrap, group, [(r.topic, r.partition) for r in ours]
+            )
+        except kafka.PublishError as exc:
+            raise StackError(str(exc)) from exc
+        for r in ours:
+            at = committed.get((r.topic, r.partition), -1)
+            end = min(r.end, at) if at >= 0 else r.start
+            out.append(kafka.PartitionRange(r.topic, r.partition, r.start, max(r.start, end)))
+    return out
+
+
+def _behind(
+    group: str, ranges: list[kafka.PartitionRange], full: dict[tuple[str, int], int]
+) -> str:
+    """Where the compared range stops short of the end offsets (the live worker's
+    position), for the report."""
+    short = [
+        f"{r.topic}[{r.partition}] {r.end}/{full[(r.topic, r.partition)]}"
         for r in ranges
-        if committed.get((r.topic, r.partition), r.start) != r.end and r.size
+        if r.end < full[(r.topic, r.partition)]
     ]
-    if not off:
+    if not short:
         return ""
-    return f"the live worker ({group}) is not at the rebuilt end: " + ", ".join(off[:4])
+    return f"compared at {group}'s committed offsets, short of the end: " + ", ".join(short[:4])
 
 
 def clean(s: Settings) -> list[str]:
@@ -586,11 +624,18 @@ class EventsReport:
     destination: str  # a file, a topic, or "" (dry run)
 
 
-def event_topic(name: str) -> TopicSpec:
+def event_topic(s: Settings, name: str) -> str:
+    """The topic `--topic` names: one of ours by its short name (prefixed here), or the
+    full name of a topic that exists (a copy `--to-topic` made)."""
     spec = EVENT_TOPICS.get(name)
-    if spec is None:
-        raise BadInput(f"--topic: unknown topic {name!r}; one of {', '.join(sorted(EVENT_TOPICS))}")
-    return spec
+    if spec is not None:
+        return _name(s, spec)
+    known = ", ".join(sorted(EVENT_TOPICS))
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+        raise BadInput(f"--topic: {name!r} is not a topic name; one of {known}")
+    if not kafka.topic_exists(s.kafka_bootstrap, name):
+        raise BadInput(f"--topic: unknown topic {name!r}: not one of {known}, nor on the broker")
+    return name
 
 
 def check_filter(f: EventFilter) -> None:
@@ -628,18 +673,23 @@ def events(
 ) -> EventsReport:
     """Read `topic` between the times; write the matching events as JSON lines to `out`,
     or re-publish their bytes unchanged (same key) to `to_topic`, or only count."""
-    spec = event_topic(topic)
     check_filter(where)
     _window(from_ms, to_ms)
     if (out is not None) + (to_topic is not None) + bool(dry_run) != 1:
         raise BadInput("give exactly one of --out FILE, --to-topic NAME, --dry-run")
     dest = target_topic(s, to_topic, force) if to_topic else None
+    source = event_topic(s, topic)
+    if dest is not None and not kafka.topic_exists(s.kafka_bootstrap, dest):
+        raise BadInput(f"--to-topic: {dest!r} does not exist (create it first: the broker does "
+                       "not create topics on first use)")  # fmt: skip
+    if dest == source:
+        raise BadInput("--to-topic: the topic being read")
     codec = make_codec(s.schema_registry_url)
     try:
-        ranges = kafka.offset_ranges(s.kafka_bootstrap, [_name(s, spec)], from_ms, to_ms)
+        ranges = kafka.offset_ranges(s.kafka_bootstrap, [source], from_ms, to_ms)
     except kafka.PublishError as exc:
         raise StackError(str(exc)) from exc
-    report = EventsReport(spec.suffix, 0, 0, 0, str(out) if out else (dest or ""))
+    report = EventsReport(source, 0, 0, 0, str(out) if out else (dest or ""))
     matched = _matching(s, codec, ranges, where, report)
     try:
         if out is not None:
