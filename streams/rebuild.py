@@ -31,7 +31,7 @@ import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -378,9 +378,9 @@ def differing_keys(
 
 
 # -- one rebuild --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LogRecord:
-    """A decoded record and where it was: `topic` is the topic's suffix (call-events...)."""
+class LogRecord(NamedTuple):
+    """A decoded record and where it was: `topic` is the topic's suffix (call-events...).
+    A tuple: one is made per record read, and a frozen dataclass costs more to build."""
 
     topic: str
     partition: int
