@@ -4,7 +4,6 @@ verify and swap them; export or re-publish events (trunkline/stack/replay.py).""
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -175,4 +174,5 @@ def _show(result: Any) -> None:
         say(f"swapped: {swapped['table']} ({swapped['rows']:,} rows); old kept as "
             f"{swapped['kept_as']} until `trunkline replay clean`")  # fmt: skip
     if result.checks and not result.equal:
-        say(json.dumps({"different": [c.table for c in result.checks if not c.equal]}))
+        different = ", ".join(c.table for c in result.checks if not c.equal)
+        say(f"different: {different} (`--swap` promotes the ClickHouse shadows)")
