@@ -255,7 +255,8 @@ def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: Confi
             "reason": refusal.reason,
             "retry_after_s": None,
             "business_id": business_id or None,
-            "region_id": None,
+            # the number's region when the number is known: rejections count per region
+            "region_id": (facts.get("number") or {}).get("region_id") or None,
             "edge_id": event["edge_id"],
         }
         decision = {"name": "CallRejected", "record": rejected}

@@ -19,6 +19,7 @@ COLUMNS: tuple[str, ...] = (
     "setup_ms", "talk_ms", "codec", "packets_sent", "packets_received", "packets_lost",
     "jitter_ms", "log_type", "log_message", "payload", "kafka_partition", "kafka_offset",
     "provider_account_id", "hangup_cause", "provider_duration_ms", "mos",
+    "direction", "published_at", "plan_id", "plan_limit",
 )  # fmt: skip
 
 Row = tuple[Any, ...]
@@ -66,6 +67,24 @@ END_STATUS: dict[str, str] = {
 
 class ProjectionError(ValueError):
     pass
+
+
+#: event types that start a call, and the direction each implies when it names none
+STARTS: dict[str, str] = {"CallOffered": "INBOUND", "OutboundCallRequested": "OUTBOUND"}
+
+
+def _direction(name: str, r: dict[str, Any]) -> str:
+    """INBOUND / OUTBOUND on the events that start a call; empty on the others (the
+    views take the call's direction from its start)."""
+    implied = STARTS.get(name)
+    if implied is None:
+        return ""
+    return str(r.get("direction") or implied) if name == "CallOffered" else implied
+
+
+def _instant(ms: int) -> str:
+    """Epoch ms as ClickHouse reads DateTime64(3) exactly: seconds.millis."""
+    return f"{ms // 1000}.{ms % 1000:03d}"
 
 
 def _s(value: Any) -> str:
@@ -139,11 +158,21 @@ def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
     raise ProjectionError(f"{name} is not a call lifecycle event")
 
 
-def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+def event_row(
+    name: str,
+    r: dict[str, Any],
+    partition: int = 0,
+    offset: int = 0,
+    published_ms: int | None = None,
+) -> Row:
     """One `call_events_log` row, values in COLUMNS order, JSON-ready.
 
     `occurred_at` is written as Unix seconds with milliseconds ("1700000000.123"), which
-    ClickHouse parses into DateTime64(3) exactly.
+    ClickHouse parses into DateTime64(3) exactly. `published_ms` is the Kafka record's
+    timestamp (when its producer sent it): a decision carries the offer's time as its
+    `occurred_at` (machines judge in event time), so its record's timestamp is when it
+    was really made. Part of the log, so a replay writes the same value; without one
+    (a record that has none), `occurred_at` stands in.
     """
     try:
         status, rank = STATUS[name]
@@ -161,7 +190,7 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         env["event_id"],  # event_id
         name,  # event_type
         env["call_id"],  # call_id
-        f"{at_ms // 1000}.{at_ms % 1000:03d}",  # occurred_at
+        _instant(at_ms),  # occurred_at
         env["producer_id"],  # producer_id
         _s(r.get("provider")),  # provider
         _s(r.get("provider_call_id")),  # provider_call_id
@@ -192,6 +221,10 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         _s(r.get("hangup_cause")),  # hangup_cause
         r.get("provider_duration_ms") or 0,  # provider_duration_ms
         media.get("mos") or 0.0,  # mos
+        _direction(name, r),  # direction
+        _instant(published_ms if published_ms and published_ms > 0 else at_ms),  # published_at
+        _s(r.get("plan_id")) if name == "CallAdmitted" else "",  # plan_id
+        int(r.get("max_concurrent_calls") or 0) if name == "CallAdmitted" else 0,  # plan_limit
     )
 
 

@@ -17,7 +17,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
 
 from schemas.codec import Codec, CodecError
 from streams.clickhouse import ClickHouseStore
@@ -150,7 +156,15 @@ class ClickHouseSink:
         for msg in msgs:
             try:
                 name, record = decode(msg.value() or b"")
-                row = event_row(name, record, msg.partition() or 0, msg.offset() or 0)
+                # the record's Kafka timestamp: when its producer sent it (event_row)
+                kind, published_ms = msg.timestamp()
+                row = event_row(
+                    name,
+                    record,
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    published_ms if kind != TIMESTAMP_NOT_AVAILABLE else None,
+                )
             except (CodecError, ProjectionError, KeyError, TypeError) as exc:
                 self._dead_letter(dlq, msg, exc)
                 continue

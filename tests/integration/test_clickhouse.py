@@ -34,8 +34,18 @@ def test_ddl_is_idempotent(ch_store):
             f"SELECT name FROM system.tables WHERE database = '{ch_store.database}'"
         )
     }
-    assert tables == {"call_events_log", "call_events", "calls"}
-    assert len(ddl_statements("x")) == 5
+    assert tables == {
+        "call_events_log",
+        "call_events",
+        "calls",
+        # analytics (004_analytics.sql)
+        "call_facts",
+        "calls_hourly",
+        "concurrency_minutely",
+        "call_quality",
+        "call_quality_hourly",
+    }
+    assert len(ddl_statements("x")) == 11
 
 
 def _wide_part_settings(store):

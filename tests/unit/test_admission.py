@@ -117,6 +117,9 @@ def test_each_check_has_its_own_answer(changes, status, reason):
     assert [(e.dest, e.key) for e in decision] == [("decisions", "edge-1"), ("call-events", "q-1")]
     assert (rejected["status_code"], rejected["stage"]) == (status, "ADMISSION")
     assert reason in rejected["reason"]
+    # a rejection before the number is known names no region
+    if status == 404 and "is not configured for" in reason:
+        assert rejected["region_id"] is None
 
 
 def test_cidr_and_dialled_number_lookup():
@@ -140,6 +143,8 @@ def test_plan_limit_is_486_and_a_release_frees_it():
     second = run("CallOffered", offer("q-2"), "q-2")
     assert decided(second)[0].record["status_code"] == 486
     assert "limit reached: 1/1" in decided(second)[0].record["reason"]
+    # the number was found: the rejection names its region (rejections count per region)
+    assert decided(second)[0].record["region_id"] == "us-east-1"
     released = run("CallEnded", sample("CallEnded", call_id="q-1"), "q-1")
     assert released.slot.state is SlotState.RELEASED and index.count("123") == 0
     assert [(e.dest, e.key) for e in released.emits] == [("routing", "us-east-1")]
