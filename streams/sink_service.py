@@ -7,6 +7,8 @@ open the data path), runs the batch sink (streams/sink.py) and answers reads ove
     GET /calls/?business=&since=&limit=   recent calls (streams/queries.py)
     GET /calls/{id}/[?events=1]       one call's queue entry
     GET /events/counts/               events per type
+    POST /sql/ {"query", "limit"}     one read-only query (`trunkline sql`, `trunkline report`)
+    GET /metrics                      Prometheus metrics (streams/metrics.py)
 
 Kept apart from the Faust worker so that batch decoding and inserts never hold the GIL
 the decision path needs (docs/benchmarks.md, 2026-11-26 04:34).
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from schemas.codec import make_codec
 from streams import queries
-from streams.clickhouse import ClickHouseStore
+from streams.clickhouse import ClickHouseStore, QueryRefused
 from streams.sink import ClickHouseSink
 from trunkline.core.aio import set_cpu_priority, tune_gc
 from trunkline.core.settings import Settings
@@ -69,11 +71,26 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
     async def counts(request: web.Request) -> web.Response:
         return web.json_response(await run(queries.event_counts, store))
 
+    async def sql(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+                raise ValueError('the body must be JSON {"query": "...", "limit": N}')
+            limit = body.get("limit", queries.SQL_ROW_LIMIT)
+            if not isinstance(limit, int) or not 1 <= limit <= queries.SQL_MAX_ROWS:
+                raise ValueError(f"limit must be 1..{queries.SQL_MAX_ROWS}")
+            statement = queries.check_read_only(body["query"])
+            result = await run(store.read_only, statement, limit)
+        except (ValueError, QueryRefused) as exc:  # ReadOnlyError and bad JSON included
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(result)
+
     app = web.Application()
     app.router.add_get("/health/", health)
     app.router.add_get("/calls/", calls)
     app.router.add_get("/calls/{call_id}/", call)
     app.router.add_get("/events/counts/", counts)
+    app.router.add_post("/sql/", sql)
     return app
 
 

@@ -3,8 +3,10 @@ crafted history in tests/analytics_events.py (its docstring has the table)."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime
+from html.parser import HTMLParser
 
 import pytest
 
@@ -197,3 +199,143 @@ def test_a_table_from_before_the_analytics_columns_gets_them_in_the_same_order(c
     ch_store.insert_events(rows())
     (row,) = q(ch_store, "SELECT count() AS n FROM {db}.calls_hourly WHERE business_id = 'b-1'")
     assert row["n"] == 2
+
+
+# -- trunkline sql: ClickHouse's readonly=1 behind our check --------------------------------
+def test_read_only_queries_run_in_the_store_database_with_row_limits(store):
+    from streams.queries import check_read_only
+
+    result = store.read_only(
+        check_read_only("SELECT call_id, pdd_ms FROM call_facts ORDER BY call_id;"), 10
+    )
+    assert result["columns"] == ["call_id", "pdd_ms"]
+    assert result["types"] == ["String", "Nullable(Int64)"]
+    assert result["rows"][:2] == [["call-a", 1000], ["call-b", 1500]]
+    assert result["truncated"] is False
+    two = store.read_only("SELECT call_id FROM call_facts ORDER BY call_id", 2)
+    assert (len(two["rows"]), two["truncated"]) == (2, True)
+    shown = store.read_only("SHOW TABLES", 100)
+    assert ["calls_hourly"] in shown["rows"]
+    described = store.read_only("DESCRIBE TABLE calls_hourly", 100)
+    assert ["asr", "Float64"] in [r[:2] for r in described["rows"]]
+
+
+def test_clickhouse_refuses_what_passes_the_first_check_and_the_writer_still_writes(store):
+    from streams.clickhouse import QueryRefused
+    from streams.queries import check_read_only
+
+    # a SELECT that changes a setting, and one that writes through a table function
+    for query in ("SELECT 1 SETTINGS readonly = 0", "SELECT * FROM file('x.csv', 'CSV')"):
+        with pytest.raises(QueryRefused, match="readonly mode"):
+            store.read_only(check_read_only(query), 10)
+    with pytest.raises(QueryRefused, match=r"UNKNOWN_TABLE|Unknown table"):
+        store.read_only("SELECT * FROM no_such_view", 10)
+    # readonly=1 stayed on the reader's session: the sink's writes go on
+    store.insert_events(rows()[:1])
+    store.client.command(f"CREATE TABLE {store.database}.w (x UInt8) ENGINE = Memory")
+    with pytest.raises(QueryRefused, match="readonly mode"):
+        store.read_only(f"SELECT * FROM {store.database}.w SETTINGS max_threads = 1", 10)
+
+
+# -- trunkline report ------------------------------------------------------------------------
+class _Page(HTMLParser):
+    """The report's chart data elements and summary, as a browser would find them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict[str, object] = {}
+        self.plots: set[str] = set()
+        self.scripts: list[str] = []
+        self.external: list[str] = []  # what a browser would fetch: scripts, stylesheets
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "div" and a.get("class") == "plot":
+            self.plots.add(a["id"].removeprefix("plot-"))
+        if (tag == "script" and a.get("src")) or (tag == "link" and a.get("href")):
+            self.external.append(a.get("src") or a["href"])
+        if tag == "script":
+            self._in = a.get("id") or ""
+            self.scripts.append("")
+
+    def handle_data(self, data):
+        if self._in is not None:
+            self.scripts[-1] += data
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._in is not None:
+            if self._in.startswith("data-"):
+                self.data[self._in.removeprefix("data-")] = json.loads(self.scripts[-1])
+            self._in = None
+
+
+def _run(store):
+    from streams.queries import check_read_only
+
+    return lambda sql: store.read_only(check_read_only(sql), 10_000)
+
+
+def _traces(figure):
+    return {t.get("name"): t for t in figure["data"]}
+
+
+def test_the_report_renders_every_chart_with_the_views_figures(store, tmp_path):
+    from trunkline.stack.report import CHARTS, write_report
+
+    out = tmp_path / "report.html"
+    written = write_report(
+        _run(store), out, 6 * 3600, now_ms=T0 + 3 * 3600_000, database=store.database
+    )
+    assert written.calls == 6 and written.charts == CHARTS
+    page = _Page()
+    page.feed(out.read_text())
+    assert set(page.data) == set(CHARTS) == page.plots
+    # self-contained: plotly.js is in the page, nothing is fetched
+    assert any("newPlot" in s and len(s) > 1_000_000 for s in page.scripts)  # the library
+    assert any("Plotly.newPlot('plot-' + key" in s for s in page.scripts)  # the charts
+    assert page.external == []
+
+    calls = _traces(page.data["calls"])
+    assert calls["answered"]["y"] == [4] and calls["answered"]["x"] == ["2026-01-05 10:00:00"]
+    assert calls["rejected"]["x"] == ["2026-01-05 10:00:00", "2026-01-05 11:00:00"]
+    assert calls["rejected"]["y"] == [1, 1]
+
+    conc = _traces(page.data["concurrency"])
+    assert conc["b-1 peak"]["y"] == [3, 2] and conc["b-1 plan limit"]["y"] == [3, 3]
+
+    asr = _traces(page.data["asr_acd_pdd"])
+    assert asr["ASR"]["y"] == [0.8, 0]  # 4 of 5 at 10:00, E refused at 11:00
+    assert asr["ACD (s)"]["y"][0] == pytest.approx(159 / 4)  # A 54, B 60, C 30, F 15
+    assert asr["PDD p95 (ms)"]["y"][0] == 2000 and asr["PDD p95 (ms)"]["yaxis"] == "y3"
+
+    quality = _traces(page.data["quality"])
+    assert quality["backend-1 p5"]["y"] == [pytest.approx(e_model_mos(5))]
+    assert quality["backend-1 median"]["y"] == [pytest.approx(e_model_mos(0))]
+
+    (table,) = page.data["decisions"]["data"]
+    ms, decision, business, call, _ = table["cells"]["values"]
+    assert call[:3] == ["call-c", "call-f", "call-a"] and ms[:3] == [300, 200, 120]
+    assert decision[-1] == "rejected 486" and ms[-1] == 50 and business[-1] == "b-1"
+
+    billing = page.data["billing"]
+    assert billing["data"] == [] and "no billing records" in json.dumps(billing["layout"])
+
+
+def test_the_report_for_one_business_and_an_empty_window(store, tmp_path):
+    from trunkline.stack.report import write_report
+
+    out = tmp_path / "b2.html"
+    written = write_report(
+        _run(store), out, 6 * 3600, "b-2", now_ms=T0 + 3 * 3600_000, database=store.database
+    )
+    page = _Page()
+    page.feed(out.read_text())
+    assert written.calls == 1
+    assert _traces(page.data["calls"])["rejected"]["y"] == [1]
+    assert page.data["concurrency"]["data"] == []  # E held its slot for no time
+    empty = write_report(_run(store), tmp_path / "e.html", 3600, now_ms=T0, database=store.database)
+    assert empty.calls == 0
+    page = _Page()
+    page.feed((tmp_path / "e.html").read_text())
+    assert all(fig["data"] == [] for fig in page.data.values())
