@@ -19,19 +19,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from schemas.codec import make_codec
 from streams import queries
 from streams.clickhouse import ClickHouseStore, QueryRefused
 from streams.sink import ClickHouseSink
+from trunkline.core import logs, metrics
 from trunkline.core.aio import set_cpu_priority, tune_gc
 from trunkline.core.settings import Settings
 from trunkline.core.topics import CALL_EVENTS, DEAD_LETTERS
 
 log = logging.getLogger("trunkline.sink")
+
+
+class SinkCollector(Collector):
+    """The sink's counts (SinkStats), read at scrape time."""
+
+    def __init__(self, sink: ClickHouseSink) -> None:
+        self.sink = sink
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.sink.stats
+        for name, doc, value in (
+            ("trunkline_sink_rows", "Rows stored in ClickHouse (committed)", st.inserted),
+            ("trunkline_sink_batches", "Batches stored and committed", st.batches),
+            ("trunkline_sink_dead_letters", "Records parked in dead-letters", st.dead_lettered),
+            ("trunkline_sink_insert_errors", "Inserts ClickHouse refused (retried)", st.errors),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "trunkline_sink_up",
+            "1 while the sink's consumer thread runs",
+            value=float(self.sink.alive),
+        )
+        yield GaugeMetricFamily(
+            "trunkline_sink_last_commit_timestamp_seconds",
+            "When the sink last committed (Unix time; 0 before the first batch)",
+            value=st.last_commit_at,
+        )
 
 
 def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) -> web.Application:
@@ -85,8 +119,13 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(result)
 
+    async def prometheus(request: web.Request) -> web.Response:
+        body = await run(metrics.exposition)  # the lag asks the broker: off the loop
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
     app = web.Application()
     app.router.add_get("/health/", health)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/calls/", calls)
     app.router.add_get("/calls/{call_id}/", call)
     app.router.add_get("/events/counts/", counts)
@@ -107,6 +146,8 @@ async def serve(settings: Settings) -> None:
         store=store,
         flush_interval=settings.sink_flush_ms / 1000,
     )
+    metrics.install("sink-stats", SinkCollector(sink))
+    metrics.install("sink-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [sink.group_id]))
     sink.start()
     runner = web.AppRunner(build_web(store, sink, settings), access_log=None)
     await runner.setup()
@@ -137,10 +178,7 @@ async def serve(settings: Settings) -> None:
 
 
 def run_sink(settings: Settings, loglevel: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, loglevel.upper()),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
+    logs.setup(loglevel, settings.log_format, "sink")
     # first, so every thread the sink and chDB start inherits it: nothing here is on the
     # call path, and its bursts must not delay the decision path (TRUNKLINE_SINK_PRIORITY)
     applied = set_cpu_priority(settings.sink_priority)

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from edge.webhook import telnyx, twilio, vonage
 from edge.webhook.accounts import Account, Accounts, account_from_record
@@ -41,6 +41,7 @@ from edge.webhook.base import (
 )
 from edge.webhook.calls import Answer, NumberEntry, Out, Publish, WebhookCalls
 from schemas.codec import Codec, CodecError, make_codec
+from trunkline.core import logs
 from trunkline.core.aio import serve_until_signalled, tune_gc
 from trunkline.core.config import SecretError
 from trunkline.core.kafka import (
@@ -67,6 +68,17 @@ COMMANDS = Counter(
     "trunkline_webhook_commands_total", "Provider API commands, by outcome", ["outcome"]
 )
 PUBLISHED = Counter("trunkline_webhook_published_total", "Events published", ["outcome"])
+RESPONSES = Counter(
+    "trunkline_webhook_responses_total",
+    "Responses the edge sent, by route and code",
+    ["route", "code"],
+)
+LATENCY = Histogram(
+    "trunkline_webhook_request_seconds",
+    "A request's time to its answer, by route (a voice webhook: the offer to the decision)",
+    ["route"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -224,9 +236,16 @@ class WebhookEdge:
     @web.middleware
     async def _refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         provider = request.path.split("/")[2] if request.path.startswith("/webhooks/") else "-"
-        REQUESTS.labels(request.path).inc()
+        # the route's pattern, not the raw path: a scanner's random paths are one label
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        REQUESTS.labels(route).inc()
+        started = time.perf_counter()
+        status = 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
         except WebhookError as exc:
             REFUSED.labels(provider, exc.label).inc()
             log.info(
@@ -237,14 +256,19 @@ class WebhookEdge:
                 exc.status,
                 exc.reason,
             )
+            status = exc.status
             return web.json_response({"error": exc.reason}, status=exc.status)
         except web.HTTPException as exc:
+            status = exc.status
             if exc.status >= 400:
                 REFUSED.labels(provider, f"http_{exc.status}").inc()
             raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return web.json_response({"error": "internal error"}, status=500)
+        finally:
+            RESPONSES.labels(route, str(status)).inc()
+            LATENCY.labels(route).observe(time.perf_counter() - started)
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -447,6 +471,7 @@ class WebhookEdge:
             event.provider.title,
             event.status,
             ", ".join(o.name for o in outs) or "history only (logged)",
+            extra=logs.call(event.call_id),
         )
         self._apply(list(outs))
 
@@ -460,6 +485,9 @@ class WebhookEdge:
             return
         self.out.produce(self.topics[out.dest], out.key.encode(), value)
         PUBLISHED.labels("queued").inc()
+        if log.isEnabledFor(logging.DEBUG):
+            call_id = out.record["envelope"]["call_id"]
+            log.debug("call %s: %s to %s", call_id, out.name, out.dest, extra=logs.call(call_id))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
 
 from trunkline.cli.common import (
@@ -15,9 +14,8 @@ from trunkline.cli.common import (
     Context,
     Subparsers,
     add_loglevel,
+    loglevel,
 )
-
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def register(sub: Subparsers) -> None:
@@ -82,14 +80,17 @@ def register(sub: Subparsers) -> None:
     md.set_defaults(func=cmd_media)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT)
+def _logging(args: argparse.Namespace, ctx: Context, service: str) -> None:
+    """TRUNKLINE_LOG_FORMAT's handler at the service's level (trunkline.core.logs)."""
+    from trunkline.core import logs
+
+    logs.setup(loglevel(args, ctx), ctx.settings.log_format, service)
 
 
 def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
     from streams.app import run_worker
 
-    run_worker(ctx.settings, loglevel=args.loglevel)
+    run_worker(ctx.settings, loglevel=loglevel(args, ctx))
     return EXIT_OK
 
 
@@ -99,7 +100,7 @@ def cmd_sink(args: argparse.Namespace, ctx: Context) -> int:
 
     s = ctx.settings
     try:
-        run_sink(s, loglevel=args.loglevel)
+        run_sink(s, loglevel=loglevel(args, ctx))
     except ClickHouseUnavailable as exc:
         raise CliError(str(exc)) from exc
     except OSError as exc:
@@ -111,7 +112,7 @@ def cmd_sip_edge(args: argparse.Namespace, ctx: Context) -> int:
     from edge.sip.service import SipEdge, run_edge
     from edge.sip.transport import Listen
 
-    _logging(args.loglevel)
+    _logging(args, ctx, "sip-edge")
     s = ctx.settings
     address = args.listen or s.sip_listen
     try:
@@ -153,7 +154,7 @@ def cmd_webhook_edge(args: argparse.Namespace, ctx: Context) -> int:
     from edge.webhook.service import WebhookEdge, run_webhook_edge
     from trunkline.core.config import SecretError
 
-    _logging(args.loglevel)
+    _logging(args, ctx, "webhook-edge")
     s = ctx.settings
     address = args.listen or s.http_listen
     try:
@@ -174,7 +175,7 @@ def cmd_media(args: argparse.Namespace, ctx: Context) -> int:
     from edge.sip.transport import Listen
     from media.node import MediaNode, NodeConfig, run_node
 
-    _logging(args.loglevel)
+    _logging(args, ctx, "media")
     try:
         listen = Listen.parse(args.listen)
     except ValueError as exc:
