@@ -302,7 +302,7 @@ def test_deadlines_on_the_hand_held_clock():
     assert d.expire(T0 + 4.9) == []
     out = d.expire(T0 + 5.0)
     assert replies(out)[0].status == 503
-    ended = [a for a in out if isinstance(a, Publish)][0]
+    ended = next(a for a in out if isinstance(a, Publish))
     assert ended.record["reason"] == "edge_timeout" and "admission" in ended.dests
     d2, _ = started()
     d2.result("q-1", 0, "CA1", T0)
@@ -361,9 +361,9 @@ def test_requests_carry_the_tags_providers_send_back():
     assert tw["status_callback"] == (
         "https://edge.example/webhooks/twilio/status?callQueueId=q-1&attempt=1&dialer=webhook-1"
     )
-    assert '<Stream url="ws://m:8081/twilio"><Parameter name="callQueueId" value="q-1"' in tw[
-        "twiml"
-    ]
+    assert (
+        '<Stream url="ws://m:8081/twilio"><Parameter name="callQueueId" value="q-1"' in tw["twiml"]
+    )
     assert tw["status_callback_event"] == ["initiated", "ringing", "answered", "completed"]
     tx = pv.telnyx_dial(t, "conn-1")
     assert tx["command_id"] == "req-1" and tx["stream_url"] == "ws://m:8081/telnyx"
