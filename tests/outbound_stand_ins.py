@@ -28,9 +28,10 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
-from tests.harness import ROOT, free_port
+from tests.harness import free_port
 
-TOOLS = ROOT / ".tools" / "node_modules"
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / ".tools" / "node_modules"
 PRISM = TOOLS / ".bin" / "prism"
 TWILIO_SPEC = (
     TOOLS / "@twilio" / "cli-core" / "src" / "services" / "twilio-api" / "twilio_api_v2010.json"

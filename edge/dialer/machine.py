@@ -39,8 +39,8 @@ Per call (inputs not listed raise TransitionError; the state stays):
 Classification happens before the table (`classify_report`, `after_failure`): a failed
 attempt is `failover` when it is retryable and another provider is left, `exhausted`
 when none is, `final` when no other provider would do better; a provider's end before
-any answer is `failover` only for an infrastructure cause (SIP 408/500/503/504), else
-`callee end`. After an answer nothing fails over.
+any answer is `failover` only for an infrastructure cause (SIP 408/500/503/504, whatever
+status the provider gives it), else `callee end`. After an answer nothing fails over.
 
 What leaves: an attempt's start re-announces the call to its media node (CallRouted on
 `assignments`, with this attempt's provider, since a node lets only the call's provider
@@ -294,7 +294,7 @@ def classify_report(call: Call, report: Report) -> Input:
         return Input.ANSWERED
     if call.state is State.ANSWERED:
         return Input.HANGUP
-    if report.reason == "failed" and report.sip_code in INFRA_SIP:
+    if report.sip_code in INFRA_SIP:  # whatever the provider calls it: not the callee
         return after_failure(call, retryable=True)
     return Input.CALLEE_END
 

@@ -145,6 +145,7 @@ def vonage_create(target: Target, account_id: str, secret: str) -> dict[str, Any
         "ncco": [
             {
                 "action": "connect",
+                "from_": target.from_number.lstrip("+"),
                 "endpoint": [
                     {
                         "type": "websocket",

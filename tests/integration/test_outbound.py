@@ -92,9 +92,30 @@ class Outbound:
             timeout=timeout,
         )  # fmt: skip
 
-    def slots_free(self, business: str = "b-main") -> None:
-        self.stack.worker.poll("/state/admission-active/", lambda a: a.get(business, []) == [])
-        self.stack.worker.poll("/state/routing-held/", lambda h: h.get("backend-1", 0) == 0)
+    def held(self) -> int:
+        return int(self.stack.worker.get("/state/routing-held/").get("backend-1", 0))
+
+    def slots_free(self, call_ids: list[str], held_before: int, business: str = "b-main") -> None:
+        """The calls hold no plan slot, and backend-1 holds no more than before them (other
+        tests' calls may still be live)."""
+        self.stack.worker.poll(
+            "/state/admission-active/",
+            lambda a: not set(call_ids) & set(a.get(business, [])),
+        )
+        self.stack.worker.poll(
+            "/state/routing-held/", lambda h: h.get("backend-1", 0) <= held_before
+        )
+
+    def end_telnyx(self, call: dict[str, Any], attempt: int) -> None:
+        """Telnyx reports the call's end (normal clearing): it ends, its slots are freed."""
+        state = _telnyx_dial_for(self, call["id"], attempt)["body"]["client_state"]
+        hangup = {"data": {"event_type": "call.hangup", "id": str(uuid.uuid4()),
+                           "occurred_at": "2026-11-30T18:00:00Z",
+                           "payload": {"call_control_id": call["providerCallId"],
+                                       "connection_id": "conn-test", "client_state": state,
+                                       "hangup_cause": "normal_clearing", "to": TO}}}  # fmt: skip
+        assert self.telnyx_event(hangup).status_code == 200
+        self.entry(call["id"], "Completed")  # its end is written everywhere by now
 
     def twilio_status(self, callback: str, params: dict[str, str]) -> requests.Response:
         signature = RequestValidator(SECRETS["TL_TEST_TWILIO_TOKEN"]).compute_signature(
@@ -238,7 +259,7 @@ def test_twilio_outbound_call_end_to_end(outbound: Outbound):
 
     from media.codecs import G711Codec
 
-    before = len(outbound.twilio.posts("Calls.json"))
+    before, held = len(outbound.twilio.posts("Calls.json")), outbound.held()
     r = outbound.post({"to": TO, "fromNumberId": "n-tw", "providers": ["twilio-main"],
                        "metadata": {"crm": "42"}})  # fmt: skip
     assert r.status_code == 201, r.text
@@ -288,7 +309,7 @@ def test_twilio_outbound_call_end_to_end(outbound: Outbound):
     assert "Outbound call requested" in logs
     assert f"Attempt 1 through twilio-main (Twilio): call {sid} created" in logs
     assert "Call accepted by backend-1" in logs
-    outbound.slots_free()
+    outbound.slots_free([call["id"]], held)
     shown = outbound.get(call["id"])
     assert shown.status_code == 200 and shown.json()["status"] == "Completed"
     assert shown.json()["attempts"][0]["outcome"] == "placed"
@@ -303,6 +324,7 @@ def _telnyx_dial_for(outbound: Outbound, call_id: str, attempt: int) -> dict[str
 
 
 def test_twilio_at_a_closed_port_fails_over_to_telnyx(outbound: Outbound):
+    held = outbound.held()
     r = outbound.post({"to": TO, "fromNumberId": "n-twilio-down",
                        "providers": ["twilio-down", "telnyx-main"]})  # fmt: skip
     assert r.status_code == 201, r.text
@@ -319,10 +341,15 @@ def test_twilio_at_a_closed_port_fails_over_to_telnyx(outbound: Outbound):
     assert body["webhook_url"] == f"{outbound.url}/webhooks/telnyx"
     state = json.loads(base64.b64decode(body["client_state"]))
     assert state == {"callQueueId": call["id"], "attempt": "1", "dialer": "webhook-o"}
+    outbound.end_telnyx(call, 1)
+    entry = outbound.entry(call["id"], "Completed")
+    assert "Attempt 1 through twilio-down (Twilio) failed: connect_error" in _logs(entry)
+    assert "Attempt 2 through telnyx-main (Telnyx): call v3:" in _logs(entry)
+    outbound.slots_free([call["id"]], held)
 
 
 def test_twilio_503_fails_over_to_telnyx(outbound: Outbound):
-    before = len(outbound.twilio_503.requests)
+    before, held = len(outbound.twilio_503.requests), outbound.held()
     r = outbound.post({"to": TO, "fromNumberId": "n-twilio-503",
                        "providers": ["twilio-503", "telnyx-main"]})  # fmt: skip
     assert r.status_code == 201, r.text
@@ -330,10 +357,12 @@ def test_twilio_503_fails_over_to_telnyx(outbound: Outbound):
     assert len(outbound.twilio_503.requests) == before + 1
     assert r.json()["attempts"][0]["httpStatus"] == 503
     _telnyx_dial_for(outbound, r.json()["id"], 1)
+    outbound.end_telnyx(r.json(), 1)
+    outbound.slots_free([r.json()["id"]], held)
 
 
 def test_invalid_number_fails_without_failover(outbound: Outbound):
-    telnyx_before = len(outbound.telnyx.posts("/v2/calls"))
+    telnyx_before, held = len(outbound.telnyx.posts("/v2/calls")), outbound.held()
     r = outbound.post({"to": TO, "fromNumberId": "n-twilio-bad",
                        "providers": ["twilio-bad", "telnyx-main"]})  # fmt: skip
     assert r.status_code == 400, r.text
@@ -342,10 +371,11 @@ def test_invalid_number_fails_without_failover(outbound: Outbound):
     assert len(outbound.telnyx.posts("/v2/calls")) == telnyx_before  # no failover
     entry = outbound.entry(body["id"], "Failed")
     assert "code 21211" in _logs(entry) and "no failover" in _logs(entry)
-    outbound.slots_free()
+    outbound.slots_free([body["id"]], held)
 
 
 def test_every_provider_down_fails_with_every_attempt_logged(outbound: Outbound):
+    held = outbound.held()
     r = outbound.post({"to": TO, "fromNumberId": "n-twilio-down",
                        "providers": ["twilio-down", "telnyx-down", "vonage-down"]})  # fmt: skip
     assert r.status_code == 503, r.text
@@ -355,7 +385,8 @@ def test_every_provider_down_fails_with_every_attempt_logged(outbound: Outbound)
     logs = _logs(entry)
     for n, account in enumerate(("twilio-down", "telnyx-down", "vonage-down"), start=1):
         assert f"Attempt {n} through {account}" in logs and "connect_error" in logs
-    outbound.slots_free()
+    assert logs.count("Call ended") == 1
+    outbound.slots_free([call_id], held)
 
 
 def test_telnyx_failure_after_ringing_fails_over_to_vonage(outbound: Outbound):
@@ -407,11 +438,17 @@ def test_idempotency_key_gives_one_call_and_409_for_another_body(outbound: Outbo
     assert first.status_code == second.status_code == 201, (first.text, second.text)
     assert first.json()["id"] == second.json()["id"]
     _telnyx_dial_for(outbound, first.json()["id"], 0)  # exactly one provider request
+    # the first call's records are all written (its attempt is in the history) before
+    # the offsets are taken
+    outbound.stack.sink.poll(
+        f"/calls/{first.json()['id']}/", lambda e: "Attempt 1 through" in _logs(e or {})
+    )
     topics = [t.name(outbound.stack.settings.topic_prefix) for t in (ADMISSION, OUTBOUND)]
     since = high_watermarks(outbound.stack, topics)
     other = outbound.post({**body, "to": "+4915199999999"}, **{"Idempotency-Key": key})
     assert other.status_code == 409 and other.json()["field"] == "Idempotency-Key"
     assert published_by_webhook_edges(outbound.stack, since) == []
+    outbound.end_telnyx(first.json(), 0)
 
 
 def test_auth_and_bad_input_answer_clearly_and_publish_nothing(outbound: Outbound):
@@ -446,6 +483,7 @@ def test_auth_and_bad_input_answer_clearly_and_publish_nothing(outbound: Outboun
 
 def test_plan_limit_gives_429_with_retry_after(outbound: Outbound):
     body = {"to": TO, "fromNumberId": "n-tw-limit"}
+    held = outbound.held()
     first = outbound.post(body, key=KEY_LIMIT)
     assert first.status_code == 201, first.text
     second = outbound.post(body, key=KEY_LIMIT)
@@ -461,7 +499,7 @@ def test_plan_limit_gives_429_with_retry_after(outbound: Outbound):
             "To": TO, "From": "+15550000012", "CallStatus": "busy", "SequenceNumber": "1",
             "SipResponseCode": "486"}  # fmt: skip
     assert outbound.twilio_status(callback, busy).status_code == 204
-    outbound.slots_free("b-limit")
+    outbound.slots_free([first.json()["id"]], held, "b-limit")
     assert outbound.get(first.json()["id"], key=KEY_MAIN).status_code == 404  # another business
 
 

@@ -218,12 +218,13 @@ def test_every_provider_down_fails_once_with_every_attempt_logged():
     assert d.report("q-1", report("ENDED", attempt=2, reason="failed"), T0 + 9) == []
 
 
-@pytest.mark.parametrize("sip", [408, 500, 503, 504])
-def test_infrastructure_failure_before_answer_fails_over(sip):
+@pytest.mark.parametrize(("sip", "reason"), [(408, "failed"), (500, "failed"), (503, "completed"),
+                                            (504, "no_answer")])  # fmt: skip
+def test_infrastructure_failure_before_answer_fails_over(sip, reason):
     d, _ = started()
     d.result("q-1", 0, "CA1", T0)
     d.report("q-1", report("RINGING"), T0 + 1)
-    out = d.report("q-1", report("ENDED", reason="failed", sip=sip, event="e9"), T0 + 2)
+    out = d.report("q-1", report("ENDED", reason=reason, sip=sip, event="e9"), T0 + 2)
     assert [a for a in out if isinstance(a, Dial)] == [Dial("q-1", 1)]
     assert names(out, "admission") == []  # not the call's outcome
     assert d.calls["q-1"].tried[-1]["provider_error_code"] == str(sip)
