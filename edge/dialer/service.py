@@ -43,6 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import requests
 import telnyx
+from prometheus_client import Counter, Histogram
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -67,6 +68,18 @@ from schemas.codec import Codec, CodecError
 from trunkline.core.kafka import KeyFollower, Producers, Profile
 
 log = logging.getLogger("trunkline.dialer.io")
+#: where an outbound request's time goes (the API's wait for its 201)
+STAGES = Histogram(
+    "trunkline_dialer_stage_seconds",
+    "Outbound request stages: decision (request to admission and routing's answer), "
+    "provider (one create-call request)",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+)
+PROVIDER_REQUESTS = Counter(
+    "trunkline_dialer_provider_requests_total", "Create-call requests, by provider and outcome",
+    ["provider", "outcome"],
+)  # fmt: skip
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 10.0
@@ -106,6 +119,10 @@ class RebasedTwilioHttpClient(TwilioHttpClient):  # type: ignore[misc]
         super().__init__(timeout=READ_TIMEOUT_S)
         self.base = base
         self.timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        if self.session is not None:  # the SDK mounts a pool for https:// only
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+            self.session.mount("http://", adapter)
+            self.session.mount("https://", adapter)
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         return super().request(method, _rebase(url, self.base), *args, **kwargs)
@@ -300,6 +317,7 @@ class DialerService:
         self._wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self.started: dict[tuple[str, int], int] = {}  # (call, attempt) -> start (ms)
+        self._submitted: dict[str, float] = {}  # call -> when the API submitted it
         self.dials = 0  # provider create requests sent (bench: requests per call)
 
     @property
@@ -341,6 +359,7 @@ class DialerService:
     # -- inputs -----------------------------------------------------------------------------
     def submit(self, record: dict[str, Any]) -> None:
         """A new request from the API (already validated): journal it, ask admission."""
+        self._submitted[record["envelope"]["call_id"]] = time.monotonic()
         self.apply(self.machine.request(record, self.kinds(), time.time()))
         journaled = Publish(
             ("admission", "outbound"),
@@ -370,6 +389,9 @@ class DialerService:
                 self.waiters.pop(call_id, None)
 
     def decision(self, name: str, record: dict[str, Any]) -> None:
+        submitted = self._submitted.pop(record["envelope"]["call_id"], None)
+        if submitted is not None:
+            STAGES.labels("decision").observe(time.monotonic() - submitted)
         self.apply(self.machine.decision(name, record, time.time()))
 
     # -- outputs ----------------------------------------------------------------------------
@@ -382,6 +404,7 @@ class DialerService:
             elif isinstance(action, Hangup):
                 self._spawn(self._hangup(action))
             elif isinstance(action, Reply):
+                self._submitted.pop(action.call_id, None)
                 for future in self.waiters.pop(action.call_id, []):
                     if not future.done():
                         future.set_result(action)
@@ -449,9 +472,12 @@ class DialerService:
         else:
             self.started.setdefault((dial.call_id, dial.attempt), int(time.time() * 1000))
             self.dials += 1
+            sent = time.monotonic()
             answer = await self.loop.run_in_executor(
                 self.pool, self.clients.create, kind, account, target
             )
+            STAGES.labels("provider").observe(time.monotonic() - sent)
+            PROVIDER_REQUESTS.labels(kind.lower(), type(answer).__name__.lower()).inc()
             outcome = pv.classify(kind, answer)
             if dial.check and outcome == "unclear":  # Telnyx's repeat timed out as well
                 outcome = Failure("timeout", True, "no answer to create-call, twice")
