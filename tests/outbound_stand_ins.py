@@ -157,9 +157,12 @@ def fixed(status: int, doc: dict[str, Any]) -> Handler:
     return handler
 
 
-def telnyx_api() -> Handler:
-    """Telnyx's dial: a call_control_id per command_id (a repeat gets the same call)."""
+def telnyx_api(hold: set[str] | None = None) -> Handler:
+    """Telnyx's dial: a call_control_id per command_id (a repeat gets the same call, as
+    Telnyx drops a repeated command_id). A dial whose `to` is in `hold` gets no answer
+    the first time (its connection is left hanging: a timed-out request)."""
     made: dict[str, str] = {}
+    held = hold if hold is not None else set()
 
     async def handler(request: web.Request, recorded: dict[str, Any]) -> web.Response:
         if request.path != "/v2/calls":
@@ -167,6 +170,9 @@ def telnyx_api() -> Handler:
         body = recorded["body"]
         command = body.get("command_id") or str(len(made))
         made.setdefault(command, f"v3:outbound-{len(made) + 1}")
+        if body.get("to") in held:
+            held.discard(body["to"])
+            await asyncio.sleep(3600)
         return web.json_response(
             {
                 "data": {

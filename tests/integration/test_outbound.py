@@ -48,6 +48,8 @@ from trunkline.core.topics import ADMISSION, CALL_EVENTS, OUTBOUND
 pytestmark = pytest.mark.integration
 
 KEY_MAIN = f"tl-key-main-{uuid.uuid4().hex}"
+HELD_TO = "+4915100000001"  # the Telnyx stand-in leaves its first dial unanswered
+TELNYX_HOLD = {HELD_TO}
 KEY_LIMIT = f"tl-key-limit-{uuid.uuid4().hex}"
 TO = "+4915112345678"
 SIDS = {
@@ -193,7 +195,7 @@ def outbound(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
     twilio_bad = Recorder(fixed(400, {"code": 21211, "message": "Invalid 'To' Phone Number",
                                       "more_info": "https://www.twilio.com/docs/errors/21211",
                                       "status": 400})).start()  # fmt: skip
-    telnyx = Recorder(telnyx_api()).start()
+    telnyx = Recorder(telnyx_api(TELNYX_HOLD)).start()
     vonage = Recorder(vonage_api()).start()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = work / "vonage.pem"
@@ -212,16 +214,7 @@ def outbound(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
         ) as stack:  # fmt: skip
             proc, url, log = start_webhook_edge(stack, SECRETS, name="webhook-o")
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    assert proc.poll() is None, log.read_text()
-                    try:
-                        if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                            break
-                    except requests.ConnectionError:
-                        pass
-                    assert time.monotonic() < deadline, log.read_text()
-                    time.sleep(0.2)
+                wait_healthy(proc, url, log)
                 import yaml
 
                 backends = yaml.safe_load((stack.settings.state_dir / "config.yaml").read_text())
@@ -230,10 +223,28 @@ def outbound(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
                 yield Outbound(stack, url, proc, log, twilio, twilio_503, twilio_bad, telnyx,
                                vonage, media_url, public)  # fmt: skip
             finally:
-                proc.terminate()
-                proc.wait(10)
+                for p in (proc, *_edge):
+                    if p.poll() is None:
+                        p.terminate()
+                        p.wait(10)
     finally:
         prism.stop()
+
+
+_edge: list[subprocess.Popen[bytes]] = []  # the edge restarted by the crash test
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
 
 
 def _twiml(recorded: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -513,3 +524,70 @@ def test_dial_command(outbound: Outbound):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "telnyx-main" in done.stdout and "placed" in done.stdout
+
+
+# -- a crash of the HTTP edge (last: it restarts the module's edge) -------------------------
+def test_a_killed_edge_resumes_its_calls_without_dialing_twice(outbound: Outbound):
+    """Two calls in flight when the edge is killed (SIGKILL): one placed (201), one whose
+    create-call request Telnyx never answered. The edge restarted with the same dialer id
+    replays its journal: the placed call still ends when Telnyx reports its hangup, and
+    the unanswered attempt is checked by repeating the request with the same command_id
+    (Telnyx answers with the call it made), never dialed as a new call."""
+    import signal
+    import threading
+
+    held = outbound.held()
+    placed = outbound.post({"to": TO, "fromNumberId": "n-telnyx-main",
+                            "providers": ["telnyx-main"]})  # fmt: skip
+    assert placed.status_code == 201, placed.text
+    hanging: dict[str, Any] = {}
+
+    def post_hanging() -> None:
+        try:
+            hanging["r"] = outbound.post({"to": HELD_TO, "fromNumberId": "n-telnyx-main",
+                                          "providers": ["telnyx-main"]})  # fmt: skip
+        except requests.RequestException as exc:
+            hanging["error"] = exc
+
+    client = threading.Thread(target=post_hanging, daemon=True)
+    client.start()
+    deadline = time.monotonic() + 20
+    while not [r for r in outbound.telnyx.posts("/v2/calls") if r["body"]["to"] == HELD_TO]:
+        assert time.monotonic() < deadline, "the held dial never reached the stand-in"
+        time.sleep(0.05)
+    outbound.proc.send_signal(signal.SIGKILL)
+    outbound.proc.wait(10)
+    client.join(10)
+    assert "r" not in hanging  # the client never got an answer: its connection died
+    port = urlsplit(outbound.url).port
+    log = outbound.stack.settings.state_dir / "webhook-o-restarted.log"
+    env = {**child_env(outbound.stack.settings), **SECRETS, "TRUNKLINE_PUBLIC_URL": outbound.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trunkline.cli", "webhook-edge", "--edge-id", "webhook-o",
+         "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,  # noqa: SIM115
+    )  # fmt: skip
+    _edge.append(proc)
+    outbound.proc, outbound.log = proc, log
+    wait_healthy(proc, outbound.url, log)
+    # the unanswered attempt was checked: the same command_id again, one call
+    deadline = time.monotonic() + 30
+    while len([r for r in outbound.telnyx.posts("/v2/calls") if r["body"]["to"] == HELD_TO]) < 2:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    dials = [r for r in outbound.telnyx.posts("/v2/calls") if r["body"]["to"] == HELD_TO]
+    assert len(dials) == 2 and dials[0]["body"]["command_id"] == dials[1]["body"]["command_id"]
+    # the first call, placed before the crash, still ends when Telnyx says so
+    outbound.end_telnyx(placed.json(), 0)
+    # the resumed one is the restarted dialer's: placed once, then ended by Telnyx too
+    state = json.loads(base64.b64decode(dials[0]["body"]["client_state"]))
+    shown = outbound.get(state["callQueueId"]).json()
+    assert [a["outcome"] for a in shown["attempts"]] == ["placed"]
+    hangup = {"data": {"event_type": "call.hangup", "id": str(uuid.uuid4()),
+                       "payload": {"call_control_id": shown["providerCallId"],
+                                   "connection_id": "conn-test",
+                                   "client_state": dials[0]["body"]["client_state"],
+                                   "hangup_cause": "normal_clearing", "to": HELD_TO}}}  # fmt: skip
+    assert outbound.telnyx_event(hangup).status_code == 200
+    outbound.entry(state["callQueueId"], "Completed")
+    outbound.slots_free([placed.json()["id"], state["callQueueId"]], held)
