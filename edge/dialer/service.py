@@ -21,11 +21,12 @@ hands it each request; see docs/design.md for why), under its own dialer id.
   the attempt's From to its To since the attempt's start (`providers.twilio_match`);
   Vonage lists the calls since then with the same To. Nothing found (or the check itself
   failing) is a retryable `timeout`: the next provider tries.
-- **Kafka**: the machine's Publish actions go out through the edge's producers (history
-  and journal with the history profile, admission/routing/assignments with the decision
-  profile); the dialer follows its own key of the `outbound` journal: at start it replays
-  the last `TRUNKLINE_STATE_RETENTION_MS` of it and resumes what was pending, then takes
-  the providers' reports (OutboundReport) the webhook edges add.
+- **Kafka**: the machine's Publish actions go out through the edge's producers: the
+  request (to admission and the journal) with the decision profile, everything else
+  with the history profile's linger (nothing waits for it within 50 ms). The dialer
+  follows its own key of the `outbound` journal: at start it replays the last
+  `TRUNKLINE_STATE_RETENTION_MS` of it and resumes what was pending, then takes the
+  providers' reports (OutboundReport) the webhook edges add.
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ class ProviderClients:
         except requests.RequestException as exc:
             return _requests_outcome(exc)
         except Exception as exc:  # a secret missing, a model refusing a field...
+            if getattr(exc, "label", "") == "no_secret":  # this account cannot be used here
+                return pv.Refused(401, "no_secret", str(exc)[:300])
             return pv.Refused(0, None, f"{type(exc).__name__}: {exc}"[:300])
 
     def find(
@@ -419,9 +422,12 @@ class DialerService:
         call_id = p.record["envelope"]["call_id"]
         for dest in p.dests:
             key = p.keys.get(dest) or (call_id if dest == "call-events" else p.key)
-            profile: Profile = "history" if dest in ("call-events", "outbound") else "decision"
-            if dest == "outbound" and p.name == "OutboundCallRequested":
-                profile = "decision"  # in the journal before the decision can come back
+            # only the request itself is on the API's path (admission's copy and the
+            # journal's, which must be written before the decision can come back); the
+            # rest lingers with the history: the media node needs its assignment only when
+            # the callee answers, routing its CallAccepted within the redirect deadline
+            urgent = p.name == "OutboundCallRequested" and dest in ("admission", "outbound")
+            profile: Profile = "decision" if urgent else "history"
             self.out.produce(self.topics[dest], key.encode(), value, profile=profile)
 
     def _spawn(self, coro: Any) -> None:
@@ -505,8 +511,9 @@ class DialerService:
             return
         assert self.follower is not None
         if not self.follower.caught_up.is_set():  # replay: before start() goes on
-            try:
-                self.machine.replay(name, record, self.kinds(), time.time())
+            try:  # at the record's own time: deadlines fall where they would have
+                at = int(record["envelope"]["occurred_at"]) / 1000
+                self.machine.replay(name, record, self.kinds(), at)
             except Exception:
                 log.exception("journal record %s could not be replayed", name)
             return
