@@ -55,6 +55,12 @@ rebuilds the calls after a restart and `resume` says what to do next.
 Reports and results for an attempt that is no longer the current one change nothing; an
 old attempt that rings or answers anyway (a timed-out request that created a call after
 all) is hung up.
+
+After a restart the journal is a prefix of what happened (its last records may have been
+lost with the process), so every attempt of a resumed call that was not placed is
+checked instead of sent: Telnyx's check repeats the request with the same command_id
+(it places the call if the first never arrived), Twilio's and Vonage's look the call up
+and move on when they find none. A crash can cost a call a provider; it never makes two.
 """
 
 from __future__ import annotations
@@ -262,6 +268,9 @@ class Call:
     deadline: float | None = None
     old_calls: tuple[tuple[int, str], ...] = ()  # (attempt, provider call id) given up on
     tried: tuple[Mapping[str, Any], ...] = ()  # each attempt's outcome, for the API
+    #: rebuilt after a restart and not placed yet: the journal is a prefix of what
+    #: happened, so any later attempt may have been sent; each one is checked, never sent
+    resumed: bool = False
 
     @property
     def business_id(self) -> str:
@@ -485,7 +494,7 @@ class Dialer:
         out: list[Action] = []
         for call in list(self.calls.values()):
             if call.state is State.REQUESTED:
-                self._put(call, now + self.decision_timeout)
+                self._put(replace(call, resumed=True), now + self.decision_timeout)
                 out.append(
                     Publish(
                         ("admission",),
@@ -495,7 +504,7 @@ class Dialer:
                     )
                 )
             elif call.state is State.ATTEMPTING and not call.placed:
-                self._put(replace(call, state=State.CHECKING), call.deadline)
+                self._put(replace(call, state=State.CHECKING, resumed=True), call.deadline)
                 out.append(Dial(call.call_id, call.current, check=True))
             if call.routed and call.state not in FINISHED:  # idempotent at routing
                 out.insert(0, self._accepted(call, now))
@@ -556,7 +565,7 @@ class Dialer:
                 redirect_deadline=_ms(deadline),
             )
             out.append(Publish(("assignments",), routed["backend_id"], "CallRouted", routed))
-        return [*out, Dial(call.call_id, call.current)]
+        return [*out, Dial(call.call_id, call.current, check=call.resumed)]
 
     def _taken(self, call: Call, provider_call_id: str, now: float, lookup: bool) -> list[Action]:
         attempt = call.attempts[call.current]

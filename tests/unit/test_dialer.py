@@ -376,3 +376,18 @@ def test_requests_carry_the_tags_providers_send_back():
     assert vg["to"] == [{"type": "phone", "number": "4915112345678"}]
     assert vg["ncco"][0]["endpoint"][0]["uri"] == "ws://m:8081/vonage"
     assert f"sig={pv.vonage_sig('s3cret', t.tags())}" in vg["event_url"][0]
+
+
+def test_a_resumed_call_checks_every_attempt_it_may_have_sent():
+    """The journal lost everything after the request (the process died before its
+    linger): after the replayed decision, attempt 0 is checked, not sent; when the check
+    finds nothing the next attempt is checked as well."""
+    fresh = Dialer("webhook-1")
+    fresh.replay("OutboundCallRequested", request(), KINDS, T0)
+    fresh.resume(T0 + 1)
+    out = fresh.decision("CallRouted", routed(), T0 + 1.1)
+    assert [a for a in out if isinstance(a, Dial)] == [Dial("q-1", 0, check=True)]
+    out = fresh.result("q-1", 0, Failure("timeout", True, "not found"), T0 + 2)
+    assert [a for a in out if isinstance(a, Dial)] == [Dial("q-1", 1, check=True)]
+    out = fresh.result("q-1", 1, "v3:found", T0 + 3, lookup=True)
+    assert replies(out)[0].outcome == "placed"
