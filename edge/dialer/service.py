@@ -464,7 +464,9 @@ class DialerService:
             outcome = Failure("auth", True, f"account {call.attempts[dial.attempt].account_id} "
                               "is not configured on this edge")  # fmt: skip
         elif dial.check and kind != "TELNYX":
-            since = self.started.get((dial.call_id, dial.attempt), int(time.time() * 1000) - 60_000)
+            # since the attempt began, or (after a restart) since the call was requested
+            requested = int(call.request["envelope"]["occurred_at"])
+            since = self.started.get((dial.call_id, dial.attempt), requested)
             exclude = {
                 c.provider_call_id for c in self.machine.calls.values() if c.provider_call_id
             }
