@@ -2,17 +2,21 @@
 machine (`edge.dialer.machine`). Thin. It runs inside the HTTP edge process (the API
 hands it each request; see docs/design.md for why), under its own dialer id.
 
-- **SDKs, in a thread pool** (they are blocking `requests`/`httpx` clients; the event loop
-  never waits on them), each pointed at the account's `apiBaseUrl`:
-  - Twilio: `twilio.rest.Client` with `RebasedTwilioHttpClient`, a `TwilioHttpClient`
-    that rewrites the scheme and host of every URL the SDK builds: the SDK only lets
-    `edge`/`region` change the host's labels (`api.{edge}.{region}.twilio.com`), never
-    the whole base URL.
-  - Telnyx: `telnyx.Telnyx(base_url=apiBaseUrl + "/v2", max_retries=0)`: the SDK takes a
-    base URL; its own retries are off, so failover stays ours.
+- **SDKs**, each pointed at the account's `apiBaseUrl`, never blocking the event loop:
+  - Twilio: `twilio.rest.Client` with `RebasedAsyncTwilioHttpClient`, an
+    `AsyncTwilioHttpClient` (aiohttp) that rewrites the scheme and host of every URL the
+    SDK builds (the SDK only lets `edge`/`region` change the host's labels,
+    `api.{edge}.{region}.twilio.com`, never the whole base URL); the SDK's `*_async`
+    calls run on the loop.
+  - Telnyx: `telnyx.AsyncTelnyx(base_url=apiBaseUrl + "/v2", max_retries=0)`: the SDK takes
+    a base URL; its own retries are off, so failover stays ours.
   - Vonage: `vonage.Vonage` with `HttpClientOptions(api_host=...)`; the SDK always builds
     `https://{api_host}`, so a `requests` adapter mounted on its session rewrites that
     prefix to `apiBaseUrl` (which may be `http://`, for tests and on-premise gateways).
+    It has no async client: its calls run in a small thread pool.
+  (The blocking clients of Twilio and Telnyx in a thread pool were measured first: a
+  2.4 ms request took tens to hundreds of ms under load, the pool's threads queueing for
+  the GIL the event loop held; docs/benchmarks.md.)
 - **Answers** are reduced to `providers.Outcome`: connect errors and connect timeouts are
   `NoConnection` (nothing was sent), a read timeout or a connection lost after sending is
   `NoResponse` (the call may exist), an error status is `Refused`.
@@ -41,13 +45,15 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import httpx
 import requests
 import telnyx
 from prometheus_client import Counter, Histogram
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client as TwilioClient
 from vonage import Auth, HttpClientOptions, Vonage
 from vonage_http_client.errors import HttpRequestError
@@ -113,20 +119,44 @@ def _rebase(url: str, base: str) -> str:
                                      path=to.path.rstrip("/") + parts.path))  # fmt: skip
 
 
-class RebasedTwilioHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """Twilio's HTTP client sending every request to `base` instead of api.twilio.com."""
+class RebasedAsyncTwilioHttpClient(AsyncTwilioHttpClient):  # type: ignore[misc]
+    """Twilio's aiohttp client sending every request to `base` instead of api.twilio.com,
+    with connect and read timeouts of our own (the SDK's take one number)."""
 
     def __init__(self, base: str) -> None:
-        super().__init__(timeout=READ_TIMEOUT_S)
+        super().__init__(pool_connections=False)
         self.base = base
-        self.timeout = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-        if self.session is not None:  # the SDK mounts a pool for https:// only
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
-            self.session.mount("http://", adapter)
-            self.session.mount("https://", adapter)
+        self.session: aiohttp.ClientSession | None = None  # made on the loop, when first used
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        return super().request(method, _rebase(url, self.base), *args, **kwargs)
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> TwilioResponse:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=CONNECT_TIMEOUT_S + READ_TIMEOUT_S,
+                    connect=CONNECT_TIMEOUT_S,
+                    sock_read=READ_TIMEOUT_S,
+                )
+            )
+        async with self.session.request(
+            method.upper(),
+            _rebase(url, self.base),
+            params=params,
+            data=data,
+            headers=headers,
+            auth=aiohttp.BasicAuth(*auth) if auth else None,
+            allow_redirects=allow_redirects,
+        ) as resp:
+            return TwilioResponse(resp.status, await resp.text(), resp.headers)
 
 
 class _RebaseAdapter(HTTPAdapter):
@@ -141,6 +171,13 @@ class _RebaseAdapter(HTTPAdapter):
             request.url = self.base + request.url[len(self.prefix) :]
         kwargs["timeout"] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
         return super().send(request, *args, **kwargs)
+
+
+def _aiohttp_outcome(exc: BaseException) -> pv.Outcome:
+    text = f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        return pv.NoConnection(text)
+    return pv.NoResponse(text)  # sent (or maybe sent), no answer in time
 
 
 def _requests_outcome(exc: requests.RequestException) -> pv.Outcome:
@@ -176,22 +213,22 @@ class ProviderClients:
                 account.account_sid,
                 account.secret("authToken"),
                 account_sid=account.account_sid,
-                http_client=RebasedTwilioHttpClient(account.api),
+                http_client=RebasedAsyncTwilioHttpClient(account.api),
             )
 
         client: TwilioClient = self._get("twilio", account, make)
         return client
 
-    def telnyx(self, account: ProviderAccount) -> telnyx.Telnyx:
-        def make() -> telnyx.Telnyx:
-            return telnyx.Telnyx(
+    def telnyx(self, account: ProviderAccount) -> telnyx.AsyncTelnyx:
+        def make() -> telnyx.AsyncTelnyx:
+            return telnyx.AsyncTelnyx(
                 api_key=account.secret("apiKey"),
                 base_url=f"{account.api}/v2",
                 max_retries=0,
                 timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             )
 
-        client: telnyx.Telnyx = self._get("telnyx", account, make)
+        client: telnyx.AsyncTelnyx = self._get("telnyx", account, make)
         return client
 
     def vonage(self, account: ProviderAccount) -> Vonage:
@@ -208,20 +245,36 @@ class ProviderClients:
         client: Vonage = self._get("vonage", account, make)
         return client
 
-    # -- the three requests (blocking: run in the pool) -------------------------------------
-    def create(self, kind: str, account: ProviderAccount, target: pv.Target) -> pv.Outcome:
+    async def close(self) -> None:
+        """Close the async clients' sessions (on the loop that made them)."""
+        with self._lock:
+            clients, self._clients = list(self._clients.items()), {}
+        for (kind, _, _), client in clients:
+            try:
+                if kind == "twilio" and client.http_client.session is not None:
+                    await client.http_client.session.close()
+                elif kind == "telnyx":
+                    await client.close()
+            except Exception as exc:  # closing is best effort
+                log.debug("closing a %s client: %s", kind, exc)
+
+    # -- the three requests --------------------------------------------------------------
+    async def create(
+        self, kind: str, account: ProviderAccount, target: pv.Target, pool: ThreadPoolExecutor
+    ) -> pv.Outcome:
+        """One create-call request: Twilio and Telnyx on the loop, Vonage in the pool."""
+        if kind == "VONAGE":
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, self._vonage_create, account, target
+            )
         try:
             if kind == "TWILIO":
-                call = self.twilio(account).calls.create(**pv.twilio_create(target))
+                call = await self.twilio(account).calls.create_async(**pv.twilio_create(target))
                 return pv.Created(str(call.sid))
-            if kind == "TELNYX":
-                dialed = self.telnyx(account).calls.dial(
-                    **pv.telnyx_dial(target, account.connection_id)
-                )
-                return pv.Created(dialed.data.call_control_id if dialed.data else "")
-            fields = pv.vonage_create(target, account.id, account.secret("signatureSecret"))
-            made = self.vonage(account).voice.create_call(CreateCallRequest(**fields))
-            return pv.Created(made.uuid)
+            dialed = await self.telnyx(account).calls.dial(
+                **pv.telnyx_dial(target, account.connection_id)
+            )
+            return pv.Created(dialed.data.call_control_id if dialed.data else "")
         except TwilioRestException as exc:
             return pv.Refused(exc.status, str(exc.code) if exc.code else None, str(exc.msg)[:300])
         except telnyx.APIStatusError as exc:
@@ -231,6 +284,16 @@ class ProviderClients:
             if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout)):
                 return pv.NoConnection(str(cause)[:300])
             return pv.NoResponse(str(cause or exc)[:300])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _aiohttp_outcome(exc)
+        except Exception as exc:  # a secret missing, a model refusing a field...
+            return _other(exc)
+
+    def _vonage_create(self, account: ProviderAccount, target: pv.Target) -> pv.Outcome:
+        try:
+            fields = pv.vonage_create(target, account.id, account.secret("signatureSecret"))
+            made = self.vonage(account).voice.create_call(CreateCallRequest(**fields))
+            return pv.Created(made.uuid)
         except HttpRequestError as exc:
             try:
                 body: object = exc.response.json()
@@ -239,20 +302,18 @@ class ProviderClients:
             return pv.vonage_error(exc.response.status_code, body)
         except requests.RequestException as exc:
             return _requests_outcome(exc)
-        except Exception as exc:  # a secret missing, a model refusing a field...
-            if getattr(exc, "label", "") == "no_secret":  # this account cannot be used here
-                return pv.Refused(401, "no_secret", str(exc)[:300])
-            return pv.Refused(0, None, f"{type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:
+            return _other(exc)
 
-    def find(
+    async def find(
         self, kind: str, account: ProviderAccount, target: pv.Target, since_ms: int,
-        exclude: set[str],
+        exclude: set[str], pool: ThreadPoolExecutor,
     ) -> str | None:  # fmt: skip
         """The call a timed-out create made, if any (Twilio, Vonage)."""
         since = datetime.fromtimestamp(since_ms / 1000, UTC)
         try:
             if kind == "TWILIO":
-                calls = self.twilio(account).calls.list(
+                calls = await self.twilio(account).calls.list_async(
                     to=target.to_number,
                     from_=target.from_number,
                     start_time_after=since.replace(hour=0, minute=0, second=0, microsecond=0),
@@ -261,28 +322,46 @@ class ProviderClients:
                 rows = [{"sid": c.sid, "date_created": c.date_created} for c in calls]
                 return pv.twilio_match(rows, since_ms, exclude)
             if kind == "VONAGE":
-                found = self.vonage(account).voice.list_calls(
-                    ListCallsFilter(date_start=since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+                return await asyncio.get_running_loop().run_in_executor(
+                    pool, self._vonage_find, account, target, since, exclude
                 )
-                calls_found = found[0] if isinstance(found, tuple) else found
-                for c in calls_found or []:
-                    to = getattr(getattr(c, "to", None), "number", "")
-                    if to == target.to_number.lstrip("+") and c.uuid not in exclude:
-                        return str(c.uuid)
         except Exception as exc:
             log.warning("call %s: looking the call up failed: %s", target.call_id, exc)
         return None
 
-    def hangup(self, kind: str, account: ProviderAccount, provider_call_id: str) -> None:
+    def _vonage_find(
+        self, account: ProviderAccount, target: pv.Target, since: datetime, exclude: set[str]
+    ) -> str | None:
+        found = self.vonage(account).voice.list_calls(
+            ListCallsFilter(date_start=since.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        )
+        calls_found = found[0] if isinstance(found, tuple) else found
+        for c in calls_found or []:
+            to = getattr(getattr(c, "to", None), "number", "")
+            if to == target.to_number.lstrip("+") and c.uuid not in exclude:
+                return str(c.uuid)
+        return None
+
+    async def hangup(
+        self, kind: str, account: ProviderAccount, provider_call_id: str, pool: ThreadPoolExecutor
+    ) -> None:
         try:
             if kind == "TWILIO":
-                self.twilio(account).calls(provider_call_id).update(status="completed")
+                await self.twilio(account).calls(provider_call_id).update_async(status="completed")
             elif kind == "TELNYX":
-                self.telnyx(account).calls.actions.hangup(provider_call_id)
+                await self.telnyx(account).calls.actions.hangup(provider_call_id)
             else:
-                self.vonage(account).voice.hangup(provider_call_id)
+                await asyncio.get_running_loop().run_in_executor(
+                    pool, self.vonage(account).voice.hangup, provider_call_id
+                )
         except Exception as exc:
             log.warning("hanging up %s %s failed: %s", kind, provider_call_id, exc)
+
+
+def _other(exc: Exception) -> pv.Outcome:
+    if getattr(exc, "label", "") == "no_secret":  # this account cannot be used on this edge
+        return pv.Refused(401, "no_secret", str(exc)[:300])
+    return pv.Refused(0, None, f"{type(exc).__name__}: {exc}"[:300])
 
 
 class DialerService:
@@ -312,7 +391,7 @@ class DialerService:
         self.kinds = kinds
         self.bootstrap = bootstrap
         self.clients = clients or ProviderClients()
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dialer")
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dialer-vonage")
         self.waiters: dict[str, list[asyncio.Future[Reply]]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.follower: KeyFollower | None = None
@@ -357,6 +436,7 @@ class DialerService:
             task.cancel()
         if self.follower is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.follower.stop)
+        await self.clients.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -470,9 +550,7 @@ class DialerService:
             exclude = {
                 c.provider_call_id for c in self.machine.calls.values() if c.provider_call_id
             }
-            found = await self.loop.run_in_executor(
-                self.pool, self.clients.find, kind, account, target, since, exclude
-            )
+            found = await self.clients.find(kind, account, target, since, exclude, self.pool)
             lookup = found is not None
             outcome = found or Failure(
                 "timeout", True, "no answer to create-call and no call found by looking it up"
@@ -481,9 +559,7 @@ class DialerService:
             self.started.setdefault((dial.call_id, dial.attempt), int(time.time() * 1000))
             self.dials += 1
             sent = time.monotonic()
-            answer = await self.loop.run_in_executor(
-                self.pool, self.clients.create, kind, account, target
-            )
+            answer = await self.clients.create(kind, account, target, self.pool)
             STAGES.labels("provider").observe(time.monotonic() - sent)
             PROVIDER_REQUESTS.labels(kind.lower(), type(answer).__name__.lower()).inc()
             outcome = pv.classify(kind, answer)
@@ -500,9 +576,7 @@ class DialerService:
         plan = call.attempts[h.attempt]
         account = self.accounts(plan.account_id)
         if account is not None:
-            await self.loop.run_in_executor(
-                self.pool, self.clients.hangup, plan.provider, account, h.provider_call_id
-            )
+            await self.clients.hangup(plan.provider, account, h.provider_call_id, self.pool)
 
     # -- the journal (the follower's thread) ----------------------------------------------
     def _journal_bytes(self, value: bytes) -> None:

@@ -239,9 +239,9 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
     while True:
         assert proc.poll() is None, log.read_text()
         try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy to answer
             pass
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
