@@ -501,8 +501,10 @@ def test_plan_limit_gives_429_with_retry_after(outbound: Outbound):
     held = outbound.held()
     first = outbound.post(body, key=KEY_LIMIT)
     assert first.status_code == 201, first.text
+    sent_before = len(outbound.twilio.posts("Calls.json"))
     second = outbound.post(body, key=KEY_LIMIT)
     assert second.status_code == 429, second.text
+    assert len(outbound.twilio.posts("Calls.json")) == sent_before  # refused: never dialed
     assert int(second.headers["Retry-After"]) > 0
     assert "limit" in second.json()["error"]
     # the first call ends (Twilio says busy): its slot is free again
