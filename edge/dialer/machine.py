@@ -81,6 +81,9 @@ INFRA_SIP = frozenset({408, 500, 503, 504})
 #: an attempt may ring this long past its ring timeout before the dialer gives up on
 #: reports that never came (the provider's own no-answer normally arrives first)
 RING_GRACE_S = 30.0
+#: an answered call whose end no provider report brings is forgotten after this long (the
+#: media node's own CallEnded frees its slots when the stream closes)
+MAX_CALL_S = 4 * 3600.0
 
 
 class State(enum.Enum):
@@ -434,6 +437,11 @@ class Dialer:
         if state is State.ENDED:
             self._finish(call, now)
             return out + self._end(call, report, now)
+        if state is State.ANSWERED:  # the media node carries it now; no ring deadline
+            self._put(call, None)
+            self._forget[call_id] = now + MAX_CALL_S  # in case its end is never reported
+            heapq.heappush(self._timers, (now + MAX_CALL_S, call_id))
+            return out
         self._put(call, call.deadline)
         return out
 

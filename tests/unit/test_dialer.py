@@ -248,6 +248,7 @@ def test_no_failover_after_answer():
     d, _ = started()
     d.result("q-1", 0, "CA1", T0)
     d.report("q-1", report("ANSWERED"), T0 + 1)
+    assert d.expire(T0 + 600) == [] and d.calls["q-1"].state is State.ANSWERED  # no ring limit
     out = d.report("q-1", report("ENDED", reason="failed", sip=503, event="e2"), T0 + 9)
     assert not [a for a in out if isinstance(a, Dial)]
     assert names(out, "admission") == ["CallEnded"]
@@ -391,3 +392,11 @@ def test_a_resumed_call_checks_every_attempt_it_may_have_sent():
     assert [a for a in out if isinstance(a, Dial)] == [Dial("q-1", 1, check=True)]
     out = fresh.result("q-1", 1, "v3:found", T0 + 3, lookup=True)
     assert replies(out)[0].outcome == "placed"
+
+
+def test_an_answered_call_whose_end_never_comes_is_forgotten():
+    d, _ = started()
+    d.result("q-1", 0, "CA1", T0)
+    d.report("q-1", report("ANSWERED"), T0 + 1)
+    assert d.expire(T0 + 1 + 4 * 3600) == []  # nothing is published: the node ends it
+    assert "q-1" not in d.calls
