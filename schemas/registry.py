@@ -27,6 +27,9 @@ LIFECYCLE_EVENTS = (
     "CallAnswered",
     "CallEnded",
     "CallProgress",
+    "OutboundCallRequested",
+    "OutboundAttempt",
+    "OutboundAttemptFailed",
 )
 CONFIG_RECORDS = (
     "Plan",
@@ -36,8 +39,9 @@ CONFIG_RECORDS = (
     "BackendServer",
     "BypassRule",
     "ProviderAccount",
+    "ApiKey",
 )
-OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick")
+OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick", "OutboundReport")
 TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS
 
 

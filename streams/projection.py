@@ -56,6 +56,12 @@ STATUS: dict[str, tuple[str, int]] = {
     "CallEnded": (CallStatus.FAILED, 70),
     # a provider's progress report (ringing...): a log line that never moves the status
     "CallProgress": (CallStatus.QUEUED, 5),
+    # an outbound call (POST /v1/calls) starts its queue entry like an offer; each
+    # provider attempt and failed attempt is a log line that never moves the status
+    # (only the last attempt's failure is the call's outcome: the dialer's CallEnded)
+    "OutboundCallRequested": (CallStatus.QUEUED, 10),
+    "OutboundAttempt": (CallStatus.QUEUED, 5),
+    "OutboundAttemptFailed": (CallStatus.QUEUED, 5),
 }
 #: CallEnded reason -> status; any other reason is a failure
 END_STATUS: dict[str, str] = {
@@ -124,7 +130,36 @@ def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _outbound_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
+    """Log lines of outbound calls (the REST API and the dialer)."""
+    if name == "OutboundCallRequested":
+        return "Info", (
+            f"Outbound call requested through {r['edge_id']} (API key {r.get('api_key_id') or '?'})"
+            f": {r['from_number']} ({r['phone_id']}) to {r['to_number']}, providers "
+            f"{', '.join(r.get('providers') or []) or '-'}"
+        )
+    if name == "OutboundAttempt":
+        how = " (found by lookup after a timeout)" if r.get("found_by_lookup") else ""
+        return "Info", (
+            f"Attempt {r['attempt'] + 1} through {r['account_id']} ({_title(r['provider'])}): "
+            f"call {r.get('provider_call_id') or '?'} created from {r.get('from_number')}{how}"
+        )
+    if name == "OutboundAttemptFailed":
+        http = f" HTTP {r['http_status']}" if r.get("http_status") is not None else ""
+        code = f" code {r['provider_error_code']}" if r.get("provider_error_code") else ""
+        detail = f": {r['detail']}" if r.get("detail") else ""
+        then = "trying the next provider" if r.get("retryable") else "no failover"
+        return "Warning" if r.get("retryable") else "Error", (
+            f"Attempt {r['attempt'] + 1} through {r['account_id']} ({_title(r['provider'])}) "
+            f"failed: {r['reason']}{http}{code}{detail} ({then})"
+        )
+    return None
+
+
 def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
+    outbound = _outbound_log(name, r)
+    if outbound is not None:
+        return outbound
     provided = _provider_log(name, r)
     if provided is not None:
         return provided
@@ -217,7 +252,7 @@ def event_row(
         orjson.dumps(r).decode(),  # payload
         partition,  # kafka_partition
         offset,  # kafka_offset
-        _s(r.get("provider_account_id")),  # provider_account_id
+        _s(r.get("provider_account_id") or r.get("account_id")),  # provider_account_id
         _s(r.get("hangup_cause")),  # hangup_cause
         r.get("provider_duration_ms") or 0,  # provider_duration_ms
         media.get("mos") or 0.0,  # mos

@@ -9,8 +9,9 @@ Business b-1 (plan limit 3), hour 10:00 UTC on 2026-01-05, backend-1, region us-
     B     SIP      INBOUND   30 s   31.5 s  91.5 s 60 s  routed  +80ms   PCMU 5% loss
     C     SIP      INBOUND   45 s   45.5 s  75.5 s 30 s  routed  +300ms  PCMA 0%, jitter 10
     D     SIP      INBOUND   50 s   -       -      -     rejected 486 +50ms (plan full)
-    F     TWILIO   OUTBOUND  10 s   15 s    30 s   15 s  routed  +200ms  PCMU 0% loss,
-                                                                         ringing at 12 s
+    F     TELNYX   OUTBOUND  10 s   15 s    30 s   15 s  routed  +200ms  PCMU 0% loss,
+          (requested through the API; Twilio's attempt failed, Telnyx's carried it and
+          rang at 12 s)
 
 SIP inbound (A-D): attempts 4, answered 3 (ASR 0.75), effective 4 (NER 1: a 486 is the
 callee's side), answered seconds 144 (ACD 48 s), PDD 1000/1500/500 ms (average 1000,
@@ -67,15 +68,25 @@ def answered_call(
     t = T0 + int(offer_s * 1000)
     answer, end = T0 + int(answer_s * 1000), T0 + int(end_s * 1000)
     routed = {"backend_id": "backend-1", "region_id": "us-east-1", **_common(business, provider)}
-    events = [
-        _event(
+    if direction == "OUTBOUND":  # the REST API's request, then the dialer's attempts
+        start = _event(
+            "OutboundCallRequested",
+            call_id,
+            t,
+            **_common(business, "TWILIO"),
+            phone_id=f"n-{business}",
+        )
+    else:
+        start = _event(
             "CallOffered",
             call_id,
             t,
             **_common(business, provider),
             direction=direction,
             phone_id=f"n-{business}",
-        ),
+        )
+    events = [
+        start,
         _event(
             "CallAdmitted",
             call_id,
@@ -87,6 +98,27 @@ def answered_call(
         ),
         _event("CallRouted", call_id, t, t + decision_ms, **routed),
     ]
+    if direction == "OUTBOUND":
+        events += [
+            _event(
+                "OutboundAttemptFailed",
+                call_id,
+                t + 250,
+                attempt=0,
+                provider="TWILIO",
+                account_id="twilio-main",
+                business_id=business,
+            ),
+            _event(
+                "OutboundAttempt",
+                call_id,
+                t + 300,
+                attempt=1,
+                provider=provider,
+                account_id=f"{provider.lower()}-main",
+                business_id=business,
+            ),
+        ]
     if ringing_s is not None:
         ring = T0 + int(ringing_s * 1000)
         events.append(
@@ -134,7 +166,7 @@ def history() -> list[Event]:
             region_id="us-east-1",
         ),
         *answered_call(
-            "call-f", 10, 15, 30, 200, provider="TWILIO", direction="OUTBOUND", ringing_s=12
+            "call-f", 10, 15, 30, 200, provider="TELNYX", direction="OUTBOUND", ringing_s=12
         ),
         _event("CallOffered", "call-e", e, **_common("b-2"), phone_id="n-b-2"),
         _event(

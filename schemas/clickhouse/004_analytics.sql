@@ -15,7 +15,7 @@
 --                  provider of its last attempt, the one that carried it
 --   answered       a CallAnswered was seen (media flowed)
 --   pdd_ms         post-dial delay: the offer to the first ringing (a provider's
---                  `ringing` progress) or answer (the backend's 200 OK / stream start),
+--                  ringing progress report) or answer (the backend's 200 OK / stream start),
 --                  NULL when neither came; across producers' wall clocks
 --   effective      counts for NER (ITU-T E.425): answered, or ended by the caller or
 --                  callee's side (cancelled, busy, no answer, a 4xx refusal such as a
@@ -83,7 +83,7 @@ FROM (
         minIfOrNull(occurred_at,
             event_type IN ('CallAccepted', 'CallAnswered')
             OR (event_type = 'CallProgress'
-                AND lower(JSONExtractString(payload, 'provider_status')) = 'ringing'))
+                AND positionCaseInsensitive(JSONExtractString(payload, 'provider_status'), 'ring') > 0))
                                                                             AS first_response_at,
         if(maxIf(talk_ms, event_type = 'CallEnded') > 0,
             maxIf(talk_ms, event_type = 'CallEnded'),

@@ -28,7 +28,8 @@ def q(store, sql):
 
 def test_the_crafted_history_is_what_the_docstring_says():
     names = [name for name, _, _ in history()]
-    assert names.count("CallOffered") == 6 and names.count("CallAnswered") == 4
+    assert names.count("CallOffered") == 5 and names.count("OutboundCallRequested") == 1
+    assert names.count("CallAnswered") == 4
     assert min(r["envelope"]["occurred_at"] for _, r, _ in history()) == T0
 
 
@@ -47,9 +48,10 @@ def test_calls_hourly_asr_three_of_four_ner_acd_pdd_and_rejections(store):
 
 def test_calls_hourly_splits_by_provider_direction_and_business(store):
     (out,) = q(store, "SELECT * FROM {db}.calls_hourly WHERE direction = 'OUTBOUND'")
+    # the provider that carried the call: its last attempt's (Twilio's failed first)
     assert (out["business_id"], out["provider"], out["attempts"], out["answered"]) == (
         "b-1",
-        "TWILIO",
+        "TELNYX",
         1,
         1,
     )

@@ -105,3 +105,10 @@ def test_admissions_carry_the_plan_they_were_judged_against():
     assert (r["plan_id"], r["plan_limit"]) == ("starter", 2)
     r, _ = row("CallOffered")
     assert (r["plan_id"], r["plan_limit"]) == ("", 0)
+
+
+def test_an_outbound_request_starts_an_outbound_call():
+    record = sample("OutboundCallRequested", at_ms=1_700_000_000_000)
+    record["envelope"]["call_id"] = "out-1"
+    values = dict(zip(COLUMNS, event_row("OutboundCallRequested", record), strict=True))
+    assert (values["direction"], values["status"]) == ("OUTBOUND", "Queued")

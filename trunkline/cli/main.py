@@ -19,6 +19,7 @@ from trunkline.cli import (
     call,
     calls,
     config,
+    dial,
     heartbeats,
     kafka,
     lifecycle,
@@ -39,7 +40,9 @@ from trunkline.core.settings import Settings, SettingsError
 from trunkline.stack.base import BadInput, StackError
 
 #: the command groups, in `trunkline --help` order
-COMMAND_GROUPS = (lifecycle, kafka, topics, config, services, heartbeats, call, calls, sql, report)
+COMMAND_GROUPS = (
+    lifecycle, kafka, topics, config, services, heartbeats, call, dial, calls, sql, report,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,11 @@ def register(sub: Subparsers) -> None:
     )
     wh.add_argument("--edge-id", default="webhook-1", help="this edge's id (decisions key)")
     wh.add_argument(
+        "--dialer-id",
+        help="the id of this process's outbound dialer (its journal key; default: the edge "
+        "id). Unique per process: edges sharing an --edge-id need distinct dialer ids",
+    )
+    wh.add_argument(
         "--listen", help="HTTP address (env TRUNKLINE_HTTP_LISTEN, default 127.0.0.1:8080)"
     )
     add_loglevel(wh)
@@ -161,7 +166,7 @@ def cmd_webhook_edge(args: argparse.Namespace, ctx: Context) -> int:
         listen = Listen.parse(address)
     except ValueError as exc:
         raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
-    edge = WebhookEdge(s, args.edge_id, listen.host, listen.port)
+    edge = WebhookEdge(s, args.edge_id, listen.host, listen.port, dialer_id=args.dialer_id)
     try:
         asyncio.run(run_webhook_edge(edge))
     except SecretError as exc:

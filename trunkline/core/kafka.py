@@ -443,8 +443,10 @@ class _Follower:
 class KeyFollower(_Follower):
     """Follows the one partition of `topic` that `key` hashes to, handing on only the
     records under `key` (an edge's decisions, a media node's assignments). It starts
-    `lookback` records before the partition's end, and is assigned (not subscribed: no
-    group join) before the constructor returns, so nothing produced after it is missed."""
+    `lookback` records before the partition's end, or at the first record of `start_ms`
+    or later (a dialer re-reading its journal), and is assigned (not subscribed: no group
+    join) before the constructor returns, so nothing produced after it is missed.
+    `caught_up` is set once the records that existed at the start were handed on."""
 
     def __init__(
         self,
@@ -454,6 +456,7 @@ class KeyFollower(_Follower):
         key: str,
         on_value: Callable[[bytes], None],
         lookback: int = 0,
+        start_ms: int | None = None,
         **extra: Any,
     ) -> None:
         conf: dict[str, Any] = {
@@ -470,16 +473,25 @@ class KeyFollower(_Follower):
             partitions = _topic_partitions(c, topic, 10)
             partition = partition_for(key.encode(), len(partitions))
             low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            c.assign([TopicPartition(topic, partition, max(low, high - lookback))])
+            start = max(low, high - lookback)
+            if start_ms is not None:
+                found = c.offsets_for_times([TopicPartition(topic, partition, start_ms)], 10)
+                start = found[0].offset if found and found[0].offset >= 0 else high
+            c.assign([TopicPartition(topic, partition, start)])
         except BaseException:
             c.close()
             raise
         wanted = key.encode()
+        self.caught_up = threading.Event()
+        if start >= high:
+            self.caught_up.set()
 
         def on_message(msg: Message) -> None:
             value = msg.value()
             if msg.key() == wanted and value is not None:
                 on_value(value)
+            if not self.caught_up.is_set() and (msg.offset() or 0) + 1 >= high:
+                self.caught_up.set()
 
         super().__init__(f"follow-{topic}-{key}", c, on_message)
 
