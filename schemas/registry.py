@@ -30,6 +30,7 @@ LIFECYCLE_EVENTS = (
     "OutboundCallRequested",
     "OutboundAttempt",
     "OutboundAttemptFailed",
+    "CallCost",
 )
 CONFIG_RECORDS = (
     "Plan",
@@ -40,9 +41,14 @@ CONFIG_RECORDS = (
     "BypassRule",
     "ProviderAccount",
     "ApiKey",
+    "RatePlan",
+    "WebhookSubscription",
 )
 OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick", "OutboundReport")
-TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS
+#: billing and lifecycle webhooks: CallRated (topic billing), the webhook service's
+#: delivery log and operator commands
+BILLING_RECORDS = ("CallRated", "WebhookAttempt", "WebhookCommand")
+TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS + BILLING_RECORDS
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import clickhouse_connect
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from streams.projection import COLUMNS, Row, json_compact_each_row
+from streams.projection import TABLE_COLUMNS, Row, json_compact_each_row
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
 DEFAULT_DATABASE = "trunkline"
@@ -80,13 +80,17 @@ class ClickHouseStore:
 
     def insert_events(self, rows: list[Row]) -> None:
         """Insert projection rows (streams.projection.event_row) as JSONCompactEachRow."""
+        self.insert_rows("call_events_log", rows)
+
+    def insert_rows(self, table: str, rows: list[Row]) -> None:
+        """Insert rows of one of streams.projection.TABLE_COLUMNS' tables."""
         if not rows:
             return
         block = json_compact_each_row(rows)
         with self._lock:
             self.client.raw_insert(
-                f"{self.database}.call_events_log",
-                list(COLUMNS),
+                f"{self.database}.{table}",
+                list(TABLE_COLUMNS[table]),
                 insert_block=block,
                 fmt="JSONCompactEachRow",
             )

@@ -62,6 +62,8 @@ STATUS: dict[str, tuple[str, int]] = {
     "OutboundCallRequested": (CallStatus.QUEUED, 10),
     "OutboundAttempt": (CallStatus.QUEUED, 5),
     "OutboundAttemptFailed": (CallStatus.QUEUED, 5),
+    # a provider's cost report (Telnyx call.cost), after the end: a log line only
+    "CallCost": (CallStatus.QUEUED, 5),
 }
 #: CallEnded reason -> status; any other reason is a failure
 END_STATUS: dict[str, str] = {
@@ -117,6 +119,8 @@ def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
         return "Info", f"{_title(provider)} status {r.get('provider_status')}: call answered"
     if name == "CallProgress":
         return "Info", f"{_title(provider)} status {r.get('provider_status')}"
+    if name == "CallCost":
+        return "Info", f"{_title(provider)} reported the call's cost: {r['cost']} {r['currency']}"
     if name == "CallEnded":
         duration = r.get("provider_duration_ms")
         took = f" after {duration / 1000:.0f} s" if duration is not None else ""
@@ -267,3 +271,78 @@ def json_compact_each_row(rows: list[Row]) -> bytes:
     """Rows as ClickHouse JSONCompactEachRow (one JSON array per line, COLUMNS order):
     ClickHouse parses it in C++, so Python only pays for orjson."""
     return b"\n".join(map(orjson.dumps, rows))
+
+
+# -- billing and webhook deliveries (tables of their own) ---------------------------------
+BILLING_COLUMNS: tuple[str, ...] = (
+    "call_id", "event_id", "rating_run", "business_id", "direction", "provider",
+    "provider_account_id", "provider_call_id", "started_at", "ended_at", "connected",
+    "talk_seconds", "billable_seconds", "rate_plan_id", "rate_plan_version", "increment",
+    "currency", "per_minute", "connect_fee", "amount", "provider_cost",
+    "provider_cost_currency", "reason", "rated_event_id", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+DELIVERY_COLUMNS: tuple[str, ...] = (
+    "subscription_id", "webhook_id", "attempt", "event_id", "source_event_id", "event_type",
+    "call_id", "business_id", "url", "status_code", "error", "latency_ms", "outcome",
+    "next_attempt_at", "attempted_at", "body", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+
+
+def _money(value: Any) -> str | None:
+    """A decimal as its exact text (ClickHouse parses it into Decimal(18, 6))."""
+    return None if value is None else str(value)
+
+
+def billing_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+    """One `billing_records_log` row from a CallRated record."""
+    env = r["envelope"]
+    if not env.get("call_id"):
+        raise ProjectionError(f"CallRated {env.get('event_id')} has no call_id")
+    return (
+        env["call_id"], env["event_id"], int(r["rating_run"]), r["business_id"],
+        r["direction"], _s(r["provider"]), r.get("provider_account_id") or "",
+        r.get("provider_call_id") or "", _instant(int(r["started_at"])),
+        _instant(int(r["ended_at"])), 1 if r["connected"] else 0, int(r["talk_seconds"]),
+        int(r["billable_seconds"]), r["rate_plan_id"], int(r["rate_plan_version"]),
+        r.get("increment") or "", r["currency"], _money(r["per_minute"]),
+        _money(r["connect_fee"]), _money(r["amount"]), _money(r.get("provider_cost")),
+        r.get("provider_cost_currency") or "", r.get("reason") or "", r["rated_event_id"],
+        partition, offset,
+    )  # fmt: skip
+
+
+def delivery_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+    """One `webhook_deliveries_log` row from a WebhookAttempt record."""
+    env = r["envelope"]
+    return (
+        r["subscription_id"], r["webhook_id"], int(r["attempt"]), env["event_id"],
+        r["source_event_id"], r["event_type"], env.get("call_id") or "",
+        r.get("business_id") or "", r["url"], r.get("status_code") or 0, r.get("error") or "",
+        int(r.get("latency_ms") or 0), r["outcome"],
+        _instant(int(r["next_attempt_at"])) if r.get("next_attempt_at") else None,
+        _instant(int(r["attempted_at"])), r["body"], partition, offset,
+    )  # fmt: skip
+
+
+#: ClickHouse table -> its columns, for each kind of row the sink writes
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "call_events_log": COLUMNS,
+    "billing_records_log": BILLING_COLUMNS,
+    "webhook_deliveries_log": DELIVERY_COLUMNS,
+}
+
+
+def table_row(
+    name: str,
+    r: dict[str, Any],
+    partition: int = 0,
+    offset: int = 0,
+    published_ms: int | None = None,
+) -> tuple[str, Row]:
+    """(table, row) for any record the sink follows: CallRated -> billing_records_log,
+    WebhookAttempt -> webhook_deliveries_log, lifecycle events -> call_events_log."""
+    if name == "CallRated":
+        return "billing_records_log", billing_row(r, partition, offset)
+    if name == "WebhookAttempt":
+        return "webhook_deliveries_log", delivery_row(r, partition, offset)
+    return "call_events_log", event_row(name, r, partition, offset, published_ms)

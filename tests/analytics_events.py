@@ -197,3 +197,58 @@ def rows() -> list[tuple[Any, ...]]:
     from streams.projection import event_row
 
     return [event_row(name, r, 0, i, published) for i, (name, r, published) in enumerate(history())]
+
+
+# -- billing (the billing worker's CallRated records for the same calls) -----------------
+def _rated(
+    call_id: str,
+    business: str,
+    direction: str,
+    provider: str,
+    talk: int,
+    amount: str,
+    *,
+    run: int = 1,
+    currency: str = "USD",
+    cost: str | None = None,
+    offer_s: float = 0,
+) -> dict[str, Any]:
+    from decimal import Decimal
+
+    record = sample("CallRated", call_id=call_id, at_ms=T0 + 3600_000)
+    connected = talk > 0
+    record.update(
+        business_id=business, direction=direction, provider=provider,
+        started_at=T0 + int(offer_s * 1000), ended_at=T0 + int(offer_s * 1000) + talk * 1000,
+        connected=connected, talk_seconds=talk, billable_seconds=60 if connected else 0,
+        currency=currency, amount=Decimal(amount), rating_run=run,
+        provider_cost=Decimal(cost) if cost is not None else None,
+        provider_cost_currency="USD" if cost is not None else "",
+        reason="" if connected else "not connected: rejected",
+    )  # fmt: skip
+    return record
+
+
+def billing() -> list[dict[str, Any]]:
+    """CallRated for A-F: 0.0085/min inbound and 0.014/min outbound, 60/60 increments;
+    F rated twice (its provider's cost report re-issued it as run 2). Per day 2026-01-05:
+    b-1 INBOUND SIP USD 4 calls, 3 connected, 144 talk s, 180 billable s, 0.025500;
+    b-1 OUTBOUND TELNYX USD 1 call, 0.014000, provider cost 0.0042; b-2 INBOUND SIP EUR
+    1 call, 0."""
+    return [
+        _rated("call-a", "b-1", "INBOUND", "SIP", 54, "0.008500"),
+        _rated("call-b", "b-1", "INBOUND", "SIP", 60, "0.008500", offer_s=30),
+        _rated("call-c", "b-1", "INBOUND", "SIP", 30, "0.008500", offer_s=45),
+        _rated("call-d", "b-1", "INBOUND", "SIP", 0, "0", offer_s=50),
+        _rated("call-f", "b-1", "OUTBOUND", "TELNYX", 15, "0.014000", offer_s=10),
+        _rated("call-f", "b-1", "OUTBOUND", "TELNYX", 15, "0.014000", run=2, cost="0.0042",
+               offer_s=10),
+        _rated("call-e", "b-2", "INBOUND", "SIP", 0, "0", currency="EUR", offer_s=3600),
+    ]  # fmt: skip
+
+
+def billing_rows() -> list[tuple[Any, ...]]:
+    """The CallRated records as `billing_records_log` rows (what the sink would insert)."""
+    from streams.projection import billing_row
+
+    return [billing_row(r, 0, i) for i, r in enumerate(billing())]

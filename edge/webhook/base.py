@@ -77,6 +77,7 @@ class Progress(enum.Enum):
     PROGRESS = "progress"  # initiated, ringing...: history only
     ANSWERED = "answered"
     ENDED = "ended"
+    COST = "cost"  # what the provider charged for the call (Telnyx call.cost): history only
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class CallEvent:
     hangup_side: str | None = None
     duration_ms: int | None = None
     mos: float | None = None
+    cost: str | None = None  # COST: a decimal string, as the provider sent it
+    currency: str = ""
+    billed_seconds: int | None = None
 
     @cached_property
     def call_id(self) -> str:  # a uuid5: computed once per request, not per use

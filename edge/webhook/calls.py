@@ -275,6 +275,23 @@ class WebhookCalls:
         (admission and history)."""
         call_id = event.call_id
         entry = self.entries.get(call_id)
+        if event.progress is Progress.COST:  # after the call: the history only
+            cost = {
+                "envelope": envelope(
+                    call_id,
+                    self.edge_id,
+                    int(now * 1000),
+                    derived_id(call_id, f"{event.provider.value}/{event.event_key}"),
+                ),
+                "provider": event.provider.value,
+                "provider_call_id": event.provider_call_id,
+                "provider_account_id": event.account_id,
+                "business_id": entry.business_id if entry is not None else None,
+                "cost": event.cost or "0",
+                "currency": event.currency,
+                "billed_seconds": event.billed_seconds,
+            }
+            return [Publish("call-events", call_id, "CallCost", cost)]
         if entry is not None:
             business_id = entry.business_id
         else:  # answered by another edge or before a restart: the number says whose

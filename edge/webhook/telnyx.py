@@ -20,6 +20,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -141,9 +142,11 @@ def decode(
     data: dict[str, Any], account_id: str
 ) -> InboundCall | CallEvent | OutboundEvent | Ignored:
     kind, event_id, payload = data["event_type"], data["id"], data["payload"]
-    if kind not in ("call.initiated", "call.answered", "call.hangup"):
+    if kind not in ("call.initiated", "call.answered", "call.hangup", "call.cost"):
         return Ignored(kind)
     call_control_id = _text(payload, "call_control_id", required=True)
+    if kind == "call.cost":
+        return _cost(payload, account_id, call_control_id, event_id)
     tags = tags_in_state(_text(payload, "client_state"))
     if tags is not None:  # a call our dialer placed
         return _outbound(kind, event_id, data, payload, account_id, call_control_id, tags)
@@ -209,6 +212,29 @@ def _outbound(
         duration_ms=max(0, end - start) if start is not None and end is not None else None,
         mos=_mos(payload),
     )
+
+
+def _cost(
+    payload: dict[str, Any], account_id: str, call_control_id: str, event_id: str
+) -> CallEvent:
+    """call.cost: what Telnyx charged for the call (`total_cost`, a decimal string, and
+    its `currency`), kept beside our own rating for margin."""
+    raw = payload.get("total_cost")
+    try:
+        cost = Decimal(str(raw)) if isinstance(raw, str | int | float) else None
+    except InvalidOperation:
+        cost = None
+    if cost is None or not cost.is_finite():
+        raise bad_request("call.cost without a decimal payload.total_cost", "missing_field")
+    currency = _text(payload, "currency")
+    if len(currency) != 3 or not currency.isalpha():
+        raise bad_request("call.cost without a currency code", "missing_field")
+    billed = payload.get("billed_duration_secs")
+    return CallEvent(
+        Provider.TELNYX, account_id, call_control_id, Progress.COST, "call.cost", event_id,
+        cost=str(raw).strip(), currency=currency.upper(),
+        billed_seconds=billed if isinstance(billed, int) and not isinstance(billed, bool) else None,
+    )  # fmt: skip
 
 
 def client_state(call_id: str) -> str:

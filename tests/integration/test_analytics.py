@@ -341,3 +341,31 @@ def test_the_report_for_one_business_and_an_empty_window(store, tmp_path):
     page = _Page()
     page.feed((tmp_path / "e.html").read_text())
     assert all(fig["data"] == [] for fig in page.data.values())
+
+
+def test_billing_daily_sums_exact_amounts_once_per_call(store):
+    from decimal import Decimal
+
+    from tests.analytics_events import billing_rows
+
+    store.insert_rows("billing_records_log", billing_rows())
+    got = {
+        (r["business_id"], r["direction"], r["provider"], r["currency"]): r
+        for r in q(store, "SELECT * FROM {db}.billing_daily")
+    }
+    assert set(got) == {
+        ("b-1", "INBOUND", "SIP", "USD"),
+        ("b-1", "OUTBOUND", "TELNYX", "USD"),
+        ("b-2", "INBOUND", "SIP", "EUR"),
+    }
+    inbound = got[("b-1", "INBOUND", "SIP", "USD")]
+    assert (inbound["calls"], inbound["connected_calls"]) == (4, 3)
+    assert (inbound["talk_seconds"], inbound["billable_seconds"]) == (144, 180)
+    assert inbound["amount"] == Decimal("0.025500")  # exact: Decimal, never a float
+    assert (inbound["costed_calls"], inbound["provider_cost"]) == (0, Decimal(0))
+    outbound = got[("b-1", "OUTBOUND", "TELNYX", "USD")]
+    # rated twice (its provider's cost re-issued it): counted once, at the latest run
+    assert (outbound["calls"], outbound["amount"]) == (1, Decimal("0.014000"))
+    assert (outbound["costed_calls"], outbound["provider_cost"]) == (1, Decimal("0.0042"))
+    assert got[("b-2", "INBOUND", "SIP", "EUR")]["amount"] == Decimal(0)
+    assert {r["day"].isoformat() for r in got.values()} == {"2026-01-05"}

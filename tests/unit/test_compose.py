@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_names_every_service():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"kafka", "clickhouse", "topics", "worker", "sink", "sip-edge"} <= set(services)
+    assert {
+        "kafka", "clickhouse", "topics", "worker", "sink", "sip-edge", "billing-worker", "webhooks",
+    } <= set(services)  # fmt: skip
     sink_env = services["sink"]["environment"]
     assert sink_env["TRUNKLINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert "clickhouse" in services["sink"]["depends_on"]

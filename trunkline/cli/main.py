@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 
 from trunkline.cli import (
+    billing,
     call,
     calls,
     config,
@@ -27,6 +28,7 @@ from trunkline.cli import (
     services,
     sql,
     topics,
+    webhooks,
 )
 from trunkline.cli.common import (
     EXIT_FAIL,
@@ -41,7 +43,8 @@ from trunkline.stack.base import BadInput, StackError
 
 #: the command groups, in `trunkline --help` order
 COMMAND_GROUPS = (
-    lifecycle, kafka, topics, config, services, heartbeats, call, dial, calls, sql, report,
+    lifecycle, kafka, topics, config, services, heartbeats, call, dial, calls, billing,
+    webhooks, sql, report,
 )  # fmt: skip
 
 

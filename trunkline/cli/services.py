@@ -1,4 +1,4 @@
-"""`worker`, `sink`, `sip-edge`, `webhook-edge`, `media`: run one service in the
+"""`worker`, `billing-worker`, `sink`, `sip-edge`, `webhook-edge`, `media`: run one service in the
 foreground (what `up` starts in the background, one process each)."""
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ def register(sub: Subparsers) -> None:
     w = sub.add_parser("worker", help="run the Faust worker in the foreground")
     add_loglevel(w)
     w.set_defaults(func=cmd_worker)
+
+    bw = sub.add_parser(
+        "billing-worker", help="run the billing worker (call-events -> CallRated) in the foreground"
+    )
+    add_loglevel(bw)
+    bw.set_defaults(func=cmd_billing_worker)
 
     sk = sub.add_parser("sink", help="run the ClickHouse sink (and its read API) in the foreground")
     add_loglevel(sk)
@@ -96,6 +102,13 @@ def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
     from streams.app import run_worker
 
     run_worker(ctx.settings, loglevel=loglevel(args, ctx))
+    return EXIT_OK
+
+
+def cmd_billing_worker(args: argparse.Namespace, ctx: Context) -> int:
+    from streams.app import run_worker
+
+    run_worker(ctx.settings, loglevel=args.loglevel, role="billing")
     return EXIT_OK
 
 

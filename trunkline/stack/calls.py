@@ -139,6 +139,16 @@ class CallHistory:
         except QueryRefused as exc:
             raise BadInput(str(exc)) from exc
 
+    def read(self, path: str, params: dict[str, str], local: Any) -> Any:
+        """JSON from the sink's read API at `path`, or `local(store)` over the engine
+        itself when no sink runs (or with a ClickHouse server)."""
+        if self._through_sink():
+            try:
+                return self.sink.get(path, params)
+            except urllib.error.URLError:
+                self._sink_must_be_down()
+        return local(self._open())
+
     def settled_call(self, call_id: str, timeout: float = 10.0) -> dict[str, Any] | None:
         """The entry once it reaches a final status (or as it is at `timeout`); None when
         it never became readable (the history trails Kafka by the sink's flush interval)."""
