@@ -115,13 +115,17 @@ class Target:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
-    async def close(self) -> None:
+    async def close(self, cancel_inflight: bool = False) -> None:
+        """Stop taking deliveries. Requests in flight are left to fail as the pool closes
+        (their deliveries are retried like any failure), unless the whole service stops
+        (`cancel_inflight`: their state on disk is still PENDING)."""
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        for t in list(self.inflight):
-            t.cancel()
+        if cancel_inflight:
+            for t in list(self.inflight):
+                t.cancel()
         await self.session.close()
 
 
@@ -455,7 +459,7 @@ class WebhookService:
     async def close(self) -> None:
         self._stop.set()
         for target in list(self.targets.values()):
-            await target.close()
+            await target.close(cancel_inflight=True)
         if self._follower is not None:
             self._follower.stop()
         if self._consumer is not None:
