@@ -17,7 +17,9 @@ SELECT
     sum(talk_seconds)                                                   AS talk_seconds,
     sum(billable_seconds)                                               AS billable_seconds,
     sum(amount)                                                         AS amount,
-    countIf(provider_cost IS NOT NULL)                                  AS costed_calls,
-    sumIf(assumeNotNull(provider_cost), provider_cost IS NOT NULL)      AS provider_cost
-FROM {db}.billing_records
+    countIf(reported_cost IS NOT NULL)                                  AS costed_calls,
+    sum(ifNull(reported_cost, toDecimal64(0, 6)))                       AS provider_cost
+-- the column renamed: an alias named like a column shadows it in ClickHouse, and
+-- countIf(provider_cost ...) would then read the sum
+FROM (SELECT *, provider_cost AS reported_cost FROM {db}.billing_records)
 GROUP BY day, business_id, direction, provider, currency;
