@@ -191,7 +191,7 @@ class TrunklineApp:
         self.gauges = registered.gauges
         self.state_metrics = metrics.install("worker-state", metrics.Snapshot())
         self.lag_metrics = metrics.install(
-            "worker-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [settings.app_id])
+            "worker-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [self.app.conf.id])
         )
         self._register_views()
 
@@ -267,7 +267,7 @@ def run_worker(settings: Settings, loglevel: str = "info", role: str = "decision
     from faust.worker import Worker
 
     # our handler (TRUNKLINE_LOG_FORMAT), not mode's: the worker logs like every service
-    logs.setup(loglevel, settings.log_format, "worker")
+    logs.setup(loglevel, settings.log_format, "billing-worker" if role == "billing" else "worker")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     built = create_app(settings, role)
     # Long-lived tables make the cyclic GC's full collections slow (they walk every object);

@@ -22,6 +22,9 @@ overlap), minute 10:01 at 2; utilisation 1.0 and 2/3.
 
 Business b-2, hour 11:00: call E admitted then refused 503 by routing (no backend): one
 attempt, ASR 0, NER 0.
+
+Billing (`billing()`): the billing worker's CallRated for A-F, F (outbound) rated twice
+when its provider's cost arrived; `billing_daily` must count it once.
 """
 
 from __future__ import annotations

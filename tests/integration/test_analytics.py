@@ -283,8 +283,10 @@ def _traces(figure):
 
 
 def test_the_report_renders_every_chart_with_the_views_figures(store, tmp_path):
+    from tests.analytics_events import billing_rows
     from trunkline.stack.report import CHARTS, write_report
 
+    store.insert_rows("billing_records_log", billing_rows())
     out = tmp_path / "report.html"
     written = write_report(
         _run(store), out, 6 * 3600, now_ms=T0 + 3 * 3600_000, database=store.database
@@ -320,8 +322,11 @@ def test_the_report_renders_every_chart_with_the_views_figures(store, tmp_path):
     assert call[:3] == ["call-c", "call-f", "call-a"] and ms[:3] == [300, 200, 120]
     assert decision[-1] == "rejected 486" and ms[-1] == 50 and business[-1] == "b-1"
 
-    billing = page.data["billing"]
-    assert billing["data"] == [] and "no billing records" in json.dumps(billing["layout"])
+    billing = _traces(page.data["billing"])  # billing_daily: F counted once, at run 2
+    assert set(billing) == {"b-1 (USD)", "b-2 (EUR)"}
+    assert billing["b-1 (USD)"]["x"] == ["2026-01-05"]
+    assert billing["b-1 (USD)"]["y"] == [pytest.approx(0.0255 + 0.014)]  # inbound + outbound
+    assert billing["b-2 (EUR)"]["y"] == [0]
 
 
 def test_the_report_for_one_business_and_an_empty_window(store, tmp_path):

@@ -108,7 +108,7 @@ def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_billing_worker(args: argparse.Namespace, ctx: Context) -> int:
     from streams.app import run_worker
 
-    run_worker(ctx.settings, loglevel=args.loglevel, role="billing")
+    run_worker(ctx.settings, loglevel=loglevel(args, ctx), role="billing")
     return EXIT_OK
 
 
