@@ -374,3 +374,31 @@ def test_billing_daily_sums_exact_amounts_once_per_call(store):
     assert (outbound["costed_calls"], outbound["provider_cost"]) == (1, Decimal("0.0042"))
     assert got[("b-2", "INBOUND", "SIP", "EUR")]["amount"] == Decimal(0)
     assert {r["day"].isoformat() for r in got.values()} == {"2026-01-05"}
+
+
+def test_every_example_query_of_the_analytics_page_runs_and_finds_the_crafted_calls(store):
+    """docs/analytics.md has one example query per view: each passes `trunkline sql`'s
+    check and returns rows for the crafted history (the time-bounded one excepted: its
+    hour is long past)."""
+    import re
+    from pathlib import Path
+
+    from streams.queries import check_read_only
+    from tests.analytics_events import billing_rows
+
+    store.insert_rows("billing_records_log", billing_rows())
+    page = (Path(__file__).parents[2] / "docs" / "analytics.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", page, re.S)
+    views = ("call_facts", "calls_hourly", "concurrency_minutely", "billing_daily")
+    assert all(any(f"FROM {v} " in sql for sql in queries) for v in views)
+    assert any("FROM call_quality_hourly" in sql for sql in queries)
+    for sql in queries:
+        result = store.read_only(check_read_only(sql), 100)
+        assert result["columns"], sql
+        if "now()" not in sql:
+            assert result["rows"], sql
+    (billing,) = [sql for sql in queries if "FROM billing_daily" in sql]
+    rows = store.read_only(billing, 100)["rows"]
+    assert ["2026-01-05", "b-1", "OUTBOUND", "TELNYX", "USD", 1, "0.014", "0.0042"] in [
+        [str(v) if i == 0 else v for i, v in enumerate(r)] for r in rows
+    ]
