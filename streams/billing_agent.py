@@ -30,6 +30,7 @@ from schemas.codec import Codec
 from streams import billing, retention
 from streams.emitter import Emitter
 from streams.patches import flush_with_faust
+from trunkline.core import logs
 from trunkline.core.settings import Settings
 from trunkline.core.topics import BILLING, CALL_EVENTS
 
@@ -124,6 +125,7 @@ def register(
                         call.state.value if call else "(none)",
                         result.call.state.value,
                         name,
+                        extra=logs.call(call_id),
                     )
             for emit in result.emits:
                 first = emit.record["rating_run"] == 1

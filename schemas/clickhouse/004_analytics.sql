@@ -1,6 +1,6 @@
 -- Analytics: what an analytics team opens first. Pure views over `call_events` (the
 -- deduplicated event log), so they hold no state of their own: a rebuild of
--- `call_events_log` from the topic rebuilds every figure here. README ("Analytics") has
+-- `call_events_log` from the topic rebuilds every figure here. docs/analytics.md has
 -- an example query for each; docs/design.md says why each figure is computed this way.
 --
 -- They compute over the whole history at query time: a filter on a view's time column
@@ -212,7 +212,7 @@ GROUP BY m, scope, id;
 --   MOS       = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6, 1 below R 0, 4.5 above 100
 -- Ie = 0 and Bpl = 25.1 for every codec (G.113 Appendix I: G.711 with its Appendix I
 -- packet loss concealment); G.722 and Opus are rated as narrowband G.711 with PLC
--- (README "Call quality" lists the limits).
+-- (docs/analytics.md lists the limits).
 CREATE OR REPLACE VIEW {db}.call_quality AS
 SELECT
     call_id,

@@ -67,7 +67,7 @@ MAX_ANSWER_BYTES = 1024
 SWEEP_EVERY_S = 10.0
 USER_AGENT = "trunkline-webhooks/0.1"
 
-#: the webhook service's /metrics (README "Metrics"); what it owes is read at scrape time
+#: the webhook service's /metrics (docs/metrics.md); what it owes is read at scrape time
 ATTEMPTS = Counter(
     "trunkline_webhook_deliveries_total",
     "Delivery attempts by subscription, event type and outcome (delivered; retrying: "
@@ -264,6 +264,7 @@ class WebhookService:
                 a["attempt"],
                 outcome,
                 a["status_code"] if a["status_code"] is not None else a["error"],
+                extra=logs.call(a["envelope"]["call_id"] or None),
             )
         for sub_id in changes.woken:
             target = self.targets.get(sub_id)

@@ -59,7 +59,7 @@ def test_calls_hourly_splits_by_provider_direction_and_business(store):
     (b2,) = q(store, "SELECT * FROM {db}.calls_hourly WHERE business_id = 'b-2'")
     assert (b2["hour"], b2["attempts"], b2["asr"], b2["ner"]) == (HOUR11, 1, 0.0, 0.0)
     assert b2["acd_s"] is None and b2["rejections"] == {503: 1}  # no capacity: the network's
-    # re-aggregated across rows from the counts, as README shows
+    # re-aggregated across rows from the counts, as docs/analytics.md shows
     (total,) = q(
         store,
         "SELECT sum(answered) / sum(attempts) AS asr FROM {db}.calls_hourly WHERE hour = "
@@ -104,7 +104,7 @@ def test_a_call_still_live_counts_until_now(store):
 
 
 def e_model_mos(loss_pct: float, jitter_ms: float = 0.0, lookahead_ms: float = 0.0) -> float:
-    """The README's formula, by hand: G.711 with PLC (Ie 0, Bpl 25.1)."""
+    """docs/analytics.md's formula, by hand: G.711 with PLC (Ie 0, Bpl 25.1)."""
     d = 20 + lookahead_ms + 2 * jitter_ms
     i_d = 0.024 * d + 0.11 * max(d - 177.3, 0)
     ie_eff = 95 * loss_pct / (loss_pct + 25.1)

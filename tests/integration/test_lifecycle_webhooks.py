@@ -422,6 +422,8 @@ def test_a_real_call_is_rated_in_clickhouse_and_in_a_call_rated_webhook(
         "TRUNKLINE_BILLING_WEB_PORT": str(free_port()),
         "TRUNKLINE_WEBHOOKS_WEB_PORT": str(free_port()),
         "TRUNKLINE_SINK_FLUSH_MS": "300",
+        "TRUNKLINE_LOG_FORMAT": "json",  # the billing worker's and webhook service's too
+        "TRUNKLINE_LOG_LEVEL": "debug",
     }
     with running_stack(
         kafka_bootstrap, tmp_path / "state", edges=("edge-a",), config=config, env=env, media=True
@@ -497,6 +499,12 @@ def test_a_real_call_is_rated_in_clickhouse_and_in_a_call_rated_webhook(
             for kind in ("call.ended", "call.rated"):
                 by = {"subscription": "billing", "event_type": kind, "outcome": "delivered"}
                 assert value(got, "trunkline_webhook_deliveries_total", **by) == 1
+            # every line each one logged is one JSON object, and the call can be followed
+            for service, name in ((rater, "billing-worker"), (hooks, "webhooks")):
+                assert service.log is not None
+                lines = [json.loads(x) for x in service.log.read_text().splitlines() if x.strip()]
+                assert lines and {line["service"] for line in lines} == {name}
+                assert any(line.get("call_id") == call_id for line in lines), name
         finally:
             hooks.stop()
             rater.stop()

@@ -3,7 +3,7 @@
 Each service serves `exposition()` as `GET /metrics` (text format 0.0.4): the SIP edge
 on TRUNKLINE_SIP_METRICS_LISTEN, the webhook edge, worker and sink on their web ports, a
 media node on its WebSocket port, the webhook service on its own. Counters and
-histograms are module-level objects in the service that moves them (README "Metrics"
+histograms are module-level objects in the service that moves them (docs/metrics.md
 lists every name); what is a state rather than an event is read at scrape time:
 
 - `ConsumerLag`: `trunkline_consumer_lag{group,topic,partition}`, how many records a
