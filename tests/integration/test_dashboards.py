@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.analytics_events import T0, rows
+from tests.analytics_events import T0, billing_rows, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
@@ -122,6 +122,7 @@ def store(chdb_dsn):
     s = ClickHouseStore(chdb_dsn, database=f"t_{uuid.uuid4().hex[:10]}")
     s.ensure_schema()
     s.insert_events(rows())
+    s.insert_rows("billing_records_log", billing_rows())
     yield s
     s.client.command(f"DROP DATABASE IF EXISTS {s.database}")
 
@@ -171,6 +172,11 @@ def test_panels_show_the_views_figures(store):
     assert [r["call_id"] for r in slow[:2]] == ["call-c", "call-f"]
     worst = run_panel(store, _panel_sql("trunkline-quality.json", "The worst calls"))
     assert worst[0]["call_id"] == "call-b" and worst[0]["loss_pct"] == 5.0
+    billed = run_panel(store, _panel_sql(calls, "Billed per day"), "b-1")
+    assert [(r["direction"], r["provider"], r["calls"], r["amount"]) for r in billed] == [
+        ("INBOUND", "SIP", 4, "0.0255"),
+        ("OUTBOUND", "TELNYX", 1, "0.014"),  # rated twice, counted once
+    ]
     businesses = run_panel(store, _panel_sql(calls, "variable business"))
     assert [r["business_id"] for r in businesses] == ["b-1", "b-2"]
 
