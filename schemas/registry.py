@@ -27,6 +27,9 @@ LIFECYCLE_EVENTS = (
     "CallAnswered",
     "CallEnded",
     "CallProgress",
+    "OutboundCallRequested",
+    "OutboundAttempt",
+    "OutboundAttemptFailed",
     "CallCost",
 )
 CONFIG_RECORDS = (
@@ -37,10 +40,11 @@ CONFIG_RECORDS = (
     "BackendServer",
     "BypassRule",
     "ProviderAccount",
+    "ApiKey",
     "RatePlan",
     "WebhookSubscription",
 )
-OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick")
+OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick", "OutboundReport")
 #: billing and lifecycle webhooks: CallRated (topic billing), the webhook service's
 #: delivery log and operator commands
 BILLING_RECORDS = ("CallRated", "WebhookAttempt", "WebhookCommand")

@@ -11,6 +11,7 @@ Measurements behind each setting: docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -20,6 +21,7 @@ from faust.web import Request, Response, View
 
 from schemas.codec import Codec, make_codec
 from streams import agents, billing_agent, patches, routing
+from trunkline.core import logs, metrics
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
@@ -186,6 +188,11 @@ class TrunklineApp:
             )
         self.emitter = registered.emitter
         self.state_tables = registered.state_tables
+        self.gauges = registered.gauges
+        self.state_metrics = metrics.install("worker-state", metrics.Snapshot())
+        self.lag_metrics = metrics.install(
+            "worker-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [self.app.conf.id])
+        )
         self._register_views()
 
     # -- web views -----------------------------------------------------------------
@@ -221,6 +228,19 @@ class TrunklineApp:
                     items[key] = record
                 return self.json(items)
 
+        @app.page("/metrics")
+        class Metrics(View):
+            """Prometheus text format: the agents' counters, the live state's gauges
+            (snapshot here, on the worker's loop), the group's consumer lag (asked of the
+            broker off the loop)."""
+
+            async def get(self, request: Request) -> Response:
+                for name, (documentation, labels, samples) in outer.gauges().items():
+                    outer.state_metrics.update(name, documentation, labels, samples)
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(None, metrics.exposition)
+                return self.bytes(body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
         @app.page("/state/{name}/")
         class StateView(View):
             """Decision state this worker holds: admission-active (business -> admitted
@@ -246,10 +266,15 @@ def run_worker(settings: Settings, loglevel: str = "info", role: str = "decision
     until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
+    # our handler (TRUNKLINE_LOG_FORMAT), not mode's: the worker logs like every service
+    logs.setup(loglevel, settings.log_format, "billing-worker" if role == "billing" else "worker")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     built = create_app(settings, role)
     # Long-lived tables make the cyclic GC's full collections slow (they walk every object);
     # freeze what start-up allocated and collect young objects less often.
     tune_gc()
-    worker = Worker(built.app, loglevel=loglevel, quiet=True)
+    worker = Worker(built.app, loglevel=loglevel, quiet=True, override_logging=False)
+    # Faust's terminal spinner writes control characters to stdout (mode's logging setup,
+    # which we skip, is what turned it off): no spinner, a "Ready" log line instead
+    worker.spinner = None
     worker.execute_from_commandline()

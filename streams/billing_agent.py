@@ -24,22 +24,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from prometheus_client import Counter
 
 from schemas.codec import Codec
 from streams import billing, retention
 from streams.emitter import Emitter
 from streams.patches import flush_with_faust
+from trunkline.core import logs
 from trunkline.core.settings import Settings
 from trunkline.core.topics import BILLING, CALL_EVENTS
 
 log = logging.getLogger("trunkline.billing")
 SWEEP_LIMIT = 100  # deletions per event: spread out, never a pause
 
+#: the billing worker's /metrics (its web port): CallRated records sent
+RATED = Counter(
+    "trunkline_billing_rated_total",
+    "CallRated records the billing worker sent, by direction, currency and run (first: "
+    "the call's rating; reissued: a later run, e.g. the provider's cost arrived)",
+    ["direction", "currency", "run"],
+)
+
+Gauges = dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], float]]]
+
 
 @dataclass
 class Registered:
     emitter: Emitter
     state_tables: dict[str, Any]
+    #: the billing table's size (worker /metrics), taken on the worker's loop
+    gauges: Any = None
 
 
 class _View:
@@ -111,14 +125,32 @@ def register(
                         call.state.value if call else "(none)",
                         result.call.state.value,
                         name,
+                        extra=logs.call(call_id),
                     )
             for emit in result.emits:
-                counts["rated" if emit.record["rating_run"] == 1 else "reissued"] += 1
+                first = emit.record["rating_run"] == 1
+                counts["rated" if first else "reissued"] += 1
+                RATED.labels(
+                    str(emit.record["direction"]),
+                    str(emit.record["currency"]),
+                    "first" if first else "reissued",
+                ).inc()
             emitter.emit(result.emits)
             now = newest[partition] = max(newest.get(partition, at), at)
             for key in rated.due(partition, now, SWEEP_LIMIT):
                 del calls[key]  # a tombstone in this (the entry's own) partition
                 rated.forget(key)
+
+    def gauges() -> Gauges:
+        held = sum(1 for v in calls.values() if v)
+        return {
+            "trunkline_billing_calls": (
+                "Calls the billing table holds: open (not rated yet) and rated (kept "
+                "until TRUNKLINE_BILLING_RETENTION_MS for late duplicates and costs)",
+                ("state",),
+                {("open",): float(held - len(rated)), ("rated",): float(len(rated))},
+            )
+        }
 
     return Registered(
         emitter,
@@ -128,4 +160,5 @@ def register(
             ),
             "counts": _View(lambda: dict(counts)),
         },
+        gauges,
     )

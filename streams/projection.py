@@ -19,6 +19,7 @@ COLUMNS: tuple[str, ...] = (
     "setup_ms", "talk_ms", "codec", "packets_sent", "packets_received", "packets_lost",
     "jitter_ms", "log_type", "log_message", "payload", "kafka_partition", "kafka_offset",
     "provider_account_id", "hangup_cause", "provider_duration_ms", "mos",
+    "direction", "published_at", "plan_id", "plan_limit",
 )  # fmt: skip
 
 Row = tuple[Any, ...]
@@ -55,6 +56,12 @@ STATUS: dict[str, tuple[str, int]] = {
     "CallEnded": (CallStatus.FAILED, 70),
     # a provider's progress report (ringing...): a log line that never moves the status
     "CallProgress": (CallStatus.QUEUED, 5),
+    # an outbound call (POST /v1/calls) starts its queue entry like an offer; each
+    # provider attempt and failed attempt is a log line that never moves the status
+    # (only the last attempt's failure is the call's outcome: the dialer's CallEnded)
+    "OutboundCallRequested": (CallStatus.QUEUED, 10),
+    "OutboundAttempt": (CallStatus.QUEUED, 5),
+    "OutboundAttemptFailed": (CallStatus.QUEUED, 5),
     # a provider's cost report (Telnyx call.cost), after the end: a log line only
     "CallCost": (CallStatus.QUEUED, 5),
 }
@@ -68,6 +75,24 @@ END_STATUS: dict[str, str] = {
 
 class ProjectionError(ValueError):
     pass
+
+
+#: event types that start a call, and the direction each implies when it names none
+STARTS: dict[str, str] = {"CallOffered": "INBOUND", "OutboundCallRequested": "OUTBOUND"}
+
+
+def _direction(name: str, r: dict[str, Any]) -> str:
+    """INBOUND / OUTBOUND on the events that start a call; empty on the others (the
+    views take the call's direction from its start)."""
+    implied = STARTS.get(name)
+    if implied is None:
+        return ""
+    return str(r.get("direction") or implied) if name == "CallOffered" else implied
+
+
+def _instant(ms: int) -> str:
+    """Epoch ms as ClickHouse reads DateTime64(3) exactly: seconds.millis."""
+    return f"{ms // 1000}.{ms % 1000:03d}"
 
 
 def _s(value: Any) -> str:
@@ -109,7 +134,36 @@ def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _outbound_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
+    """Log lines of outbound calls (the REST API and the dialer)."""
+    if name == "OutboundCallRequested":
+        return "Info", (
+            f"Outbound call requested through {r['edge_id']} (API key {r.get('api_key_id') or '?'})"
+            f": {r['from_number']} ({r['phone_id']}) to {r['to_number']}, providers "
+            f"{', '.join(r.get('providers') or []) or '-'}"
+        )
+    if name == "OutboundAttempt":
+        how = " (found by lookup after a timeout)" if r.get("found_by_lookup") else ""
+        return "Info", (
+            f"Attempt {r['attempt'] + 1} through {r['account_id']} ({_title(r['provider'])}): "
+            f"call {r.get('provider_call_id') or '?'} created from {r.get('from_number')}{how}"
+        )
+    if name == "OutboundAttemptFailed":
+        http = f" HTTP {r['http_status']}" if r.get("http_status") is not None else ""
+        code = f" code {r['provider_error_code']}" if r.get("provider_error_code") else ""
+        detail = f": {r['detail']}" if r.get("detail") else ""
+        then = "trying the next provider" if r.get("retryable") else "no failover"
+        return "Warning" if r.get("retryable") else "Error", (
+            f"Attempt {r['attempt'] + 1} through {r['account_id']} ({_title(r['provider'])}) "
+            f"failed: {r['reason']}{http}{code}{detail} ({then})"
+        )
+    return None
+
+
 def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
+    outbound = _outbound_log(name, r)
+    if outbound is not None:
+        return outbound
     provided = _provider_log(name, r)
     if provided is not None:
         return provided
@@ -143,11 +197,21 @@ def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
     raise ProjectionError(f"{name} is not a call lifecycle event")
 
 
-def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+def event_row(
+    name: str,
+    r: dict[str, Any],
+    partition: int = 0,
+    offset: int = 0,
+    published_ms: int | None = None,
+) -> Row:
     """One `call_events_log` row, values in COLUMNS order, JSON-ready.
 
     `occurred_at` is written as Unix seconds with milliseconds ("1700000000.123"), which
-    ClickHouse parses into DateTime64(3) exactly.
+    ClickHouse parses into DateTime64(3) exactly. `published_ms` is the Kafka record's
+    timestamp (when its producer sent it): a decision carries the offer's time as its
+    `occurred_at` (machines judge in event time), so its record's timestamp is when it
+    was really made. Part of the log, so a replay writes the same value; without one
+    (a record that has none), `occurred_at` stands in.
     """
     try:
         status, rank = STATUS[name]
@@ -165,7 +229,7 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         env["event_id"],  # event_id
         name,  # event_type
         env["call_id"],  # call_id
-        f"{at_ms // 1000}.{at_ms % 1000:03d}",  # occurred_at
+        _instant(at_ms),  # occurred_at
         env["producer_id"],  # producer_id
         _s(r.get("provider")),  # provider
         _s(r.get("provider_call_id")),  # provider_call_id
@@ -192,10 +256,14 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         orjson.dumps(r).decode(),  # payload
         partition,  # kafka_partition
         offset,  # kafka_offset
-        _s(r.get("provider_account_id")),  # provider_account_id
+        _s(r.get("provider_account_id") or r.get("account_id")),  # provider_account_id
         _s(r.get("hangup_cause")),  # hangup_cause
         r.get("provider_duration_ms") or 0,  # provider_duration_ms
         media.get("mos") or 0.0,  # mos
+        _direction(name, r),  # direction
+        _instant(published_ms if published_ms and published_ms > 0 else at_ms),  # published_at
+        _s(r.get("plan_id")) if name == "CallAdmitted" else "",  # plan_id
+        int(r.get("max_concurrent_calls") or 0) if name == "CallAdmitted" else 0,  # plan_limit
     )
 
 
@@ -218,11 +286,6 @@ DELIVERY_COLUMNS: tuple[str, ...] = (
     "call_id", "business_id", "url", "status_code", "error", "latency_ms", "outcome",
     "next_attempt_at", "attempted_at", "body", "kafka_partition", "kafka_offset",
 )  # fmt: skip
-
-
-def _instant(ms: int) -> str:
-    """Epoch ms as ClickHouse reads DateTime64(3) exactly: seconds.millis."""
-    return f"{ms // 1000}.{ms % 1000:03d}"
 
 
 def _money(value: Any) -> str | None:
@@ -269,11 +332,17 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-def table_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0) -> tuple[str, Row]:
+def table_row(
+    name: str,
+    r: dict[str, Any],
+    partition: int = 0,
+    offset: int = 0,
+    published_ms: int | None = None,
+) -> tuple[str, Row]:
     """(table, row) for any record the sink follows: CallRated -> billing_records_log,
     WebhookAttempt -> webhook_deliveries_log, lifecycle events -> call_events_log."""
     if name == "CallRated":
         return "billing_records_log", billing_row(r, partition, offset)
     if name == "WebhookAttempt":
         return "webhook_deliveries_log", delivery_row(r, partition, offset)
-    return "call_events_log", event_row(name, r, partition, offset)
+    return "call_events_log", event_row(name, r, partition, offset, published_ms)

@@ -129,6 +129,87 @@ def event_counts(store: Queryable) -> dict[str, int]:
     return {row["event_type"]: int(row["n"]) for row in rows}
 
 
+# -- ad-hoc SQL (`trunkline sql`): read-only, checked twice --------------------------------
+#: the statements `trunkline sql` runs; anything else is refused before it reaches
+#: ClickHouse, and ClickHouse runs what passes with `readonly=1` (streams.clickhouse)
+READ_ONLY_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC")
+#: rows returned unless asked otherwise, and the most one query may return
+SQL_ROW_LIMIT = 10_000
+SQL_MAX_ROWS = 1_000_000
+_FORMAT_RE = re.compile(r"\bFORMAT\s+[A-Za-z0-9_]+\s*$", re.IGNORECASE)
+#: `readonly=1` does not stop it: the embedded engine writes the file on the sink's host
+_OUTFILE_RE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+
+
+class ReadOnlyError(ValueError):
+    """A query `trunkline sql` refuses, with why."""
+
+
+def _code(sql: str) -> str:
+    """The query with comments and the insides of string and identifier literals blanked
+    (spaces, same length, so positions match the query's), for checking its shape only.
+    Raises ReadOnlyError on an unterminated literal or comment."""
+    out = list(sql)
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            j = i + 1
+            while True:
+                if j >= n:
+                    raise ReadOnlyError(f"unterminated {c} literal")
+                if sql[j] == "\\":
+                    j += 2
+                    continue
+                if sql[j] == c:
+                    if j + 1 < n and sql[j + 1] == c:  # a doubled quote stands for itself
+                        j += 2
+                        continue
+                    break
+                j += 1
+            out[i + 1 : j] = " " * (j - i - 1)
+            i = j + 1
+        elif sql.startswith("--", i) or c == "#":
+            j = sql.find("\n", i)
+            j = n if j < 0 else j
+            out[i:j] = " " * (j - i)
+            i = j
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            if j < 0:
+                raise ReadOnlyError("unterminated /* comment")
+            out[i : j + 2] = " " * (j + 2 - i)
+            i = j + 2
+        else:
+            i += 1
+    return "".join(out)
+
+
+def check_read_only(sql: str) -> str:
+    """The one statement in `sql`, cut after its last token (a trailing `;` or comment
+    goes), if it is a query that only reads: SELECT, WITH, SHOW, DESCRIBE (DESC).
+    Raises ReadOnlyError otherwise, naming what was wrong: no statement, several, another
+    kind, a FORMAT clause (the output format is `--format`'s) or INTO OUTFILE."""
+    code = _code(sql).rstrip()
+    while code.endswith(";"):
+        code = code[:-1].rstrip()
+    if not code.strip():
+        raise ReadOnlyError("no query given")
+    if ";" in code:
+        raise ReadOnlyError("one statement at a time: the query has a ';' inside it")
+    first = re.split(r"[\s(]", code.lstrip(), maxsplit=1)[0].upper()
+    if first not in READ_ONLY_STATEMENTS:
+        raise ReadOnlyError(
+            f"only {', '.join(READ_ONLY_STATEMENTS[:-1])} queries are run, "
+            f"not {first or code.strip()[:20]}"
+        )
+    if _FORMAT_RE.search(code):
+        raise ReadOnlyError("leave FORMAT out: the output format is chosen with --format")
+    if _OUTFILE_RE.search(code):
+        raise ReadOnlyError("INTO OUTFILE writes a file: write the output with --format instead")
+    return sql[: len(code)]
+
+
 # -- billing ------------------------------------------------------------------------------
 _MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 MONEY_PLACES = Decimal("0.000001")

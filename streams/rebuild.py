@@ -423,7 +423,9 @@ class Rebuilder:
         """A record of a topic that feeds a ClickHouse table; one of another type (the
         sink parks what it cannot project) is counted."""
         try:
-            table, row = table_row(rec.name, rec.record, rec.partition, rec.offset)
+            # the record's Kafka timestamp is part of the row (`published_at`), as the
+            # sink writes it
+            table, row = table_row(rec.name, rec.record, rec.partition, rec.offset, rec.timestamp)
         except (ProjectionError, KeyError, TypeError, ValueError):
             self.unprojectable += 1
             return

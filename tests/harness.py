@@ -110,6 +110,8 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
         "TRUNKLINE_STATE_RETENTION_MS": str(s.state_retention_ms),
         "TRUNKLINE_SINK_WEB_PORT": str(s.sink_web_port),
+        "TRUNKLINE_LOG_FORMAT": s.log_format,
+        "TRUNKLINE_LOG_LEVEL": s.log_level,
         "TRUNKLINE_BILLING_WEB_PORT": str(s.billing_web_port),
         "TRUNKLINE_BILLING_RETENTION_MS": str(s.billing_retention_ms),
         "TRUNKLINE_WEBHOOKS_WEB_PORT": str(s.webhooks_web_port),

@@ -18,7 +18,7 @@ def envelope(call_id: str = "", producer: str = "test", at_ms: int | None = None
 
 
 def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[str, Any]:
-    env = envelope(call_id if name.startswith("Call") else "", at_ms=at_ms)
+    env = envelope(call_id if name.startswith(("Call", "Outbound")) else "", at_ms=at_ms)
     bodies: dict[str, dict[str, Any]] = {
         "CallOffered": {
             "provider": "SIP", "provider_call_id": "a84b4c76e66710@pc33.atlanta.example.com",
@@ -65,7 +65,8 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
         },
         "Plan": {"id": "starter", "name": "Starter", "max_concurrent_calls": 2,
                  "rate_plan_id": "std"},
-        "Business": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter"},
+        "Business": {"id": "123", "name": "Acme", "active": True, "plan_id": "starter",
+                     "outbound_providers": []},
         "Route": {"id": "route-abc123", "business_id": "123", "agent": "greeting",
                   "agent_options": {"voice": "alloy"}},
         "PhoneNumber": {
@@ -88,6 +89,32 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
             "id": "twilio-main", "kind": "TWILIO", "account_sid": "AC0123456789abcdef",
             "connection_id": None, "public_key": None, "application_id": None,
             "api_base_url": None, "secret_refs": {"authToken": "env:TWILIO_AUTH_TOKEN"},
+        },
+        "ApiKey": {"id": "k1", "business_id": "123", "sha256": "a" * 64},
+        "OutboundCallRequested": {
+            "provider": "TWILIO", "business_id": "456", "phone_id": "globex-twilio",
+            "route_id": "", "to_number": "+4915112345678", "from_number": "+15557654321",
+            "providers": ["twilio-main", "telnyx-main"],
+            "from_numbers": {"twilio-main": "+15557654321", "telnyx-main": "+15557654322"},
+            "ring_timeout_s": 30, "metadata": {"crm": "42"}, "api_key_id": "k1",
+            "request_sha256": "b" * 64, "idempotency_key_sha256": "", "edge_id": "webhook-1",
+        },
+        "OutboundAttempt": {
+            "attempt": 0, "provider": "TWILIO", "account_id": "twilio-main",
+            "request_id": "r-1", "provider_call_id": "CA1", "from_number": "+15557654321",
+            "to_number": "+4915112345678", "business_id": "456", "found_by_lookup": False,
+        },
+        "OutboundAttemptFailed": {
+            "attempt": 0, "provider": "TWILIO", "account_id": "twilio-main",
+            "reason": "http_5xx", "detail": "Service Unavailable", "http_status": 503,
+            "provider_error_code": None, "retryable": True, "provider_call_id": "",
+            "business_id": "456",
+        },
+        "OutboundReport": {
+            "dialer_id": "webhook-1", "attempt": 0, "provider": "TWILIO",
+            "account_id": "twilio-main", "provider_call_id": "CA1", "status": "ringing",
+            "progress": "RINGING", "reason": "completed", "sip_code": None,
+            "hangup_side": None, "duration_ms": None, "mos": None,
         },
         "CallCost": {
             "provider": "TELNYX", "provider_call_id": "v3:abc",

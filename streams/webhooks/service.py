@@ -20,7 +20,9 @@ Isolation: each subscription has its own task, connection pool and in-flight lim
 slow or dead subscriber only ever waits for itself. Safety: targets are checked after DNS
 resolution (`streams/webhooks/targets.py`, through the resolver the pool uses), redirects
 are not followed, answers are read to at most 1 KiB, and each attempt times out after
-TRUNKLINE_WEBHOOK_TIMEOUT_MS. Deliveries reach ClickHouse through the sink, which follows
+TRUNKLINE_WEBHOOK_TIMEOUT_MS. `GET /metrics` (its web port) counts attempts by outcome,
+times them, shows what each subscription owes and the consumer group's lag. Deliveries
+reach ClickHouse through the sink, which follows
 `webhook-deliveries` (chDB allows one process per data path, and the sink owns it).
 """
 
@@ -42,12 +44,13 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from confluent_kafka import KafkaError, TopicPartition
+from prometheus_client import Counter, Histogram
 
 from schemas.codec import Codec, CodecError, make_codec
 from streams.webhooks import signing, targets
-from streams.webhooks.book import Book, Changes, Delivery, Result
+from streams.webhooks.book import SETTLED, Book, Changes, Delivery, Result
 from streams.webhooks.retry import retry_after_ms
-from trunkline.core import kafka
+from trunkline.core import kafka, logs, metrics
 from trunkline.core.config import SecretError, describe_ref, resolve_secret
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
@@ -63,6 +66,21 @@ log = logging.getLogger("trunkline.webhooks")
 MAX_ANSWER_BYTES = 1024
 SWEEP_EVERY_S = 10.0
 USER_AGENT = "trunkline-webhooks/0.1"
+
+#: the webhook service's /metrics (docs/metrics.md); what it owes is read at scrape time
+ATTEMPTS = Counter(
+    "trunkline_webhook_deliveries_total",
+    "Delivery attempts by subscription, event type and outcome (delivered; retrying: "
+    "failed, another attempt is scheduled; dead: the last attempt failed; gone: 410 "
+    "disabled the subscription)",
+    ["subscription", "event_type", "outcome"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "trunkline_webhook_attempt_seconds",
+    "One delivery attempt's time, request to answer (or failure), by subscription",
+    ["subscription"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 
 
 def now_ms() -> int:
@@ -229,6 +247,8 @@ class WebhookService:
                 self.codec.encode("WebhookAttempt", a),
             )
             outcome = a["outcome"]
+            ATTEMPTS.labels(a["subscription_id"], a["event_type"], outcome).inc()
+            ATTEMPT_SECONDS.labels(a["subscription_id"]).observe((a["latency_ms"] or 0) / 1000)
             if outcome == "delivered":
                 self.stats["delivered"] += 1
             elif outcome in ("dead", "gone"):
@@ -244,6 +264,7 @@ class WebhookService:
                 a["attempt"],
                 outcome,
                 a["status_code"] if a["status_code"] is not None else a["error"],
+                extra=logs.call(a["envelope"]["call_id"] or None),
             )
         for sub_id in changes.woken:
             target = self.targets.get(sub_id)
@@ -421,9 +442,7 @@ class WebhookService:
             len(self.book.subscriptions),
             self.book.pending(),
         )
-        self._consumer = kafka.consumer(
-            bootstrap, f"{self.settings.app_id}-webhooks", **{"fetch.wait.max.ms": 50}
-        )
+        self._consumer = kafka.consumer(bootstrap, self.group, **{"fetch.wait.max.ms": 50})
         self._consumer.subscribe(
             [self.topics["events"], self.topics["billing"], self.topics["commands"]]
         )
@@ -468,6 +487,43 @@ class WebhookService:
         self._pool.shutdown(wait=False)
         self.out.close()
 
+    @property
+    def group(self) -> str:
+        """The consumer group that follows call-events, billing and webhook-commands."""
+        return f"{self.settings.app_id}-webhooks"
+
+    def gauges(self) -> dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], float]]]:
+        """What each subscription owes and has in flight, and whether a 410 disabled it
+        (taken on the service's loop, for /metrics)."""
+        pending: dict[tuple[str, ...], float] = {}
+        inflight: dict[tuple[str, ...], float] = {}
+        disabled: dict[tuple[str, ...], float] = {}
+        owed: dict[str, int] = {}
+        for d in self.book.deliveries.values():
+            if d.state not in SETTLED:
+                owed[d.subscription_id] = owed.get(d.subscription_id, 0) + 1
+        for sub_id, t in self.targets.items():
+            pending[(sub_id,)] = float(owed.get(sub_id, 0))
+            inflight[(sub_id,)] = float(len(t.inflight))
+            disabled[(sub_id,)] = 1.0 if sub_id in self.book.disabled else 0.0
+        return {
+            "trunkline_webhook_pending": (
+                "Deliveries a subscription is owed (due now or waiting for a retry)",
+                ("subscription",),
+                pending,
+            ),
+            "trunkline_webhook_in_flight": (
+                "Requests to a subscription waiting for an answer",
+                ("subscription",),
+                inflight,
+            ),
+            "trunkline_webhook_subscription_disabled": (
+                "1 when a 410 Gone disabled the subscription (`trunkline webhooks enable`)",
+                ("subscription",),
+                disabled,
+            ),
+        }
+
     def health(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
@@ -505,8 +561,18 @@ async def serve(settings: Settings) -> None:
     async def health(request: web.Request) -> web.Response:
         return web.json_response(service.health())
 
+    state = metrics.install("webhooks-state", metrics.Snapshot())
+    metrics.install("webhooks-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [service.group]))
+
+    async def prometheus(request: web.Request) -> web.Response:
+        for name, (documentation, labels, samples) in service.gauges().items():
+            state.update(name, documentation, labels, samples)
+        body = await loop.run_in_executor(None, metrics.exposition)  # the lag asks the broker
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
     app = web.Application()
     app.router.add_get("/health/", health)
+    app.router.add_get("/metrics", prometheus)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.worker_web_host, settings.webhooks_web_port)
@@ -520,10 +586,7 @@ async def serve(settings: Settings) -> None:
 
 
 def run_webhooks(settings: Settings, loglevel: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, loglevel.upper()),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
+    logs.setup(loglevel, settings.log_format, "webhooks")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(settings))
 

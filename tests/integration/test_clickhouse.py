@@ -35,10 +35,22 @@ def test_ddl_is_idempotent(ch_store):
         )
     }
     assert tables == {
-        "call_events_log", "call_events", "calls", "billing_records_log", "billing_records",
-        "webhook_deliveries_log", "webhook_deliveries",
-    }  # fmt: skip
-    assert len(ddl_statements("x")) == 9
+        "call_events_log",
+        "call_events",
+        "calls",
+        "billing_records_log",
+        "billing_records",
+        "webhook_deliveries_log",
+        "webhook_deliveries",
+        # analytics (004_analytics.sql, 005_billing_daily.sql)
+        "call_facts",
+        "calls_hourly",
+        "concurrency_minutely",
+        "call_quality",
+        "call_quality_hourly",
+        "billing_daily",
+    }
+    assert len(ddl_statements("x")) == 16
 
 
 def _wide_part_settings(store):

@@ -21,6 +21,7 @@ import yaml
 
 from schemas import SingleObjectCodec
 from tests.harness import Service, free_port, run_cli
+from tests.integration.test_observability import named, scrape, value
 from tests.receiver import Answer, Receiver
 from trunkline.core.admin import apply_all
 from trunkline.core.kafka import Outgoing, make_producer, publish_all
@@ -206,6 +207,19 @@ def test_two_500s_then_accepted_three_attempts_one_webhook_id(kafka_bootstrap, t
         assert [(a["attempt"], a["outcome"], a["status_code"]) for a in attempts] == [
             (1, "retrying", 500), (2, "retrying", 500), (3, "delivered", 200),
         ]  # fmt: skip
+        # the service's /metrics: the attempts by outcome, what it owes, its group's lag
+        got = scrape(f"{s.webhooks_url}/metrics")
+        by = {"subscription": "flaky", "event_type": "call.ended"}
+        assert value(got, "trunkline_webhook_deliveries_total", **by, outcome="retrying") == 2
+        assert value(got, "trunkline_webhook_deliveries_total", **by, outcome="delivered") == 1
+        assert value(got, "trunkline_webhook_attempt_seconds_count", subscription="flaky") == 3
+        assert value(got, "trunkline_webhook_pending", subscription="flaky") == 0
+        assert value(got, "trunkline_webhook_subscription_disabled", subscription="flaky") == 0
+        group = f"{s.app_id}-webhooks"
+        assert value(got, "trunkline_consumer_lag_up", group=group) == 1
+        lag = named(got, "trunkline_consumer_lag")
+        assert {dict(labels)["group"] for labels in lag} == {group}
+        assert f"{s.topic_prefix}call-events" in {dict(labels)["topic"] for labels in lag}
     finally:
         hooks.stop()
         sink.stop()
@@ -408,6 +422,8 @@ def test_a_real_call_is_rated_in_clickhouse_and_in_a_call_rated_webhook(
         "TRUNKLINE_BILLING_WEB_PORT": str(free_port()),
         "TRUNKLINE_WEBHOOKS_WEB_PORT": str(free_port()),
         "TRUNKLINE_SINK_FLUSH_MS": "300",
+        "TRUNKLINE_LOG_FORMAT": "json",  # the billing worker's and webhook service's too
+        "TRUNKLINE_LOG_LEVEL": "debug",
     }
     with running_stack(
         kafka_bootstrap, tmp_path / "state", edges=("edge-a",), config=config, env=env, media=True
@@ -457,6 +473,38 @@ def test_a_real_call_is_rated_in_clickhouse_and_in_a_call_rated_webhook(
             ]  # fmt: skip
             text = run_cli(s, "billing", "summary", "--business", "b-main")
             assert "0.008500 USD" in text.stdout
+            # the analytics view over billing_records has the call too
+            done = run_cli(
+                s, "sql", "--format", "json",
+                "SELECT business_id, direction, calls, toString(amount) AS amount "
+                "FROM billing_daily WHERE business_id = 'b-main'",
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            (daily,) = json.loads(done.stdout)
+            assert (daily["business_id"], daily["direction"], daily["calls"]) == (
+                "b-main", "INBOUND", 1,
+            )  # fmt: skip
+            assert Decimal(daily["amount"]) == Decimal("0.0085")  # exact, as a string
+            # the billing worker's /metrics: the rating counted, its own group's lag
+            got = scrape(f"{s.billing_url}/metrics")
+            rated = {"direction": "INBOUND", "currency": "USD", "run": "first"}
+            assert value(got, "trunkline_billing_rated_total", **rated) == 1
+            group = f"{s.app_id}-billing"
+            assert value(got, "trunkline_consumer_lag_up", group=group) == 1
+            assert {dict(labels)["group"] for labels in named(got, "trunkline_consumer_lag")} == {
+                group
+            }
+            # the webhook service's: both deliveries counted as delivered
+            got = scrape(f"{s.webhooks_url}/metrics")
+            for kind in ("call.ended", "call.rated"):
+                by = {"subscription": "billing", "event_type": kind, "outcome": "delivered"}
+                assert value(got, "trunkline_webhook_deliveries_total", **by) == 1
+            # every line each one logged is one JSON object, and the call can be followed
+            for service, name in ((rater, "billing-worker"), (hooks, "webhooks")):
+                assert service.log is not None
+                lines = [json.loads(x) for x in service.log.read_text().splitlines() if x.strip()]
+                assert lines and {line["service"] for line in lines} == {name}
+                assert any(line.get("call_id") == call_id for line in lines), name
         finally:
             hooks.stop()
             rater.stop()

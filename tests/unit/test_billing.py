@@ -394,3 +394,33 @@ def test_a_replay_of_the_same_events_sums_to_the_same_amount(calls):
     buf = io.BytesIO()
     for r in first:
         buf.write(codec.encode("CallRated", r))  # every record fits the schema
+
+
+def test_an_outbound_call_is_rated_outbound_with_the_provider_that_carried_it():
+    """The REST API's records as the dialer writes them: the request, Twilio's attempt
+    failed, Telnyx's carried the call; one CallRated, outbound price, Telnyx's call."""
+    from tests.samples import sample
+
+    def rec(name, at, **fields):
+        r = sample(name, call_id="q-out", at_ms=at)
+        r["envelope"]["event_id"] = f"q-out-{name}-{at}"
+        r.update(fields)
+        return name, r
+
+    events = [
+        rec("OutboundCallRequested", T0 + 1, business_id="123"),
+        admitted("q-out", T0 + 2),
+        rec("OutboundAttemptFailed", T0 + 3, attempt=0, provider="TWILIO", business_id="123"),
+        rec("OutboundAttempt", T0 + 4, attempt=1, provider="TELNYX", account_id="telnyx-main",
+            provider_call_id="v3:abc", business_id="123"),
+        answered("q-out", T0 + 5_000),
+        ended("q-out", T0 + 95_000, 90_000),
+    ]  # fmt: skip
+    # the agent hands the machine only what it takes (a failed attempt changes nothing)
+    rated, _ = run([(name, r) for name, r in events if billing.input_for(name) is not None])
+    (r,) = rated
+    assert (r["direction"], r["provider"]) == ("OUTBOUND", "TELNYX")
+    assert (r["provider_account_id"], r["provider_call_id"]) == ("telnyx-main", "v3:abc")
+    assert (r["talk_seconds"], r["billable_seconds"]) == (90, 120)
+    assert r["per_minute"] == Decimal("0.014000") and r["amount"] == Decimal("0.028000")
+    assert r["started_at"] == T0 + 1  # the API's request, not the attempt

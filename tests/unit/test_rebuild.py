@@ -100,7 +100,7 @@ class Sim:
 
     def handle(self, rec: LogRecord) -> None:
         if rec.topic in rebuild.SOURCES:  # the sink
-            table, row = table_row(rec.name, rec.record, rec.partition, rec.offset)
+            table, row = table_row(rec.name, rec.record, rec.partition, rec.offset, rec.timestamp)
             self.live.add_row(table, row)
         for e in self.machines.run_machines(rec):
             self.publish(e.dest, e.key, e.name, e.record)

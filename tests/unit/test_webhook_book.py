@@ -443,3 +443,42 @@ def test_settled_deliveries_and_quiet_entries_are_forgotten_after_the_retention(
 def test_no_subscription_keeps_nothing():
     b = Book((100,), 60_000)
     assert feed(b, offered(), ended()).writes == []
+
+
+def test_an_outbound_call_fires_offered_attempt_failed_answered_and_ended():
+    """The records the REST API and the dialer write for a call Twilio refused (503) and
+    Telnyx carried: call.offered (outbound), one call.attempt_failed, then the rest."""
+    from tests.samples import sample
+
+    def rec(name, at, **fields):
+        r = sample(name, call_id="q-out", at_ms=at)
+        r["envelope"]["event_id"] = f"q-out-{name}-{at}"
+        r.update(fields)
+        return name, r
+
+    b = new_book(subscription(business="456"))
+    feed(
+        b,
+        rec("OutboundCallRequested", T),
+        rec("OutboundAttemptFailed", T + 100),
+        rec("OutboundAttempt", T + 200, attempt=1, provider="TELNYX", account_id="telnyx-main"),
+        answered("q-out", T + 5_000),
+        ended("q-out", T + 65_000, business="456"),
+    )
+    bodies = {
+        d.event_type: json.loads(d.body)
+        for d in b.deliveries.values()
+        if d.subscription_id == "crm"
+    }
+    assert set(bodies) == {"call.offered", "call.attempt_failed", "call.answered", "call.ended"}
+    offered_data = bodies["call.offered"]["data"]
+    assert offered_data["direction"] == "OUTBOUND"
+    assert (offered_data["fromNumber"], offered_data["toNumber"]) == (
+        "+15557654321", "+4915112345678",
+    )  # fmt: skip
+    failed = bodies["call.attempt_failed"]["data"]["attempt"]
+    assert failed == {
+        "attempt": 1, "provider": "TWILIO", "accountId": "twilio-main", "reason": "http_5xx",
+        "detail": "Service Unavailable", "httpStatus": 503, "retryable": True,
+    }  # fmt: skip
+    assert bodies["call.ended"]["data"]["status"] == "Completed"

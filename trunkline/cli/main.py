@@ -20,11 +20,14 @@ from trunkline.cli import (
     call,
     calls,
     config,
+    dial,
     heartbeats,
     kafka,
     lifecycle,
     replay,
+    report,
     services,
+    sql,
     topics,
     webhooks,
 )
@@ -41,8 +44,8 @@ from trunkline.stack.base import BadInput, StackError
 
 #: the command groups, in `trunkline --help` order
 COMMAND_GROUPS = (
-    lifecycle, kafka, topics, config, services, heartbeats, call, calls, billing, webhooks,
-    replay,
+    lifecycle, kafka, topics, config, services, heartbeats, call, dial, calls, billing,
+    webhooks, sql, report, replay,
 )  # fmt: skip
 
 

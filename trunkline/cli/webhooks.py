@@ -14,6 +14,7 @@ from trunkline.cli.common import (
     Context,
     Subparsers,
     add_loglevel,
+    loglevel,
     out,
     print_json,
     say,
@@ -67,7 +68,7 @@ def cmd_webhooks(args: argparse.Namespace, ctx: Context) -> int:
         from trunkline.core.config import SecretError
 
         try:
-            run_webhooks(ctx.settings, loglevel=args.loglevel)
+            run_webhooks(ctx.settings, loglevel=loglevel(args, ctx))
         except SecretError as exc:
             raise CliError(f"webhooks refuses to start: {exc}", EXIT_USAGE) from exc
         except OSError as exc:

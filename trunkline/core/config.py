@@ -41,7 +41,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 CONFIG_NAMESPACE = uuid.UUID("5b0f3c9e-6a34-4d5e-9a56-3f4c1b7d2e10")
 
 SECTIONS = (
-    "plans", "businesses", "routes", "numbers", "backends", "bypassRules", "providers",
+    "plans", "businesses", "routes", "numbers", "backends", "bypassRules", "providers", "apiKeys",
     "ratePlans", "webhookSubscriptions",
 )  # fmt: skip
 AVRO_NAME = {
@@ -54,7 +54,9 @@ AVRO_NAME = {
     "numbers": "PhoneNumber",
     "backends": "BackendServer",
     "bypassRules": "BypassRule",
+    "apiKeys": "ApiKey",
 }
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,37 @@ def _business(c: _Checker) -> dict[str, Any]:
         "name": c.text("name"),
         "active": c.boolean("active", True),
         "plan_id": c.ident("plan"),
+        "outbound_providers": _id_list(c, "outboundProviders"),
+    }
+
+
+def _id_list(c: _Checker, name: str) -> list[str]:
+    value = c._get(name, False)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) and ID_RE.match(str(v)) for v in value
+    ):
+        c.fail(name, "must be a list of ids")
+        return []
+    out = [str(v) for v in value]
+    if len(set(out)) != len(out):
+        c.fail(name, "lists an id twice")
+    return out
+
+
+def _api_key(c: _Checker) -> dict[str, Any]:
+    digest = c._get("sha256", True)
+    if digest is not None and (not isinstance(digest, str) or not SHA256_RE.match(digest.lower())):
+        c.fail("sha256", "must be the lowercase hex SHA-256 of the key (64 hex digits)")
+        digest = None
+    if "key" in c.item:
+        c.fail("key", "is a secret: configure only its sha256, never the key itself")
+        c.used.add("key")
+    return {
+        "id": c.ident("id"),
+        "business_id": c.ident("businessId"),
+        "sha256": digest.lower() if isinstance(digest, str) else None,
     }
 
 
@@ -617,6 +650,7 @@ _BUILDERS: dict[str, Callable[[_Checker], dict[str, Any]]] = {
     "numbers": _number,
     "backends": _backend,
     "bypassRules": _bypass,
+    "apiKeys": _api_key,
     "ratePlans": _rate_plan,
     "webhookSubscriptions": _webhook_subscription,
 }
@@ -682,6 +716,19 @@ def parse_config(data: Any) -> Config:
 
     for where, b in built["businesses"]:
         ref(where, "plan", b["plan_id"], "plans", "plan")
+        for i, account in enumerate(b["outbound_providers"]):
+            ref(where, f"outboundProviders[{i}]", account, "providers", "provider account")
+    digests: dict[str, str] = {}
+    for where, b in built["apiKeys"]:
+        ref(where, "businessId", b["business_id"], "businesses", "business")
+        if b["sha256"] is not None:
+            if b["sha256"] in digests:
+                problems.append(
+                    Problem(
+                        f"{where}.sha256", f"the same key is also api key {digests[b['sha256']]!r}"
+                    )
+                )
+            digests[b["sha256"]] = b["id"]
     rate_plan_ids = {b["id"] for _, b in built["ratePlans"]}
     for where, b in built["plans"]:
         if b["rate_plan_id"] is not None and b["rate_plan_id"] not in rate_plan_ids:

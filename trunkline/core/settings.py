@@ -29,6 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from trunkline.core.logs import LOG_FORMATS, LOG_LEVELS
+
 ENV_PREFIX = "TRUNKLINE_"
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _APP_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -211,6 +213,20 @@ def _sink_priority(raw: Any, info: ValidationInfo) -> str:
     return str(raw)
 
 
+def _choice(choices: tuple[str, ...]) -> Any:
+    """A validator accepting one of `choices` (any case)."""
+
+    def check(raw: Any, info: ValidationInfo) -> str:
+        if _unset(raw):
+            raise PydanticUseDefault()
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise SettingsError(f"{_name(info)}={raw!r}: must be one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
 _SCHEDULE_RE = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
 _SCHEDULE_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -297,6 +313,10 @@ class Settings(BaseSettings):
     sink_web_port: Port = 6067
     sink_priority: Annotated[str, BeforeValidator(_sink_priority)] = "idle"
     sink_flush_ms: PositiveMs = 2_000
+    #: every service's logs (trunkline.core.logs): one-line text or JSON, and the level
+    #: a service's `--loglevel` defaults to
+    log_format: Annotated[str, BeforeValidator(_choice(LOG_FORMATS))] = "text"
+    log_level: Annotated[str, BeforeValidator(_choice(LOG_LEVELS))] = "info"
     sip_listen: HostPort = "127.0.0.1:5060"
     sip_metrics_listen: HostPort = "127.0.0.1:9060"
     #: flood control (edge/sip/flood.py): requests a second per source IP, and for

@@ -55,8 +55,9 @@ CALL_EVENTS = TopicSpec(
 # Raise them (on fresh topics: keys move) before running more workers than partitions.
 ADMISSION = TopicSpec(
     "admission", 2, False, 7 * DAY_MS, "business_id",
-    ("CallOffered", "CallEnded", "CallRejected", "PartitionTick"),
-    "Admission's input: offers from edges, every end or later rejection (slot release), ticks.",
+    ("CallOffered", "OutboundCallRequested", "CallEnded", "CallRejected", "PartitionTick"),
+    "Admission's input: offers from edges and the API, every end or later rejection (slot "
+    "release), ticks.",
 )  # fmt: skip
 ROUTING = TopicSpec(
     "routing", 2, False, 7 * DAY_MS, "region_id",
@@ -74,6 +75,14 @@ DECISIONS = TopicSpec(
 ASSIGNMENTS = TopicSpec(
     "assignments", 6, False, DAY_MS, "backend_id", ("CallRouted",),
     "Calls routed to a media node; each node reads its key's partition.",
+)  # fmt: skip
+OUTBOUND = TopicSpec(
+    "outbound", 6, False, DAY_MS, "dialer_id",
+    ("OutboundCallRequested", "OutboundAttempt", "OutboundAttemptFailed", "OutboundReport",
+     "CallEnded"),
+    "The dialers' journal: each dialer (one per HTTP edge process) writes its outbound calls' "
+    "requests, attempts and ends under its id, the webhook edges add the providers' reports "
+    "for them; a restarted dialer reads its key back to resume pending calls.",
 )  # fmt: skip
 DEAD_LETTERS = TopicSpec(
     "dead-letters",
@@ -110,6 +119,10 @@ PROVIDERS = TopicSpec(
     "config.providers", 1, True, None, "id", ("ProviderAccount",),
     "Provider accounts (compacted): ids, public identifiers, secret references (never values).",
 )  # fmt: skip
+API_KEYS = TopicSpec(
+    "config.api-keys", 1, True, None, "id", ("ApiKey",),
+    "REST API keys (compacted): id, business, SHA-256 of the key (never the key).",
+)  # fmt: skip
 
 #: config kind (the YAML section) -> its topic
 CONFIG_TOPICS: dict[str, TopicSpec] = {
@@ -120,11 +133,12 @@ CONFIG_TOPICS: dict[str, TopicSpec] = {
     "backends": BACKENDS,
     "bypassRules": BYPASS_RULES,
     "providers": PROVIDERS,
+    "apiKeys": API_KEYS,
     "ratePlans": RATE_PLANS,
     "webhookSubscriptions": WEBHOOK_SUBSCRIPTIONS,
 }
 #: the sections the worker keeps as tables (admission and routing read them); provider
-#: accounts are read only by the webhook edge, and each partition a worker follows costs
+#: accounts and API keys are read only by the HTTP edge, and each partition a worker follows costs
 #: it on every fetch (docs/design.md)
 WORKER_CONFIG_SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules")
 
@@ -160,6 +174,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     HEARTBEATS,
     DECISIONS,
     ASSIGNMENTS,
+    OUTBOUND,
     DEAD_LETTERS,
     BILLING,
     WEBHOOK_STATE,
