@@ -45,6 +45,7 @@ def test_a_bad_time_names_the_flag(text):
 def test_targets():
     assert target_topic(S, "copy-1", False) == "copy-1"
     assert target_topic(S, "decisions", True) == "x.decisions"  # ours: prefixed
+    assert target_topic(S, "dead-letters", False) == "x.dead-letters"  # read by people only
     for live in (
         "admission",
         "x.admission",

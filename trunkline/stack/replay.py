@@ -59,6 +59,7 @@ from trunkline.core.topics import (
     BILLING_CONFIG_SECTIONS,
     CALL_EVENTS,
     CONFIG_TOPICS,
+    DEAD_LETTERS,
     HEARTBEATS,
     ROUTING,
     WEBHOOK_DELIVERIES,
@@ -77,10 +78,9 @@ EVENT_TOPICS: dict[str, TopicSpec] = {
     t.suffix: t for t in ALL_TOPICS if not t.compacted and t.records[0] not in ("json",)
 } | {t.suffix: t for t in CONFIG_TOPICS.values()}
 #: what the machines and services consume: re-publishing into these needs --force
-LIVE_INPUTS = frozenset(
-    t.suffix for t in (ADMISSION, ROUTING, HEARTBEATS, CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
-) | frozenset(t.suffix for t in ALL_TOPICS if t.compacted) | {"decisions", "assignments",
-                                                              "webhook-commands"}  # fmt: skip
+#: (every declared topic has a consumer: machines, edges, media nodes, dialers, the sink,
+#: the webhook service; only the dead letters are read by people)
+LIVE_INPUTS = frozenset(t.suffix for t in ALL_TOPICS if t is not DEAD_LETTERS)
 
 
 # -- arguments ----------------------------------------------------------------------------
