@@ -333,8 +333,13 @@ def test_the_digest_leaves_out_positions_only():
 PURE = [
     "streams/admission.py", "streams/routing.py", "streams/billing.py", "streams/retention.py",
     "streams/projection.py", "streams/rebuild.py", "streams/webhooks/book.py",
-    "streams/webhooks/payload.py", "streams/webhooks/retry.py",
+    "streams/webhooks/payload.py", "streams/webhooks/retry.py", "edge/dialer/machine.py",
+    "edge/sip/transaction.py", "edge/sip/redirect.py", "edge/webhook/calls.py", "media/call.py",
 ]  # fmt: skip
+#: the exceptions, each listed with its reason in docs/design.md (the determinism audit):
+#: the proxy's TU draws a new call's queue id and To-tag (injectable; facts it records in
+#: CallOffered, not state a replay rebuilds)
+ALLOWED = {"edge/sip/redirect.py": ["uuid.uuid4()", "uuid.uuid4()"]}
 FORBIDDEN_CALLS = {
     ("time", "time"), ("time", "time_ns"), ("time", "monotonic"), ("time", "perf_counter"),
     ("datetime", "now"), ("datetime", "utcnow"), ("date", "today"), ("uuid", "uuid1"),
@@ -352,10 +357,10 @@ def test_machines_and_projections_read_no_clock_and_draw_no_ids(path):
             base = node.func.value
             name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
             if (name, node.func.attr) in FORBIDDEN_CALLS:
-                found.append(f"{path}:{node.lineno} {name}.{node.func.attr}()")
+                found.append(f"{name}.{node.func.attr}()")
         if isinstance(node, ast.ImportFrom) and node.module in ("time", "random", "secrets"):
-            found.append(f"{path}:{node.lineno} from {node.module} import ...")
-    assert found == []
+            found.append(f"from {node.module} import ...")
+    assert found == ALLOWED.get(path, [])
 
 
 def test_billing_computes_money_without_floats():
