@@ -529,6 +529,11 @@ def _verify_machines(
         equal = a == b
         group = billing_app_id(s.app_id) if table in BILLING_TABLES else s.app_id
         inputs = [r for r in ranges if (r.topic == history) == (table in BILLING_TABLES)]
+        keys = [] if equal else differing_keys(live, mine)
+        note = _behind(group, inputs, ends)
+        if keys:
+            what = _fields_differing(live.get(keys[0]), mine.get(keys[0]))
+            note = "; ".join(x for x in (note, f"{keys[0]}: {what}") if x)
         checks.append(
             TableCheck(
                 table,
@@ -536,11 +541,21 @@ def _verify_machines(
                 {"count": a.count, "xor": a.xor},
                 {"count": b.count, "xor": b.xor},
                 equal,
-                [] if equal else differing_keys(live, mine),
-                _behind(group, inputs, ends),
+                keys,
+                note,
             )
         )
     return checks
+
+
+def _fields_differing(live: Any, shadow: Any, limit: int = 4) -> str:
+    """How one entry differs: the fields with their live and shadow values."""
+    if not isinstance(live, dict) or not isinstance(shadow, dict):
+        return f"live {live!r:.120}, shadow {shadow!r:.120}"
+    fields = sorted(k for k in set(live) | set(shadow) if live.get(k) != shadow.get(k))
+    return ", ".join(
+        f"{k} live {live.get(k)!r:.80} shadow {shadow.get(k)!r:.80}" for k in fields[:limit]
+    )
 
 
 def _table_key(raw: bytes) -> str:
