@@ -63,10 +63,12 @@ def register(
 ) -> Registered:
     prefix = settings.topic_prefix
 
+    partitions = settings.decision_partitions  # admission, routing, heartbeats, changelogs
+
     def topic(spec: Any, *more: Any) -> Any:
         names = [spec.name(prefix), *(m.name(prefix) for m in more)]
         return app.topic(
-            *names, key_serializer="tl-str", value_serializer="tl-avro", partitions=spec.partitions
+            *names, key_serializer="tl-str", value_serializer="tl-avro", partitions=partitions
         )
 
     admission_topic = topic(ADMISSION)
@@ -93,10 +95,10 @@ def register(
     emitter = Emitter(settings.kafka_bootstrap, codec, out_topics)
     flush_with_faust(emitter)
 
-    slots = table("admission-slots", ADMISSION.partitions)
-    reservations = table("routing-reservations", ROUTING.partitions)
-    heartbeats = table("routing-heartbeats", ROUTING.partitions)
-    ticks = table("routing-ticks", ROUTING.partitions)  # region -> routing.Watch
+    slots = table("admission-slots", partitions)
+    reservations = table("routing-reservations", partitions)
+    heartbeats = table("routing-heartbeats", partitions)
+    ticks = table("routing-ticks", partitions)  # region -> routing.Watch
     watches: dict[str, routing.Watch] = {}  # the ticks table, parsed
     slot_index = admission.SlotIndex()
     load_index = routing.LoadIndex()
@@ -315,7 +317,7 @@ def register(
         now_ms = int(time.time() * 1000)
         for spec in (ADMISSION, ROUTING):
             topic_name = spec.name(prefix)
-            for partition in range(spec.partitions):
+            for partition in range(partitions):
                 record = {
                     "envelope": envelope("", "retention-timer", now_ms, str(uuid.uuid4())),
                     "partition": partition,

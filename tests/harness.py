@@ -136,7 +136,9 @@ class Service:
         return self.settings.worker_url if self.command == "worker" else self.settings.sink_url
 
     def ready(self, health: dict[str, Any]) -> bool:
-        return "tables" in health if self.command == "worker" else bool(health["sink"]["alive"])
+        if self.command == "worker":  # 200 only once the group is joined, tables recovered
+            return bool(health.get("ready"))
+        return bool(health["sink"]["alive"])
 
     def start(self, timeout: float = 90) -> None:
         self.log = self.settings.state_dir / f"{self.command}-{int(time.time() * 1000)}.log"
