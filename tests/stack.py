@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -117,6 +118,10 @@ class Stack:
     media_ws_port: int = 0
     edge_metrics: dict[str, int] = field(default_factory=dict)  # edge id -> /metrics port
     media_sip_port: int = 0
+    workers: list[Service] = field(default_factory=list)  # worker first
+    #: process name (edge id, backend id) -> its process, to kill and restart one
+    named: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restart: dict[str, Any] = field(default_factory=dict)  # name -> starts it again
 
     def uac(self, edge: str = "edge-a", transport: str = "UDP") -> UAC:
         return UAC("127.0.0.1", self.edges[edge], transport)
@@ -185,10 +190,16 @@ def running_stack(
     capacity: int = 100,
     media: bool = False,
     media_args: tuple[str, ...] = (),
+    workers: int = 1,
+    media_nodes: int = 0,
 ) -> Iterator[Stack]:
     """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
     instead of the heartbeat stand-in; `media_args` are added to its command line (e.g.
-    `("--media-timeout", "3")`)."""
+    `("--media-timeout", "3")`). `media_nodes` > 1 runs that many (backend-1,
+    backend-2, ...; one the config lacks is added in backend-1's region). `workers` workers share the
+    decision path (one consumer group; set TRUNKLINE_DECISION_PARTITIONS in `env`)."""
+    media = media or media_nodes > 0
+    media_nodes = max(media_nodes, 1 if media else 0)
     tag = uuid.uuid4().hex[:8]
     s = Settings.from_env(
         {
@@ -203,15 +214,18 @@ def running_stack(
         }
     )
     state.mkdir(parents=True, exist_ok=True)
-    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
+    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id, s.decision_partitions)
     cfg = state / "config.yaml"
     config = json.loads(json.dumps(config or CONFIG))
-    media_port, ws_port = free_port(), free_port()
-    if media:
-        for b in config["backends"]:
-            if b["id"] == "backend-1":
-                b["sipAddress"] = f"127.0.0.1:{media_port}"
-                b["mediaUrl"] = f"ws://127.0.0.1:{ws_port}"  # what provider answers point at
+    nodes = {f"backend-{i + 1}": (free_port(), free_port()) for i in range(media_nodes)}
+    media_port, ws_port = nodes.get("backend-1", (free_port(), free_port()))
+    for backend_id, (sip_port, node_ws_port) in nodes.items():
+        found = [b for b in config["backends"] if b["id"] == backend_id]
+        if not found:
+            found = [{**config["backends"][0], "id": backend_id}]
+            config["backends"].append(found[0])
+        found[0]["sipAddress"] = f"127.0.0.1:{sip_port}"
+        found[0]["mediaUrl"] = f"ws://127.0.0.1:{node_ws_port}"  # provider answers use it
     cfg.write_text(yaml.safe_dump(config))
     done = run_cli(s, "config", "apply", str(cfg))
     assert done.returncode == 0, done.stderr
@@ -221,53 +235,81 @@ def running_stack(
         beat.start()
     sink = Sink(s)
     sink.start()
-    worker = Worker(s)
-    worker.start()
+    all_workers = [Worker(s)]
+    for _ in range(workers - 1):
+        all_workers.append(Worker(s.with_overrides(worker_web_port=free_port())))
     ports = {e: free_port() for e in edges}
     metrics = {e: free_port() for e in edges}  # each edge's /metrics
-    procs = []
+    named: dict[str, subprocess.Popen[bytes]] = {}
+    restart: dict[str, Any] = {}
+
+    regions = {b["id"]: b["regionId"] for b in config["backends"]}
+
+    def start_node(backend_id: str) -> subprocess.Popen[bytes]:
+        sip_port, node_ws_port = nodes[backend_id]
+        log = open(s.state_dir / f"media-{backend_id}.log", "ab")  # noqa: SIM115
+        named[backend_id] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "trunkline.cli",
+                "media",
+                "--server-id",
+                backend_id,
+                "--region",
+                regions[backend_id],
+                "--listen",
+                f"127.0.0.1:{sip_port}",
+                "--ws-listen",
+                f"127.0.0.1:{node_ws_port}",
+                *media_args,
+            ],
+            env=child_env(s),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        return named[backend_id]
+
+    def start_edge(edge_id: str) -> subprocess.Popen[bytes]:
+        named[edge_id] = _start_edge(s, edge_id, ports[edge_id], metrics[edge_id])
+        return named[edge_id]
+
     try:
-        procs = [_start_edge(s, e, p, metrics[e]) for e, p in ports.items()]
-        if media:
-            log = open(s.state_dir / "media.log", "wb")  # noqa: SIM115
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "trunkline.cli",
-                        "media",
-                        "--server-id",
-                        "backend-1",
-                        "--region",
-                        "us-east-1",
-                        "--listen",
-                        f"127.0.0.1:{media_port}",
-                        "--ws-listen",
-                        f"127.0.0.1:{ws_port}",
-                        *media_args,
-                    ],
-                    env=child_env(s),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=ROOT,
-                )
-            )
-        worker.poll("/state/routing-heartbeats/", lambda b: "backend-1" in b)
+        for w in all_workers:  # one at a time: each joins the group and recovers
+            w.start()
+        for e in ports:
+            start_edge(e)
+            restart[e] = lambda e=e: start_edge(e)
+        for backend_id in nodes:
+            start_node(backend_id)
+            restart[backend_id] = lambda b=backend_id: start_node(b)
+        # routing holds each node's heartbeats (with several workers: the one deciding
+        # the node's region)
+        for backend_id in nodes or ("backend-1",):
+            deadline = time.monotonic() + 30
+            while not any(backend_id in w.get("/state/routing-heartbeats/") for w in all_workers):
+                assert time.monotonic() < deadline, f"no worker holds {backend_id}'s heartbeats"
+                time.sleep(0.2)
         yield Stack(
             s,
-            worker,
+            all_workers[0],
             sink,
             ports,
-            procs,
+            list(named.values()),
             media_ws_port=ws_port if media else 0,
             media_sip_port=media_port if media else 0,
             edge_metrics=metrics,
+            workers=all_workers,
+            named=named,
+            restart=restart,
         )
     finally:
         stop.set()
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-        worker.stop()
+        for p in named.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for w in all_workers:
+            w.stop()
         sink.stop()
