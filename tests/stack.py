@@ -196,8 +196,9 @@ def running_stack(
     """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
     instead of the heartbeat stand-in; `media_args` are added to its command line (e.g.
     `("--media-timeout", "3")`). `media_nodes` > 1 runs that many (backend-1,
-    backend-2, ...; one the config lacks is added in backend-1's region). `workers` workers share the
-    decision path (one consumer group; set TRUNKLINE_DECISION_PARTITIONS in `env`)."""
+    backend-2, ...; one the config lacks is added in backend-1's region). `workers`
+    workers share the decision path (one consumer group; set
+    TRUNKLINE_DECISION_PARTITIONS in `env`)."""
     media = media or media_nodes > 0
     media_nodes = max(media_nodes, 1 if media else 0)
     tag = uuid.uuid4().hex[:8]
