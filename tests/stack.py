@@ -22,7 +22,7 @@ from schemas import SingleObjectCodec
 from tests.harness import ROOT, Service, Sink, Worker, child_env, free_port, run_cli
 from tests.samples import sample
 from trunkline.core.admin import apply_all
-from trunkline.core.kafka import Outgoing, make_producer, publish_all
+from trunkline.core.kafka import Outgoing, make_producer, partition_for, publish_all
 from trunkline.core.settings import Settings
 from trunkline.core.topics import HEARTBEATS
 
@@ -133,18 +133,72 @@ class Stack:
         )
 
 
-def _heartbeats(s: Settings, stop: threading.Event, capacity: int = 100) -> None:
+def _heartbeats(
+    s: Settings,
+    stop: threading.Event,
+    capacity: int = 100,
+    backends: tuple[tuple[str, str], ...] = (("backend-1", "us-east-1"),),
+) -> None:
+    """A heartbeat a second for each (backend id, region id), standing in for nodes."""
     producer = make_producer(s.kafka_bootstrap, **{"log_level": 3})
     while not stop.is_set():
-        hb = sample("BackendHeartbeat")
-        hb.update(backend_id="backend-1", region_id="us-east-1", capacity=capacity, active_calls=0)
-        producer.produce(
-            HEARTBEATS.name(s.topic_prefix),
-            key=b"us-east-1",
-            value=CODEC.encode("BackendHeartbeat", hb),
-        )
+        for backend_id, region_id in backends:
+            hb = sample("BackendHeartbeat")
+            hb.update(backend_id=backend_id, region_id=region_id, capacity=capacity, active_calls=0)
+            producer.produce(
+                HEARTBEATS.name(s.topic_prefix),
+                key=region_id.encode(),
+                value=CODEC.encode("BackendHeartbeat", hb),
+            )
         producer.flush(5)
         stop.wait(1.0)
+
+
+def spread_config(partitions: int, capacity: int = 1_000_000) -> tuple[dict, list[str]]:
+    """A config whose businesses and regions cover every one of `partitions` decision
+    partitions (one business and one region per partition, each business's number in
+    its own region, a backend per region), so several workers share the work whatever
+    partitions each is assigned; and the numbers, one per business."""
+
+    def keys(stem: str) -> list[str]:
+        found: dict[int, str] = {}
+        i = 0
+        while len(found) < partitions:
+            key = f"{stem}-{i}"
+            found.setdefault(partition_for(key.encode(), partitions), key)
+            i += 1
+        return [found[p] for p in range(partitions)]
+
+    businesses, regions = keys("bz"), keys("rg")
+    numbers = [f"+1555100{i:04d}" for i in range(partitions)]
+    config = {
+        "plans": [{"id": "wide", "maxConcurrentCalls": capacity}],
+        "businesses": [{"id": b, "name": b, "plan": "wide"} for b in businesses],
+        "routes": [{"id": f"r-{b}", "businessId": b} for b in businesses],
+        "numbers": [
+            {
+                "id": f"n-{b}",
+                "businessId": b,
+                "provider": "SIP",
+                "number": n,
+                "routeId": f"r-{b}",
+                "regionId": r,
+                "allowedSourceIps": ["127.0.0.1"],
+            }
+            for b, r, n in zip(businesses, regions, numbers, strict=True)
+        ],
+        "backends": [
+            {
+                "id": f"backend-{r}",
+                "regionId": r,
+                "sipAddress": "127.0.0.1:5070",
+                "mediaUrl": "ws://127.0.0.1:8081",
+                "maxConcurrentCalls": capacity,
+            }
+            for r in regions
+        ],
+    }
+    return config, numbers
 
 
 def _start_edge(s: Settings, edge_id: str, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
@@ -192,6 +246,7 @@ def running_stack(
     media_args: tuple[str, ...] = (),
     workers: int = 1,
     media_nodes: int = 0,
+    heartbeat_backends: tuple[tuple[str, str], ...] = (("backend-1", "us-east-1"),),
 ) -> Iterator[Stack]:
     """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
     instead of the heartbeat stand-in; `media_args` are added to its command line (e.g.
@@ -232,7 +287,9 @@ def running_stack(
     assert done.returncode == 0, done.stderr
     stop = threading.Event()
     if not media:
-        beat = threading.Thread(target=_heartbeats, args=(s, stop, capacity), daemon=True)
+        beat = threading.Thread(
+            target=_heartbeats, args=(s, stop, capacity, heartbeat_backends), daemon=True
+        )
         beat.start()
     sink = Sink(s)
     sink.start()
@@ -287,7 +344,7 @@ def running_stack(
             restart[backend_id] = lambda b=backend_id: start_node(b)
         # routing holds each node's heartbeats (with several workers: the one deciding
         # the node's region)
-        for backend_id in nodes or ("backend-1",):
+        for backend_id in nodes or [b for b, _ in heartbeat_backends]:
             deadline = time.monotonic() + 30
             while not any(backend_id in w.get("/state/routing-heartbeats/") for w in all_workers):
                 assert time.monotonic() < deadline, f"no worker holds {backend_id}'s heartbeats"
