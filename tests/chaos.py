@@ -50,6 +50,7 @@ class Outcome:
     stuck: int
     events: list[str] = field(default_factory=list)  # what was done, when
     media_calls: int = 0
+    unlogged: int = 0  # 503 "event log unavailable": refused at the door, never published
 
     @property
     def ok(self) -> bool:
@@ -63,6 +64,7 @@ class Outcome:
             f"held plan {self.held_plan} backend {self.held_backend} | legit p99 "
             f"{self.p99_ms:7.1f} ms | lost {self.lost} leaked {self.leaked} stuck {self.stuck}"
             + (f" | media calls {self.media_calls}" if self.media_calls else "")
+            + (f" | refused unlogged {self.unlogged}" if self.unlogged else "")
             + ("  OK" if self.ok else "  FAIL")
         )
 
@@ -118,6 +120,20 @@ def kill_named(
         proc.wait(10)
         log.append(f"{name} SIGKILL {i + 1} after {len(load.routed)} routed")
         s.restart[name]()
+
+
+def restart_broker(
+    paths: Any, cache: Any, port: int, controller: int, away: float, log: list[str]
+) -> None:
+    """Stop the (private) broker, keep it away at least `away` s, start it again."""
+    from trunkline.core import kafka_local
+
+    stopped = time.monotonic()
+    kafka_local.stop(paths)
+    log.append(f"broker stopped for {away:g} s")
+    time.sleep(max(0.0, away - (time.monotonic() - stopped)))
+    kafka_local.start(paths, cache, port, controller)
+    log.append(f"broker back after {time.monotonic() - stopped:.1f} s")
 
 
 def flood(port: int, seconds: float, rate: int = 2000, source: str = "127.0.0.2") -> int:
@@ -200,9 +216,16 @@ def settle_and_count(
     ClickHouse with nothing held; wait for that up to `settle_s`, then count."""
     offered = [c for x in loads for c in x.offered]
     answered: dict[str, int] = {}
+    unlogged: set[str] = set()
     for x in loads:
         answered.update(x.answered)
+        unlogged |= x.unlogged
+    logged = set(answered) - unlogged  # every call the edge published must be in history
     offered_set = set(offered)
+    # the media callers' calls, by queue id (each got a 302 and went to the media node)
+    media_ids = {
+        r.queue_id for r in (media.results if media else []) if getattr(r, "queue_id", None)
+    }
     deadline = time.monotonic() + settle_s
     rows: dict[str, str] = {}
     plan = backend = -1
@@ -213,13 +236,15 @@ def settle_and_count(
             for c in calls
             if c.get("provider_call_id") in offered_set
         }
+        media_rows = {c["id"]: c["status"] for c in calls if c["id"] in media_ids}
         try:
             plan, backend = held(s)
         except OSError:
             plan = backend = -1
         done = (
-            set(answered) <= set(rows)
-            and all(st in TERMINAL for st in rows.values())
+            logged <= set(rows)
+            and media_ids <= set(media_rows)
+            and all(st in TERMINAL for st in [*rows.values(), *media_rows.values()])
             and plan == 0
             and backend == 0
         )
@@ -238,11 +263,12 @@ def settle_and_count(
         held_plan=plan,
         held_backend=backend,
         p99_ms=percentile(latencies, 0.99),
-        lost=len(set(answered) - set(rows)),
+        lost=len(logged - set(rows)) + len(media_ids - set(media_rows)),
         leaked=max(plan, 0) + max(backend, 0),
-        stuck=sum(st not in TERMINAL for st in rows.values()),
+        stuck=sum(st not in TERMINAL for st in [*rows.values(), *media_rows.values()]),
         events=events,
-        media_calls=len(media.results) if media else 0,
+        media_calls=len(media_ids),
+        unlogged=len(unlogged),
     )
 
 

@@ -28,6 +28,9 @@ class Load:
     answered: dict[str, int] = field(default_factory=dict)
     offered: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    #: calls refused at the door while the broker was away (503 "event log unavailable":
+    #: nothing was published, so the history has no trace of them, by design)
+    unlogged: set[str] = field(default_factory=set)
     _sent_at: dict[str, float] = field(default_factory=dict)
     _pending: dict[str, Call] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -80,7 +83,10 @@ class Load:
             queue_id = NameAddr.parse(r.headers.get("contact")).uri.headers["X-CallQueue-Id"]
             self.routed[queue_id] = time.time()
         elif warning := r.headers.get("warning"):
-            self.warnings[warning.split('"')[1].split(" in region")[0]] += 1
+            why = warning.split('"')[1].split(" in region")[0]
+            self.warnings[why] += 1
+            if why == "event log unavailable":
+                self.unlogged.add(r.call_id)
 
     def stop(self) -> None:
         """Stop sending; return once every INVITE sent has its final answer."""

@@ -1,0 +1,142 @@
+"""Chaos under a steady SIP load (tests/chaos.py): each scenario runs its own stack (sink,
+worker, SIP edge, media node or heartbeat stand-in) on a private broker this script
+starts, breaks something while calls flow at --rate per second, lets the stack settle,
+and prints per scenario: offered, answered by code, terminal in ClickHouse, held slots
+after settling, the legitimate calls' INVITE -> final p99, and lost / leaked / stuck
+(the target is 0 / 0 / 0).
+
+Scenarios (--scenarios, comma-separated; default all):
+  worker-kills    SIGKILL the worker at random points, --kills times (restarted at once)
+  sink-kills      SIGKILL the ClickHouse sink at random points
+  edge-kill       SIGKILL the SIP edge (restarted on the same port; INVITEs it held
+                  unanswered are reported apart: a real caller retransmits)
+  media-kill      SIGKILL the media node while real calls (302, INVITE, RTP) are live on it
+  broker-restart  stop and start the broker under load
+  broker-outage   the broker away --outage seconds (60)
+  flood           one source sends 2000 INVITEs/s (never ACKing) beside the load
+
+    .venv/bin/python -m bench.chaos [--scenarios ...] [--kills 10] [--rate 20]
+        [--outage 60] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench._util import machine_speed, speed_line
+from tests import chaos
+from tests.harness import free_port
+from tests.load import Load
+from tests.stack import CONFIG, running_stack
+from trunkline.core import kafka_local
+from trunkline.core.settings import Settings
+
+SCENARIOS = (
+    "worker-kills",
+    "sink-kills",
+    "edge-kill",
+    "media-kill",
+    "broker-restart",
+    "broker-outage",
+    "flood",
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--kills", type=int, default=10, help="worker kills (others: a third)")
+    ap.add_argument("--rate", type=float, default=20.0, help="legitimate calls per second")
+    ap.add_argument("--outage", type=float, default=60.0, help="broker-outage seconds")
+    ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    args = ap.parse_args()
+    wanted = args.scenarios.split(",")
+    unknown = set(wanted) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    rng = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="trunkline-chaos-"))
+    paths = kafka_local.BrokerPaths(root / "kafka")
+    cache = Settings.from_env().cache_dir
+    port, controller = free_port(), free_port()
+    kafka_local.start(paths, cache, port, controller)
+    bootstrap = f"127.0.0.1:{port}"
+    config = copy.deepcopy(CONFIG)
+    for plan in config["plans"]:
+        plan["maxConcurrentCalls"] = 100_000
+    for backend in config["backends"]:
+        backend["maxConcurrentCalls"] = 100_000
+    env = {"TRUNKLINE_REDIRECT_TIMEOUT_MS": "2000"}
+    few = max(1, args.kills // 3)
+    outcomes: list[chaos.Outcome] = []
+    print(speed_line(machine_speed()), flush=True)
+    print(f"# seed {args.seed}, {args.rate:g} legitimate calls/s", flush=True)
+    try:
+        for name in wanted:
+            media = name == "media-kill"
+            with running_stack(
+                bootstrap,
+                root / name,
+                edges=("edge-a",),
+                env=env,
+                config=config,
+                capacity=100_000,
+                media=media,
+                media_args=("--capacity", "100000") if media else (),
+            ) as s:
+
+                def fault(load: Load, log: list[str], name: str = name) -> None:
+                    if name == "worker-kills":
+                        chaos.kill_worker(s, rng, load, args.kills, log)
+                    elif name == "sink-kills":
+                        chaos.kill_sink(s, rng, load, few, log)
+                    elif name == "edge-kill":
+                        chaos.kill_named(s, "edge-a", rng, load, few, log)
+                    elif name == "media-kill":
+                        chaos.kill_named(s, "backend-1", rng, load, few, log)
+                    elif name == "broker-restart":
+                        chaos.wait_routed(load, rng.randint(1, 40))
+                        chaos.restart_broker(paths, cache, port, controller, 0, log)
+                    elif name == "broker-outage":
+                        chaos.wait_routed(load, rng.randint(1, 40))
+                        chaos.restart_broker(paths, cache, port, controller, args.outage, log)
+                    elif name == "flood":
+                        sent: list[int] = []
+                        t = threading.Thread(
+                            target=lambda: sent.append(chaos.flood(s.edges["edge-a"], 20))
+                        )
+                        t.start()
+                        t.join()
+                        log.append(f"flood: {sent[0]} INVITEs in 20 s from 127.0.0.2")
+
+                started = time.monotonic()
+                outcome = chaos.with_load(
+                    s,
+                    name,
+                    fault,
+                    rate=args.rate,
+                    settle_s=150,
+                    media_callers=4 if media else 0,
+                )
+                outcomes.append(outcome)
+                print(outcome.line(), flush=True)
+                print(
+                    f"    {time.monotonic() - started:.0f} s; " + "; ".join(outcome.events),
+                    flush=True,
+                )
+    finally:
+        kafka_local.stop(paths)
+    print(speed_line(machine_speed()), flush=True)
+    print("\n# summary (lost / leaked / stuck; target 0 / 0 / 0)")
+    for o in outcomes:
+        print(o.line())
+
+
+if __name__ == "__main__":
+    main()
