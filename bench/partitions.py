@@ -81,7 +81,7 @@ def main() -> None:
                 )
                 assert run.cpu is not None
                 line = (
-                    f"{count:>3} decision partitions ({7 * count + 7} assigned): worker idle "
+                    f"{count:>3} decision partitions ({3 * count + 7} fetched): worker idle "
                     f"{idle:5.1f}% of a core; at {args.rate}/s {run.cpu['worker']:5.1f}% "
                     f"({run.cpu_ms_per_call('worker'):5.2f} ms/call), ok {run.succeeded}, "
                     f"failed {run.failed}, p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms"
