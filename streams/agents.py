@@ -258,7 +258,23 @@ def register(
         async for value in stream:
             name = value.pop("_type")
             if name == "BackendHeartbeat":
-                heartbeats[value["backend_id"]] = value
+                backend_id = value["backend_id"]
+                previous = heartbeats.get(backend_id)
+                heartbeats[backend_id] = value
+                changes = routing.backend_restarted(
+                    previous,
+                    value,
+                    load_index.calls_on,
+                    lambda c: routing.Reservation.from_json(reservations.get(c)),
+                )
+                if changes.reservations:
+                    log.warning(
+                        "backend %s restarted: ending %d calls it had accepted before",
+                        backend_id,
+                        len(changes.reservations),
+                    )
+                    apply(changes, int(value["envelope"]["occurred_at"]))
+                    emitter.emit(changes.emits)
                 continue
             if name == "PartitionTick":
                 sweep_reservations(value)
