@@ -72,6 +72,9 @@ def main() -> None:
         plan["maxConcurrentCalls"] = 100_000
     for backend in config["backends"]:
         backend["maxConcurrentCalls"] = 100_000
+    for number in config["numbers"]:  # the flood's source (127.0.0.2) must not be trusted
+        if number.get("allowedSourceIps") == ["127.0.0.0/8"]:
+            number["allowedSourceIps"] = ["127.0.0.1"]
     env = {"TRUNKLINE_REDIRECT_TIMEOUT_MS": "2000"}
     few = max(1, args.kills // 3)
     outcomes: list[chaos.Outcome] = []
@@ -99,7 +102,15 @@ def main() -> None:
                     elif name == "edge-kill":
                         chaos.kill_named(s, "edge-a", rng, load, few, log)
                     elif name == "media-kill":
-                        chaos.kill_named(s, "backend-1", rng, load, few, log)
+                        chaos.kill_named(
+                            s,
+                            "backend-1",
+                            rng,
+                            load,
+                            few,
+                            log,
+                            ready=chaos.live_calls_on(s, "backend-1"),
+                        )
                     elif name == "broker-restart":
                         chaos.wait_routed(load, rng.randint(1, 40))
                         chaos.restart_broker(paths, cache, port, controller, 0, log)

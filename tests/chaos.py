@@ -110,16 +110,46 @@ def kill_sink(s: Stack, rng: random.Random, load: Load, kills: int, log: list[st
 
 
 def kill_named(
-    s: Stack, name: str, rng: random.Random, load: Load, kills: int, log: list[str]
+    s: Stack,
+    name: str,
+    rng: random.Random,
+    load: Load,
+    kills: int,
+    log: list[str],
+    ready: Callable[[float], bool] | None = None,
 ) -> None:
-    """SIGKILL an edge or a media node by name and start it again on the same ports."""
+    """SIGKILL an edge or a media node by name and start it again on the same ports;
+    `ready(since)`, when given, must hold before each kill (e.g. the node has live calls
+    again: `since` is the wall time, in s, its current process started)."""
+    since = 0.0
     for i in range(kills):
         wait_routed(load, rng.randint(5, 40))
+        if ready is not None:
+            wait_until(lambda t=since: ready(t), 90, f"{name} ready to be killed")
         proc = s.named[name]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         log.append(f"{name} SIGKILL {i + 1} after {len(load.routed)} routed")
+        since = time.time()
         s.restart[name]()
+
+
+def live_calls_on(s: Stack, backend_id: str) -> Callable[[float], bool]:
+    """For `kill_named`: the node's process started at `since` or later announces live
+    calls in its heartbeat (as the worker holding it sees it)."""
+
+    def ready(since: float) -> bool:
+        for w in s.workers:
+            beat = w.get("/state/routing-heartbeats/").get(backend_id) if w.alive else None
+            if (
+                beat
+                and beat.get("started_at", 0) >= since * 1000 - 1000
+                and beat["active_calls"] > 0
+            ):
+                return True
+        return False
+
+    return ready
 
 
 def restart_broker(
