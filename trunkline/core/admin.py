@@ -21,6 +21,7 @@ from trunkline.core.topics import (
     DEFAULT_DECISION_PARTITIONS,
     TopicSpec,
     all_topics,
+    billing_internal_topics,
     internal_topics,
 )
 
@@ -184,8 +185,10 @@ def apply_all(
     decision_partitions: int = DEFAULT_DECISION_PARTITIONS,
 ) -> list[TopicResult]:
     """The declared topics under `prefix` and the Faust topics of `app_id`."""
-    return apply_topics(bootstrap, prefix, all_topics(decision_partitions)) + apply_topics(
-        bootstrap, "", internal_topics(app_id, decision_partitions)
+    return (
+        apply_topics(bootstrap, prefix, all_topics(decision_partitions))
+        + apply_topics(bootstrap, "", internal_topics(app_id, decision_partitions))
+        + apply_topics(bootstrap, "", billing_internal_topics(app_id))
     )
 
 

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaException
 
 from trunkline.core.admin import BrokerUnavailable, PartitionMismatch, TopicResult, apply_topics
 from trunkline.core.settings import Settings
-from trunkline.core.topics import TopicSpec, all_topics, internal_topics
+from trunkline.core.topics import TopicSpec, all_topics, billing_internal_topics, internal_topics
 from trunkline.stack.base import QUIET, BadInput, Progress, StackError
 
 
@@ -25,7 +25,11 @@ class TopicRow:
 def _specs(s: Settings) -> list[tuple[str, TopicSpec]]:
     """(prefix, spec) for our topics under the topic prefix and the Faust app's own."""
     return [(s.topic_prefix, spec) for spec in all_topics(s.decision_partitions)] + [
-        ("", spec) for spec in internal_topics(s.app_id, s.decision_partitions)
+        ("", spec)
+        for spec in (
+            *internal_topics(s.app_id, s.decision_partitions),
+            *billing_internal_topics(s.app_id),
+        )
     ]
 
 
@@ -47,6 +51,7 @@ def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
     groups = [
         (s.topic_prefix, all_topics(s.decision_partitions)),  # ours, under the topic prefix
         ("", internal_topics(s.app_id, s.decision_partitions)),  # the Faust app's own
+        ("", billing_internal_topics(s.app_id)),  # the billing worker's
     ]
     results: list[TopicResult] = []
     with progress.step("topics", total=sum(len(specs) for _, specs in groups)) as step:
