@@ -8,6 +8,8 @@ after settling, the legitimate calls' INVITE -> final p99, and lost / leaked / s
 Scenarios (--scenarios, comma-separated; default all):
   worker-kills    SIGKILL the worker at random points, --kills times (restarted at once)
   sink-kills      SIGKILL the ClickHouse sink at random points
+  billing-kills   SIGKILL the billing worker at random points: every finished call is
+                  still rated once (unrated counts those without a billing record)
   edge-kill       SIGKILL the SIP edge (restarted on the same port; INVITEs it held
                   unanswered are reported apart: a real caller retransmits)
   media-kill      SIGKILL the media node while real calls (302, INVITE, RTP) are live on it
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from bench._util import machine_speed, speed_line
 from tests import chaos
-from tests.harness import free_port
+from tests.harness import Service, free_port
 from tests.load import Load
 from tests.stack import CONFIG, running_stack
 from trunkline.core import kafka_local
@@ -40,6 +42,7 @@ from trunkline.core.settings import Settings
 SCENARIOS = (
     "worker-kills",
     "sink-kills",
+    "billing-kills",
     "edge-kill",
     "media-kill",
     "broker-restart",
@@ -93,12 +96,19 @@ def main() -> None:
                 media=media,
                 media_args=("--capacity", "100000") if media else (),
             ) as s:
+                billing = Service(s.settings, "billing-worker")
+                if name == "billing-kills":
+                    billing.start(timeout=120)
 
-                def fault(load: Load, log: list[str], name: str = name) -> None:
+                def fault(
+                    load: Load, log: list[str], name: str = name, billing: Service = billing
+                ) -> None:
                     if name == "worker-kills":
                         chaos.kill_worker(s, rng, load, args.kills, log)
                     elif name == "sink-kills":
                         chaos.kill_sink(s, rng, load, few, log)
+                    elif name == "billing-kills":
+                        chaos.kill_service(billing, rng, load, few, log)
                     elif name == "edge-kill":
                         chaos.kill_named(s, "edge-a", rng, load, few, log)
                     elif name == "media-kill":
@@ -127,14 +137,18 @@ def main() -> None:
                         log.append(f"flood: {sent[0]} INVITEs in 20 s from 127.0.0.2")
 
                 started = time.monotonic()
-                outcome = chaos.with_load(
-                    s,
-                    name,
-                    fault,
-                    rate=args.rate,
-                    settle_s=150,
-                    media_callers=4 if media else 0,
-                )
+                try:
+                    outcome = chaos.with_load(
+                        s,
+                        name,
+                        fault,
+                        rate=args.rate,
+                        settle_s=150,
+                        media_callers=4 if media else 0,
+                        billing=name == "billing-kills",
+                    )
+                finally:
+                    billing.stop()
                 outcomes.append(outcome)
                 print(outcome.line(), flush=True)
                 print(

@@ -51,10 +51,11 @@ class Outcome:
     events: list[str] = field(default_factory=list)  # what was done, when
     media_calls: int = 0
     unlogged: int = 0  # 503 "event log unavailable": refused at the door, never published
+    unrated: int = -1  # terminal calls without a billing record (-1: billing not checked)
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.leaked == 0 and self.stuck == 0
+        return self.lost == 0 and self.leaked == 0 and self.stuck == 0 and self.unrated <= 0
 
     def line(self) -> str:
         codes = " ".join(f"{c}:{n}" for c, n in sorted(self.answered.items()))
@@ -65,6 +66,7 @@ class Outcome:
             f"{self.p99_ms:7.1f} ms | lost {self.lost} leaked {self.leaked} stuck {self.stuck}"
             + (f" | media calls {self.media_calls}" if self.media_calls else "")
             + (f" | refused unlogged {self.unlogged}" if self.unlogged else "")
+            + (f" | unrated {self.unrated}" if self.unrated >= 0 else "")
             + ("  OK" if self.ok else "  FAIL")
         )
 
@@ -102,11 +104,17 @@ def kill_worker(s: Stack, rng: random.Random, load: Load, kills: int, log: list[
 
 
 def kill_sink(s: Stack, rng: random.Random, load: Load, kills: int, log: list[str]) -> None:
+    kill_service(s.sink, rng, load, kills, log)
+
+
+def kill_service(service: Any, rng: random.Random, load: Load, kills: int, log: list[str]) -> None:
+    """SIGKILL a `tests.harness.Service` (sink, billing worker...) at random points and
+    start it again, waiting until it is healthy."""
     for i in range(kills):
         wait_routed(load, rng.randint(1, 40))
-        s.sink.stop(signal.SIGKILL)
-        log.append(f"sink SIGKILL {i + 1} after {len(load.routed)} routed")
-        s.sink.start(timeout=120)
+        service.stop(signal.SIGKILL)
+        log.append(f"{service.command} SIGKILL {i + 1} after {len(load.routed)} routed")
+        service.start(timeout=120)
 
 
 def kill_named(
@@ -241,6 +249,7 @@ def settle_and_count(
     events: list[str],
     settle_s: float = 90,
     media: MediaCallers | None = None,
+    billing: bool = False,
 ) -> Outcome:
     """Every call should end (routing's redirect deadline, BYE) and be terminal in
     ClickHouse with nothing held; wait for that up to `settle_s`, then count."""
@@ -267,6 +276,11 @@ def settle_and_count(
             if c.get("provider_call_id") in offered_set
         }
         media_rows = {c["id"]: c["status"] for c in calls if c["id"] in media_ids}
+        ids = {c["id"] for c in calls if c.get("provider_call_id") in offered_set}
+        unrated = -1
+        if billing:  # every finished call is rated once (the billing worker)
+            rated = {r["call_id"] for r in s.sink.get("/billing/?limit=10000")}
+            unrated = len((ids | set(media_rows)) - rated)
         try:
             plan, backend = held(s)
         except OSError:
@@ -277,6 +291,7 @@ def settle_and_count(
             and all(st in TERMINAL for st in [*rows.values(), *media_rows.values()])
             and plan == 0
             and backend == 0
+            and unrated <= 0
         )
         if done or time.monotonic() > deadline:
             break
@@ -299,6 +314,7 @@ def settle_and_count(
         events=events,
         media_calls=len(media_ids),
         unlogged=len(unlogged),
+        unrated=unrated,
     )
 
 
@@ -309,6 +325,7 @@ def with_load(
     rate: float = 20,
     settle_s: float = 90,
     media_callers: int = 0,
+    billing: bool = False,
 ) -> Outcome:
     """Start the load (and media callers), run `fault`, let some more calls through,
     stop, settle, count."""
@@ -327,4 +344,4 @@ def with_load(
         load.stop()
         if media:
             media.stop()
-    return settle_and_count(s, scenario, [load], events, settle_s, media)
+    return settle_and_count(s, scenario, [load], events, settle_s, media, billing)
