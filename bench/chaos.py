@@ -10,6 +10,8 @@ Scenarios (--scenarios, comma-separated; default all):
   sink-kills      SIGKILL the ClickHouse sink at random points
   billing-kills   SIGKILL the billing worker at random points: every finished call is
                   still rated once (unrated counts those without a billing record)
+  webhooks-kills  SIGKILL the lifecycle webhook service at random points: every finished
+                  call's call.ended still reaches a local receiver (undelivered)
   edge-kill       SIGKILL the SIP edge (restarted on the same port; INVITEs it held
                   unanswered are reported apart: a real caller retransmits)
   media-kill      SIGKILL the media node while real calls (302, INVITE, RTP) are live on it
@@ -24,6 +26,7 @@ Scenarios (--scenarios, comma-separated; default all):
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import random
 import tempfile
@@ -35,14 +38,35 @@ from bench._util import machine_speed, speed_line
 from tests import chaos
 from tests.harness import Service, free_port
 from tests.load import Load
+from tests.receiver import Receiver
 from tests.stack import CONFIG, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.settings import Settings
+
+HOOK_SECRET = "whsec_" + base64.b64encode(b"trunkline-chaos-webhook-secret-32").decode()
+
+
+def undelivered(receiver: Receiver, call_ids: set[str], timeout: float = 120) -> int:
+    """Finished calls whose call.ended webhook the receiver has not accepted, once every
+    one arrived or `timeout` passed (retries after the kills take a while)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {
+            x.payload["data"]["id"]
+            for x in receiver.accepted("hooks")
+            if x.payload and x.payload.get("type") == "call.ended"
+        }
+        missing = len(call_ids - got)
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(1.0)
+
 
 SCENARIOS = (
     "worker-kills",
     "sink-kills",
     "billing-kills",
+    "webhooks-kills",
     "edge-kill",
     "media-kill",
     "broker-restart",
@@ -86,18 +110,41 @@ def main() -> None:
     try:
         for name in wanted:
             media = name == "media-kill"
+            hooks = name == "webhooks-kills"
+            receiver = Receiver(HOOK_SECRET, free_port()).start() if hooks else None
+            scenario_config = copy.deepcopy(config)
+            if receiver is not None:
+                scenario_config["webhookSubscriptions"] = [
+                    {
+                        "id": "chaos",
+                        "url": receiver.url("hooks"),
+                        "events": ["call.ended"],
+                        "businessId": "b-main",
+                        "secret": {"env": "TL_CHAOS_HOOK_SECRET"},
+                        "allowPrivateTargets": True,
+                    }
+                ]
             with running_stack(
                 bootstrap,
                 root / name,
                 edges=("edge-a",),
-                env=env,
-                config=config,
+                env={
+                    **env,
+                    "TRUNKLINE_WEBHOOKS_WEB_PORT": str(free_port()),
+                    "TRUNKLINE_WEBHOOK_RETRY_SCHEDULE": "100ms,200ms,500ms,1s",
+                },
+                config=scenario_config,
                 capacity=100_000,
                 media=media,
                 media_args=("--capacity", "100000") if media else (),
             ) as s:
                 billing = Service(s.settings, "billing-worker")
                 if name == "billing-kills":
+                    billing.start(timeout=120)
+                if hooks:  # the webhook service instead: the same kill loop
+                    billing = Service(
+                        s.settings, "webhooks", env={"TL_CHAOS_HOOK_SECRET": HOOK_SECRET}
+                    )
                     billing.start(timeout=120)
 
                 def fault(
@@ -107,7 +154,7 @@ def main() -> None:
                         chaos.kill_worker(s, rng, load, args.kills, log)
                     elif name == "sink-kills":
                         chaos.kill_sink(s, rng, load, few, log)
-                    elif name == "billing-kills":
+                    elif name in ("billing-kills", "webhooks-kills"):
                         chaos.kill_service(billing, rng, load, few, log)
                     elif name == "edge-kill":
                         chaos.kill_named(s, "edge-a", rng, load, few, log)
@@ -147,8 +194,12 @@ def main() -> None:
                         media_callers=4 if media else 0,
                         billing=name == "billing-kills",
                     )
+                    if receiver is not None:
+                        outcome.undelivered = undelivered(receiver, outcome.call_ids)
                 finally:
                     billing.stop()
+                    if receiver is not None:
+                        receiver.stop()
                 outcomes.append(outcome)
                 print(outcome.line(), flush=True)
                 print(

@@ -52,10 +52,18 @@ class Outcome:
     media_calls: int = 0
     unlogged: int = 0  # 503 "event log unavailable": refused at the door, never published
     unrated: int = -1  # terminal calls without a billing record (-1: billing not checked)
+    undelivered: int = -1  # terminal calls without their call.ended webhook (-1: unchecked)
+    call_ids: set[str] = field(default_factory=set)  # the load's calls in ClickHouse
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.leaked == 0 and self.stuck == 0 and self.unrated <= 0
+        return (
+            self.lost == 0
+            and self.leaked == 0
+            and self.stuck == 0
+            and self.unrated <= 0
+            and self.undelivered <= 0
+        )
 
     def line(self) -> str:
         codes = " ".join(f"{c}:{n}" for c, n in sorted(self.answered.items()))
@@ -67,6 +75,7 @@ class Outcome:
             + (f" | media calls {self.media_calls}" if self.media_calls else "")
             + (f" | refused unlogged {self.unlogged}" if self.unlogged else "")
             + (f" | unrated {self.unrated}" if self.unrated >= 0 else "")
+            + (f" | undelivered {self.undelivered}" if self.undelivered >= 0 else "")
             + ("  OK" if self.ok else "  FAIL")
         )
 
@@ -315,6 +324,7 @@ def settle_and_count(
         media_calls=len(media_ids),
         unlogged=len(unlogged),
         unrated=unrated,
+        call_ids=ids | set(media_rows),
     )
 
 
