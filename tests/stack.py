@@ -305,7 +305,9 @@ def running_stack(
 
     def start_node(backend_id: str) -> subprocess.Popen[bytes]:
         sip_port, node_ws_port = nodes[backend_id]
-        log = open(s.state_dir / f"media-{backend_id}.log", "ab")  # noqa: SIM115
+        # backend-1's log is media.log (tests read it), another node's media-<id>.log
+        name = "media.log" if backend_id == "backend-1" else f"media-{backend_id}.log"
+        log = open(s.state_dir / name, "ab")  # noqa: SIM115
         named[backend_id] = subprocess.Popen(
             [
                 sys.executable,
