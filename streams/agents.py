@@ -204,8 +204,26 @@ def register(
         reservations_done.rebuild(reservations.items())
         log.info("routing index rebuilt (partitions %s): load %s", sorted(active), load_index.load)
 
+    def admitted_routing() -> dict[str, str]:
+        """Routing's state of every call holding a plan slot here: "(none)" (routing has
+        no reservation), its state, and "not indexed" for a RESERVED one missing from the
+        deadlines index (its redirect deadline would never fire). Slots held with nothing
+        on routing's side are what a lost release looks like (tests/chaos.py reads it)."""
+        open_calls = load_index.open_calls()
+        out: dict[str, str] = {}
+        for calls in slot_index.as_dict().values():
+            for call_id in calls:
+                res = routing.Reservation.from_json(reservations.get(call_id))
+                state = res.state.value if res else "(none)"
+                indexed = res and call_id in open_calls.get(res.region_id, {})
+                if res and res.state is routing.ResState.RESERVED and not indexed:
+                    state += " (not indexed)"
+                out[call_id] = state
+        return out
+
     state_tables = {
         "admission-active": _View(slot_index.as_dict),
+        "admitted-routing": _View(admitted_routing),
         "routing-held": _View(lambda: dict(load_index.load)),
         "routing-open": _View(load_index.open_calls),
         "routing-heartbeats": heartbeats,

@@ -273,7 +273,8 @@ class TrunklineApp:
         class StateView(View):
             """Decision state this worker holds: admission-active (business -> admitted
             calls), routing-held (backend -> calls holding a slot), routing-heartbeats,
-            routing-open (region -> reservations awaiting their backend)."""
+            routing-open (region -> reservations awaiting their backend), admitted-routing
+            (each call holding a plan slot -> routing's state of it)."""
 
             async def get(self, request: Request, name: str) -> Response:
                 table = outer.state_tables.get(name)

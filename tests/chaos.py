@@ -17,11 +17,14 @@ load stops, the stack settles, and the outcome is counted:
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import signal
 import socket
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +57,8 @@ class Outcome:
     unrated: int = -1  # terminal calls without a billing record (-1: billing not checked)
     undelivered: int = -1  # terminal calls without their call.ended webhook (-1: unchecked)
     call_ids: set[str] = field(default_factory=set)  # the load's calls in ClickHouse
+    #: when the settle timed out: what the workers and ClickHouse held (`diagnose`)
+    diagnosis: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -104,12 +109,21 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 # -- the faults ---------------------------------------------------------------------------
+def _worker(w: Any) -> str:
+    """A worker process as the diagnosis names it: its pid and log file."""
+    pid = w.proc.pid if w.proc is not None else "-"
+    return f"pid {pid} ({w.log.name if w.log else '-'})"
+
+
 def kill_worker(s: Stack, rng: random.Random, load: Load, kills: int, log: list[str]) -> None:
+    log.append(f"{_now()} worker {_worker(s.worker)} deciding")
     for i in range(kills):
         wait_routed(load, rng.randint(1, 40))
+        killed = _worker(s.worker)
         s.worker.stop(signal.SIGKILL)
-        log.append(f"worker SIGKILL {i + 1} after {len(load.routed)} routed")
+        log.append(f"{_now()} worker {killed} SIGKILL {i + 1} after {len(load.routed)} routed")
         s.worker.start(timeout=120)  # until /health/ says ready
+        log.append(f"{_now()} worker {_worker(s.worker)} ready")
 
 
 def kill_sink(s: Stack, rng: random.Random, load: Load, kills: int, log: list[str]) -> None:
@@ -240,6 +254,105 @@ class MediaCallers:
 
 
 # -- settling and counting ---------------------------------------------------------------
+def _now() -> str:
+    """Wall-clock time as the workers' logs and ClickHouse's event times show it (UTC)."""
+    t = time.time()
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
+#: worker log lines that say what a process recovered, owned and could not do
+WORKER_LOG_MARKS = (
+    "newly assigned",
+    "index rebuilt",
+    "ticks recovered",
+    "Recovery complete",
+    "Restarting Recovery",
+    "waiting for the broker",
+    "no RoutingTick",
+    "Discarded commit",
+    "ERROR",
+    "Traceback",
+)
+
+
+_CALL_ID = re.compile(r"[0-9A-Za-z-]+")
+
+
+def _sql(s: Stack, query: str) -> Any:
+    """One read-only query through the sink's /sql/ (columns, rows)."""
+    request = urllib.request.Request(
+        f"{s.sink.url}/sql/",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.load(resp)
+
+
+def diagnose(s: Stack, rows: dict[str, str], sample: int = 8) -> list[str]:
+    """What a failed settle leaves to explain it (the stack still running): per live
+    worker, routing's state of every call holding a plan slot, tallied, and the history
+    of a few of them with their partitions; the calls ClickHouse holds in a non-final
+    status, by status; and each worker process's recovery and assignment log lines."""
+    from trunkline.core.kafka import partition_for
+
+    out: list[str] = []
+    n = s.settings.decision_partitions
+    held: dict[str, str] = {}
+    for w in s.workers:
+        if not w.alive:
+            continue
+        try:
+            active = w.get("/state/admission-active/")
+            states = w.get("/state/admitted-routing/")
+            out.append(
+                f"worker {_worker(w)}: plan slots {sum(len(c) for c in active.values())} "
+                f"by routing state {dict(Counter(states.values()))}; routing-open "
+                f"{ {r: len(c) for r, c in w.get('/state/routing-open/').items()} }; "
+                f"ticks {w.get('/state/routing-ticks/')}"
+            )
+            held.update(states)
+        except OSError as exc:
+            out.append(f"worker {_worker(w)}: state unavailable ({exc})")
+    stuck = {c: st for c, st in rows.items() if st not in TERMINAL}
+    out.append(f"non-final in ClickHouse: {dict(Counter(stuck.values()))}")
+    calls = s.sink.get("/calls/?limit=10000")
+    stuck_ids = [c["id"] for c in calls if c.get("provider_call_id") in stuck]
+    sampled = list(dict.fromkeys([*sorted(held)[:sample], *stuck_ids[:sample]]))
+    history: dict[str, list[str]] = {c: [] for c in sampled}
+    if sampled:  # each event with when it reached Kafka and where (the timeline says who)
+        listed = ", ".join(f"'{c}'" for c in sampled if _CALL_ID.fullmatch(c))
+        try:
+            got = _sql(
+                s,
+                "SELECT call_id, event_type, producer_id, published_at, kafka_partition, "
+                f"kafka_offset FROM call_events WHERE call_id IN ({listed}) "
+                "ORDER BY call_id, published_at, kafka_offset",
+            )
+            for call_id, kind, producer, published, part, offset in got["rows"]:
+                history[call_id].append(f"{kind}({producer})@{published} p{part}/{offset}")
+        except (OSError, ValueError, KeyError) as exc:
+            out.append(f"call events unavailable: {exc}")
+    for call_id in sampled:
+        try:
+            entry = s.sink.get(f"/calls/{call_id}/")
+        except OSError:
+            entry = {}
+        business, region = entry.get("businessId") or "", entry.get("regionId") or ""
+        out.append(
+            f"call {call_id}: status {entry.get('status')}, routing {held.get(call_id, '-')}, "
+            f"admission partition {partition_for(business.encode(), n) if business else '?'}, "
+            f"routing partition {partition_for(region.encode(), n) if region else '?'}: "
+            f"{', '.join(history[call_id]) or 'not in ClickHouse'}"
+        )
+    for log_file in sorted(s.settings.state_dir.glob("worker-*.log")):
+        lines = log_file.read_text(errors="replace").splitlines()
+        marked = [x[:300] for x in lines if any(m in x for m in WORKER_LOG_MARKS)]
+        out.append(f"{log_file.name}: {len(lines)} lines, last {lines[-1][:40] if lines else ''}")
+        out += [f"  {x}" for x in marked[-20:]]
+    return out
+
+
 def held(s: Stack) -> tuple[int, int]:
     """(plan slots, backend slots) the live workers hold."""
     plan = backend = 0
@@ -305,6 +418,7 @@ def settle_and_count(
         if done or time.monotonic() > deadline:
             break
         time.sleep(1.0)
+    diagnosis = [] if done else diagnose(s, rows)
     codes = Counter(answered.values())
     latencies = [ms for x in loads for ms in x.latencies_ms]
     return Outcome(
@@ -325,6 +439,7 @@ def settle_and_count(
         unlogged=len(unlogged),
         unrated=unrated,
         call_ids=ids | set(media_rows),
+        diagnosis=diagnosis,
     )
 
 

@@ -46,6 +46,8 @@ def _run(kafka_bootstrap, tmp_path, scenario: str, kills: int) -> chaos.Outcome:
 
 def _check(outcome: chaos.Outcome) -> None:
     why = f"seed {SEED}: {outcome.line()}; {outcome.events}"
+    if outcome.diagnosis:  # the settle timed out: what the workers and ClickHouse held
+        why += "\n" + "\n".join(outcome.diagnosis)
     assert outcome.lost == 0 and outcome.leaked == 0 and outcome.stuck == 0, why
     assert outcome.unanswered == 0, why  # the edge never died: it answered every INVITE
     assert outcome.in_clickhouse == outcome.offered, why

@@ -259,6 +259,8 @@ def test_a_killed_worker_comes_back_holding_the_same_slots(stack):
         "/state/admission-active/", lambda s: s.get("b-limit") == [queue_id], timeout=60
     )
     assert queue_id in stack.worker.get("/state/routing-open/").get("us-east-1", {})
+    # routing's side of each held plan slot (what tests/chaos.py reports on a leak)
+    assert stack.worker.get("/state/admitted-routing/").get(queue_id) == "RESERVED"
     _busy_until_released(stack, uac, queue_id)
     uac.close()
 
