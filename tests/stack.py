@@ -142,7 +142,9 @@ def _heartbeats(s: Settings, stop: threading.Event, capacity: int = 100) -> None
         stop.wait(1.0)
 
 
-def _start_edge(s: Settings, edge_id: str, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+def _start_edge(
+    s: Settings, edge_id: str, port: int, metrics_port: int, args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     log = open(s.state_dir / f"{edge_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -156,6 +158,7 @@ def _start_edge(s: Settings, edge_id: str, port: int, metrics_port: int) -> subp
             f"127.0.0.1:{port}",
             "--metrics-listen",
             f"127.0.0.1:{metrics_port}",
+            *args,
         ],
         env=child_env(s),
         stdout=log,
@@ -185,10 +188,12 @@ def running_stack(
     capacity: int = 100,
     media: bool = False,
     media_args: tuple[str, ...] = (),
+    edge_args: dict[str, tuple[str, ...]] | None = None,
 ) -> Iterator[Stack]:
     """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
     instead of the heartbeat stand-in; `media_args` are added to its command line (e.g.
-    `("--media-timeout", "3")`)."""
+    `("--media-timeout", "3")`), `edge_args[edge id]` to that edge's (e.g. its TLS
+    listener)."""
     tag = uuid.uuid4().hex[:8]
     s = Settings.from_env(
         {
@@ -227,7 +232,9 @@ def running_stack(
     metrics = {e: free_port() for e in edges}  # each edge's /metrics
     procs = []
     try:
-        procs = [_start_edge(s, e, p, metrics[e]) for e, p in ports.items()]
+        procs = [
+            _start_edge(s, e, p, metrics[e], (edge_args or {}).get(e, ())) for e, p in ports.items()
+        ]
         if media:
             log = open(s.state_dir / "media.log", "wb")  # noqa: SIM115
             procs.append(
