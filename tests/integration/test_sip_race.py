@@ -65,7 +65,9 @@ def _race(stack: Stack) -> list[tuple[str, Call]]:
     for uac, data in order:
         uac.send_raw(data)
     sent_ms = (time.monotonic() - started) * 1000
-    assert sent_ms < 50, f"the race took {sent_ms:.1f} ms to send"
+    # a few ms unless the machine stalls us; far inside the 3 s redirect deadline, so no
+    # slot can come back while the race is still being decided
+    assert sent_ms < 1000, f"the race took {sent_ms:.1f} ms to send"
     out = []
     for uac, calls in legs:
         uac.collect(calls, timeout=15)
