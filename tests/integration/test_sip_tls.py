@@ -124,10 +124,9 @@ def test_a_failed_tls_handshake_costs_only_its_own_connection(stack, ca):
     stranger = trustme.CA()
     with pytest.raises(ssl.SSLCertVerificationError):
         UAC("127.0.0.1", port, "TLS", tls=_client_context(stranger))
-    # ...and a third gives up half-way through its handshake
-    half = socket.create_connection(("127.0.0.1", port), timeout=10)
-    half.sendall(b"\x16\x03\x01\x00\xff\x01")  # a ClientHello record header, then nothing
-    half.close()
+    # ...and a third stalls half-way through its ClientHello (and stays connected)
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
+    stalled.sendall(b"\x16\x03\x01\x00\xff\x01")  # a record header, 1 byte of 255
     # the open connection still carries calls, a new TLS connection gets in, UDP still
     # answers, and the edge is alive
     second = Call("+15550000002")
@@ -140,3 +139,4 @@ def test_a_failed_tls_handshake_costs_only_its_own_connection(stack, ca):
     assert udp.invite(Call("+15550000002")).status == 302
     udp.close()
     assert all(p.poll() is None for p in stack.procs)
+    stalled.close()
