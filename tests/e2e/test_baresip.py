@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from media.agents.greeting import GREETING
-from tests.harness import free_port
 from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -68,10 +67,11 @@ def baresip_call(stack: Stack, tmp_path: Path, codec: str, seconds: float = 4.0)
     plays a 440 Hz tone for `seconds` and hangs up; returns what it heard."""
     module, name, rate, channels = BARESIP_CODECS[codec]
     write_tone(tmp_path / "input.wav", seconds, rate=rate, channels=channels)
-    port = free_port()
     (tmp_path / "config").write_text(
         "poll_method epoll\n"
-        f"sip_listen 127.0.0.1:{port}\n"
+        # port 0: baresip's UDP, TCP and TLS listeners each get a free port (a fixed port
+        # raced other processes for it, and its TLS listener for the port after it)
+        "sip_listen 127.0.0.1:0\n"
         f"audio_player aufile,{tmp_path / 'out.wav'}\n"
         f"audio_source aufile,{tmp_path / 'input.wav'}\n"
         "audio_alert aufile,/dev/null\n"
@@ -80,7 +80,7 @@ def baresip_call(stack: Stack, tmp_path: Path, codec: str, seconds: float = 4.0)
         f"snd_path {tmp_path}\n"
     )
     (tmp_path / "accounts").write_text(
-        f"<sip:caller@127.0.0.1:{port}>;regint=0;audio_codecs={name}\n"
+        f"<sip:caller@127.0.0.1>;regint=0;audio_codecs={name}\n"
     )
     edge = stack.edges["edge-a"]
     done = subprocess.run(
