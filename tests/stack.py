@@ -1,5 +1,5 @@
-"""A running proxy tier for tests and benchmarks: config, worker, SIP edges, and a
-heartbeat publisher standing in for backend-1 (media nodes come with the media issue)."""
+"""A running proxy tier for tests and benchmarks: config, worker, sink, SIP edges, and
+for backend-1 either a heartbeat publisher standing in for it or a real media node."""
 
 from __future__ import annotations
 

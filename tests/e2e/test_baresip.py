@@ -79,9 +79,7 @@ def baresip_call(stack: Stack, tmp_path: Path, codec: str, seconds: float = 4.0)
         "module sndfile.so\nmodule_app account.so\nmodule_app menu.so\n"
         f"snd_path {tmp_path}\n"
     )
-    (tmp_path / "accounts").write_text(
-        f"<sip:caller@127.0.0.1>;regint=0;audio_codecs={name}\n"
-    )
+    (tmp_path / "accounts").write_text(f"<sip:caller@127.0.0.1>;regint=0;audio_codecs={name}\n")
     edge = stack.edges["edge-a"]
     done = subprocess.run(
         [

@@ -1,7 +1,8 @@
 """The SIP proxy tier on a real broker: SIP in, Kafka, Faust admission and routing, SIP out.
 
-One stack for the module: a worker process, two SIP edge processes and a heartbeat
-publisher standing in for backend-1 (media nodes arrive with the media issue)."""
+One stack for the module: a worker process, a sink, two SIP edge processes and a
+heartbeat publisher standing in for backend-1 (no media node: the 302 is the end here;
+tests/integration/test_media.py follows it)."""
 
 from __future__ import annotations
 
