@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
 
 from edge.sip.transaction import Address
 from edge.sip.transport import SipStream
@@ -34,6 +35,7 @@ from media.queue import Assignments, check_claim
 from media.sip import SipUas
 from media.ws import build_app
 from schemas.codec import CodecError, make_codec
+from trunkline.core import metrics
 from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
 from trunkline.core.events import Emit, envelope
 from trunkline.core.kafka import KeyFollower, Producers
@@ -43,6 +45,56 @@ from trunkline.core.topics import ADMISSION, ASSIGNMENTS, CALL_EVENTS, HEARTBEAT
 __all__ = ["MediaNode", "NodeConfig", "run_node"]
 
 log = logging.getLogger("trunkline.media")
+
+#: the node's calls and their media, for its /metrics (on the WebSocket port); media
+#: counts are added when a call ends, from its CallEnded
+CALLS_ACCEPTED = Counter("trunkline_media_calls_accepted_total", "Calls this node accepted")
+CALLS_ANSWERED = Counter("trunkline_media_calls_answered_total", "Calls answered (media flows)")
+CALLS_ENDED = Counter("trunkline_media_calls_ended_total", "Calls ended, by reason", ["reason"])
+ACTIVE = Gauge("trunkline_media_active_calls", "Calls this node holds (its queue entries claimed)")
+RTP_PACKETS = Counter(
+    "trunkline_media_rtp_packets_total",
+    "RTP packets (provider streams: media frames) of ended calls, by direction",
+    ["direction"],
+)
+RTP_LOST = Counter(
+    "trunkline_media_rtp_packets_lost_total", "Packets of ended calls that never arrived"
+)
+CALL_JITTER = Histogram(
+    "trunkline_media_call_jitter_ms",
+    "An ended call's interarrival jitter (RFC 3550), ms",
+    buckets=(1, 2, 5, 10, 20, 30, 50, 100, 200),
+)
+CALL_LOSS = Histogram(
+    "trunkline_media_call_loss_ratio",
+    "An ended call's received-packet loss, lost / (received + lost)",
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5),
+)
+
+
+def count(e: Emit) -> None:
+    """Move the counters for one of the node's records: each once, at its history copy
+    (the same record also goes to admission or routing)."""
+    if e.dest != "call-events":
+        return
+    if e.name == "CallAccepted":
+        CALLS_ACCEPTED.inc()
+    elif e.name == "CallAnswered":
+        CALLS_ANSWERED.inc()
+    elif e.name == "CallEnded":
+        r = e.record
+        CALLS_ENDED.labels(str(r["reason"])).inc()
+        media = r.get("media")
+        if media:
+            received, lost = int(media["packets_received"]), int(media["packets_lost"])
+            RTP_PACKETS.labels("sent").inc(int(media["packets_sent"]))
+            RTP_PACKETS.labels("received").inc(received)
+            RTP_LOST.inc(lost)
+            if received + lost:
+                CALL_JITTER.observe(float(media["jitter_ms"]))
+                CALL_LOSS.observe(lost / (received + lost))
+
+
 _T = TypeVar("_T")
 TOPICS = {"admission": ADMISSION, "routing": ROUTING, "call-events": CALL_EVENTS}
 #: the states in which a call waits for its queue entry
@@ -130,7 +182,9 @@ class MediaNode:
             asyncio.create_task(self._timers()),
         ]
         if self.config.ws_listen is not None:
-            self._ws_runner = web.AppRunner(build_app(self), access_log=None)
+            app = build_app(self)
+            app.router.add_get("/metrics", self._metrics)
+            self._ws_runner = web.AppRunner(app, access_log=None)
             await self._ws_runner.setup()
             ws = self.config.ws_listen
             await web.TCPSite(self._ws_runner, ws.host, ws.port).start()
@@ -236,6 +290,12 @@ class MediaNode:
     def active_calls(self) -> int:
         return len(self.claims)
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        ACTIVE.set(self.active_calls)
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
+
     # -- the machine's inputs and actions ---------------------------------------------------
     def open_leg(self, leg: Leg) -> None:
         self.live.add(leg)
@@ -261,6 +321,7 @@ class MediaNode:
 
     def emit(self, emits: list[Emit]) -> None:
         for e in emits:
+            count(e)
             self.out.produce(
                 TOPICS[e.dest].name(self.settings.topic_prefix),
                 e.key.encode(),

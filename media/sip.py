@@ -45,6 +45,7 @@ from media.dialog import ALLOW, Dialog, error_response, phrase, queue_id_of
 from media.host import Host
 from media.rtp_session import RtpSession
 from media.sdp import Answer, SdpError, SessionDescription, negotiate
+from trunkline.core import logs
 
 log = logging.getLogger("trunkline.media.sip")
 
@@ -136,7 +137,13 @@ class SipUas:
         now = host.clock()
         for action in actions:
             if isinstance(action, Reply):
-                log.info("refusing %s: %s %s", leg.call.call_id, action.status, action.why)
+                log.info(
+                    "refusing %s: %s %s",
+                    leg.call.call_id,
+                    action.status,
+                    action.why,
+                    extra=logs.call(leg.queue_id),
+                )
                 response = error_response(
                     leg.request, action.status, action.why, leg.dialog.local_tag, server_id
                 )
@@ -149,7 +156,12 @@ class SipUas:
                     ok = leg.dialog.ok(bytes(leg.answer.sdp))
                     leg.ok = bytes(ok)
                     self.respond(leg.key, ok, now)
-                    log.info("call %s answered with %s", leg.queue_id, leg.codec)
+                    log.info(
+                        "call %s answered with %s",
+                        leg.queue_id,
+                        leg.codec,
+                        extra=logs.call(leg.queue_id),
+                    )
             elif isinstance(action, PublishAccepted):
                 assert leg.queue_id is not None and leg.routed is not None
                 host.emit(events.accepted(server_id, leg.queue_id, leg.routed, host.wall_ms()))
@@ -187,7 +199,13 @@ class SipUas:
                 detail=ended.detail,
             )
         )
-        log.info("call %s ended: %s by %s", leg.queue_id, ended.reason, ended.side)
+        log.info(
+            "call %s ended: %s by %s",
+            leg.queue_id,
+            ended.reason,
+            ended.side,
+            extra=logs.call(leg.queue_id),
+        )
 
     def forget(self, leg: SipLeg) -> None:
         if self.legs.get(leg.call.call_id) is leg:
@@ -206,7 +224,7 @@ class SipUas:
             try:
                 leg.session.tick()
             except Exception as exc:  # one call's failure must not stop the others
-                log.exception("call %s: media error", leg.queue_id)
+                log.exception("call %s: media error", leg.queue_id, extra=logs.call(leg.queue_id))
                 feed(leg, Input.LOCAL_END, reason="failed", side="system", why=f"media: {exc}")
                 continue
             if leg.agent is not None and leg.agent.hangup_requested:
@@ -349,7 +367,12 @@ class SipUas:
             try:
                 await self._open_media(leg)
             except (OSError, ValueError) as exc:
-                log.error("call %s: cannot open its media: %s", leg.queue_id, exc)
+                log.error(
+                    "call %s: cannot open its media: %s",
+                    leg.queue_id,
+                    exc,
+                    extra=logs.call(leg.queue_id),
+                )
                 host.feed(leg, Input.REFUSE, status=500, why=f"cannot open the media: {exc}")
                 return
         if _cancelled(call):  # before the entry turned up, or while the socket opened
@@ -410,4 +433,9 @@ class SipUas:
         leg.answer = answer
         leg.session.update(answer)
         self.respond(key, leg.dialog.reinvite_ok(req, bytes(answer.sdp)), now)
-        log.info("call %s re-INVITE: %s", leg.queue_id, "hold" if answer.on_hold else "resume")
+        log.info(
+            "call %s re-INVITE: %s",
+            leg.queue_id,
+            "hold" if answer.on_hold else "resume",
+            extra=logs.call(leg.queue_id),
+        )

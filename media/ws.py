@@ -45,6 +45,7 @@ from media.host import Host
 from media.providers import telnyx, twilio, vonage
 from media.providers.base import ProtocolError
 from media.queue import queue_id_from
+from trunkline.core import logs
 
 log = logging.getLogger("trunkline.media.ws")
 
@@ -102,7 +103,13 @@ class ProviderLeg:
         node = self.node
         for action in actions:
             if isinstance(action, Reply):
-                log.info("refusing %s stream: %s %s", self.provider, action.status, action.why)
+                log.info(
+                    "refusing %s stream: %s %s",
+                    self.provider,
+                    action.status,
+                    action.why,
+                    extra=logs.call(self.queue_id),
+                )
                 self._close(CLOSE_POLICY, f"{action.status} {action.why}")
             elif isinstance(action, PublishAccepted):
                 assert self.queue_id is not None and self.routed is not None
@@ -140,7 +147,13 @@ class ProviderLeg:
                         detail=action.detail,
                     )
                 )
-                log.info("call %s ended: %s by %s", self.queue_id, action.reason, action.side)
+                log.info(
+                    "call %s ended: %s by %s",
+                    self.queue_id,
+                    action.reason,
+                    action.side,
+                    extra=logs.call(self.queue_id),
+                )
             elif isinstance(action, Release):
                 current = asyncio.current_task()
                 for task in self.tasks:
@@ -347,7 +360,7 @@ async def _bad_input(
 ) -> None:
     """Before the call is up, close the socket with `code` and `why`; during it, end the
     call as `failed` with `why` (which closes the socket the same way)."""
-    log.info("%s: %s", leg or "stream", why)
+    log.info("%s: %s", leg or "stream", why, extra=logs.call(leg.queue_id if leg else None))
     if leg is not None and leg.call.state in (State.ACCEPTED, State.ANSWERED, State.HELD):
         leg.fail(code, why)
     elif not ws.closed:

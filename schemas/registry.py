@@ -27,6 +27,10 @@ LIFECYCLE_EVENTS = (
     "CallAnswered",
     "CallEnded",
     "CallProgress",
+    "OutboundCallRequested",
+    "OutboundAttempt",
+    "OutboundAttemptFailed",
+    "CallCost",
 )
 CONFIG_RECORDS = (
     "Plan",
@@ -36,9 +40,15 @@ CONFIG_RECORDS = (
     "BackendServer",
     "BypassRule",
     "ProviderAccount",
+    "ApiKey",
+    "RatePlan",
+    "WebhookSubscription",
 )
-OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick")
-TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS
+OTHER_RECORDS = ("BackendHeartbeat", "RoutingTick", "PartitionTick", "OutboundReport")
+#: billing and lifecycle webhooks: CallRated (topic billing), the webhook service's
+#: delivery log and operator commands
+BILLING_RECORDS = ("CallRated", "WebhookAttempt", "WebhookCommand")
+TOPLEVEL_RECORDS = LIFECYCLE_EVENTS + CONFIG_RECORDS + OTHER_RECORDS + BILLING_RECORDS
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,11 @@ PRODUCER = "admission"
 ROUTING_PRODUCER = "routing"  # streams.routing.PRODUCER (not imported: no cycle)
 
 
+#: what asks for a slot: an edge's offer, or the REST API's outbound request (the same
+#: checks; the number is the one the call is made from, named by phone_id)
+OFFERS = ("CallOffered", "OutboundCallRequested")
+
+
 class SlotState(enum.Enum):
     ADMITTED = "ADMITTED"
     REJECTED = "REJECTED"
@@ -189,9 +194,11 @@ def check_offer(
             f"number {number['id']} is a {number.get('provider')} number, "
             f"the call came over {offer.get('provider')}",
         ), facts
-    route = config.route(number.get("route_id", ""))
+    # an outbound request may name another route of the business (its agent)
+    route = config.route(offer.get("route_id") or number.get("route_id", ""))
     if route is None or route.get("business_id") != business_id:
-        return Refusal(404, f"route {number.get('route_id')} is not configured"), facts
+        route_id = offer.get("route_id") or number.get("route_id")
+        return Refusal(404, f"route {route_id} is not configured"), facts
     facts["route"] = route
     if offer.get("provider") == "SIP" and not source_allowed(
         offer.get("source_ip", ""), list(number.get("allowed_source_ips") or [])
@@ -224,16 +231,18 @@ def handle(
 
     `active` is how many of the business's calls hold a slot (ADMITTED) before the event.
     """
-    if name == "CallOffered":
-        return _offer(event, slot, active, config)
+    if name in OFFERS:
+        return _offer(name, event, slot, active, config)
     if name in ("CallEnded", "CallRejected"):
         return _release(name, event, slot)
     raise TransitionError(f"admission does not handle {name}")
 
 
-def _offer(event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView) -> Result:
+def _offer(
+    name: str, event: dict[str, Any], slot: Slot | None, active: int, config: ConfigView
+) -> Result:
     result = _decide(event, slot, active, config)
-    history = Emit("call-events", event["envelope"]["call_id"], "CallOffered", event)
+    history = Emit("call-events", event["envelope"]["call_id"], name, event)
     return Result(result.slot, [history, *result.emits])
 
 
@@ -255,7 +264,8 @@ def _decide(event: dict[str, Any], slot: Slot | None, active: int, config: Confi
             "reason": refusal.reason,
             "retry_after_s": None,
             "business_id": business_id or None,
-            "region_id": None,
+            # the number's region when the number is known: rejections count per region
+            "region_id": (facts.get("number") or {}).get("region_id") or None,
             "edge_id": event["edge_id"],
         }
         decision = {"name": "CallRejected", "record": rejected}

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from prometheus_client import Counter
 
 from schemas.codec import Codec
 from streams import admission, retention, routing
 from streams.config_view import ConfigView
 from streams.emitter import Emitter
 from streams.patches import flush_with_faust
+from trunkline.core import logs
 from trunkline.core.events import envelope
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
@@ -31,6 +33,34 @@ from trunkline.core.topics import (
 )
 
 log = logging.getLogger("trunkline.agents")
+
+#: what the decision path decided and handled, for the worker's /metrics
+DECIDED = Counter(
+    "trunkline_decisions_total",
+    "Decisions the worker sent: admitted (admission to routing), routed or rejected (to the "
+    "edge), by stage and SIP code; a duplicate offer's repeated answer counts again",
+    ["stage", "outcome", "code"],
+)
+EVENTS = Counter(
+    "trunkline_worker_events_total",
+    "Records the agents handled, by agent and type",
+    ["agent", "type"],
+)
+
+
+def count_decisions(emits: list[Any]) -> None:
+    """Count the decisions among a machine's emits (history copies are not decisions)."""
+    for e in emits:
+        if e.dest == "decisions":
+            if e.name == "CallRouted":
+                DECIDED.labels("routing", "routed", "302").inc()
+            elif e.name == "CallRejected":
+                r = e.record
+                DECIDED.labels(str(r["stage"]).lower(), "rejected", str(r["status_code"])).inc()
+        elif e.dest == "routing" and e.name == "CallAdmitted":
+            DECIDED.labels("admission", "admitted", "").inc()
+
+
 TICK_INTERVAL_S = 0.05
 SWEEP_INTERVAL_S = 1.0  # PartitionTicks: finished calls past the retention are deleted
 EXPIRE_PER_TICK = 32  # up to 640 expirations/s per region
@@ -52,6 +82,8 @@ class Registered:
 
     emitter: Emitter
     state_tables: dict[str, Any]
+    #: the live state's gauges (worker /metrics), taken on the worker's loop
+    gauges: Any = None
 
 
 def register(
@@ -179,6 +211,7 @@ def register(
     async def admission_agent(stream: Any) -> None:
         async for value in stream:
             name = value.pop("_type")
+            EVENTS.labels("admission", name).inc()
             if name == "PartitionTick":
                 sweep_slots(value)
                 continue
@@ -189,7 +222,9 @@ def register(
             try:
                 result = admission.handle(name, value, slot, slot_index.count(business_id), config)
             except admission.TransitionError as exc:
-                log.error("admission: call %s: %s (event skipped)", call_id, exc)
+                log.error(
+                    "admission: call %s: %s (event skipped)", call_id, exc, extra=logs.call(call_id)
+                )
                 continue
             if result.slot != slot:
                 new_value = None
@@ -210,7 +245,9 @@ def register(
                         slot.state.value if slot else "(none)",
                         result.slot.state.value,
                         name,
+                        extra=logs.call(call_id),
                     )
+            count_decisions(result.emits)
             emitter.emit(result.emits, as_received(value))
 
     def apply(changes: routing.Changes, now_ms: int) -> None:
@@ -228,12 +265,14 @@ def register(
                     old.state.value if old else "(none)",
                     new.state.value,
                     f" ({new.backend_id})" if new.backend_id else "",
+                    extra=logs.call(call_id),
                 )
 
     @app.agent(routing_in, name="routing")
     async def routing_agent(stream: Any) -> None:
         async for value in stream:
             name = value.pop("_type")
+            EVENTS.labels("routing", name).inc()
             if name == "BackendHeartbeat":
                 heartbeats[value["backend_id"]] = value
                 continue
@@ -266,6 +305,7 @@ def register(
                     watches[region] = watch
                     ticks[region] = watch.to_json()
                 apply(changes, now_ms)
+                count_decisions(changes.emits)
                 emitter.emit(changes.emits)
                 continue
             call_id = value["envelope"]["call_id"]
@@ -283,9 +323,12 @@ def register(
                     watches.get(region, routing.NO_TICKS),
                 )
             except routing.TransitionError as exc:
-                log.error("routing: call %s: %s (event skipped)", call_id, exc)
+                log.error(
+                    "routing: call %s: %s (event skipped)", call_id, exc, extra=logs.call(call_id)
+                )
                 continue
             apply(changes, int(value["envelope"]["occurred_at"]))
+            count_decisions(changes.emits)
             emitter.emit(changes.emits)
 
     @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
@@ -327,4 +370,54 @@ def register(
                     partition,
                 )
 
-    return Registered(emitter, state_tables)
+    def gauges() -> dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], float]]]:
+        """Calls holding a slot per business and per backend (every configured one, 0
+        included), each business's plan limit and utilisation, each backend's capacity."""
+        active = {b: len(calls) for b, calls in slot_index.as_dict().items()}
+        held = dict(load_index.load)
+        calls: dict[tuple[str, ...], float] = {}
+        limits: dict[tuple[str, ...], float] = {}
+        used: dict[tuple[str, ...], float] = {}
+        capacity: dict[tuple[str, ...], float] = {}
+        for business_id, business in config_tables["businesses"].items():
+            if business is None:
+                continue
+            calls[("business", business_id)] = active.get(business_id, 0)
+            plan = config.plan(business.get("plan_id", ""))
+            if plan is not None and int(plan["max_concurrent_calls"]) > 0:
+                limit = int(plan["max_concurrent_calls"])
+                limits[(business_id,)] = limit
+                used[(business_id,)] = active.get(business_id, 0) / limit
+        for business_id, n in active.items():
+            calls.setdefault(("business", business_id), n)
+        for backend_id, backend in config_tables["backends"].items():
+            if backend is None:
+                continue
+            calls[("backend", backend_id)] = held.get(backend_id, 0)
+            capacity[(backend_id,)] = int(backend.get("max_concurrent_calls") or 0)
+        for backend_id, n in held.items():
+            calls.setdefault(("backend", backend_id), n)
+        return {
+            "trunkline_active_calls": (
+                "Calls holding a plan slot (scope business) or a backend slot (scope backend)",
+                ("scope", "id"),
+                calls,
+            ),
+            "trunkline_plan_limit": (
+                "The concurrent calls a business's plan allows",
+                ("business",),
+                limits,
+            ),
+            "trunkline_plan_utilisation": (
+                "A business's active calls / its plan limit",
+                ("business",),
+                used,
+            ),
+            "trunkline_backend_capacity": (
+                "A backend's configured concurrent calls (maxConcurrentCalls)",
+                ("backend",),
+                capacity,
+            ),
+        }
+
+    return Registered(emitter, state_tables, gauges)

@@ -11,6 +11,7 @@ Measurements behind each setting: docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,10 +20,16 @@ from faust.serializers import codecs
 from faust.web import Request, Response, View
 
 from schemas.codec import Codec, make_codec
-from streams import agents, patches, routing
+from streams import agents, billing_agent, patches, routing
+from trunkline.core import logs, metrics
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
-from trunkline.core.topics import CONFIG_TOPICS, WORKER_CONFIG_SECTIONS
+from trunkline.core.topics import (
+    BILLING_CONFIG_SECTIONS,
+    CONFIG_TOPICS,
+    WORKER_CONFIG_SECTIONS,
+    billing_app_id,
+)
 
 log = logging.getLogger("trunkline.worker")
 
@@ -97,24 +104,33 @@ class EmittedTable(faust.Table):  # type: ignore[misc]
         self._changelog(key, None)  # a tombstone: compaction drops the key
 
 
+#: what a worker runs: the decision path, or billing (its own process and app id, so the
+#: history's partitions and the rating work stay off the decision path's fetches and GIL)
+ROLES = ("decisions", "billing")
+
+
 class TrunklineApp:
     """Builds the Faust app for one Settings; holds the pieces views and tests reach."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: str = "decisions") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown worker role {role!r}; one of {', '.join(ROLES)}")
         patches.apply()
         self.settings = settings
+        self.role = role
         self.codec = make_codec(settings.schema_registry_url)
         codecs.register("tl-avro", AvroRecordCodec(self.codec))
         codecs.register("tl-str", Utf8Codec())
+        billing = role == "billing"
         self.app = faust.App(
-            settings.app_id,
+            billing_app_id(settings.app_id) if billing else settings.app_id,
             broker=f"kafka://{settings.kafka_bootstrap}",
             store="memory://",
             key_serializer="tl-str",
             value_serializer="tl-avro",
             web_enabled=True,
             web_host=settings.worker_web_host,
-            web_port=settings.worker_web_port,
+            web_port=settings.billing_web_port if billing else settings.worker_web_port,
             web_bind=settings.worker_web_host,
             topic_replication_factor=1,
             topic_allow_declare=True,
@@ -132,7 +148,7 @@ class TrunklineApp:
             Table=EmittedTable,
         )
         self.tables: dict[str, Any] = {}
-        for section in WORKER_CONFIG_SECTIONS:
+        for section in BILLING_CONFIG_SECTIONS if billing else WORKER_CONFIG_SECTIONS:
             spec = CONFIG_TOPICS[section]
             topic = self.app.topic(
                 spec.name(settings.topic_prefix),
@@ -157,18 +173,26 @@ class TrunklineApp:
                 schema=faust.Schema(key_serializer="tl-str", value_serializer="tl-avro"),
                 help=f"{section} from {topic.get_topic_name()}",
             )
-        registered = agents.register(
-            self.app,
-            settings,
-            self.codec,
-            self.tables,
-            routing.Settings(
-                redirect_timeout_ms=settings.redirect_timeout_ms,
-                heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
-            ),
-        )
+        if billing:
+            registered = billing_agent.register(self.app, settings, self.codec, self.tables)
+        else:
+            registered = agents.register(
+                self.app,
+                settings,
+                self.codec,
+                self.tables,
+                routing.Settings(
+                    redirect_timeout_ms=settings.redirect_timeout_ms,
+                    heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
+                ),
+            )
         self.emitter = registered.emitter
         self.state_tables = registered.state_tables
+        self.gauges = registered.gauges
+        self.state_metrics = metrics.install("worker-state", metrics.Snapshot())
+        self.lag_metrics = metrics.install(
+            "worker-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [self.app.conf.id])
+        )
         self._register_views()
 
     # -- web views -----------------------------------------------------------------
@@ -204,6 +228,19 @@ class TrunklineApp:
                     items[key] = record
                 return self.json(items)
 
+        @app.page("/metrics")
+        class Metrics(View):
+            """Prometheus text format: the agents' counters, the live state's gauges
+            (snapshot here, on the worker's loop), the group's consumer lag (asked of the
+            broker off the loop)."""
+
+            async def get(self, request: Request) -> Response:
+                for name, (documentation, labels, samples) in outer.gauges().items():
+                    outer.state_metrics.update(name, documentation, labels, samples)
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(None, metrics.exposition)
+                return self.bytes(body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
         @app.page("/state/{name}/")
         class StateView(View):
             """Decision state this worker holds: admission-active (business -> admitted
@@ -220,18 +257,24 @@ class TrunklineApp:
                 return self.json({k: v for k, v in table.items() if v is not None})
 
 
-def create_app(settings: Settings | None = None) -> TrunklineApp:
-    return TrunklineApp(settings or Settings.from_env())
+def create_app(settings: Settings | None = None, role: str = "decisions") -> TrunklineApp:
+    return TrunklineApp(settings or Settings.from_env(), role)
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
-    """Run the worker in the foreground until SIGINT/SIGTERM."""
+def run_worker(settings: Settings, loglevel: str = "info", role: str = "decisions") -> None:
+    """Run the worker (or, with role "billing", the billing worker) in the foreground
+    until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
+    # our handler (TRUNKLINE_LOG_FORMAT), not mode's: the worker logs like every service
+    logs.setup(loglevel, settings.log_format, "billing-worker" if role == "billing" else "worker")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    built = create_app(settings)
+    built = create_app(settings, role)
     # Long-lived tables make the cyclic GC's full collections slow (they walk every object);
     # freeze what start-up allocated and collect young objects less often.
     tune_gc()
-    worker = Worker(built.app, loglevel=loglevel, quiet=True)
+    worker = Worker(built.app, loglevel=loglevel, quiet=True, override_logging=False)
+    # Faust's terminal spinner writes control characters to stdout (mode's logging setup,
+    # which we skip, is what turned it off): no spinner, a "Ready" log line instead
+    worker.spinner = None
     worker.execute_from_commandline()

@@ -1,21 +1,27 @@
 """ClickHouse access through clickhouse-connect: embedded chDB or a server over HTTP.
 
 chDB is in-process and one process owns a data path at a time, so with the embedded
-default the worker owns it: the sink writes and the worker's web views answer reads
-(`trunkline calls ...` asks the worker). With an HTTP DSN any process may connect.
+default the sink owns it: it writes, and its web views answer reads (`trunkline calls
+...` and `trunkline sql` ask it). With an HTTP DSN any process may connect.
+
+Ad-hoc queries (`read_only`) run on a second client with ClickHouse's own `readonly=1`:
+with chDB a query's settings stay on the connection's session, so the writer's client
+must never carry them.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import clickhouse_connect
+import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from streams.projection import COLUMNS, Row, json_compact_each_row
+from streams.projection import TABLE_COLUMNS, Row, json_compact_each_row
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
 DEFAULT_DATABASE = "trunkline"
@@ -23,6 +29,16 @@ DEFAULT_DATABASE = "trunkline"
 
 class ClickHouseUnavailable(RuntimeError):
     pass
+
+
+class QueryRefused(ValueError):
+    """ClickHouse refused an ad-hoc query (read-only mode, syntax, unknown table...); the
+    message is ClickHouse's."""
+
+
+#: a server whose user profile is already read-only may refuse `readonly=1` itself as a
+#: settings change (older releases); its profile keeps the query read-only anyway
+_PROFILE_READ_ONLY = "Cannot modify 'readonly' setting in readonly mode"
 
 
 def ddl_statements(database: str) -> list[str]:
@@ -42,6 +58,8 @@ class ClickHouseStore:
         self.dsn = dsn
         self.database = database
         self._lock = threading.Lock()
+        self._reader: Any = None  # the read-only client, on first use (read_only)
+        self._reader_settings: dict[str, Any] = {"readonly": 1}
         parsed = urlparse(dsn)
         if parsed.scheme == "chdb":
             Path(parsed.path).mkdir(parents=True, exist_ok=True)
@@ -62,13 +80,17 @@ class ClickHouseStore:
 
     def insert_events(self, rows: list[Row]) -> None:
         """Insert projection rows (streams.projection.event_row) as JSONCompactEachRow."""
+        self.insert_rows("call_events_log", rows)
+
+    def insert_rows(self, table: str, rows: list[Row]) -> None:
+        """Insert rows of one of streams.projection.TABLE_COLUMNS' tables."""
         if not rows:
             return
         block = json_compact_each_row(rows)
         with self._lock:
             self.client.raw_insert(
-                f"{self.database}.call_events_log",
-                list(COLUMNS),
+                f"{self.database}.{table}",
+                list(TABLE_COLUMNS[table]),
                 insert_block=block,
                 fmt="JSONCompactEachRow",
             )
@@ -79,9 +101,69 @@ class ClickHouseStore:
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
+    def read_only(self, sql: str, limit: int) -> dict[str, Any]:
+        """One ad-hoc query (checked first by streams.queries.check_read_only) with
+        `readonly=1`, in this store's database: {columns, types, rows, truncated}, at
+        most `limit` rows, values as ClickHouse writes them in JSON. QueryRefused with
+        ClickHouse's message when it refuses the query."""
+        with self._lock:
+            if self._reader is None:
+                self._reader = clickhouse_connect.get_client(dsn=self.dsn, database=self.database)
+            try:
+                lines = self._stream(sql)
+            except ClickHouseError as exc:
+                if _PROFILE_READ_ONLY not in str(exc) or not self._reader_settings:
+                    raise QueryRefused(_clickhouse_message(exc)) from exc
+                self._reader_settings = {}  # the user's profile is read-only already
+                try:
+                    lines = self._stream(sql)
+                except ClickHouseError as again:
+                    raise QueryRefused(_clickhouse_message(again)) from again
+            try:
+                columns = orjson.loads(next(lines, b"[]"))
+                types = orjson.loads(next(lines, b"[]"))
+                rows = []
+                truncated = False
+                for line in lines:
+                    if len(rows) >= limit:
+                        truncated = True
+                        break
+                    rows.append(orjson.loads(line))
+            except ClickHouseError as exc:  # a failure while the result streams
+                raise QueryRefused(_clickhouse_message(exc)) from exc
+        return {"columns": columns, "types": types, "rows": rows, "truncated": truncated}
+
+    def _stream(self, sql: str) -> Iterator[bytes]:
+        """The result's lines (names, types, then one JSON array per row)."""
+        stream = self._reader.raw_stream(
+            sql, fmt="JSONCompactEachRowWithNamesAndTypes", settings=self._reader_settings
+        )
+        return _lines(stream)
+
     def close(self) -> None:
         with self._lock:
-            try:
-                self.client.close()
-            except ClickHouseError:
-                pass
+            for client in (self.client, self._reader):
+                try:
+                    if client is not None:
+                        client.close()
+                except ClickHouseError:
+                    pass
+
+
+def _lines(chunks: Any) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *done, pending = pending.split(b"\n")
+        yield from (line for line in done if line)
+    if pending:
+        yield pending
+
+
+def _clickhouse_message(exc: Exception) -> str:
+    """ClickHouse's own words, without the client's wrapping and the version trailer."""
+    text = str(exc).strip()
+    start = text.find("DB::Exception:")
+    if start >= 0:
+        text = text[start + len("DB::Exception:") :].strip()
+    return text.split(" (version ")[0].strip()

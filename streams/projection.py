@@ -19,6 +19,7 @@ COLUMNS: tuple[str, ...] = (
     "setup_ms", "talk_ms", "codec", "packets_sent", "packets_received", "packets_lost",
     "jitter_ms", "log_type", "log_message", "payload", "kafka_partition", "kafka_offset",
     "provider_account_id", "hangup_cause", "provider_duration_ms", "mos",
+    "direction", "published_at", "plan_id", "plan_limit",
 )  # fmt: skip
 
 Row = tuple[Any, ...]
@@ -55,6 +56,14 @@ STATUS: dict[str, tuple[str, int]] = {
     "CallEnded": (CallStatus.FAILED, 70),
     # a provider's progress report (ringing...): a log line that never moves the status
     "CallProgress": (CallStatus.QUEUED, 5),
+    # an outbound call (POST /v1/calls) starts its queue entry like an offer; each
+    # provider attempt and failed attempt is a log line that never moves the status
+    # (only the last attempt's failure is the call's outcome: the dialer's CallEnded)
+    "OutboundCallRequested": (CallStatus.QUEUED, 10),
+    "OutboundAttempt": (CallStatus.QUEUED, 5),
+    "OutboundAttemptFailed": (CallStatus.QUEUED, 5),
+    # a provider's cost report (Telnyx call.cost), after the end: a log line only
+    "CallCost": (CallStatus.QUEUED, 5),
 }
 #: CallEnded reason -> status; any other reason is a failure
 END_STATUS: dict[str, str] = {
@@ -66,6 +75,24 @@ END_STATUS: dict[str, str] = {
 
 class ProjectionError(ValueError):
     pass
+
+
+#: event types that start a call, and the direction each implies when it names none
+STARTS: dict[str, str] = {"CallOffered": "INBOUND", "OutboundCallRequested": "OUTBOUND"}
+
+
+def _direction(name: str, r: dict[str, Any]) -> str:
+    """INBOUND / OUTBOUND on the events that start a call; empty on the others (the
+    views take the call's direction from its start)."""
+    implied = STARTS.get(name)
+    if implied is None:
+        return ""
+    return str(r.get("direction") or implied) if name == "CallOffered" else implied
+
+
+def _instant(ms: int) -> str:
+    """Epoch ms as ClickHouse reads DateTime64(3) exactly: seconds.millis."""
+    return f"{ms // 1000}.{ms % 1000:03d}"
 
 
 def _s(value: Any) -> str:
@@ -92,6 +119,8 @@ def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
         return "Info", f"{_title(provider)} status {r.get('provider_status')}: call answered"
     if name == "CallProgress":
         return "Info", f"{_title(provider)} status {r.get('provider_status')}"
+    if name == "CallCost":
+        return "Info", f"{_title(provider)} reported the call's cost: {r['cost']} {r['currency']}"
     if name == "CallEnded":
         duration = r.get("provider_duration_ms")
         took = f" after {duration / 1000:.0f} s" if duration is not None else ""
@@ -105,7 +134,36 @@ def _provider_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _outbound_log(name: str, r: dict[str, Any]) -> tuple[str, str] | None:
+    """Log lines of outbound calls (the REST API and the dialer)."""
+    if name == "OutboundCallRequested":
+        return "Info", (
+            f"Outbound call requested through {r['edge_id']} (API key {r.get('api_key_id') or '?'})"
+            f": {r['from_number']} ({r['phone_id']}) to {r['to_number']}, providers "
+            f"{', '.join(r.get('providers') or []) or '-'}"
+        )
+    if name == "OutboundAttempt":
+        how = " (found by lookup after a timeout)" if r.get("found_by_lookup") else ""
+        return "Info", (
+            f"Attempt {r['attempt'] + 1} through {r['account_id']} ({_title(r['provider'])}): "
+            f"call {r.get('provider_call_id') or '?'} created from {r.get('from_number')}{how}"
+        )
+    if name == "OutboundAttemptFailed":
+        http = f" HTTP {r['http_status']}" if r.get("http_status") is not None else ""
+        code = f" code {r['provider_error_code']}" if r.get("provider_error_code") else ""
+        detail = f": {r['detail']}" if r.get("detail") else ""
+        then = "trying the next provider" if r.get("retryable") else "no failover"
+        return "Warning" if r.get("retryable") else "Error", (
+            f"Attempt {r['attempt'] + 1} through {r['account_id']} ({_title(r['provider'])}) "
+            f"failed: {r['reason']}{http}{code}{detail} ({then})"
+        )
+    return None
+
+
 def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
+    outbound = _outbound_log(name, r)
+    if outbound is not None:
+        return outbound
     provided = _provider_log(name, r)
     if provided is not None:
         return provided
@@ -139,11 +197,21 @@ def _log(name: str, r: dict[str, Any]) -> tuple[str, str]:
     raise ProjectionError(f"{name} is not a call lifecycle event")
 
 
-def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+def event_row(
+    name: str,
+    r: dict[str, Any],
+    partition: int = 0,
+    offset: int = 0,
+    published_ms: int | None = None,
+) -> Row:
     """One `call_events_log` row, values in COLUMNS order, JSON-ready.
 
     `occurred_at` is written as Unix seconds with milliseconds ("1700000000.123"), which
-    ClickHouse parses into DateTime64(3) exactly.
+    ClickHouse parses into DateTime64(3) exactly. `published_ms` is the Kafka record's
+    timestamp (when its producer sent it): a decision carries the offer's time as its
+    `occurred_at` (machines judge in event time), so its record's timestamp is when it
+    was really made. Part of the log, so a replay writes the same value; without one
+    (a record that has none), `occurred_at` stands in.
     """
     try:
         status, rank = STATUS[name]
@@ -161,7 +229,7 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         env["event_id"],  # event_id
         name,  # event_type
         env["call_id"],  # call_id
-        f"{at_ms // 1000}.{at_ms % 1000:03d}",  # occurred_at
+        _instant(at_ms),  # occurred_at
         env["producer_id"],  # producer_id
         _s(r.get("provider")),  # provider
         _s(r.get("provider_call_id")),  # provider_call_id
@@ -188,10 +256,14 @@ def event_row(name: str, r: dict[str, Any], partition: int = 0, offset: int = 0)
         orjson.dumps(r).decode(),  # payload
         partition,  # kafka_partition
         offset,  # kafka_offset
-        _s(r.get("provider_account_id")),  # provider_account_id
+        _s(r.get("provider_account_id") or r.get("account_id")),  # provider_account_id
         _s(r.get("hangup_cause")),  # hangup_cause
         r.get("provider_duration_ms") or 0,  # provider_duration_ms
         media.get("mos") or 0.0,  # mos
+        _direction(name, r),  # direction
+        _instant(published_ms if published_ms and published_ms > 0 else at_ms),  # published_at
+        _s(r.get("plan_id")) if name == "CallAdmitted" else "",  # plan_id
+        int(r.get("max_concurrent_calls") or 0) if name == "CallAdmitted" else 0,  # plan_limit
     )
 
 
@@ -199,3 +271,78 @@ def json_compact_each_row(rows: list[Row]) -> bytes:
     """Rows as ClickHouse JSONCompactEachRow (one JSON array per line, COLUMNS order):
     ClickHouse parses it in C++, so Python only pays for orjson."""
     return b"\n".join(map(orjson.dumps, rows))
+
+
+# -- billing and webhook deliveries (tables of their own) ---------------------------------
+BILLING_COLUMNS: tuple[str, ...] = (
+    "call_id", "event_id", "rating_run", "business_id", "direction", "provider",
+    "provider_account_id", "provider_call_id", "started_at", "ended_at", "connected",
+    "talk_seconds", "billable_seconds", "rate_plan_id", "rate_plan_version", "increment",
+    "currency", "per_minute", "connect_fee", "amount", "provider_cost",
+    "provider_cost_currency", "reason", "rated_event_id", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+DELIVERY_COLUMNS: tuple[str, ...] = (
+    "subscription_id", "webhook_id", "attempt", "event_id", "source_event_id", "event_type",
+    "call_id", "business_id", "url", "status_code", "error", "latency_ms", "outcome",
+    "next_attempt_at", "attempted_at", "body", "kafka_partition", "kafka_offset",
+)  # fmt: skip
+
+
+def _money(value: Any) -> str | None:
+    """A decimal as its exact text (ClickHouse parses it into Decimal(18, 6))."""
+    return None if value is None else str(value)
+
+
+def billing_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+    """One `billing_records_log` row from a CallRated record."""
+    env = r["envelope"]
+    if not env.get("call_id"):
+        raise ProjectionError(f"CallRated {env.get('event_id')} has no call_id")
+    return (
+        env["call_id"], env["event_id"], int(r["rating_run"]), r["business_id"],
+        r["direction"], _s(r["provider"]), r.get("provider_account_id") or "",
+        r.get("provider_call_id") or "", _instant(int(r["started_at"])),
+        _instant(int(r["ended_at"])), 1 if r["connected"] else 0, int(r["talk_seconds"]),
+        int(r["billable_seconds"]), r["rate_plan_id"], int(r["rate_plan_version"]),
+        r.get("increment") or "", r["currency"], _money(r["per_minute"]),
+        _money(r["connect_fee"]), _money(r["amount"]), _money(r.get("provider_cost")),
+        r.get("provider_cost_currency") or "", r.get("reason") or "", r["rated_event_id"],
+        partition, offset,
+    )  # fmt: skip
+
+
+def delivery_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
+    """One `webhook_deliveries_log` row from a WebhookAttempt record."""
+    env = r["envelope"]
+    return (
+        r["subscription_id"], r["webhook_id"], int(r["attempt"]), env["event_id"],
+        r["source_event_id"], r["event_type"], env.get("call_id") or "",
+        r.get("business_id") or "", r["url"], r.get("status_code") or 0, r.get("error") or "",
+        int(r.get("latency_ms") or 0), r["outcome"],
+        _instant(int(r["next_attempt_at"])) if r.get("next_attempt_at") else None,
+        _instant(int(r["attempted_at"])), r["body"], partition, offset,
+    )  # fmt: skip
+
+
+#: ClickHouse table -> its columns, for each kind of row the sink writes
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "call_events_log": COLUMNS,
+    "billing_records_log": BILLING_COLUMNS,
+    "webhook_deliveries_log": DELIVERY_COLUMNS,
+}
+
+
+def table_row(
+    name: str,
+    r: dict[str, Any],
+    partition: int = 0,
+    offset: int = 0,
+    published_ms: int | None = None,
+) -> tuple[str, Row]:
+    """(table, row) for any record the sink follows: CallRated -> billing_records_log,
+    WebhookAttempt -> webhook_deliveries_log, lifecycle events -> call_events_log."""
+    if name == "CallRated":
+        return "billing_records_log", billing_row(r, partition, offset)
+    if name == "WebhookAttempt":
+        return "webhook_deliveries_log", delivery_row(r, partition, offset)
+    return "call_events_log", event_row(name, r, partition, offset, published_ms)

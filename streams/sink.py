@@ -1,5 +1,10 @@
 """The ClickHouse sink: `call-events` -> `call_events_log`, in batches, at least once.
 
+It follows several topics in one consumer: the history, `billing` (CallRated ->
+`billing_records_log`) and `webhook-deliveries` (WebhookAttempt ->
+`webhook_deliveries_log`); each record goes to its record type's table
+(`streams.projection.table_row`), each table's rows in one insert per batch.
+
 It runs inside the worker as a thread with its own confluent-kafka consumer (group
 ``<app id>-clickhouse-sink``) rather than as a per-event Faust agent: batches of thousands
 of records are decoded and inserted at once, and offsets are committed only after
@@ -17,14 +22,28 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
+from prometheus_client import Histogram
 
 from schemas.codec import Codec, CodecError
 from streams.clickhouse import ClickHouseStore
-from streams.projection import ProjectionError, Row, event_row
+from streams.projection import ProjectionError, Row, table_row
 from trunkline.core import kafka
 
 log = logging.getLogger("trunkline.sink")
+
+#: one insert's time (the sink's /metrics; its counts come from SinkStats)
+INSERT_SECONDS = Histogram(
+    "trunkline_sink_insert_seconds",
+    "One batch's insert into ClickHouse, retries included",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 
 @dataclass
@@ -48,7 +67,7 @@ class ClickHouseSink:
         self,
         *,
         bootstrap: str,
-        topic: str,
+        topic: str | list[str],
         dead_letter_topic: str,
         group_id: str,
         codec: Codec,
@@ -56,7 +75,8 @@ class ClickHouseSink:
         batch_size: int = 10_000,
         flush_interval: float = 2.0,
     ) -> None:
-        self.topic = topic
+        self.topics = [topic] if isinstance(topic, str) else list(topic)
+        self.topic = self.topics[0]
         self.dead_letter_topic = dead_letter_topic
         self.codec = codec
         self.store = store
@@ -69,7 +89,7 @@ class ClickHouseSink:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bootstrap = bootstrap
-        self._group_id = group_id
+        self.group_id = group_id
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -92,13 +112,13 @@ class ClickHouseSink:
     def _run(self) -> None:
         consumer = kafka.consumer(
             self._bootstrap,
-            self._group_id,
+            self.group_id,
             # the sink stores every flush_interval anyway: let the broker gather 64 KiB
             # (or wait 200 ms) per fetch instead of answering each new record at once
             **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 65536, "queued.min.messages": 200_000},
         )
         dlq = kafka.Producers(self._bootstrap, ("config",), name="dead-letters")
-        consumer.subscribe([self.topic])
+        consumer.subscribe(self.topics)
         inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-insert")
         in_flight: tuple[Future[None], list[TopicPartition], int] | None = None
         pending: list[Message] = []
@@ -120,7 +140,7 @@ class ClickHouseSink:
                     pending = []
                     if in_flight is not None:
                         self._finish(consumer, in_flight)
-                    in_flight = (inserter.submit(self._insert, rows), offsets, len(rows))
+                    in_flight = (inserter.submit(self._insert, rows), offsets, _count(rows))
                 elif in_flight is not None and in_flight[0].done():
                     self._finish(consumer, in_flight)
                     in_flight = None
@@ -130,7 +150,7 @@ class ClickHouseSink:
                 rows, offsets = self._prepare(dlq, pending)
                 if in_flight is not None:
                     self._finish(consumer, in_flight)
-                in_flight = (inserter.submit(self._insert, rows), offsets, len(rows))
+                in_flight = (inserter.submit(self._insert, rows), offsets, _count(rows))
             if in_flight is not None:
                 self._finish(consumer, in_flight)
         finally:
@@ -140,24 +160,33 @@ class ClickHouseSink:
 
     def _prepare(
         self, dlq: kafka.Producers, msgs: list[Message]
-    ) -> tuple[list[Row], list[TopicPartition]]:
-        """Decode a batch into rows; park what cannot be decoded. Returns rows and the
-        offsets to commit once they are stored."""
-        rows: list[Row] = []
-        seen: set[str] = set()
+    ) -> tuple[dict[str, list[Row]], list[TopicPartition]]:
+        """Decode a batch into rows per table; park what cannot be decoded. Returns the
+        rows and the offsets to commit once they are stored."""
+        rows: dict[str, list[Row]] = {}
+        seen: set[tuple[str, str]] = set()
         parked = self.stats.dead_lettered
         decode = self.codec.decode
         for msg in msgs:
             try:
                 name, record = decode(msg.value() or b"")
-                row = event_row(name, record, msg.partition() or 0, msg.offset() or 0)
-            except (CodecError, ProjectionError, KeyError, TypeError) as exc:
+                # the record's Kafka timestamp: when its producer sent it (event_row)
+                kind, published_ms = msg.timestamp()
+                table, row = table_row(
+                    name,
+                    record,
+                    msg.partition() or 0,
+                    msg.offset() or 0,
+                    published_ms if kind != TIMESTAMP_NOT_AVAILABLE else None,
+                )
+                key = (table, record["envelope"]["event_id"])
+            except (CodecError, ProjectionError, KeyError, TypeError, ValueError) as exc:
                 self._dead_letter(dlq, msg, exc)
                 continue
-            if row[0] in seen:  # the same event (row[0] is event_id) twice in one batch
+            if key in seen:  # the same record twice in one batch
                 continue
-            seen.add(row[0])
-            rows.append(row)
+            seen.add(key)
+            rows.setdefault(table, []).append(row)
         if self.stats.dead_lettered != parked:
             dlq.flush(30)  # raises when the dead-letter topic did not take them: no commit
         offsets: dict[tuple[str, int], int] = {}
@@ -166,19 +195,22 @@ class ClickHouseSink:
             offsets[key] = max(offsets.get(key, -1), (msg.offset() or 0) + 1)
         return rows, [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
-    def _insert(self, rows: list[Row]) -> None:
+    def _insert(self, rows: dict[str, list[Row]]) -> None:
         """Insert, retrying with backoff while ClickHouse refuses: hold, never drop."""
         backoff = 0.2
+        first_try = time.perf_counter()
         while True:
             try:
                 started = time.perf_counter()
-                self.store.insert_events(rows)
+                for table, table_rows in rows.items():
+                    self.store.insert_rows(table, table_rows)
                 self.stats.last_insert_ms = (time.perf_counter() - started) * 1000
+                INSERT_SECONDS.observe(time.perf_counter() - first_try)
                 return
             except Exception as exc:
                 self.stats.errors += 1
                 log.error(
-                    "insert of %d rows failed, retrying in %.1fs: %s", len(rows), backoff, exc
+                    "insert of %d rows failed, retrying in %.1fs: %s", _count(rows), backoff, exc
                 )
                 if self._stop.wait(backoff) and backoff >= 5:
                     raise  # stopping and still refused: leave the offsets uncommitted
@@ -218,3 +250,7 @@ class ClickHouseSink:
                 ("error", str(exc).encode()[:1000]),
             ],
         )
+
+
+def _count(rows: dict[str, list[Row]]) -> int:
+    return sum(len(r) for r in rows.values())

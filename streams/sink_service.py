@@ -7,6 +7,13 @@ open the data path), runs the batch sink (streams/sink.py) and answers reads ove
     GET /calls/?business=&since=&limit=   recent calls (streams/queries.py)
     GET /calls/{id}/[?events=1]       one call's queue entry
     GET /events/counts/               events per type
+    GET /billing/?business=&since=&limit=          rated calls (billing_records)
+    GET /billing/summary/?business=&month=         totals per direction and provider
+    GET /webhooks/deliveries/?subscription=&failed=&since=&limit=   one row per delivery
+    GET /webhooks/attempts/?subscription=&webhook_id=                one delivery's attempts
+    GET /webhooks/redeliverable/?subscription=&event=&call=&since=  what redeliver sends
+    POST /sql/ {"query", "limit"}     one read-only query (`trunkline sql`, `trunkline report`)
+    GET /metrics                      Prometheus: rows, inserts, dead letters, consumer lag
 
 Kept apart from the Faust worker so that batch decoding and inserts never hold the GIL
 the decision path needs (docs/benchmarks.md, 2026-11-26 04:34).
@@ -17,19 +24,53 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from schemas.codec import make_codec
 from streams import queries
-from streams.clickhouse import ClickHouseStore
+from streams.clickhouse import ClickHouseStore, QueryRefused
 from streams.sink import ClickHouseSink
+from trunkline.core import logs, metrics
 from trunkline.core.aio import set_cpu_priority, tune_gc
 from trunkline.core.settings import Settings
-from trunkline.core.topics import CALL_EVENTS, DEAD_LETTERS
+from trunkline.core.topics import BILLING, CALL_EVENTS, DEAD_LETTERS, WEBHOOK_DELIVERIES
 
 log = logging.getLogger("trunkline.sink")
+
+
+class SinkCollector(Collector):
+    """The sink's counts (SinkStats), read at scrape time."""
+
+    def __init__(self, sink: ClickHouseSink) -> None:
+        self.sink = sink
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.sink.stats
+        for name, doc, value in (
+            ("trunkline_sink_rows", "Rows stored in ClickHouse (committed)", st.inserted),
+            ("trunkline_sink_batches", "Batches stored and committed", st.batches),
+            ("trunkline_sink_dead_letters", "Records parked in dead-letters", st.dead_lettered),
+            ("trunkline_sink_insert_errors", "Inserts ClickHouse refused (retried)", st.errors),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily(
+            "trunkline_sink_up",
+            "1 while the sink's consumer thread runs",
+            value=float(self.sink.alive),
+        )
+        yield GaugeMetricFamily(
+            "trunkline_sink_last_commit_timestamp_seconds",
+            "When the sink last committed (Unix time; 0 before the first batch)",
+            value=st.last_commit_at,
+        )
 
 
 def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) -> web.Application:
@@ -69,11 +110,105 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
     async def counts(request: web.Request) -> web.Response:
         return web.json_response(await run(queries.event_counts, store))
 
+    async def sql(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+                raise ValueError('the body must be JSON {"query": "...", "limit": N}')
+            limit = body.get("limit", queries.SQL_ROW_LIMIT)
+            if not isinstance(limit, int) or not 1 <= limit <= queries.SQL_MAX_ROWS:
+                raise ValueError(f"limit must be 1..{queries.SQL_MAX_ROWS}")
+            statement = queries.check_read_only(body["query"])
+            result = await run(store.read_only, statement, limit)
+        except (ValueError, QueryRefused) as exc:  # ReadOnlyError and bad JSON included
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(result)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body = await run(metrics.exposition)  # the lag asks the broker: off the loop
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    def _since(q: Any) -> int | None:
+        return queries.parse_duration(q["since"]) if q.get("since") else None
+
+    def _limit(q: Any) -> int:
+        limit = int(q.get("limit", "100"))
+        if not 1 <= limit <= 100_000:
+            raise ValueError("limit must be 1..100000")
+        return limit
+
+    async def billing(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            since, limit = _since(q), _limit(q)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        rows = await run(queries.list_billing, store, q.get("business") or None, since, limit)
+        return web.json_response(rows)
+
+    async def billing_summary(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            month = queries.parse_month(q["month"]) if q.get("month") else None
+            if not q.get("business"):
+                raise ValueError("business is required")
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(await run(queries.billing_summary, store, q["business"], month))
+
+    async def deliveries(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            since, limit = _since(q), _limit(q)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        rows = await run(
+            queries.list_deliveries,
+            store,
+            q.get("subscription") or None,
+            bool(q.get("failed")),
+            since,
+            limit,
+        )
+        return web.json_response(rows)
+
+    async def attempts(request: web.Request) -> web.Response:
+        q = request.query
+        rows = await run(
+            queries.delivery_attempts, store, q.get("subscription", ""), q.get("webhook_id", "")
+        )
+        return web.json_response(rows)
+
+    async def redeliverable(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            since = _since(q)
+            if not q.get("subscription"):
+                raise ValueError("subscription is required")
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        rows = await run(
+            queries.redeliverable,
+            store,
+            q["subscription"],
+            q.get("event") or None,
+            q.get("call") or None,
+            since,
+        )
+        return web.json_response(rows)
+
     app = web.Application()
     app.router.add_get("/health/", health)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/calls/", calls)
     app.router.add_get("/calls/{call_id}/", call)
     app.router.add_get("/events/counts/", counts)
+    app.router.add_post("/sql/", sql)
+    app.router.add_get("/billing/", billing)
+    app.router.add_get("/billing/summary/", billing_summary)
+    app.router.add_get("/webhooks/deliveries/", deliveries)
+    app.router.add_get("/webhooks/attempts/", attempts)
+    app.router.add_get("/webhooks/redeliverable/", redeliverable)
     return app
 
 
@@ -83,13 +218,17 @@ async def serve(settings: Settings) -> None:
     await loop.run_in_executor(None, store.ensure_schema)
     sink = ClickHouseSink(
         bootstrap=settings.kafka_bootstrap,
-        topic=CALL_EVENTS.name(settings.topic_prefix),
+        topic=[
+            spec.name(settings.topic_prefix) for spec in (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
+        ],
         dead_letter_topic=DEAD_LETTERS.name(settings.topic_prefix),
         group_id=f"{settings.app_id}-clickhouse-sink",
         codec=make_codec(settings.schema_registry_url),
         store=store,
         flush_interval=settings.sink_flush_ms / 1000,
     )
+    metrics.install("sink-stats", SinkCollector(sink))
+    metrics.install("sink-lag", metrics.ConsumerLag(settings.kafka_bootstrap, [sink.group_id]))
     sink.start()
     runner = web.AppRunner(build_web(store, sink, settings), access_log=None)
     await runner.setup()
@@ -97,7 +236,7 @@ async def serve(settings: Settings) -> None:
     await site.start()
     log.info(
         "ClickHouse sink: %s -> %s; web on %s:%s",
-        CALL_EVENTS.name(settings.topic_prefix),
+        ", ".join(sink.topics),
         settings.clickhouse_dsn,
         settings.sink_web_host,
         settings.sink_web_port,
@@ -120,10 +259,7 @@ async def serve(settings: Settings) -> None:
 
 
 def run_sink(settings: Settings, loglevel: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, loglevel.upper()),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
+    logs.setup(loglevel, settings.log_format, "sink")
     # first, so every thread the sink and chDB start inherits it: nothing here is on the
     # call path, and its bursts must not delay the decision path (TRUNKLINE_SINK_PRIORITY)
     applied = set_cpu_priority(settings.sink_priority)

@@ -86,6 +86,8 @@ def settings(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureReques
         "TRUNKLINE_APP_ID": f"trunkline-test-{tag}",
         "TRUNKLINE_WORKER_WEB_PORT": str(free_port()),
         "TRUNKLINE_SINK_WEB_PORT": str(free_port()),
+        "TRUNKLINE_BILLING_WEB_PORT": str(free_port()),
+        "TRUNKLINE_WEBHOOKS_WEB_PORT": str(free_port()),
     }
     if request.config.getoption("--compose"):
         env["TRUNKLINE_CLICKHOUSE_DSN"] = "http://trunkline:trunkline@localhost:8123/default"
@@ -108,6 +110,15 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
         "TRUNKLINE_STATE_RETENTION_MS": str(s.state_retention_ms),
         "TRUNKLINE_SINK_WEB_PORT": str(s.sink_web_port),
+        "TRUNKLINE_LOG_FORMAT": s.log_format,
+        "TRUNKLINE_LOG_LEVEL": s.log_level,
+        "TRUNKLINE_BILLING_WEB_PORT": str(s.billing_web_port),
+        "TRUNKLINE_BILLING_RETENTION_MS": str(s.billing_retention_ms),
+        "TRUNKLINE_WEBHOOKS_WEB_PORT": str(s.webhooks_web_port),
+        "TRUNKLINE_WEBHOOK_RETRY_SCHEDULE": s.webhook_retry_schedule,
+        "TRUNKLINE_WEBHOOK_TIMEOUT_MS": str(s.webhook_timeout_ms),
+        "TRUNKLINE_WEBHOOK_CONCURRENCY": str(s.webhook_concurrency),
+        "TRUNKLINE_SINK_FLUSH_MS": str(s.sink_flush_ms),
     }
 
 
@@ -124,19 +135,29 @@ def run_cli(s: Settings, *args: str, timeout: float = 120) -> subprocess.Complet
 
 @dataclass
 class Service:
-    """A trunkline process started separately (`trunkline worker` or `trunkline sink`)."""
+    """A trunkline process started separately (`trunkline worker`, `sink`,
+    `billing-worker` or `webhooks`); `env` adds to its environment (secrets)."""
 
     settings: Settings
     command: str = "worker"
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
-        return self.settings.worker_url if self.command == "worker" else self.settings.sink_url
+        return {
+            "worker": self.settings.worker_url,
+            "billing-worker": self.settings.billing_url,
+            "webhooks": self.settings.webhooks_url,
+        }.get(self.command, self.settings.sink_url)
 
     def ready(self, health: dict[str, Any]) -> bool:
-        return "tables" in health if self.command == "worker" else bool(health["sink"]["alive"])
+        if self.command in ("worker", "billing-worker"):
+            return "tables" in health
+        if self.command == "webhooks":
+            return bool(health.get("ready"))
+        return bool(health["sink"]["alive"])
 
     def start(self, timeout: float = 90) -> None:
         self.log = self.settings.state_dir / f"{self.command}-{int(time.time() * 1000)}.log"
@@ -144,7 +165,7 @@ class Service:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "trunkline.cli", self.command],
-                env=child_env(self.settings),
+                env={**child_env(self.settings), **(self.env or {})},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,

@@ -36,6 +36,7 @@ from edge.sip.transaction import (
 )
 from edge.sip.transport import Listen, SipStream, annotate_via, response_addr
 from schemas.codec import Codec, CodecError, make_codec
+from trunkline.core import logs
 from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
 from trunkline.core.kafka import BrokerWatch, CompactedFollower, KeyFollower, Producers
 from trunkline.core.settings import Settings
@@ -350,6 +351,9 @@ class SipEdge:
             return
         self.out.produce(self.topics[out.dest], out.key.encode(), value)
         PUBLISHED.labels("queued").inc()
+        if log.isEnabledFor(logging.DEBUG):
+            call_id = out.record["envelope"]["call_id"]
+            log.debug("call %s: %s to %s", call_id, out.name, out.dest, extra=logs.call(call_id))
 
     # -- decisions --------------------------------------------------------------------------
     def _decision_bytes(self, value: bytes) -> None:
@@ -364,6 +368,10 @@ class SipEdge:
 
     def _on_decision(self, name: str, record: dict[str, Any]) -> None:
         DECISIONS_IN.labels(name).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            call_id = record["envelope"]["call_id"]
+            code = record.get("status_code") or 302
+            log.debug("call %s: %s, answering %s", call_id, name, code, extra=logs.call(call_id))
         now = time.time()
         self._apply(self.core.on_decision(name, record, now), now)
 

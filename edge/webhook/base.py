@@ -77,6 +77,7 @@ class Progress(enum.Enum):
     PROGRESS = "progress"  # initiated, ringing...: history only
     ANSWERED = "answered"
     ENDED = "ended"
+    COST = "cost"  # what the provider charged for the call (Telnyx call.cost): history only
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,47 @@ class CallEvent:
     hangup_side: str | None = None
     duration_ms: int | None = None
     mos: float | None = None
+    cost: str | None = None  # COST: a decimal string, as the provider sent it
+    currency: str = ""
+    billed_seconds: int | None = None
 
     @cached_property
     def call_id(self) -> str:  # a uuid5: computed once per request, not per use
         return call_id_for(self.provider, self.account_id, self.provider_call_id)
+
+
+@dataclass(frozen=True)
+class OutboundEvent:
+    """A provider reports a step of one attempt of an outbound call (placed by a dialer
+    of ours, whose tags the callback URL or Telnyx's client_state carries)."""
+
+    provider: Provider
+    account_id: str
+    provider_call_id: str
+    call_id: str  # our queue id (the tags' callQueueId)
+    attempt: int
+    dialer_id: str
+    status: str  # the provider's own status or event name
+    progress: str  # PROGRESS, RINGING, ANSWERED, ENDED
+    event_key: str  # the provider's identity of this event: its id derives from it
+    reason: str = "completed"
+    sip_code: int | None = None
+    hangup_side: str | None = None
+    duration_ms: int | None = None
+    mos: float | None = None
+
+
+def outbound_tags(tags: dict[str, str], what: str) -> tuple[str, int, str]:
+    """(queue id, attempt, dialer id) from an outbound callback's tags, or 400."""
+    call_id, attempt, dialer = (tags.get(k, "") for k in ("callQueueId", "attempt", "dialer"))
+    if not call_id or not dialer or not attempt.isdigit():
+        raise bad_request(f"{what}: outbound tags need callQueueId, attempt and dialer")
+    return call_id, int(attempt), dialer
+
+
+def sip_code(value: object) -> int | None:
+    text = str(value or "").strip()
+    return int(text) if text.isdigit() and 100 <= int(text) <= 699 else None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from edge.webhook.base import (
     CallEvent,
     Decision,
     InboundCall,
+    OutboundEvent,
     Progress,
     Provider,
     Refused,
@@ -274,6 +275,23 @@ class WebhookCalls:
         (admission and history)."""
         call_id = event.call_id
         entry = self.entries.get(call_id)
+        if event.progress is Progress.COST:  # after the call: the history only
+            cost = {
+                "envelope": envelope(
+                    call_id,
+                    self.edge_id,
+                    int(now * 1000),
+                    derived_id(call_id, f"{event.provider.value}/{event.event_key}"),
+                ),
+                "provider": event.provider.value,
+                "provider_call_id": event.provider_call_id,
+                "provider_account_id": event.account_id,
+                "business_id": entry.business_id if entry is not None else None,
+                "cost": event.cost or "0",
+                "currency": event.currency,
+                "billed_seconds": event.billed_seconds,
+            }
+            return [Publish("call-events", call_id, "CallCost", cost)]
         if entry is not None:
             business_id = entry.business_id
         else:  # answered by another edge or before a restart: the number says whose
@@ -320,6 +338,31 @@ class WebhookCalls:
                 "mos": event.mos,
             }
         return self._end(call_id, business_id, ended)
+
+    def on_outbound(self, event: OutboundEvent, now: float) -> list[Publish]:
+        """A report for a call our dialers placed: to the dialer that owns it (its key of
+        the outbound journal), which decides progress, failover or the end."""
+        report = {
+            "envelope": envelope(
+                event.call_id,
+                self.edge_id,
+                int(now * 1000),
+                derived_id(event.call_id, f"{event.provider.value}/{event.event_key}"),
+            ),
+            "dialer_id": event.dialer_id,
+            "attempt": event.attempt,
+            "provider": event.provider.value,
+            "account_id": event.account_id,
+            "provider_call_id": event.provider_call_id,
+            "status": event.status,
+            "progress": event.progress,
+            "reason": event.reason,
+            "sip_code": event.sip_code,
+            "hangup_side": event.hangup_side,
+            "duration_ms": event.duration_ms,
+            "mos": event.mos,
+        }
+        return [Publish("outbound", event.dialer_id, "OutboundReport", report)]
 
     def _ended_record(
         self, call_id: str, business_id: str, now: float, event_id: str

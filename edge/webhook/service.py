@@ -20,13 +20,16 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from edge.webhook import telnyx, twilio, vonage
+from edge.dialer.machine import Call, Reply
+from edge.dialer.service import DialerService
+from edge.webhook import api, telnyx, twilio, vonage
 from edge.webhook.accounts import Account, Accounts, account_from_record
 from edge.webhook.base import (
     MAX_BODY,
@@ -36,22 +39,37 @@ from edge.webhook.base import (
     HttpAnswer,
     Ignored,
     InboundCall,
+    OutboundEvent,
     Provider,
     WebhookError,
 )
 from edge.webhook.calls import Answer, NumberEntry, Out, Publish, WebhookCalls
 from schemas.codec import Codec, CodecError, make_codec
+from trunkline.core import logs
 from trunkline.core.aio import serve_until_signalled, tune_gc
 from trunkline.core.config import SecretError
 from trunkline.core.kafka import (
     CompactedFollower,
     KeyFollower,
     Producers,
+    Profile,
     PublishError,
     read_compacted,
 )
 from trunkline.core.settings import Settings
-from trunkline.core.topics import ADMISSION, CALL_EVENTS, DECISIONS, NUMBERS, PROVIDERS
+from trunkline.core.topics import (
+    ADMISSION,
+    API_KEYS,
+    ASSIGNMENTS,
+    BUSINESSES,
+    CALL_EVENTS,
+    DECISIONS,
+    NUMBERS,
+    OUTBOUND,
+    PROVIDERS,
+    ROUTES,
+    ROUTING,
+)
 
 log = logging.getLogger("trunkline.webhook.edge")
 
@@ -67,6 +85,18 @@ COMMANDS = Counter(
     "trunkline_webhook_commands_total", "Provider API commands, by outcome", ["outcome"]
 )
 PUBLISHED = Counter("trunkline_webhook_published_total", "Events published", ["outcome"])
+RESPONSES = Counter(
+    "trunkline_webhook_responses_total",
+    "Responses the edge sent, by route and code",
+    ["route", "code"],
+)
+LATENCY = Histogram(
+    "trunkline_webhook_request_seconds",
+    "A request's time to its answer, by route (a voice webhook: the offer to the decision)",
+    ["route"],
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+API_ANSWERS = Counter("trunkline_api_answers_total", "REST API answers by HTTP status", ["status"])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -89,9 +119,11 @@ class WebhookEdge:
         *,
         env: dict[str, str] | None = None,
         codec: Codec | None = None,
+        dialer_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.edge_id = edge_id
+        self.dialer_id = dialer_id or edge_id
         self.host, self.port = host, port
         self.env = env
         self.codec = codec or make_codec(settings.schema_registry_url)
@@ -105,7 +137,17 @@ class WebhookEdge:
             retention=settings.state_retention_ms / 1000,
         )
         prefix = settings.topic_prefix
-        self.topics = {"admission": ADMISSION.name(prefix), "call-events": CALL_EVENTS.name(prefix)}
+        self.topics = {
+            "admission": ADMISSION.name(prefix),
+            "call-events": CALL_EVENTS.name(prefix),
+            "outbound": OUTBOUND.name(prefix),
+            "routing": ROUTING.name(prefix),
+            "assignments": ASSIGNMENTS.name(prefix),
+        }
+        self.directory = api.Directory()  # numbers, routes, businesses for the REST API
+        self.api_keys: dict[str, api.ApiKey] = {}  # by SHA-256 of the key
+        self._api_key_digest: dict[str, str] = {}  # key id -> digest
+        self.dialer: DialerService | None = None
         self.out: Producers | None = None
         self.waiters: dict[str, asyncio.Future[Decision]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -137,19 +179,23 @@ class WebhookEdge:
         self.loop = asyncio.get_running_loop()
         self.load_accounts()
         s = self.settings
-        self.out = Producers(s.kafka_bootstrap, ("decision",), name="webhook-edge")
-        self._followers.append(
-            KeyFollower(
-                s.kafka_bootstrap,
-                f"webhook-edge-{self.edge_id}",
-                DECISIONS.name(s.topic_prefix),
-                self.edge_id,
-                self._decision_bytes,
+        self.out = Producers(s.kafka_bootstrap, ("decision", "history"), name="webhook-edge")
+        for key in dict.fromkeys((self.edge_id, self.dialer_id)):
+            self._followers.append(
+                KeyFollower(
+                    s.kafka_bootstrap,
+                    f"webhook-edge-{key}",
+                    DECISIONS.name(s.topic_prefix),
+                    key,
+                    self._decision_bytes,
+                )
             )
-        )
         for topic, on_record in (
             (NUMBERS.name(s.topic_prefix), self._number_record),
             (PROVIDERS.name(s.topic_prefix), self._account_record),
+            (ROUTES.name(s.topic_prefix), self._route_record),
+            (BUSINESSES.name(s.topic_prefix), self._business_record),
+            (API_KEYS.name(s.topic_prefix), self._api_key_record),
         ):
             try:
                 self._followers.append(
@@ -169,6 +215,19 @@ class WebhookEdge:
                 if not loaded:
                     log.warning("config not fully read after 30 s; starting anyway")
         self.http = ClientSession(timeout=ClientTimeout(total=5))
+        self.dialer = DialerService(
+            self.dialer_id,
+            public_url=s.public_url,
+            codec=self.codec,
+            out=self.out,
+            topics=self.topics,
+            accounts=lambda account_id: self.accounts.by_id.get(account_id),
+            kinds=lambda: {a.id: a.provider.value for a in self.accounts.by_id.values()},
+            decision_timeout=s.decision_timeout_s,
+            retention=s.state_retention_ms / 1000,
+            bootstrap=s.kafka_bootstrap,
+        )
+        await self.dialer.start(OUTBOUND.name(s.topic_prefix))
         app = self.build_app()
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -191,6 +250,8 @@ class WebhookEdge:
             self._timer.cancel()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.dialer is not None:
+            await self.dialer.stop()
         for task in list(self._tasks):
             task.cancel()
         if self.http is not None:
@@ -216,6 +277,8 @@ class WebhookEdge:
         app.router.add_get("/webhooks/vonage/answer", self.vonage_answer)
         app.router.add_post("/webhooks/vonage/answer", self.vonage_answer)
         app.router.add_post("/webhooks/vonage/event", self.vonage_event)
+        app.router.add_post("/v1/calls", self.api_create)
+        app.router.add_get("/v1/calls/{call_id}", self.api_show)
         app.router.add_get("/health", self.health)
         app.router.add_get("/health/", self.health)
         app.router.add_get("/metrics", self.metrics)
@@ -224,9 +287,16 @@ class WebhookEdge:
     @web.middleware
     async def _refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         provider = request.path.split("/")[2] if request.path.startswith("/webhooks/") else "-"
-        REQUESTS.labels(request.path).inc()
+        # the route's pattern, not the raw path: a scanner's random paths are one label
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        REQUESTS.labels(route).inc()
+        started = time.perf_counter()
+        status = 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
         except WebhookError as exc:
             REFUSED.labels(provider, exc.label).inc()
             log.info(
@@ -237,14 +307,19 @@ class WebhookEdge:
                 exc.status,
                 exc.reason,
             )
+            status = exc.status
             return web.json_response({"error": exc.reason}, status=exc.status)
         except web.HTTPException as exc:
+            status = exc.status
             if exc.status >= 400:
                 REFUSED.labels(provider, f"http_{exc.status}").inc()
             raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             return web.json_response({"error": "internal error"}, status=500)
+        finally:
+            RESPONSES.labels(route, str(status)).inc()
+            LATENCY.labels(route).observe(time.perf_counter() - started)
 
     async def _body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -295,6 +370,13 @@ class WebhookEdge:
 
     async def twilio_status(self, request: web.Request) -> web.Response:
         account, params = await self._twilio(request)
+        if request.query.get("callQueueId"):  # a call our dialer placed
+            self._outbound(
+                twilio.outbound_status(
+                    params, dict(request.query), self._headers(request), account.id
+                )
+            )
+            return web.Response(status=204)
         event = twilio.status_event(params, self._headers(request), account.id)
         self._event(event)
         return web.Response(status=204)
@@ -311,6 +393,9 @@ class WebhookEdge:
         telnyx.verify(account.public_key, self._headers(request), body, time.time())
         decoded = telnyx.decode(data, account.id)
         if isinstance(decoded, Ignored):
+            return _ok()
+        if isinstance(decoded, OutboundEvent):
+            self._outbound(decoded)
             return _ok()
         if isinstance(decoded, CallEvent):
             self._event(decoded)
@@ -388,10 +473,125 @@ class WebhookEdge:
             application_id=vonage.unverified_application_id(token),
         )
         vonage.verify(account.secret("signatureSecret"), token, body, time.time())
+        if request.query.get("callQueueId"):  # a call our dialer placed
+            outbound = vonage.outbound_event(
+                data, request.query, account.id, account.secret("signatureSecret")
+            )
+            if isinstance(outbound, OutboundEvent):
+                self._outbound(outbound)
+            return web.Response(status=204)
         decoded = vonage.event(data, account.id)
         if isinstance(decoded, CallEvent):
             self._event(decoded)
         return web.Response(status=204)
+
+    # -- the REST API (outbound calls) ------------------------------------------------------
+    @staticmethod
+    def _api_error(exc: api.ApiError, call_id: str = "", code: str | None = None) -> web.Response:
+        body = exc.body()
+        if call_id:
+            body["id"] = call_id
+        if code:
+            body["code"] = code
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        API_ANSWERS.labels(str(exc.status)).inc()
+        return web.json_response(body, status=exc.status, headers=headers)
+
+    async def api_create(self, request: web.Request) -> web.Response:
+        """POST /v1/calls: an outbound call, answered once admission and routing took it
+        and the first provider took the request (201), or with the refusal."""
+        assert self.dialer is not None
+        try:
+            key = api.authenticate(request.headers.get("Authorization", ""), self.api_keys)
+            body = await self._body(request)
+            req = api.parse_body(body, request.content_type)
+            idempotency = request.headers.get("Idempotency-Key", "")
+            if len(idempotency) > 255:
+                raise api.ApiError(
+                    400, "Idempotency-Key: at most 255 characters", "Idempotency-Key"
+                )
+            record = api.outbound_request(
+                req,
+                key,
+                self.directory,
+                dialer_id=self.dialer_id,
+                idempotency_key=idempotency,
+                fresh_id=lambda: str(uuid.uuid4()),
+                now=time.time(),
+            )
+        except api.ApiError as exc:
+            log.info("refused %s %s: %s %s", request.method, request.path, exc.status, exc.message)
+            return self._api_error(exc)
+        call_id = record["envelope"]["call_id"]
+        held = self.dialer.machine.calls.get(call_id)
+        if held is not None and held.request.get("request_sha256") != record["request_sha256"]:
+            return self._api_error(
+                api.ApiError(
+                    409,
+                    "Idempotency-Key: already used for a request with another body",
+                    "Idempotency-Key",
+                ),
+                call_id,
+            )
+        if held is None:
+            self.dialer.submit(record)
+        wait = self.settings.decision_timeout_s + 25.0 * len(record["providers"]) + 5.0
+        reply = await self.dialer.reply(call_id, wait)
+        return self._api_answer(call_id, reply)
+
+    def _api_answer(self, call_id: str, reply: Reply | None) -> web.Response:
+        assert self.dialer is not None
+        if reply is None:
+            return self._api_error(
+                api.ApiError(504, "no provider took the call in time", "", None), call_id
+            )
+        if reply.outcome == "refused":
+            return self._api_error(
+                api.refusal(reply.status, reply.reason, reply.retry_after_s), call_id
+            )
+        if reply.outcome == "failed":
+            return self._api_error(
+                api.ApiError(reply.status, reply.reason, reply.field, reply.retry_after_s),
+                call_id,
+                reply.code,
+            )
+        call = self.dialer.machine.calls.get(call_id)
+        API_ANSWERS.labels("201").inc()
+        return web.json_response(_call_view(call) if call else {"id": call_id}, status=201)
+
+    async def api_show(self, request: web.Request) -> web.Response:
+        """GET /v1/calls/{id}: the call's queue entry (from the history, through the
+        sink's read API) with its attempts (this dialer's view when it holds the call)."""
+        assert self.dialer is not None
+        try:
+            key = api.authenticate(request.headers.get("Authorization", ""), self.api_keys)
+        except api.ApiError as exc:
+            return self._api_error(exc)
+        call_id = request.match_info["call_id"]
+        call = self.dialer.machine.calls.get(call_id)
+        entry = await self._queue_entry(call_id)
+        business = call.business_id if call else str((entry or {}).get("business_id") or "")
+        if (call is None and entry is None) or business != key.business_id:
+            return self._api_error(api.ApiError(404, f"call {call_id} not found", "id"))
+        view: dict[str, Any] = _call_view(call) if call else {"id": call_id}
+        if entry is not None:
+            view["dialStatus"] = view.get("status")
+            view["status"] = entry.get("status")
+            view["queueEntry"] = entry
+        return web.json_response(view)
+
+    async def _queue_entry(self, call_id: str) -> dict[str, Any] | None:
+        assert self.http is not None
+        url = f"{self.settings.sink_url}/calls/{call_id}/"
+        try:
+            async with self.http.get(url, timeout=ClientTimeout(total=3)) as resp:
+                if resp.status != 200:
+                    return None
+                entry: dict[str, Any] = await resp.json()
+                return entry
+        except (ClientError, TimeoutError, ValueError) as exc:
+            log.debug("queue entry %s: the sink did not answer: %s", call_id, exc)
+            return None
 
     # -- health -----------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -406,6 +606,11 @@ class WebhookEdge:
                 "numbers": len(self.numbers),
                 "calls": len(self.core.entries),
                 "waiting": len(self.waiters),
+                "dialer": {
+                    "id": self.dialer_id,
+                    "calls": len(self.dialer.machine.calls) if self.dialer else 0,
+                    "provider_requests": self.dialer.dials if self.dialer else 0,
+                },
             }
         )
 
@@ -447,8 +652,20 @@ class WebhookEdge:
             event.provider.title,
             event.status,
             ", ".join(o.name for o in outs) or "history only (logged)",
+            extra=logs.call(event.call_id),
         )
         self._apply(list(outs))
+
+    def _outbound(self, event: OutboundEvent) -> None:
+        log.debug(
+            "call %s: %s %s for attempt %d -> dialer %s",
+            event.call_id,
+            event.provider.title,
+            event.status,
+            event.attempt,
+            event.dialer_id,
+        )
+        self._apply(list(self.core.on_outbound(event, time.time())))
 
     def _publish(self, out: Publish) -> None:
         assert self.out is not None
@@ -458,8 +675,12 @@ class WebhookEdge:
             log.error("cannot encode %s: %s", out.name, exc)
             PUBLISHED.labels("unencodable").inc()
             return
-        self.out.produce(self.topics[out.dest], out.key.encode(), value)
+        profile: Profile = "history" if out.dest == "outbound" else "decision"
+        self.out.produce(self.topics[out.dest], out.key.encode(), value, profile=profile)
         PUBLISHED.labels("queued").inc()
+        if log.isEnabledFor(logging.DEBUG):
+            call_id = out.record["envelope"]["call_id"]
+            log.debug("call %s: %s to %s", call_id, out.name, out.dest, extra=logs.call(call_id))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -477,6 +698,8 @@ class WebhookEdge:
         self.loop.call_soon_threadsafe(self._on_decision, name, record)
 
     def _on_decision(self, name: str, record: dict[str, Any]) -> None:
+        if self.dialer is not None and record.get("edge_id") == self.dialer_id:
+            self.dialer.decision(name, record)  # an outbound call's (others are ignored)
         self._apply(self.core.on_decision(name, record, time.time()))
 
     def _number_record(self, phone_id: str, value: bytes | None) -> None:
@@ -486,11 +709,13 @@ class WebhookEdge:
             self.numbers.pop(old, None)
         if value is None:
             return
+        self.directory.numbers.pop(phone_id, None)
         try:
             _, record = self.codec.decode(value)
         except CodecError as exc:
             log.error("undecodable number %s: %s", phone_id, exc)
             return
+        self.directory.numbers[phone_id] = record
         if record["provider"] == "SIP":
             return
         key = (record["provider"], record["number"])
@@ -499,9 +724,41 @@ class WebhookEdge:
         )
         self._number_key[phone_id] = key
 
+    def _config_record(self, table: dict[str, Any], key: str, value: bytes | None) -> None:
+        """A config record into one of the API's tables (a plain dict swap)."""
+        if value is None:
+            table.pop(key, None)
+            return
+        try:
+            _, record = self.codec.decode(value)
+        except CodecError as exc:
+            log.error("undecodable config record %s: %s", key, exc)
+            return
+        table[key] = record
+
+    def _route_record(self, key: str, value: bytes | None) -> None:
+        self._config_record(self.directory.routes, key, value)
+
+    def _business_record(self, key: str, value: bytes | None) -> None:
+        self._config_record(self.directory.businesses, key, value)
+
+    def _api_key_record(self, key_id: str, value: bytes | None) -> None:
+        old = self._api_key_digest.pop(key_id, None)
+        if old is not None:
+            self.api_keys.pop(old, None)
+        records: dict[str, Any] = {}
+        self._config_record(records, key_id, value)
+        record = records.get(key_id)
+        if record is not None:
+            self.api_keys[record["sha256"]] = api.ApiKey(
+                record["id"], record["business_id"], record["sha256"]
+            )
+            self._api_key_digest[key_id] = record["sha256"]
+
     def _account_record(self, account_id: str, value: bytes | None) -> None:
         if value is None:
             self.accounts.remove(account_id)
+            self.directory.kinds.pop(account_id, None)
             return
         try:
             _, record = self.codec.decode(value)
@@ -509,6 +766,7 @@ class WebhookEdge:
             log.error("undecodable provider account %s: %s", account_id, exc)
             return
         account = account_from_record(record, self.env)
+        self.directory.kinds[account.id] = account.provider.value
         if account.missing and self.ready.is_set():
             log.error("provider account %s cannot be used: %s", account.id, account.missing)
         self.accounts.put(account)
@@ -525,6 +783,43 @@ class WebhookEdge:
                 except TimeoutError:
                     pass
             self._apply(self.core.expire(time.time()))
+
+
+def _call_view(call: Call) -> dict[str, Any]:
+    """An outbound call as the API shows it (camelCase, the dialer's view)."""
+    current = call.attempts[call.current] if call.attempts else None
+    return {
+        "id": call.call_id,
+        "status": call.state.value,
+        "provider": current.account_id if current else None,
+        "providerKind": current.provider.lower() if current else None,
+        "providerCallId": call.provider_call_id or None,
+        "backend": (call.routed or {}).get("backend_id"),
+        "to": call.request.get("to_number"),
+        "from": current.from_number if current else call.request.get("from_number"),
+        "fromNumberId": call.request.get("phone_id"),
+        "metadata": dict(call.request.get("metadata") or {}),
+        "attempts": [
+            {
+                "attempt": int(t["attempt"]) + 1,
+                "provider": t["account_id"],
+                "providerKind": str(t["provider"]).lower(),
+                "outcome": "failed" if "reason" in t else "placed",
+                "providerCallId": t.get("provider_call_id") or None,
+                **(
+                    {
+                        "reason": t["reason"],
+                        "httpStatus": t.get("http_status"),
+                        "errorCode": t.get("provider_error_code"),
+                        "retryable": t.get("retryable"),
+                    }
+                    if "reason" in t
+                    else {}
+                ),
+            }
+            for t in call.tried
+        ],
+    }
 
 
 async def run_webhook_edge(edge: WebhookEdge) -> None:

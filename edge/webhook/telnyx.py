@@ -20,23 +20,28 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.dialer.providers import outbound_tags as tags_in_state
 from edge.webhook.base import (
     CallEvent,
     Command,
     Decision,
     Ignored,
     InboundCall,
+    OutboundEvent,
     Progress,
     Provider,
     Refused,
     WebhookError,
     bad_request,
     forbidden,
+    outbound_tags,
+    sip_code,
     unsupported_type,
 )
 from trunkline.core.events import derived_id
@@ -133,11 +138,18 @@ def _mos(payload: dict[str, Any]) -> float | None:
     return mos if mos is not None and 1.0 <= mos <= 5.0 else None
 
 
-def decode(data: dict[str, Any], account_id: str) -> InboundCall | CallEvent | Ignored:
+def decode(
+    data: dict[str, Any], account_id: str
+) -> InboundCall | CallEvent | OutboundEvent | Ignored:
     kind, event_id, payload = data["event_type"], data["id"], data["payload"]
-    if kind not in ("call.initiated", "call.answered", "call.hangup"):
+    if kind not in ("call.initiated", "call.answered", "call.hangup", "call.cost"):
         return Ignored(kind)
     call_control_id = _text(payload, "call_control_id", required=True)
+    if kind == "call.cost":
+        return _cost(payload, account_id, call_control_id, event_id)
+    tags = tags_in_state(_text(payload, "client_state"))
+    if tags is not None:  # a call our dialer placed
+        return _outbound(kind, event_id, data, payload, account_id, call_control_id, tags)
     to, from_ = _text(payload, "to"), _text(payload, "from")
     if kind == "call.initiated":
         direction = _text(payload, "direction") or "incoming"
@@ -168,6 +180,61 @@ def decode(data: dict[str, Any], account_id: str) -> InboundCall | CallEvent | I
         duration_ms=max(0, end - start) if start is not None and end is not None else None,
         mos=_mos(payload),
     )
+
+
+def _outbound(
+    kind: str,
+    event_id: str,
+    data: dict[str, Any],
+    payload: dict[str, Any],
+    account_id: str,
+    call_control_id: str,
+    tags: dict[str, str],
+) -> OutboundEvent:
+    call_id, attempt, dialer = outbound_tags(tags, f"{kind} client_state")
+    progress = {"call.initiated": "PROGRESS", "call.answered": "ANSWERED"}.get(kind, "ENDED")
+    cause = _text(payload, "hangup_cause") or ("" if progress != "ENDED" else "unspecified")
+    start = _ms(_text(payload, "start_time"))
+    end = _ms(str(data.get("occurred_at") or "")) or _ms(_text(payload, "end_time"))
+    return OutboundEvent(
+        Provider.TELNYX,
+        account_id,
+        call_control_id,
+        call_id,
+        attempt,
+        dialer,
+        cause or kind,
+        progress,
+        event_id,
+        reason=HANGUP_REASONS.get(cause, "failed") if progress == "ENDED" else "completed",
+        sip_code=sip_code(payload.get("sip_hangup_cause")),
+        hangup_side=SIDES.get(_text(payload, "hangup_source") or "unknown"),
+        duration_ms=max(0, end - start) if start is not None and end is not None else None,
+        mos=_mos(payload),
+    )
+
+
+def _cost(
+    payload: dict[str, Any], account_id: str, call_control_id: str, event_id: str
+) -> CallEvent:
+    """call.cost: what Telnyx charged for the call (`total_cost`, a decimal string, and
+    its `currency`), kept beside our own rating for margin."""
+    raw = payload.get("total_cost")
+    try:
+        cost = Decimal(str(raw)) if isinstance(raw, str | int | float) else None
+    except InvalidOperation:
+        cost = None
+    if cost is None or not cost.is_finite():
+        raise bad_request("call.cost without a decimal payload.total_cost", "missing_field")
+    currency = _text(payload, "currency")
+    if len(currency) != 3 or not currency.isalpha():
+        raise bad_request("call.cost without a currency code", "missing_field")
+    billed = payload.get("billed_duration_secs")
+    return CallEvent(
+        Provider.TELNYX, account_id, call_control_id, Progress.COST, "call.cost", event_id,
+        cost=str(raw).strip(), currency=currency.upper(),
+        billed_seconds=billed if isinstance(billed, int) and not isinstance(billed, bool) else None,
+    )  # fmt: skip
 
 
 def client_state(call_id: str) -> str:

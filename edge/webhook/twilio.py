@@ -32,13 +32,16 @@ from edge.webhook.base import (
     Decision,
     HttpAnswer,
     InboundCall,
+    OutboundEvent,
     Progress,
     Provider,
     Refused,
     bad_request,
     forbidden,
     form_params,
+    outbound_tags,
     required,
+    sip_code,
     unsupported_type,
 )
 
@@ -197,3 +200,37 @@ def reject(busy: bool = False) -> HttpAnswer:
     response = VoiceResponse()
     response.reject(reason="busy" if busy else "rejected")
     return HttpAnswer(200, TWIML, response.to_xml(xml_declaration=True).encode())
+
+
+#: CallStatus -> an outbound attempt's progress
+OUTBOUND_PROGRESS = {
+    "queued": "PROGRESS", "initiated": "PROGRESS", "ringing": "RINGING",
+    "in-progress": "ANSWERED", "answered": "ANSWERED",
+}  # fmt: skip
+
+
+def outbound_status(
+    params: list[tuple[str, str]],
+    query: dict[str, str],
+    headers: Mapping[str, str],
+    account_id: str,
+) -> OutboundEvent:
+    """A status callback of a call our dialer placed: the StatusCallback URL carries the
+    tags (callQueueId, attempt, dialer) and Twilio signs the whole URL."""
+    event = status_event(params, headers, account_id)
+    call_id, attempt, dialer = outbound_tags(query, "outbound status callback")
+    progress = OUTBOUND_PROGRESS.get(event.status, "ENDED")
+    return OutboundEvent(
+        Provider.TWILIO,
+        account_id,
+        event.provider_call_id,
+        call_id,
+        attempt,
+        dialer,
+        event.status,
+        progress,
+        event.event_key,
+        reason=event.reason,
+        sip_code=sip_code(dict(params).get("SipResponseCode")),
+        duration_ms=event.duration_ms,
+    )

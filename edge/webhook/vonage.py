@@ -25,17 +25,21 @@ from typing import Any
 
 import jwt
 
+from edge.dialer.providers import vonage_sig
 from edge.webhook.base import (
     CallEvent,
     Decision,
     HttpAnswer,
     Ignored,
     InboundCall,
+    OutboundEvent,
     Progress,
     Provider,
     Refused,
     bad_request,
     forbidden,
+    outbound_tags,
+    sip_code,
     unsupported_type,
 )
 
@@ -183,3 +187,43 @@ def reject(busy: bool = False) -> HttpAnswer:
         else "This call cannot be taken. Goodbye."
     )
     return HttpAnswer(200, NCCO, json.dumps([{"action": "talk", "text": text}]).encode())
+
+
+#: Vonage's `detail` of a failed call -> the SIP cause it stands for
+DETAIL_SIP = {
+    "cannot_route": 503, "internal_error": 500, "unavailable": 480, "restricted": 403,
+    "number_out_of_service": 404, "invalid_number": 484, "declined": 603, "busy": 486,
+}  # fmt: skip
+OUTBOUND_PROGRESS = {"started": "PROGRESS", "ringing": "RINGING", "answered": "ANSWERED"}
+
+
+def outbound_event(
+    data: Mapping[str, Any], query: Mapping[str, str], account_id: str, secret: str
+) -> OutboundEvent | Ignored:
+    """An event of a call our dialer placed: the event URL carries the tags and their
+    `sig` (HMAC keyed by the signature secret: Vonage's JWT covers the body only)."""
+    tags = {k: str(query.get(k, "")) for k in ("callQueueId", "attempt", "dialer")}
+    if not hmac.compare_digest(
+        vonage_sig(secret, tags).encode(), str(query.get("sig", "")).encode()
+    ):
+        raise forbidden("outbound event URL sig does not match")
+    call_id, attempt, dialer = outbound_tags(tags, "outbound event")
+    decoded = event(data, account_id)
+    if isinstance(decoded, Ignored):
+        return decoded
+    progress = OUTBOUND_PROGRESS.get(decoded.status, "ENDED")
+    code = sip_code(data.get("sip_code")) or DETAIL_SIP.get(str(data.get("detail") or ""))
+    return OutboundEvent(
+        Provider.VONAGE,
+        account_id,
+        decoded.provider_call_id,
+        call_id,
+        attempt,
+        dialer,
+        decoded.status,
+        progress,
+        decoded.event_key,
+        reason=decoded.reason,
+        sip_code=code,
+        duration_ms=decoded.duration_ms,
+    )

@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS {db}.call_events_log
     hangup_cause     String DEFAULT '',
     provider_duration_ms Int64 DEFAULT 0,
     mos              Float32 DEFAULT 0,
+    direction        LowCardinality(String) DEFAULT '',
+    published_at     DateTime64(3, 'UTC') DEFAULT occurred_at,
+    plan_id          LowCardinality(String) DEFAULT '',
+    plan_limit       UInt32 DEFAULT 0,
     ingested_at      DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree
@@ -58,3 +62,15 @@ ALTER TABLE {db}.call_events_log
     ADD COLUMN IF NOT EXISTS hangup_cause String DEFAULT '',
     ADD COLUMN IF NOT EXISTS provider_duration_ms Int64 DEFAULT 0,
     ADD COLUMN IF NOT EXISTS mos Float32 DEFAULT 0;
+
+-- Analytics (004_analytics.sql): the direction a call starts with (CallOffered's, OUTBOUND
+-- for OutboundCallRequested), when the record was published (its Kafka timestamp: a
+-- decision carries the offer's time as `occurred_at`, so this is when it was made), and
+-- the plan and its limit a CallAdmitted was judged against. AFTER keeps the columns in
+-- the order a new table has them, so `SELECT *` (and a digest over it) reads the same on
+-- a table created before them.
+ALTER TABLE {db}.call_events_log
+    ADD COLUMN IF NOT EXISTS direction LowCardinality(String) DEFAULT '' AFTER mos,
+    ADD COLUMN IF NOT EXISTS published_at DateTime64(3, 'UTC') DEFAULT occurred_at AFTER direction,
+    ADD COLUMN IF NOT EXISTS plan_id LowCardinality(String) DEFAULT '' AFTER published_at,
+    ADD COLUMN IF NOT EXISTS plan_limit UInt32 DEFAULT 0 AFTER plan_id;

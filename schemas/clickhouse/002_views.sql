@@ -11,6 +11,8 @@ SELECT
     call_id                                                        AS id,
     argMax(status, (status_rank, occurred_at))                     AS status,
     anyIf(provider, provider != '')                                AS provider,
+    -- calls offered before the column existed were all inbound
+    ifNull(nullIf(anyIf(direction, direction != ''), ''), 'INBOUND') AS direction,
     anyIf(provider_call_id, provider_call_id != '')                AS provider_call_id,
     anyIf(business_id, business_id != '')                          AS business_id,
     anyIf(phone_id, phone_id != '')                                AS route_number_id,

@@ -34,8 +34,23 @@ def test_ddl_is_idempotent(ch_store):
             f"SELECT name FROM system.tables WHERE database = '{ch_store.database}'"
         )
     }
-    assert tables == {"call_events_log", "call_events", "calls"}
-    assert len(ddl_statements("x")) == 5
+    assert tables == {
+        "call_events_log",
+        "call_events",
+        "calls",
+        "billing_records_log",
+        "billing_records",
+        "webhook_deliveries_log",
+        "webhook_deliveries",
+        # analytics (004_analytics.sql, 005_billing_daily.sql)
+        "call_facts",
+        "calls_hourly",
+        "concurrency_minutely",
+        "call_quality",
+        "call_quality_hourly",
+        "billing_daily",
+    }
+    assert len(ddl_statements("x")) == 16
 
 
 def _wide_part_settings(store):
@@ -168,3 +183,61 @@ def test_payload_keeps_the_whole_event(ch_store):
         f"SELECT payload FROM {ch_store.database}.call_events WHERE call_id = 'q-payload'"
     )
     assert json.loads(rows[0]["payload"]) == events[0][1]
+
+
+# -- billing and webhook deliveries -------------------------------------------------------
+def rated(call_id, run=1, amount="0.017000", at=T0, business="123", cost=None):
+    from decimal import Decimal
+
+    r = sample("CallRated", call_id=call_id, at_ms=at)
+    r.update(
+        rating_run=run, amount=Decimal(amount), business_id=business, started_at=at,
+        provider_cost=None if cost is None else Decimal(cost),
+    )  # fmt: skip
+    return r
+
+
+def test_billing_records_count_each_call_once_with_exact_decimals(ch_store):
+    from streams.projection import billing_row
+
+    first = rated("q1")
+    rows = [billing_row(first), billing_row(first), billing_row(rated("q2", amount="0.000992"))]
+    ch_store.insert_rows("billing_records_log", rows)
+    ch_store.insert_rows("billing_records_log", [billing_row(first)])  # re-delivered later
+    # the provider's cost arrives: run 2 replaces run 1 of q1
+    ch_store.insert_rows("billing_records_log", [billing_row(rated("q1", run=2, cost="0.0042"))])
+    listed = queries.list_billing(ch_store, "123")
+    assert sorted((r["call_id"], r["rating_run"], r["amount"]) for r in listed) == [
+        ("q1", 2, "0.017000"), ("q2", 1, "0.000992"),
+    ]  # fmt: skip
+    (summary,) = queries.billing_summary(ch_store, "123", queries.parse_month("2023-11"))
+    assert summary["calls"] == 2 and summary["amount"] == "0.017992"
+    assert summary["provider_cost"] == "0.004200"
+    assert queries.billing_summary(ch_store, "123", queries.parse_month("2023-12")) == []
+
+
+def test_deliveries_one_row_per_delivery_with_its_attempts(ch_store):
+    from streams.projection import delivery_row
+
+    def attempt(n, outcome, status, webhook_id="msg_1"):
+        r = sample("WebhookAttempt", call_id="q1")
+        r["envelope"].update(event_id=f"{webhook_id}-{n}", call_id="q1")
+        retry_at = T0 if outcome == "retrying" else None
+        r.update(attempt=n, outcome=outcome, status_code=status, webhook_id=webhook_id,
+                 attempted_at=T0 + n * 1000, next_attempt_at=retry_at)  # fmt: skip
+        return delivery_row(r)
+
+    rows = [attempt(1, "retrying", 500), attempt(2, "retrying", None), attempt(3, "delivered", 200),
+            attempt(1, "dead", 503, "msg_2"), attempt(3, "delivered", 200)]  # fmt: skip
+    ch_store.insert_rows("webhook_deliveries_log", rows)
+    listed = {r["webhook_id"]: r for r in queries.list_deliveries(ch_store, "crm")}
+    assert (listed["msg_1"]["attempts"], listed["msg_1"]["outcome"]) == (3, "delivered")
+    assert listed["msg_2"]["outcome"] == "dead"
+    assert [r["webhook_id"] for r in queries.list_deliveries(ch_store, "crm", failed=True)] == [
+        "msg_2"
+    ]
+    attempts = queries.delivery_attempts(ch_store, "crm", "msg_1")
+    assert [(a["attempt"], a["status_code"]) for a in attempts] == [(1, 500), (2, 0), (3, 200)]
+    again = queries.redeliverable(ch_store, "crm", call_id="q1")
+    assert {r["webhook_id"] for r in again} == {"msg_1", "msg_2"}
+    assert again[0]["body"] == '{"type":"call.ended"}'

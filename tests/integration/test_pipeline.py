@@ -81,7 +81,7 @@ def test_topics_apply_repairs_drifted_config(settings):
 def test_config_applied_from_yaml_is_read_back_from_the_worker_tables(settings, worker):
     done = run_cli(settings, "config", "apply", str(EXAMPLE))
     assert done.returncode == 0, done.stderr
-    assert "published 10 record(s)" in done.stdout
+    assert "published 11 record(s)" in done.stdout
     worker.start()
     numbers = worker.poll("/config/numbers/", lambda b: len(b) == 2)
     assert numbers["abc"] == {

@@ -307,6 +307,17 @@ def status(sid: str, call_status: str, seq: int, **extra: str) -> dict[str, str]
     return {**voice(sid), "CallStatus": call_status, "SequenceNumber": str(seq), **extra}
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url, timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def high_watermarks(stack: Stack, topics: list[str]) -> dict[tuple[str, int], int]:
     c = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": "hw"})
     try:
@@ -391,6 +402,7 @@ def test_twilio_call_end_to_end(hooks):
     from media.codecs import G711Codec
 
     sid = f"CA{uuid.uuid4().hex}"
+    before = scrape(f"{hooks.url}/metrics")
     r = hooks.twilio("/webhooks/twilio/voice", voice(sid))
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/xml")
     url, params = twiml_stream(r.content)
@@ -431,6 +443,20 @@ def test_twilio_call_end_to_end(hooks):
     assert "Twilio status in-progress: call answered" in messages
     assert "Twilio status completed: call ended: completed after 5 s" in messages
     hooks.slots_free()
+    # the edge's /metrics, through prometheus_client's parser: the voice webhook's 200
+    # and its time to the answer, the four status callbacks' 204s, what was published
+    after = scrape(f"{hooks.url}/metrics")
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    voice_route, status_route = "/webhooks/twilio/voice", "/webhooks/twilio/status"
+    assert moved("trunkline_webhook_requests_total", route=voice_route) == 1
+    assert moved("trunkline_webhook_responses_total", route=voice_route, code="200") == 1
+    assert moved("trunkline_webhook_request_seconds_count", route=voice_route) == 1
+    assert moved("trunkline_webhook_responses_total", route=status_route, code="204") == 4
+    assert moved("trunkline_webhook_published_total", outcome="queued") >= 3
 
 
 def test_a_retried_voice_webhook_gets_the_same_answer_and_one_admission(hooks):

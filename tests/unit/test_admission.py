@@ -117,6 +117,9 @@ def test_each_check_has_its_own_answer(changes, status, reason):
     assert [(e.dest, e.key) for e in decision] == [("decisions", "edge-1"), ("call-events", "q-1")]
     assert (rejected["status_code"], rejected["stage"]) == (status, "ADMISSION")
     assert reason in rejected["reason"]
+    # a rejection before the number is known names no region
+    if status == 404 and "is not configured for" in reason:
+        assert rejected["region_id"] is None
 
 
 def test_cidr_and_dialled_number_lookup():
@@ -140,6 +143,8 @@ def test_plan_limit_is_486_and_a_release_frees_it():
     second = run("CallOffered", offer("q-2"), "q-2")
     assert decided(second)[0].record["status_code"] == 486
     assert "limit reached: 1/1" in decided(second)[0].record["reason"]
+    # the number was found: the rejection names its region (rejections count per region)
+    assert decided(second)[0].record["region_id"] == "us-east-1"
     released = run("CallEnded", sample("CallEnded", call_id="q-1"), "q-1")
     assert released.slot.state is SlotState.RELEASED and index.count("123") == 0
     assert [(e.dest, e.key) for e in released.emits] == [("routing", "us-east-1")]
@@ -227,3 +232,45 @@ def test_handle_builds_the_slot_from_the_table(monkeypatch):
     assert ended.slot.state is SlotState.RELEASED and ended.slot.decision is None
     early = handle("CallEnded", sample("CallEnded", call_id="q-2"), None, 0, CONFIG)
     assert early.slot.state is SlotState.REJECTED
+
+
+def outbound_request(**changes) -> dict:
+    r = sample("OutboundCallRequested", call_id="out-1")
+    r.update(business_id="123", phone_id="tw", provider="TWILIO", edge_id="webhook-1",
+             route_id="")  # fmt: skip
+    r.update(changes)
+    return r
+
+
+def test_an_outbound_request_passes_the_same_gates_and_holds_a_slot():
+    result = handle("OutboundCallRequested", outbound_request(), None, 0, CONFIG)
+    assert result.slot is not None and result.slot.state is SlotState.ADMITTED
+    names = [(e.dest, e.name) for e in result.emits]
+    # its history copy keeps its own record type; the decision goes on to routing
+    assert names == [("call-events", "OutboundCallRequested"), ("routing", "CallAdmitted"),
+                     ("call-events", "CallAdmitted")]  # fmt: skip
+    admitted = result.emits[1].record
+    assert (admitted["route_id"], admitted["provider"], admitted["edge_id"]) == (
+        "r1", "TWILIO", "webhook-1"
+    )  # fmt: skip
+    # the plan's one slot is taken: the next outbound request is refused like an offer
+    full = handle("OutboundCallRequested", outbound_request(), None, 1, CONFIG)
+    assert full.slot is not None and full.slot.state is SlotState.REJECTED
+    assert full.emits[1].record["status_code"] == 486
+
+
+def test_an_outbound_request_names_its_route_or_is_refused():
+    other = handle("OutboundCallRequested", outbound_request(route_id="r7"), None, 0, CONFIG)
+    assert other.emits[1].name == "CallRejected"
+    assert other.emits[1].record["status_code"] == 404
+    assert "route r7" in other.emits[1].record["reason"]
+    mine = handle("OutboundCallRequested", outbound_request(route_id="r1"), None, 0, CONFIG)
+    assert mine.emits[1].name == "CallAdmitted"
+
+
+def test_a_repeated_outbound_request_is_a_duplicate_of_its_slot():
+    first = handle("OutboundCallRequested", outbound_request(), None, 0, CONFIG)
+    again = handle("OutboundCallRequested", outbound_request(), first.slot, 1, CONFIG)
+    assert again.slot == first.slot
+    assert [e.name for e in again.emits[1:]] == ["CallAdmitted", "CallAdmitted"]
+    assert again.emits[1].record == first.emits[1].record  # the same decision, not a new one

@@ -32,7 +32,7 @@ def test_status_of_nothing_running_is_a_failure_with_the_whole_document(state, c
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {
         "state_dir", "kafka", "sink", "worker", "sip_edge", "webhook_edge", "media_nodes",
-        "heartbeats_standin", "clickhouse", "topic_prefix",
+        "heartbeats_standin", "clickhouse", "topic_prefix", "billing_worker", "webhooks",
     }  # fmt: skip
     assert doc["kafka"]["running"] is False and doc["kafka"]["bootstrap"] == "127.0.0.1:19092"
     assert doc["worker"] == {
@@ -45,6 +45,8 @@ def test_status_of_nothing_running_is_a_failure_with_the_whole_document(state, c
     assert doc["sip_edge"]["listen"] == "127.0.0.1:5060" and doc["sip_edge"]["options"] is None
     assert doc["webhook_edge"]["listen"] == "127.0.0.1:8080"
     assert doc["webhook_edge"]["health"] is None
+    assert doc["billing_worker"]["web"] == "http://127.0.0.1:6068"
+    assert doc["webhooks"]["web"] == "http://127.0.0.1:6069"
 
 
 def test_status_with_a_broker_of_someone_else_is_not_a_failure(state, capsys, monkeypatch):
@@ -57,9 +59,12 @@ def test_status_with_a_broker_of_someone_else_is_not_a_failure(state, capsys, mo
 def test_down_with_nothing_running_says_so(state, capsys):
     assert cli.main(["down"]) == 0
     err = capsys.readouterr().err
-    for name in ("heartbeats", "webhook-edge", "sip-edge", "worker", "sink", "Kafka broker"):
+    for name in (
+        "heartbeats", "webhooks", "webhook-edge", "sip-edge", "billing-worker", "worker", "sink",
+        "Kafka broker",
+    ):  # fmt: skip
         assert name in err
-    assert err.count("was not running") == 6
+    assert err.count("was not running") == 8
 
 
 def test_up_refuses_a_bad_config_before_starting_anything(state, tmp_path, capsys):

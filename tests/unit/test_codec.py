@@ -37,7 +37,14 @@ def test_single_object_round_trip(name):
 def test_fingerprint_matches_apache_avro(name):
     """fastavro's CRC-64-AVRO, as we write it, equals the Apache Avro library's."""
     parsed = avro.schema.parse(json.dumps(SCHEMAS[name].expanded))
-    assert parsed.fingerprint("CRC-64-AVRO") == SCHEMAS[name].fingerprint
+    if '"logicalType": "decimal"' not in json.dumps(SCHEMAS[name].expanded):
+        assert parsed.fingerprint("CRC-64-AVRO") == SCHEMAS[name].fingerprint
+        return
+    # Apache Avro's Python library leaves a logical type's primitive as {"type":"bytes"}
+    # in the canonical form, against the spec's [PRIMITIVES] rule ("bytes", as fastavro
+    # and the Java library write it): compare the canonical forms with that undone.
+    apache = parsed.canonical_form.replace('{"type":"bytes"}', '"bytes"')
+    assert apache == SCHEMAS[name].canonical
 
 
 def test_single_object_body_is_plain_avro_binary():

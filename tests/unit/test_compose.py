@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_compose_file_names_every_service():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"kafka", "clickhouse", "topics", "worker", "sink", "sip-edge"} <= set(services)
+    assert {
+        "kafka", "clickhouse", "topics", "worker", "sink", "sip-edge", "billing-worker", "webhooks",
+    } <= set(services)  # fmt: skip
     sink_env = services["sink"]["environment"]
     assert sink_env["TRUNKLINE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert "clickhouse" in services["sink"]["depends_on"]
@@ -35,3 +37,27 @@ def test_dockerfile_copies_every_package():
     text = (ROOT / "Dockerfile").read_text()
     for package in ("edge", "streams", "media", "schemas", "trunkline", "examples"):
         assert f"COPY {package} {package}" in text
+
+
+def test_grafana_is_provisioned_with_the_datasource_and_every_dashboard():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    grafana = compose["services"]["grafana"]
+    assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":") for v in grafana["volumes"])
+    assert mounts == {
+        "./grafana/provisioning": "/etc/grafana/provisioning",
+        "./dashboards": "/var/lib/grafana/dashboards",
+    }
+    providers = yaml.safe_load(
+        (ROOT / "grafana/provisioning/dashboards/trunkline.yaml").read_text()
+    )["providers"]
+    assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards"]
+    (datasource,) = yaml.safe_load(
+        (ROOT / "grafana/provisioning/datasources/clickhouse.yaml").read_text()
+    )["datasources"]
+    clickhouse = compose["services"]["clickhouse"]["environment"]
+    assert datasource["jsonData"]["host"] == "clickhouse"
+    assert datasource["jsonData"]["username"] == clickhouse["CLICKHOUSE_USER"]
+    assert datasource["secureJsonData"]["password"] == clickhouse["CLICKHOUSE_PASSWORD"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "dashboards" / Path(home).name).is_file()

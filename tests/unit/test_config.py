@@ -153,3 +153,30 @@ def test_yaml_syntax_error_has_position():
 def test_document_must_be_a_mapping(text):
     with pytest.raises(ConfigError, match="<file>: must be a mapping"):
         load_config(text)
+
+
+def test_api_keys_hold_only_a_digest_and_outbound_providers_name_accounts():
+    data = base()
+    data["providers"] = [{"id": "twilio-main", "kind": "Twilio", "accountSid": "AC123",
+                          "authToken": {"env": "T"}}]  # fmt: skip
+    data["businesses"][0]["outboundProviders"] = ["twilio-main"]
+    data["apiKeys"] = [{"id": "k1", "businessId": 123, "sha256": "A" * 64}]
+    config = parse_config(data)
+    assert config.section("apiKeys")["k1"].body == {
+        "id": "k1", "business_id": "123", "sha256": "a" * 64
+    }  # fmt: skip
+    assert config.section("businesses")["123"].body["outbound_providers"] == ["twilio-main"]
+    data["businesses"][0]["outboundProviders"] = ["nope", "nope"]
+    data["apiKeys"] = [
+        {"id": "k1", "businessId": 999, "sha256": "xyz"},
+        {"id": "k2", "businessId": 123, "sha256": "b" * 64, "key": "plain-secret"},
+        {"id": "k3", "businessId": 123, "sha256": "b" * 64},
+    ]
+    found = problems_of(data)
+    assert any("outboundProviders: lists an id twice" in p for p in found)
+    assert any("outboundProviders[0]: provider account 'nope' is not defined" in p for p in found)
+    assert any("apiKeys[0] (id=k1).sha256: must be the lowercase hex SHA-256" in p for p in found)
+    assert any("apiKeys[0] (id=k1).businessId: business '999'" in p for p in found)
+    assert any("apiKeys[1] (id=k2).key: is a secret" in p for p in found)
+    assert any("apiKeys[2] (id=k3).sha256: the same key is also api key 'k2'" in p for p in found)
+    assert not any("plain-secret" in p for p in found)

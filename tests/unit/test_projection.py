@@ -78,3 +78,37 @@ def test_event_without_call_id_is_refused():
     record["envelope"]["call_id"] = ""
     with pytest.raises(ProjectionError, match="has no call_id"):
         event_row("CallAnswered", record)
+
+
+def test_direction_is_written_on_the_events_that_start_a_call():
+    r, _ = row("CallOffered")
+    assert r["direction"] == "INBOUND"
+    r, _ = row("CallOffered", direction="OUTBOUND")
+    assert r["direction"] == "OUTBOUND"
+    for name in ("CallAdmitted", "CallRouted", "CallAnswered", "CallEnded"):
+        assert row(name)[0]["direction"] == ""  # the views take the call's from its start
+
+
+def test_published_at_is_the_record_timestamp_or_else_the_event_time():
+    record = sample("CallRouted", at_ms=1_700_000_000_000)
+    values = dict(
+        zip(COLUMNS, event_row("CallRouted", record, 0, 0, 1_700_000_000_250), strict=True)
+    )
+    assert (values["occurred_at"], values["published_at"]) == ("1700000000.000", "1700000000.250")
+    for missing in (None, 0, -1):  # no timestamp on the record: the event's own time
+        values = dict(zip(COLUMNS, event_row("CallRouted", record, 0, 0, missing), strict=True))
+        assert values["published_at"] == "1700000000.000"
+
+
+def test_admissions_carry_the_plan_they_were_judged_against():
+    r, _ = row("CallAdmitted")
+    assert (r["plan_id"], r["plan_limit"]) == ("starter", 2)
+    r, _ = row("CallOffered")
+    assert (r["plan_id"], r["plan_limit"]) == ("", 0)
+
+
+def test_an_outbound_request_starts_an_outbound_call():
+    record = sample("OutboundCallRequested", at_ms=1_700_000_000_000)
+    record["envelope"]["call_id"] = "out-1"
+    values = dict(zip(COLUMNS, event_row("OutboundCallRequested", record), strict=True))
+    assert (values["direction"], values["status"]) == ("OUTBOUND", "Queued")

@@ -175,3 +175,23 @@ def test_lifecycle_reports_become_events_with_ids_from_the_provider():
         Progress.ENDED, "completed", "seq/2", reason="completed", duration_ms=42_000, mos=4.2
     )
     assert again[0].record["envelope"]["event_id"] == record["envelope"]["event_id"]
+
+
+def test_a_providers_cost_report_is_history_only():
+    c = core()
+    first = call()
+    c.offer(first, T0)
+    event = CallEvent(
+        Provider.TWILIO, "twilio-main", "CA1", Progress.COST, "call.cost", "ev-cost",
+        cost="0.0042", currency="USD", billed_seconds=60,
+    )  # fmt: skip
+    (out,) = c.on_event(event, T0 + 90)
+    assert (out.dest, out.name, out.key) == ("call-events", "CallCost", first.call_id)
+    assert (out.record["cost"], out.record["currency"], out.record["business_id"]) == (
+        "0.0042", "USD", "b-main",
+    )  # fmt: skip
+    CODEC.encode("CallCost", out.record)
+    assert c.on_event(event, T0 + 91)[0].record == {
+        **out.record,
+        "envelope": {**out.record["envelope"], "occurred_at": T0 * 1000 + 91_000},
+    }  # a retried report: the same event id

@@ -385,3 +385,24 @@ def test_arbitrary_json_raises_only_webhook_errors(doc):
     )
     if isinstance(doc, dict):
         _decode_all(json.dumps({"status": "completed", "uuid": "u", **doc}).encode())
+
+
+def test_telnyx_call_cost_is_kept_as_the_providers_cost():
+    cost = telnyx.decode(
+        telnyx.parse(
+            telnyx_body(
+                "call.cost", "ev-cost", total_cost="0.0042", currency="usd", billed_duration_secs=60
+            ),
+            "application/json",
+        ),
+        "telnyx-main",
+    )
+    assert isinstance(cost, CallEvent)
+    assert (cost.progress, cost.cost, cost.currency, cost.billed_seconds) == (
+        Progress.COST, "0.0042", "USD", 60,
+    )  # fmt: skip
+    for bad in ({"total_cost": "lots", "currency": "USD"}, {"total_cost": "0.1"}):
+        body = telnyx.parse(telnyx_body("call.cost", "ev-bad", **bad), "application/json")
+        with pytest.raises(WebhookError) as info:
+            telnyx.decode(body, "telnyx-main")
+        assert info.value.status == 400

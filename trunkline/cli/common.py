@@ -66,7 +66,12 @@ def bootstrap_arg(text: str) -> str:
 
 
 def add_loglevel(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loglevel", default="info", choices=LOGLEVELS)
+    parser.add_argument("--loglevel", choices=LOGLEVELS, help="default: TRUNKLINE_LOG_LEVEL (info)")
+
+
+def loglevel(args: argparse.Namespace, ctx: Context) -> str:
+    """The service's log level: --loglevel, else TRUNKLINE_LOG_LEVEL."""
+    return str(args.loglevel or ctx.settings.log_level)
 
 
 # -- output ------------------------------------------------------------------------------

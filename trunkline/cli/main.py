@@ -15,7 +15,21 @@ import os
 import sys
 from collections.abc import Mapping
 
-from trunkline.cli import call, calls, config, heartbeats, kafka, lifecycle, services, topics
+from trunkline.cli import (
+    billing,
+    call,
+    calls,
+    config,
+    dial,
+    heartbeats,
+    kafka,
+    lifecycle,
+    report,
+    services,
+    sql,
+    topics,
+    webhooks,
+)
 from trunkline.cli.common import (
     EXIT_FAIL,
     EXIT_USAGE,
@@ -28,7 +42,10 @@ from trunkline.core.settings import Settings, SettingsError
 from trunkline.stack.base import BadInput, StackError
 
 #: the command groups, in `trunkline --help` order
-COMMAND_GROUPS = (lifecycle, kafka, topics, config, services, heartbeats, call, calls)
+COMMAND_GROUPS = (
+    lifecycle, kafka, topics, config, services, heartbeats, call, dial, calls, billing,
+    webhooks, sql, report,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,10 @@
-"""`worker`, `sink`, `sip-edge`, `webhook-edge`, `media`: run one service in the
+"""`worker`, `billing-worker`, `sink`, `sip-edge`, `webhook-edge`, `media`: run one service in the
 foreground (what `up` starts in the background, one process each)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
 
 from trunkline.cli.common import (
@@ -15,15 +14,20 @@ from trunkline.cli.common import (
     Context,
     Subparsers,
     add_loglevel,
+    loglevel,
 )
-
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def register(sub: Subparsers) -> None:
     w = sub.add_parser("worker", help="run the Faust worker in the foreground")
     add_loglevel(w)
     w.set_defaults(func=cmd_worker)
+
+    bw = sub.add_parser(
+        "billing-worker", help="run the billing worker (call-events -> CallRated) in the foreground"
+    )
+    add_loglevel(bw)
+    bw.set_defaults(func=cmd_billing_worker)
 
     sk = sub.add_parser("sink", help="run the ClickHouse sink (and its read API) in the foreground")
     add_loglevel(sk)
@@ -60,6 +64,11 @@ def register(sub: Subparsers) -> None:
     )
     wh.add_argument("--edge-id", default="webhook-1", help="this edge's id (decisions key)")
     wh.add_argument(
+        "--dialer-id",
+        help="the id of this process's outbound dialer (its journal key; default: the edge "
+        "id). Unique per process: edges sharing an --edge-id need distinct dialer ids",
+    )
+    wh.add_argument(
         "--listen", help="HTTP address (env TRUNKLINE_HTTP_LISTEN, default 127.0.0.1:8080)"
     )
     add_loglevel(wh)
@@ -82,14 +91,24 @@ def register(sub: Subparsers) -> None:
     md.set_defaults(func=cmd_media)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT)
+def _logging(args: argparse.Namespace, ctx: Context, service: str) -> None:
+    """TRUNKLINE_LOG_FORMAT's handler at the service's level (trunkline.core.logs)."""
+    from trunkline.core import logs
+
+    logs.setup(loglevel(args, ctx), ctx.settings.log_format, service)
 
 
 def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
     from streams.app import run_worker
 
-    run_worker(ctx.settings, loglevel=args.loglevel)
+    run_worker(ctx.settings, loglevel=loglevel(args, ctx))
+    return EXIT_OK
+
+
+def cmd_billing_worker(args: argparse.Namespace, ctx: Context) -> int:
+    from streams.app import run_worker
+
+    run_worker(ctx.settings, loglevel=loglevel(args, ctx), role="billing")
     return EXIT_OK
 
 
@@ -99,7 +118,7 @@ def cmd_sink(args: argparse.Namespace, ctx: Context) -> int:
 
     s = ctx.settings
     try:
-        run_sink(s, loglevel=args.loglevel)
+        run_sink(s, loglevel=loglevel(args, ctx))
     except ClickHouseUnavailable as exc:
         raise CliError(str(exc)) from exc
     except OSError as exc:
@@ -111,7 +130,7 @@ def cmd_sip_edge(args: argparse.Namespace, ctx: Context) -> int:
     from edge.sip.service import SipEdge, run_edge
     from edge.sip.transport import Listen
 
-    _logging(args.loglevel)
+    _logging(args, ctx, "sip-edge")
     s = ctx.settings
     address = args.listen or s.sip_listen
     try:
@@ -153,14 +172,14 @@ def cmd_webhook_edge(args: argparse.Namespace, ctx: Context) -> int:
     from edge.webhook.service import WebhookEdge, run_webhook_edge
     from trunkline.core.config import SecretError
 
-    _logging(args.loglevel)
+    _logging(args, ctx, "webhook-edge")
     s = ctx.settings
     address = args.listen or s.http_listen
     try:
         listen = Listen.parse(address)
     except ValueError as exc:
         raise CliError(f"--listen: {exc}", EXIT_USAGE) from exc
-    edge = WebhookEdge(s, args.edge_id, listen.host, listen.port)
+    edge = WebhookEdge(s, args.edge_id, listen.host, listen.port, dialer_id=args.dialer_id)
     try:
         asyncio.run(run_webhook_edge(edge))
     except SecretError as exc:
@@ -174,7 +193,7 @@ def cmd_media(args: argparse.Namespace, ctx: Context) -> int:
     from edge.sip.transport import Listen
     from media.node import MediaNode, NodeConfig, run_node
 
-    _logging(args.loglevel)
+    _logging(args, ctx, "media")
     try:
         listen = Listen.parse(args.listen)
     except ValueError as exc:

@@ -16,7 +16,12 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from trunkline.core.topics import ALL_TOPICS, TopicSpec, internal_topics
+from trunkline.core.topics import (
+    ALL_TOPICS,
+    TopicSpec,
+    billing_internal_topics,
+    internal_topics,
+)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -143,4 +148,8 @@ def apply_topics(
 
 def apply_all(bootstrap: str, prefix: str, app_id: str) -> list[TopicResult]:
     """The declared topics under `prefix` and the Faust topics of `app_id`."""
-    return apply_topics(bootstrap, prefix) + apply_topics(bootstrap, "", internal_topics(app_id))
+    return (
+        apply_topics(bootstrap, prefix)
+        + apply_topics(bootstrap, "", internal_topics(app_id))
+        + apply_topics(bootstrap, "", billing_internal_topics(app_id))
+    )

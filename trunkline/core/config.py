@@ -25,20 +25,28 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlparse
 
 import yaml
 
 from trunkline.core.events import envelope
+from trunkline.core.targets import refusal
 
 PROVIDERS = ("SIP", "TWILIO", "TELNYX", "VONAGE")
 E164_RE = re.compile(r"^\+[1-9][0-9]{1,14}$")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 CONFIG_NAMESPACE = uuid.UUID("5b0f3c9e-6a34-4d5e-9a56-3f4c1b7d2e10")
 
-SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules", "providers")
+SECTIONS = (
+    "plans", "businesses", "routes", "numbers", "backends", "bypassRules", "providers", "apiKeys",
+    "ratePlans", "webhookSubscriptions",
+)  # fmt: skip
 AVRO_NAME = {
+    "ratePlans": "RatePlan",
+    "webhookSubscriptions": "WebhookSubscription",
     "providers": "ProviderAccount",
     "plans": "Plan",
     "businesses": "Business",
@@ -46,7 +54,9 @@ AVRO_NAME = {
     "numbers": "PhoneNumber",
     "backends": "BackendServer",
     "bypassRules": "BypassRule",
+    "apiKeys": "ApiKey",
 }
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,193 @@ def _plan(c: _Checker) -> dict[str, Any]:
         "id": c.ident("id"),
         "name": c.text("name", required=False),
         "max_concurrent_calls": c.positive_int("maxConcurrentCalls"),
+        "rate_plan_id": c.ident("ratePlanId", required=False),
+    }
+
+
+# -- billing: rate plans ------------------------------------------------------------------
+#: money and prices carry at most this many decimal places (CallRated's Avro decimals)
+MONEY_SCALE = 6
+INCREMENT_RE = re.compile(r"^([0-9]+)/([0-9]+)$")
+CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+
+
+def parse_increment(text: str) -> tuple[int, int]:
+    """``"a/b"`` -> (a, b), both whole seconds >= 1; ValueError naming what is wrong."""
+    m = INCREMENT_RE.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"{text!r} is not an increment a/b (e.g. 60/60, 6/6, 1/1, 30/6)")
+    first, step = int(m.group(1)), int(m.group(2))
+    if first < 1 or step < 1 or first > 86_400 or step > 86_400:
+        raise ValueError(f"{text!r}: both parts must be whole seconds from 1 to 86400")
+    return first, step
+
+
+def parse_price(value: Any) -> Decimal:
+    """A price written as a decimal string (never a float): ValueError naming the fault."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        kind = "a float" if isinstance(value, float) else type(value).__name__
+        raise ValueError(f'must be a decimal string such as "0.0085" (quoted), not {kind}')
+    try:
+        price = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
+    if not price.is_finite():
+        raise ValueError(f"{value!r} is not a finite decimal number")
+    if price < 0:
+        raise ValueError(f"{value!r} is negative: prices must be 0 or more")
+    exponent = price.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MONEY_SCALE:
+        raise ValueError(f"{value!r} has more than {MONEY_SCALE} decimal places")
+    return price
+
+
+def parse_instant(value: Any) -> int:
+    """An ISO-8601 instant with its offset (or a YAML timestamp) -> epoch ms (UTC)."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, date):
+        raise ValueError(f"{value!r} is a date: give an instant, e.g. 2026-01-01T00:00:00Z")
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO-8601 instant such as 2026-01-01T00:00:00Z"
+            ) from None
+    else:
+        raise ValueError(f"must be an ISO-8601 instant string, got {type(value).__name__}")
+    if when.tzinfo is None:
+        if isinstance(value, datetime):  # YAML's unquoted timestamps are UTC
+            when = when.replace(tzinfo=UTC)
+        else:
+            raise ValueError(f"{value!r} has no UTC offset (add Z or +hh:mm)")
+    return int(when.timestamp() * 1000)
+
+
+def _rate_plan(c: _Checker) -> dict[str, Any]:
+    prices: dict[str, str | None] = {}
+    for name, field_name, required in (
+        ("inboundPerMinute", "inbound_per_minute", True),
+        ("outboundPerMinute", "outbound_per_minute", True),
+        ("connectFee", "connect_fee", False),
+    ):
+        raw = c._get(name, required)
+        if raw is None:
+            prices[field_name] = None if required else "0"
+            continue
+        try:
+            prices[field_name] = str(parse_price(raw))
+        except ValueError as exc:
+            c.fail(name, str(exc))
+            prices[field_name] = None
+    first = step = None
+    raw_increment = c._get("increment", False)
+    if raw_increment is None:
+        first, step = 60, 60
+    else:
+        try:
+            first, step = parse_increment(raw_increment)
+        except ValueError as exc:
+            c.fail("increment", str(exc))
+    effective = None
+    raw_from = c._get("effectiveFrom", True)
+    if raw_from is not None:
+        try:
+            effective = parse_instant(raw_from)
+        except ValueError as exc:
+            c.fail("effectiveFrom", str(exc))
+    currency = c.text("currency")
+    if currency is not None and not CURRENCY_RE.match(currency):
+        c.fail("currency", f"{currency!r} is not an ISO 4217 code (three capital letters)")
+    minimum = c._get("minimumSeconds", False)
+    if minimum is None:
+        minimum = 0
+    elif isinstance(minimum, bool) or not isinstance(minimum, int) or not 0 <= minimum <= 86_400:
+        c.fail("minimumSeconds", f"must be whole seconds from 0 to 86400, got {minimum!r}")
+        minimum = None
+    version = c.positive_int("version")
+    return {
+        "id": c.ident("id"),
+        "version": version,
+        "effective_from": effective,
+        "currency": currency,
+        **prices,
+        "increment_first": first,
+        "increment_step": step,
+        "minimum_seconds": minimum,
+    }
+
+
+# -- lifecycle webhooks -------------------------------------------------------------------
+#: the event types a subscription may name (or "*")
+WEBHOOK_EVENT_TYPES = (
+    "call.offered",
+    "call.rejected",
+    "call.routed",
+    "call.answered",
+    "call.ended",
+    "call.rated",
+    "call.attempt_failed",
+)
+
+
+def target_url_problem(url: str, allow_private: bool) -> str | None:
+    """What is wrong with a webhook URL as written (scheme, host, a literal IP that is
+    refused); names are resolved and checked again at every delivery."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        return f"{url!r}: only http:// and https:// URLs are accepted"
+    host = parsed.hostname
+    if not host:
+        return f"{url!r} has no host"
+    try:
+        parsed.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return f"{url!r} has an invalid port"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: checked after resolution, at delivery time
+    why = refusal(host, allow_private)
+    return f"{url!r}: {why}" if why else None
+
+
+def _webhook_subscription(c: _Checker) -> dict[str, Any]:
+    allow_private = c.boolean("allowPrivateTargets", False)
+    url = c.text("url")
+    if url is not None and (why := target_url_problem(url, bool(allow_private))):
+        c.fail("url", why)
+    events = c._get("events", True)
+    names: list[str] = []
+    if events is not None:
+        if (
+            not isinstance(events, list)
+            or not events
+            or not all(isinstance(e, str) for e in events)
+        ):
+            c.fail("events", 'must be a non-empty list of event types, or ["*"]')
+        elif "*" in events and len(events) > 1:
+            c.fail("events", '"*" means every event type: list it alone')
+        else:
+            for e in events:
+                if e != "*" and e not in WEBHOOK_EVENT_TYPES:
+                    c.fail(
+                        "events",
+                        f"unknown event type {e!r}; expected {', '.join(WEBHOOK_EVENT_TYPES)} or *",
+                    )
+                elif e in names:
+                    c.fail("events", f"lists {e!r} twice")
+                else:
+                    names.append(e)
+    return {
+        "id": c.ident("id"),
+        "url": url,
+        "events": names,
+        "business_id": c.ident("businessId", required=False),
+        "secret_ref": secret_ref(c, "secret", True),
+        "allow_private_targets": allow_private,
+        "description": c.text("description", required=False),
     }
 
 
@@ -192,6 +389,37 @@ def _business(c: _Checker) -> dict[str, Any]:
         "name": c.text("name"),
         "active": c.boolean("active", True),
         "plan_id": c.ident("plan"),
+        "outbound_providers": _id_list(c, "outboundProviders"),
+    }
+
+
+def _id_list(c: _Checker, name: str) -> list[str]:
+    value = c._get(name, False)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) and ID_RE.match(str(v)) for v in value
+    ):
+        c.fail(name, "must be a list of ids")
+        return []
+    out = [str(v) for v in value]
+    if len(set(out)) != len(out):
+        c.fail(name, "lists an id twice")
+    return out
+
+
+def _api_key(c: _Checker) -> dict[str, Any]:
+    digest = c._get("sha256", True)
+    if digest is not None and (not isinstance(digest, str) or not SHA256_RE.match(digest.lower())):
+        c.fail("sha256", "must be the lowercase hex SHA-256 of the key (64 hex digits)")
+        digest = None
+    if "key" in c.item:
+        c.fail("key", "is a secret: configure only its sha256, never the key itself")
+        c.used.add("key")
+    return {
+        "id": c.ident("id"),
+        "business_id": c.ident("businessId"),
+        "sha256": digest.lower() if isinstance(digest, str) else None,
     }
 
 
@@ -422,6 +650,15 @@ _BUILDERS: dict[str, Callable[[_Checker], dict[str, Any]]] = {
     "numbers": _number,
     "backends": _backend,
     "bypassRules": _bypass,
+    "apiKeys": _api_key,
+    "ratePlans": _rate_plan,
+    "webhookSubscriptions": _webhook_subscription,
+}
+#: sections whose records are keyed by more than their id
+_KEYS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "ratePlans": lambda b: (
+        f"{b['id']}@{b['version']}" if b["id"] is not None and b["version"] is not None else None
+    ),
 }
 
 
@@ -454,12 +691,15 @@ def parse_config(data: Any) -> Config:
             checker = _Checker(where, item, problems)
             body = _BUILDERS[section](checker)
             checker.finish()
-            key = body.get("id")
+            key = _KEYS[section](body) if section in _KEYS else body.get("id")
             if key is None:
                 continue
             if key in seen:
+                what = "version" if section in _KEYS else "id"
                 problems.append(
-                    Problem(f"{where}.id", f"duplicate id {key!r} (also {section}[{seen[key]}])")
+                    Problem(
+                        f"{where}.{what}", f"duplicate {what} {key!r} (also {section}[{seen[key]}])"
+                    )
                 )
                 continue
             seen[key] = i
@@ -476,6 +716,46 @@ def parse_config(data: Any) -> Config:
 
     for where, b in built["businesses"]:
         ref(where, "plan", b["plan_id"], "plans", "plan")
+        for i, account in enumerate(b["outbound_providers"]):
+            ref(where, f"outboundProviders[{i}]", account, "providers", "provider account")
+    digests: dict[str, str] = {}
+    for where, b in built["apiKeys"]:
+        ref(where, "businessId", b["business_id"], "businesses", "business")
+        if b["sha256"] is not None:
+            if b["sha256"] in digests:
+                problems.append(
+                    Problem(
+                        f"{where}.sha256", f"the same key is also api key {digests[b['sha256']]!r}"
+                    )
+                )
+            digests[b["sha256"]] = b["id"]
+    rate_plan_ids = {b["id"] for _, b in built["ratePlans"]}
+    for where, b in built["plans"]:
+        if b["rate_plan_id"] is not None and b["rate_plan_id"] not in rate_plan_ids:
+            problems.append(
+                Problem(
+                    f"{where}.ratePlanId",
+                    f"rate plan {b['rate_plan_id']!r} is not defined in ratePlans",
+                )
+            )
+    effective: dict[tuple[str, int], int] = {}
+    for where, b in built["ratePlans"]:
+        if b["effective_from"] is None:
+            continue
+        other = effective.get((b["id"], b["effective_from"]))
+        if other is not None:
+            problems.append(
+                Problem(
+                    f"{where}.effectiveFrom",
+                    f"version {other} of rate plan {b['id']!r} takes effect at the same "
+                    "instant: each version needs its own effectiveFrom",
+                )
+            )
+        else:
+            effective[(b["id"], b["effective_from"])] = b["version"]
+    for where, b in built["webhookSubscriptions"]:
+        if b["business_id"] is not None:
+            ref(where, "businessId", b["business_id"], "businesses", "business")
     for where, b in built["routes"]:
         ref(where, "businessId", b["business_id"], "businesses", "business")
     for where, b in built["numbers"]:
@@ -532,7 +812,9 @@ def parse_config(data: Any) -> Config:
     config = Config()
     for section in SECTIONS:
         for _, body in built[section]:
-            config.records.append(ConfigRecord(section, body["id"], AVRO_NAME[section], body))
+            key = _KEYS[section](body) if section in _KEYS else body["id"]
+            assert key is not None  # records without a key were left out above
+            config.records.append(ConfigRecord(section, key, AVRO_NAME[section], body))
     return config
 
 

@@ -10,7 +10,9 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-Destination = Literal["admission", "routing", "decisions", "assignments", "call-events"]
+Destination = Literal[
+    "admission", "routing", "decisions", "assignments", "call-events", "outbound", "billing"
+]
 _DERIVED = uuid.UUID("0c6f1d2e-3b4a-4c5d-8e9f-a0b1c2d3e4f5")
 
 

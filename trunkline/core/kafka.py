@@ -443,8 +443,10 @@ class _Follower:
 class KeyFollower(_Follower):
     """Follows the one partition of `topic` that `key` hashes to, handing on only the
     records under `key` (an edge's decisions, a media node's assignments). It starts
-    `lookback` records before the partition's end, and is assigned (not subscribed: no
-    group join) before the constructor returns, so nothing produced after it is missed."""
+    `lookback` records before the partition's end, or at the first record of `start_ms`
+    or later (a dialer re-reading its journal), and is assigned (not subscribed: no group
+    join) before the constructor returns, so nothing produced after it is missed.
+    `caught_up` is set once the records that existed at the start were handed on."""
 
     def __init__(
         self,
@@ -454,6 +456,7 @@ class KeyFollower(_Follower):
         key: str,
         on_value: Callable[[bytes], None],
         lookback: int = 0,
+        start_ms: int | None = None,
         **extra: Any,
     ) -> None:
         conf: dict[str, Any] = {
@@ -470,16 +473,25 @@ class KeyFollower(_Follower):
             partitions = _topic_partitions(c, topic, 10)
             partition = partition_for(key.encode(), len(partitions))
             low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            c.assign([TopicPartition(topic, partition, max(low, high - lookback))])
+            start = max(low, high - lookback)
+            if start_ms is not None:
+                found = c.offsets_for_times([TopicPartition(topic, partition, start_ms)], 10)
+                start = found[0].offset if found and found[0].offset >= 0 else high
+            c.assign([TopicPartition(topic, partition, start)])
         except BaseException:
             c.close()
             raise
         wanted = key.encode()
+        self.caught_up = threading.Event()
+        if start >= high:
+            self.caught_up.set()
 
         def on_message(msg: Message) -> None:
             value = msg.value()
             if msg.key() == wanted and value is not None:
                 on_value(value)
+            if not self.caught_up.is_set() and (msg.offset() or 0) + 1 >= high:
+                self.caught_up.set()
 
         super().__init__(f"follow-{topic}-{key}", c, on_message)
 
@@ -576,3 +588,66 @@ class BrokerWatch:
         with self._lock:
             self._down.clear()
         log.warning("Kafka brokers reachable again")
+
+
+# -- consumer lag ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Lag:
+    group: str
+    topic: str
+    partition: int
+    committed: int  # the group's committed offset (the next record it will read)
+    end: int  # the partition's end (the next offset a producer will write)
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+class GroupLag:
+    """How far consumer groups trail their partitions: each group's committed offsets
+    against the partitions' ends, as Kafka's tools and lag exporters measure it. One
+    admin client, kept across calls; every request is bounded by `timeout`. A group
+    shows the partitions it has committed offsets for (a new group, none yet).
+
+    Committed offsets move at each commit (the worker every second, the sink after each
+    insert), so the lag includes what was read but not yet committed."""
+
+    def __init__(self, bootstrap: str, groups: Iterable[str], timeout: float = 2.0) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.groups = list(groups)
+        self.timeout = timeout
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "log_level": 3,
+            "logger": LIBRDKAFKA_LOG,
+        }
+        self._admin = AdminClient(conf)
+
+    def measure(self) -> list[Lag]:
+        """Every (group, topic, partition) with a committed offset. Raises
+        KafkaException when the broker does not answer within the timeout."""
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+        committed: dict[tuple[str, str, int], int] = {}
+        asked = [ConsumerGroupTopicPartitions(g) for g in self.groups]
+        futures = self._admin.list_consumer_group_offsets(asked, request_timeout=self.timeout)
+        for group, future in futures.items():
+            for tp in future.result().topic_partitions or []:
+                if tp.error is None and tp.offset >= 0:
+                    committed[(group, tp.topic, tp.partition)] = tp.offset
+        if not committed:
+            return []
+        partitions = {TopicPartition(t, p) for _, t, p in committed}
+        ends = self._admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in partitions},  # type: ignore[no-untyped-call]
+            request_timeout=self.timeout,
+        )
+        end = {(tp.topic, tp.partition): f.result().offset for tp, f in ends.items()}
+        return [
+            Lag(g, t, p, offset, end[(t, p)])
+            for (g, t, p), offset in sorted(committed.items())
+            if (t, p) in end
+        ]

@@ -29,6 +29,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from trunkline.core.logs import LOG_FORMATS, LOG_LEVELS
+
 ENV_PREFIX = "TRUNKLINE_"
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 _APP_ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -211,6 +213,45 @@ def _sink_priority(raw: Any, info: ValidationInfo) -> str:
     return str(raw)
 
 
+def _choice(choices: tuple[str, ...]) -> Any:
+    """A validator accepting one of `choices` (any case)."""
+
+    def check(raw: Any, info: ValidationInfo) -> str:
+        if _unset(raw):
+            raise PydanticUseDefault()
+        text = str(raw).strip().lower()
+        if text not in choices:
+            raise SettingsError(f"{_name(info)}={raw!r}: must be one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+_SCHEDULE_RE = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+_SCHEDULE_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_schedule(text: str, name: str = "TRUNKLINE_WEBHOOK_RETRY_SCHEDULE") -> tuple[int, ...]:
+    """``"5s,5m,30m,2h"`` -> the delays in ms before each retry (one entry per retry)."""
+    delays: list[int] = []
+    for part in text.split(","):
+        m = _SCHEDULE_RE.match(part.strip())
+        if not m or int(m.group(1)) == 0:
+            raise SettingsError(
+                f"{name}={text!r}: {part.strip()!r} is not a positive delay such as "
+                "100ms, 5s, 5m, 2h or 1d"
+            )
+        delays.append(int(m.group(1)) * _SCHEDULE_UNIT_MS[m.group(2)])
+    return tuple(delays)
+
+
+def _schedule(raw: Any, info: ValidationInfo) -> str:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    parse_schedule(str(raw), _name(info))
+    return ",".join(p.strip() for p in str(raw).split(","))
+
+
 def _jvm_opts(raw: Any, info: ValidationInfo) -> str:
     if raw is None:
         raise PydanticUseDefault()
@@ -272,6 +313,10 @@ class Settings(BaseSettings):
     sink_web_port: Port = 6067
     sink_priority: Annotated[str, BeforeValidator(_sink_priority)] = "idle"
     sink_flush_ms: PositiveMs = 2_000
+    #: every service's logs (trunkline.core.logs): one-line text or JSON, and the level
+    #: a service's `--loglevel` defaults to
+    log_format: Annotated[str, BeforeValidator(_choice(LOG_FORMATS))] = "text"
+    log_level: Annotated[str, BeforeValidator(_choice(LOG_LEVELS))] = "info"
     sip_listen: HostPort = "127.0.0.1:5060"
     sip_metrics_listen: HostPort = "127.0.0.1:9060"
     #: flood control (edge/sip/flood.py): requests a second per source IP, and for
@@ -285,6 +330,13 @@ class Settings(BaseSettings):
     redirect_timeout_ms: PositiveMs = 10_000
     heartbeat_timeout_ms: PositiveMs = 5_000
     state_retention_ms: PositiveMs = 600_000
+    #: billing and lifecycle webhooks (streams/billing*.py, streams/webhooks/)
+    billing_web_port: Port = 6068
+    billing_retention_ms: PositiveMs = 86_400_000
+    webhooks_web_port: Port = 6069
+    webhook_retry_schedule: Annotated[str, BeforeValidator(_schedule)] = "5s,5m,30m,2h,5h,10h,10h"
+    webhook_timeout_ms: PositiveMs = 10_000
+    webhook_concurrency: PositiveCount = 64
 
     @property
     def decision_timeout_s(self) -> float:
@@ -301,6 +353,18 @@ class Settings(BaseSettings):
     @property
     def sink_url(self) -> str:
         return f"http://{self.sink_web_host}:{self.sink_web_port}"
+
+    @property
+    def billing_url(self) -> str:
+        return f"http://{self.worker_web_host}:{self.billing_web_port}"
+
+    @property
+    def webhooks_url(self) -> str:
+        return f"http://{self.worker_web_host}:{self.webhooks_web_port}"
+
+    @property
+    def retry_schedule_ms(self) -> tuple[int, ...]:
+        return parse_schedule(self.webhook_retry_schedule)
 
     @classmethod
     def settings_customise_sources(

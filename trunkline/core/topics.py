@@ -55,8 +55,9 @@ CALL_EVENTS = TopicSpec(
 # Raise them (on fresh topics: keys move) before running more workers than partitions.
 ADMISSION = TopicSpec(
     "admission", 2, False, 7 * DAY_MS, "business_id",
-    ("CallOffered", "CallEnded", "CallRejected", "PartitionTick"),
-    "Admission's input: offers from edges, every end or later rejection (slot release), ticks.",
+    ("CallOffered", "OutboundCallRequested", "CallEnded", "CallRejected", "PartitionTick"),
+    "Admission's input: offers from edges and the API, every end or later rejection (slot "
+    "release), ticks.",
 )  # fmt: skip
 ROUTING = TopicSpec(
     "routing", 2, False, 7 * DAY_MS, "region_id",
@@ -74,6 +75,14 @@ DECISIONS = TopicSpec(
 ASSIGNMENTS = TopicSpec(
     "assignments", 6, False, DAY_MS, "backend_id", ("CallRouted",),
     "Calls routed to a media node; each node reads its key's partition.",
+)  # fmt: skip
+OUTBOUND = TopicSpec(
+    "outbound", 6, False, DAY_MS, "dialer_id",
+    ("OutboundCallRequested", "OutboundAttempt", "OutboundAttemptFailed", "OutboundReport",
+     "CallEnded"),
+    "The dialers' journal: each dialer (one per HTTP edge process) writes its outbound calls' "
+    "requests, attempts and ends under its id, the webhook edges add the providers' reports "
+    "for them; a restarted dialer reads its key back to resume pending calls.",
 )  # fmt: skip
 DEAD_LETTERS = TopicSpec(
     "dead-letters",
@@ -98,9 +107,21 @@ BACKENDS = TopicSpec(
 BYPASS_RULES = TopicSpec(
     "config.bypass-rules", 1, True, None, "id", ("BypassRule",), "Admin bypass rules (compacted)."
 )
+RATE_PLANS = TopicSpec(
+    "config.rate-plans", 1, True, None, "id@version", ("RatePlan",),
+    "Rate plan versions (compacted): prices as decimal strings, increments, effective dates.",
+)  # fmt: skip
+WEBHOOK_SUBSCRIPTIONS = TopicSpec(
+    "config.webhook-subscriptions", 1, True, None, "id", ("WebhookSubscription",),
+    "Lifecycle webhook subscribers (compacted): URL, events, business, secret reference.",
+)  # fmt: skip
 PROVIDERS = TopicSpec(
     "config.providers", 1, True, None, "id", ("ProviderAccount",),
     "Provider accounts (compacted): ids, public identifiers, secret references (never values).",
+)  # fmt: skip
+API_KEYS = TopicSpec(
+    "config.api-keys", 1, True, None, "id", ("ApiKey",),
+    "REST API keys (compacted): id, business, SHA-256 of the key (never the key).",
 )  # fmt: skip
 
 #: config kind (the YAML section) -> its topic
@@ -112,11 +133,39 @@ CONFIG_TOPICS: dict[str, TopicSpec] = {
     "backends": BACKENDS,
     "bypassRules": BYPASS_RULES,
     "providers": PROVIDERS,
+    "apiKeys": API_KEYS,
+    "ratePlans": RATE_PLANS,
+    "webhookSubscriptions": WEBHOOK_SUBSCRIPTIONS,
 }
 #: the sections the worker keeps as tables (admission and routing read them); provider
-#: accounts are read only by the webhook edge, and each partition a worker follows costs
+#: accounts and API keys are read only by the HTTP edge, and each partition a worker follows costs
 #: it on every fetch (docs/design.md)
 WORKER_CONFIG_SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules")
+
+# Billing and lifecycle webhooks (docs/design.md). `billing` is keyed and partitioned like
+# call-events (the call id, 6 partitions): a call's CallRated lands in the partition number
+# its history has, and the webhook service's state is partitioned the same way.
+BILLING = TopicSpec(
+    "billing", CALL_EVENTS.partitions, False, 400 * DAY_MS, "call_id", ("CallRated",),
+    "Each finished call's charge (CallRated), from the billing worker; ClickHouse "
+    "billing_records and call.rated webhooks read it.",
+)  # fmt: skip
+WEBHOOK_STATE = TopicSpec(
+    "webhook-state", CALL_EVENTS.partitions, True, None, "e/<call> | d/<sub>/<event> | s/<sub>",
+    ("json",),
+    "The webhook service's durable state: each call's entry, each pending or settled "
+    "delivery (body, attempts, next attempt time), disabled subscriptions; partitioned by "
+    "call id. A restarted service reads it back and resumes every pending delivery.",
+)  # fmt: skip
+WEBHOOK_DELIVERIES = TopicSpec(
+    "webhook-deliveries", CALL_EVENTS.partitions, False, 30 * DAY_MS, "call_id",
+    ("WebhookAttempt",),
+    "Every delivery attempt and its outcome (the delivery log): ClickHouse webhook_deliveries.",
+)  # fmt: skip
+WEBHOOK_COMMANDS = TopicSpec(
+    "webhook-commands", 1, False, 7 * DAY_MS, "call_id", ("WebhookCommand",),
+    "Operators' requests to the webhook service: redeliver a delivery, enable a subscription.",
+)  # fmt: skip
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     CALL_EVENTS,
@@ -125,7 +174,12 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     HEARTBEATS,
     DECISIONS,
     ASSIGNMENTS,
+    OUTBOUND,
     DEAD_LETTERS,
+    BILLING,
+    WEBHOOK_STATE,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_COMMANDS,
     *CONFIG_TOPICS.values(),
 )
 
@@ -145,4 +199,26 @@ def internal_topics(app_id: str) -> tuple[TopicSpec, ...]:
                   "region_id", ("json",), "Routing's last tick and tick gap per region."),
         TopicSpec(f"{app_id}-__assignor-__leader", 1, False, None, "-", ("-",),
                   "Faust's leader election."),
+    )  # fmt: skip
+
+
+#: the billing worker's Faust app id: its own consumer group and tables
+def billing_app_id(app_id: str) -> str:
+    return f"{app_id}-billing"
+
+
+#: the config sections the billing worker keeps as tables
+BILLING_CONFIG_SECTIONS = ("plans", "businesses", "ratePlans")
+
+
+def billing_internal_topics(app_id: str) -> tuple[TopicSpec, ...]:
+    """The billing worker's Faust topics (its app id is `billing_app_id(app_id)`): the
+    per-call rating table's changelog, co-partitioned with call-events, and its leader
+    topic. Declared for the same reason as `internal_topics`."""
+    billing = billing_app_id(app_id)
+    return (
+        TopicSpec(f"{billing}-billing-calls-changelog", CALL_EVENTS.partitions, True, None,
+                  "call_id", ("json",), "The billing machine's state per call (Faust changelog)."),
+        TopicSpec(f"{billing}-__assignor-__leader", 1, False, None, "-", ("-",),
+                  "Faust's leader election (billing worker)."),
     )  # fmt: skip

@@ -113,8 +113,36 @@ WEBHOOK_EDGE = Service(
     ),
 )
 
+BILLING_WORKER = Service(
+    name="billing-worker",
+    title="billing worker (call-events -> CallRated)",
+    args=lambda s: ["billing-worker"],
+    address=lambda s: s.billing_url,
+    address_key="web",
+    probe=lambda s: get_json(f"{s.billing_url}/health/"),
+    health_key="health",
+    ready=lambda s, h: f"web {s.billing_url}, {len(h['tables'])} tables" if "tables" in h else None,
+)
+WEBHOOKS = Service(
+    name="webhooks",
+    title="lifecycle webhooks (delivery service)",
+    # subscription secrets come from the environment `up` runs in (processes inherit it)
+    args=lambda s: ["webhooks"],
+    address=lambda s: s.webhooks_url,
+    address_key="web",
+    probe=lambda s: get_json(f"{s.webhooks_url}/health/"),
+    health_key="health",
+    ready=lambda s, h: (
+        f"{len(h['subscriptions'])} subscription(s), {h['pending']} pending"
+        if h.get("ready")
+        else None
+    ),
+)
+
 #: started in this order, stopped in reverse
-LOCAL_SERVICES: tuple[Service, ...] = (SINK, WORKER, SIP_EDGE, WEBHOOK_EDGE)
+LOCAL_SERVICES: tuple[Service, ...] = (
+    SINK, WORKER, BILLING_WORKER, SIP_EDGE, WEBHOOK_EDGE, WEBHOOKS,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaException
 
 from trunkline.core.admin import BrokerUnavailable, TopicResult, apply_topics
 from trunkline.core.settings import Settings
-from trunkline.core.topics import ALL_TOPICS, TopicSpec, internal_topics
+from trunkline.core.topics import ALL_TOPICS, TopicSpec, billing_internal_topics, internal_topics
 from trunkline.stack.base import QUIET, Progress, StackError
 
 
@@ -25,7 +25,7 @@ class TopicRow:
 def _specs(s: Settings) -> list[tuple[str, TopicSpec]]:
     """(prefix, spec) for our topics under the topic prefix and the Faust app's own."""
     return [(s.topic_prefix, spec) for spec in ALL_TOPICS] + [
-        ("", spec) for spec in internal_topics(s.app_id)
+        ("", spec) for spec in (*internal_topics(s.app_id), *billing_internal_topics(s.app_id))
     ]
 
 
@@ -47,6 +47,7 @@ def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
     groups = [
         (s.topic_prefix, ALL_TOPICS),  # ours, under the topic prefix
         ("", internal_topics(s.app_id)),  # the Faust app's own
+        ("", billing_internal_topics(s.app_id)),  # the billing worker's
     ]
     results: list[TopicResult] = []
     with progress.step("topics", total=sum(len(specs) for _, specs in groups)) as step:

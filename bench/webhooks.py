@@ -1,0 +1,243 @@
+"""Lifecycle webhook deliveries per second, and ratings per second.
+
+Two figures:
+  ratings:     the billing machine (streams/billing.py) on one core: calls per second
+               through offer, admission, answer and end (the end is the rating), best of 3.
+               Floor: 20,000 ratings/s.
+  deliveries:  `trunkline webhooks` (its own process) delivering call.ended for N calls to
+               a local receiver (another process) that answers 200 after 1 ms; time from
+               the receiver's first request to its N-th. The events are in call-events
+               before the service starts (a backlog), so the figure is the service's own
+               speed: consume, state records, sign, POST, outcome records.
+               Floor: 2,000 deliveries/s.
+
+    .venv/bin/python -m bench.webhooks [--n 20000] [--calls 100000] [--bootstrap HOST:PORT]
+
+Without --bootstrap (or TRUNKLINE_KAFKA_BOOTSTRAP) it starts a broker of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench._util import best_rate, machine_speed, pin_one_core, speed_line
+
+SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-0123456789ab").decode()
+T0 = 1_767_225_600_000
+
+
+# -- ratings ------------------------------------------------------------------------------
+def ratings_per_second(calls: int) -> float:
+    from streams import billing
+
+    config = billing.RatingConfig(
+        {
+            "businesses": {"123": {"id": "123", "plan_id": "starter"}},
+            "plans": {"starter": {"id": "starter", "rate_plan_id": "std"}},
+            "ratePlans": {
+                f"std@{v}": {
+                    "envelope": {"event_id": f"config-std-{v}"},  # as config records carry
+                    "id": "std", "version": v, "effective_from": T0 + (v - 1) * 86_400_000,
+                    "currency": "USD", "inbound_per_minute": "0.0085",
+                    "outbound_per_minute": "0.0140", "connect_fee": "0.0010",
+                    "increment_first": 30, "increment_step": 6, "minimum_seconds": 0,
+                }
+                for v in (1, 2, 3)
+            },
+        }
+    )  # fmt: skip
+
+    def env(call_id: str, what: str, at: int) -> dict:
+        return {"event_id": f"{call_id}/{what}", "call_id": call_id, "occurred_at": at,
+                "producer_id": "bench"}  # fmt: skip
+
+    events = []
+    for i in range(calls):
+        c, at = f"q{i}", T0 + i * 1000
+        events.append((
+            ("CallOffered", {"envelope": env(c, "o", at), "business_id": "123",
+                             "direction": "INBOUND", "provider": "SIP", "provider_call_id": c}),
+            ("CallAdmitted", {"envelope": env(c, "a", at + 5), "business_id": "123",
+                              "plan_id": "starter"}),
+            ("CallAnswered", {"envelope": env(c, "n", at + 900)}),
+            ("CallEnded", {"envelope": env(c, "e", at + 60_900), "reason": "completed",
+                           "business_id": "123", "talk_ms": 1000 * (i % 600)}),
+        ))  # fmt: skip
+
+    def run(n: int) -> None:
+        for call in events[:n]:
+            state = None
+            for name, record in call:
+                state = billing.handle(name, record, state, config).call
+
+    pin_one_core()
+    return best_rate(calls, run)
+
+
+# -- deliveries -----------------------------------------------------------------------------
+def _receiver(port: int, ready: multiprocessing.synchronize.Event, stats: dict) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    count = {"n": 0, "first": 0.0, "last": 0.0}
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.001)  # the subscriber's 1 ms
+        now = time.monotonic()
+        if count["n"] == 0:
+            count["first"] = now
+        count["n"] += 1
+        count["last"] = now
+        return web.Response(status=200)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(count)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/hooks", handle)
+        app.router.add_get("/count", status)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def deliveries_per_second(bootstrap: str, n: int, state: Path) -> tuple[float, float]:
+    import json
+    import urllib.request
+
+    import yaml
+
+    from schemas import SingleObjectCodec
+    from tests.harness import Service, free_port, run_cli
+    from trunkline.core.admin import apply_all
+    from trunkline.core.kafka import make_producer
+    from trunkline.core.settings import Settings
+    from trunkline.core.topics import CALL_EVENTS
+
+    tag = uuid.uuid4().hex[:8]
+    s = Settings.from_env(
+        {
+            "TRUNKLINE_STATE_DIR": str(state),
+            "TRUNKLINE_KAFKA_BOOTSTRAP": bootstrap,
+            "TRUNKLINE_TOPIC_PREFIX": f"bw{tag}.",
+            "TRUNKLINE_APP_ID": f"bench-webhooks-{tag}",
+            "TRUNKLINE_WEBHOOKS_WEB_PORT": str(free_port()),
+        }
+    )
+    apply_all(s.kafka_bootstrap, s.topic_prefix, s.app_id)
+    port = free_port()
+    ready = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receiver, args=(port, ready, {}), daemon=True)
+    receiver.start()
+    ready.wait(30)
+    config = {
+        "plans": [{"id": "p", "maxConcurrentCalls": 10}],
+        "businesses": [{"id": "b", "name": "B", "plan": "p"}],
+        "webhookSubscriptions": [
+            {
+                "id": "bench",
+                "url": f"http://127.0.0.1:{port}/hooks",
+                "events": ["call.ended"],
+                "secret": {"env": "BENCH_SECRET"},
+                "allowPrivateTargets": True,
+            }
+        ],
+    }
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "config.yaml").write_text(yaml.safe_dump(config))
+    done = run_cli(s, "config", "apply", str(state / "config.yaml"))
+    assert done.returncode == 0, done.stderr
+    codec = SingleObjectCodec()
+    producer = make_producer(s.kafka_bootstrap, **{"linger.ms": 20})
+    topic = CALL_EVENTS.name(s.topic_prefix)
+    now = int(time.time() * 1000)
+    for i in range(n):
+        call_id = f"{tag}-{i}"
+        record = {
+            "envelope": {"event_id": f"{call_id}-end", "call_id": call_id,
+                         "occurred_at": now + i, "producer_id": "bench"},
+            "reason": "completed", "business_id": "b", "talk_ms": 30_000,
+        }  # fmt: skip
+        while True:
+            try:
+                producer.produce(
+                    topic, key=call_id.encode(), value=codec.encode("CallEnded", record)
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    service = Service(s, "webhooks", env={"BENCH_SECRET": SECRET})
+    started = time.monotonic()
+    service.start()
+    try:
+        deadline = time.monotonic() + max(120, n / 200)
+        count = {"n": 0}
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as r:
+                count = json.load(r)
+            if count["n"] >= n:
+                break
+            time.sleep(0.5)
+        if count["n"] < n:
+            raise SystemExit(f"only {count['n']} of {n} deliveries in time")
+        rate = (n - 1) / (count["last"] - count["first"])
+        return rate, time.monotonic() - started
+    finally:
+        service.stop()
+        receiver.terminate()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=20_000, help="deliveries")
+    p.add_argument("--calls", type=int, default=100_000, help="calls rated")
+    p.add_argument("--bootstrap", default=os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"))
+    args = p.parse_args()
+    print(speed_line(machine_speed()))
+    rate = ratings_per_second(args.calls)
+    print(f"ratings: {rate:,.0f} calls/s on one core (floor 20,000): "
+          f"{'pass' if rate >= 20_000 else 'FAIL'}")  # fmt: skip
+    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
+    broker = None
+    try:
+        bootstrap = args.bootstrap
+        if not bootstrap:
+            from tests.harness import free_port
+            from trunkline.core import kafka_local
+
+            broker = kafka_local.BrokerPaths(tmp / "kafka")
+            port = free_port()
+            cache = Path(os.environ.get("TRUNKLINE_CACHE_DIR") or Path.home() / ".cache/trunkline")
+            kafka_local.start(broker, cache, port, free_port())
+            bootstrap = f"127.0.0.1:{port}"
+        per_s, total = deliveries_per_second(bootstrap, args.n, tmp / "state")
+        print(f"deliveries: {per_s:,.0f}/s to a receiver answering after 1 ms ({args.n} "
+              f"deliveries, {total:.1f} s from start; floor 2,000): "
+              f"{'pass' if per_s >= 2_000 else 'FAIL'}")  # fmt: skip
+    finally:
+        if broker is not None:
+            from trunkline.core import kafka_local
+
+            kafka_local.stop(broker)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
