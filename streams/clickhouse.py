@@ -95,6 +95,22 @@ class ClickHouseStore:
                 fmt="JSONCompactEachRow",
             )
 
+    def insert_block(self, table: str, columns: tuple[str, ...], block: bytes) -> None:
+        """Insert a JSONCompactEachRow block (rows in `columns` order) into `table` of this
+        store's database (the replay's shadow tables: streams/shadow.py)."""
+        with self._lock:
+            self.client.raw_insert(
+                f"{self.database}.{table}", list(columns), insert_block=block,
+                fmt="JSONCompactEachRow",
+            )  # fmt: skip
+
+    def commands(self, statements: list[str]) -> None:
+        """Run statements in order under one hold of the lock: no insert of another thread
+        (the sink's) lands between them (streams/shadow.py's swap)."""
+        with self._lock:
+            for statement in statements:
+                self.client.command(statement)
+
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:
             result = self.client.query(sql, parameters=parameters or {})

@@ -14,6 +14,7 @@ open the data path), runs the batch sink (streams/sink.py) and answers reads ove
     GET /webhooks/redeliverable/?subscription=&event=&call=&since=  what redeliver sends
     POST /sql/ {"query", "limit"}     one read-only query (`trunkline sql`, `trunkline report`)
     GET /metrics                      Prometheus: rows, inserts, dead letters, consumer lag
+    POST /replay/...                  `trunkline replay`'s shadow tables (add_replay_routes)
 
 Kept apart from the Faust worker so that batch decoding and inserts never hold the GIL
 the decision path needs (docs/benchmarks.md, 2026-11-26 04:34).
@@ -32,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from schemas.codec import make_codec
-from streams import queries
+from streams import queries, shadow
 from streams.clickhouse import ClickHouseStore, QueryRefused
 from streams.sink import ClickHouseSink
 from trunkline.core import logs, metrics
@@ -197,7 +198,7 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
         )
         return web.json_response(rows)
 
-    app = web.Application()
+    app = web.Application(client_max_size=256 * 1024 * 1024)  # replay blocks of rows
     app.router.add_get("/health/", health)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/calls/", calls)
@@ -209,7 +210,74 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
     app.router.add_get("/webhooks/deliveries/", deliveries)
     app.router.add_get("/webhooks/attempts/", attempts)
     app.router.add_get("/webhooks/redeliverable/", redeliverable)
+    add_replay_routes(app, store)
     return app
+
+
+def add_replay_routes(app: web.Application, store: ClickHouseStore) -> None:
+    """`trunkline replay`'s shadow tables (streams/shadow.py): the sink owns the embedded
+    engine, so the replay command sends its row blocks and requests here.
+
+        POST /replay/shadow/ {"tables"}                 create (empty) shadow tables
+        POST /replay/shadow/{table}/rows/ (rows)         JSONCompactEachRow into a shadow
+        POST /replay/compare/ {"table", "ranges"}        digests, differing call ids
+        POST /replay/swap/ {"table", "ranges"}           promote a shadow (old kept)
+        POST /replay/clean/                              drop old and shadow tables
+        POST /replay/tables/                             which exist
+    """
+
+    async def run(fn: Any, *args: Any) -> web.Response:
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except shadow.ShadowError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(result)
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        try:
+            data = await request.json() if request.can_read_body else {}
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text="a JSON object is expected")
+        return data
+
+    def ranges(data: dict[str, Any]) -> dict[int, tuple[int, int]]:
+        try:
+            return {int(p): (int(a), int(b)) for p, (a, b) in (data.get("ranges") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"ranges: partition -> [start, end]: {exc}") from exc
+
+    async def create(request: web.Request) -> web.Response:
+        data = await body(request)
+        tables = tuple(data.get("tables") or shadow.TABLES)
+        return await run(lambda: shadow.create(store, tables) or {"created": list(tables)})
+
+    async def rows(request: web.Request) -> web.Response:
+        block = await request.read()
+        table = request.match_info["table"]
+        return await run(lambda: shadow.insert(store, table, block) or {"bytes": len(block)})
+
+    async def compare(request: web.Request) -> web.Response:
+        data = await body(request)
+        return await run(shadow.compare, store, str(data.get("table")), ranges(data))
+
+    async def swap(request: web.Request) -> web.Response:
+        data = await body(request)
+        return await run(shadow.swap, store, str(data.get("table")), ranges(data))
+
+    async def clean(request: web.Request) -> web.Response:
+        return await run(shadow.clean, store)
+
+    async def tables(request: web.Request) -> web.Response:
+        return await run(shadow.existing, store)
+
+    app.router.add_post("/replay/shadow/", create)
+    app.router.add_post("/replay/shadow/{table}/rows/", rows)
+    app.router.add_post("/replay/compare/", compare)
+    app.router.add_post("/replay/swap/", swap)
+    app.router.add_post("/replay/clean/", clean)
+    app.router.add_post("/replay/tables/", tables)
 
 
 async def serve(settings: Settings) -> None:

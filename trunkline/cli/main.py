@@ -24,6 +24,7 @@ from trunkline.cli import (
     heartbeats,
     kafka,
     lifecycle,
+    replay,
     report,
     services,
     sql,
@@ -44,7 +45,7 @@ from trunkline.stack.base import BadInput, StackError
 #: the command groups, in `trunkline --help` order
 COMMAND_GROUPS = (
     lifecycle, kafka, topics, config, services, heartbeats, call, dial, calls, billing,
-    webhooks, sql, report,
+    webhooks, sql, report, replay,
 )  # fmt: skip
 
 

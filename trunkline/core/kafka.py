@@ -239,6 +239,7 @@ class Outgoing:
     topic: str
     key: bytes | None
     value: bytes | None  # None: tombstone
+    partition: int | None = None  # None: the key's murmur2 partition
 
 
 def publish_all(producer: Producer, messages: Iterable[Outgoing], timeout: float = 30.0) -> int:
@@ -253,7 +254,13 @@ def publish_all(producer: Producer, messages: Iterable[Outgoing], timeout: float
     for m in messages:
         while True:
             try:
-                producer.produce(m.topic, key=m.key, value=m.value, on_delivery=on_delivery)
+                if m.partition is None:
+                    producer.produce(m.topic, key=m.key, value=m.value, on_delivery=on_delivery)
+                else:
+                    producer.produce(
+                        m.topic, key=m.key, value=m.value, partition=m.partition,
+                        on_delivery=on_delivery,
+                    )  # fmt: skip
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -400,6 +407,137 @@ def read_compacted(bootstrap: str, topic: str, timeout: float = 15.0) -> dict[by
             if (msg.offset() or 0) + 1 >= ends[partition]:
                 done.add(partition)
         return out
+    finally:
+        c.close()
+
+
+# -- replaying ranges -----------------------------------------------------------------
+@dataclass(frozen=True)
+class PartitionRange:
+    """Offsets [start, end) of one partition: what a replay reads."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return max(0, self.end - self.start)
+
+
+def _reader(bootstrap: str, **extra: Any) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "trunkline-replay-reader",  # assigned, never joins or commits
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 3,
+            "logger": LIBRDKAFKA_LOG,
+            **extra,
+        }
+    )
+
+
+def offset_ranges(
+    bootstrap: str,
+    topics: Iterable[str],
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    timeout: float = 15.0,
+) -> list[PartitionRange]:
+    """Each partition's offsets from the first record at or after `from_ms` (else the
+    oldest kept) to the first at or after `to_ms` (else the end), ends taken now: a reader
+    that stops there reads what existed when it started."""
+    c = _reader(bootstrap)
+    try:
+        out = []
+        for topic in topics:
+            for p in _topic_partitions(c, topic, timeout):
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                start, end = low, high
+
+                def at(ms: int, _t: str = topic, _p: int = p, _high: int = high) -> int:
+                    found = c.offsets_for_times([TopicPartition(_t, _p, ms)], timeout=timeout)
+                    offset = found[0].offset
+                    return _high if offset < 0 else offset  # -1: no record that late
+
+                if from_ms is not None:
+                    start = max(low, at(from_ms))
+                if to_ms is not None:
+                    end = min(high, at(to_ms))
+                out.append(PartitionRange(topic, p, start, max(start, end)))
+        return out
+    finally:
+        c.close()
+
+
+def read_ranges(
+    bootstrap: str, ranges: Iterable[PartitionRange], batch: int = 10_000, timeout: float = 30.0
+) -> Iterable[list[Message]]:
+    """The records of `ranges`, in batches (each partition's in order), until every range
+    is read to its end; PublishError when nothing arrives for `timeout` seconds."""
+    todo = {(r.topic, r.partition): r for r in ranges if r.size}
+    if not todo:
+        return
+    c = _reader(bootstrap, **{"queued.min.messages": 100_000, "fetch.wait.max.ms": 50})
+    try:
+        c.assign([TopicPartition(t, p, r.start) for (t, p), r in todo.items()])
+        quiet_since = time.monotonic()
+        while todo:
+            msgs = c.consume(num_messages=batch, timeout=0.5)
+            out = []
+            for msg in msgs:
+                key = (msg.topic() or "", msg.partition() or 0)
+                r = todo.get(key)
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if r is not None and (msg.offset() or 0) >= r.end:
+                            del todo[key]
+                        continue
+                    raise PublishError(f"reading {key[0]}[{key[1]}]: {err}")
+                if r is None or (msg.offset() or 0) >= r.end:
+                    continue  # past this range's end (other partitions still read)
+                out.append(msg)
+                if (msg.offset() or 0) + 1 >= r.end:
+                    del todo[key]
+            if out:
+                quiet_since = time.monotonic()
+                yield out
+            elif time.monotonic() - quiet_since > timeout:
+                left = ", ".join(f"{t}[{p}]" for t, p in sorted(todo))
+                raise PublishError(f"no record for {timeout:.0f}s while reading {left}")
+    finally:
+        c.close()
+
+
+def topic_exists(bootstrap: str, topic: str, timeout: float = 15.0) -> bool:
+    c = _reader(bootstrap)
+    try:
+        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        return meta is not None and meta.error is None
+    except KafkaException as exc:
+        raise PublishError(f"cannot list topics at {bootstrap}: {exc}") from exc
+    finally:
+        c.close()
+
+
+def committed_offsets(
+    bootstrap: str, group: str, partitions: Iterable[tuple[str, int]], timeout: float = 15.0
+) -> dict[tuple[str, int], int]:
+    """A consumer group's committed offsets (-1: none), read without joining it."""
+    c = _reader(bootstrap, **{"group.id": group})
+    try:
+        asked = [TopicPartition(t, p) for t, p in partitions]
+        if not asked:
+            return {}
+        try:
+            found = c.committed(asked, timeout=timeout)
+        except KafkaException as exc:
+            raise PublishError(f"committed offsets of {group}: {exc}") from exc
+        return {(tp.topic, tp.partition): tp.offset for tp in found}
     finally:
         c.close()
 

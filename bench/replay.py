@@ -1,0 +1,192 @@
+"""`trunkline replay rebuild`'s speed, without the broker: events per second on one core.
+
+It generates N call events with a realistic mix of lifecycles (per call: 70% answered
+SIP calls, offer -> admitted -> routed -> accepted -> answered -> ended; 15% refused by
+admission; 10% cancelled before a media node took them; 5% Twilio calls with a ringing
+report), Avro-encoded as the topics hold them, spread over call-events' six partitions.
+Then, pinned to one core, best of 3 for each stage:
+
+  decoding     the codec over every record (schemas/codec.py)
+  tables       the machines re-run (the billing machine over call-events) and the
+               ClickHouse rows projected (streams/rebuild.py, streams/projection.py)
+  ClickHouse   the rows as JSONCompactEachRow blocks of 50,000 into a shadow table in a
+               fresh chDB (streams/shadow.py)
+  end to end   all of it in one pass, as the command does after reading a batch
+
+Floor: 50,000 events/s end to end (aim 100,000). Reading from Kafka is not included
+(`bench.sink` measures a consumer).
+
+    .venv/bin/python -m bench.replay [--events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench._util import machine_speed, speed_line
+
+T0 = 1_780_000_000_000
+FLOOR, AIM = 50_000, 100_000
+
+
+def generate(n: int) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of `n` call events, each call's events in its partition."""
+    import random
+
+    from schemas.codec import SingleObjectCodec
+    from tests.samples import sample
+    from trunkline.core.kafka import partition_for
+
+    codec = SingleObjectCodec()
+    rnd = random.Random(7)
+    offsets = [0] * 6
+    out: list[tuple[int, int, bytes]] = []
+    call = 0
+    while len(out) < n:
+        call += 1
+        call_id = str(uuid.UUID(int=rnd.getrandbits(128)))
+        at = T0 + call * 7
+        kind = rnd.random()
+        if kind < 0.70:
+            names = ["CallOffered", "CallAdmitted", "CallRouted", "CallAccepted",
+                     "CallAnswered", "CallEnded"]  # fmt: skip
+        elif kind < 0.85:
+            names = ["CallOffered", "CallRejected"]
+        elif kind < 0.95:
+            names = ["CallOffered", "CallAdmitted", "CallRouted", "CallEnded"]
+        else:
+            names = ["CallOffered", "CallAdmitted", "CallRouted", "CallProgress",
+                     "CallAnswered", "CallEnded"]  # fmt: skip
+        p = partition_for(call_id.encode(), 6)
+        for i, name in enumerate(names):
+            record: dict[str, Any] = sample(name, call_id, at + i * 300)
+            record["envelope"]["event_id"] = f"{call_id}/{i}"
+            if name == "CallEnded":
+                record["reason"] = "cancelled" if len(names) == 4 else "completed"
+                record["talk_ms"] = rnd.randrange(1_000, 600_000)
+            if "CallProgress" in names and name == "CallOffered":
+                record.update(provider="TWILIO", provider_call_id=f"CA{call}")
+            out.append((p, offsets[p], codec.encode(name, record)))
+            offsets[p] += 1
+    return out[:n]
+
+
+CONFIG: dict[str, dict[str, Any]] = {
+    "businesses": {"123": {"id": "123", "plan_id": "starter"}},
+    "plans": {"starter": {"id": "starter", "rate_plan_id": "std", "max_concurrent_calls": 100}},
+    "ratePlans": {
+        "std@1": {
+            "envelope": {"event_id": "config-std-1"}, "id": "std", "version": 1,
+            "effective_from": T0 - 86_400_000, "currency": "USD",
+            "inbound_per_minute": "0.0085", "outbound_per_minute": "0.0140",
+            "connect_fee": "0.0010", "increment_first": 30, "increment_step": 6,
+            "minimum_seconds": 0,
+        }
+    },
+}  # fmt: skip
+
+
+def best(fn: Any, rounds: int = 3) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--events", type=int, default=1_000_000, help="call events (default 1M)")
+    args = p.parse_args()
+    from schemas.codec import SingleObjectCodec
+    from streams import routing
+    from streams.clickhouse import ClickHouseStore
+    from streams.rebuild import LogRecord, Rebuilder
+    from trunkline.stack.replay import LocalShadow, _Blocks
+
+    speeds = machine_speed()
+    print(speed_line(speeds))
+    t0 = time.perf_counter()
+    values = generate(args.events)
+    print(f"# generated {len(values):,} events in {time.perf_counter() - t0:.1f} s")
+    # one core: the one that was least busy (the machine is shared); chDB's threads
+    # inherit the affinity, so its inserts run on the same core
+    core = max(range(len(speeds)), key=lambda i: speeds[i])
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[core]})
+    print(f"# pinned to core {core}")
+    codec = SingleObjectCodec()
+    decode = codec.decode
+    n = len(values)
+
+    decoded: list[tuple[int, int, str, dict[str, Any]]] = []
+
+    def decoding() -> None:
+        decoded.clear()
+        decoded.extend((p, o, *decode(v)) for p, o, v in values)
+
+    def tables(rows: Any = None) -> Rebuilder:
+        sink = rows if rows is not None else (lambda table, row: None)
+        r = Rebuilder(CONFIG, routing.Settings(), sink)
+        for p, o, name, record in decoded:
+            rec = LogRecord("call-events", p, o, T0, name, record)
+            r.run_machines(rec)
+            r.project(rec)
+        return r
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-replay-"))
+    try:
+        store = ClickHouseStore(f"chdb://{tmp}/chdb")
+        store.ensure_schema()
+        target = LocalShadow(store)
+        collected: list[tuple[str, Any]] = []
+        decoding()
+        tables(lambda table, row: collected.append((table, row)))
+
+        def clickhouse() -> None:
+            target.create(("call_events_log",))
+            blocks = _Blocks(target)
+            for table, row in collected:
+                blocks.add(table, row)
+            blocks.flush()
+
+        def end_to_end() -> None:
+            target.create(("call_events_log",))
+            blocks = _Blocks(target)
+            r = Rebuilder(CONFIG, routing.Settings(), blocks.add)
+            for p, o, v in values:
+                name, record = decode(v)
+                rec = LogRecord("call-events", p, o, T0, name, record)
+                r.run_machines(rec)
+                r.project(rec)
+            blocks.flush()
+
+        s_decode = best(decoding)
+        s_tables = best(tables)
+        s_ch = best(clickhouse)
+        stored = store.query("SELECT count() AS n FROM trunkline.call_events_log__shadow")[0]["n"]
+        assert stored == n, f"{stored} rows stored of {n}"
+        s_all = best(end_to_end)
+        rows = store.query("SELECT count() AS n FROM trunkline.call_events_log__shadow")[0]["n"]
+        assert rows == n, f"{rows} rows stored of {n}"
+        store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for what, secs in (("decoding", s_decode), ("tables (billing machine + rows)", s_tables),
+                       ("ClickHouse (chDB inserts)", s_ch)):  # fmt: skip
+        print(f"{what}: {n / secs:,.0f} events/s")
+    rate = n / s_all
+    verdict = "pass" if rate >= FLOOR else "FAIL"
+    print(f"end to end: {rate:,.0f} events/s on one core ({n:,} events; floor {FLOOR:,}, "
+          f"aim {AIM:,}): {verdict}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

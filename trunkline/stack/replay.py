@@ -1,0 +1,763 @@
+"""Replay for the operator: rebuild every projection from the topics, verify it against
+the live one, promote it; export and re-publish events.
+
+`rebuild` records each topic's end offsets when it starts and reads up to them:
+- `call-events`, `billing` and `webhook-deliveries` (from `--from`, else their oldest
+  record) are projected, as the sink projects them, into shadow ClickHouse tables
+  (streams/shadow.py);
+- the machines re-run over their inputs from the oldest record kept (a machine's state at
+  any time depends on everything before it): admission over `admission`, routing over
+  `routing` and `backend-heartbeats` (each partition's two topics merged by record time),
+  billing over `call-events`; the config is the compacted config topics as they are now.
+  Their shadow tables stay in this process (streams/rebuild.py) and are compared with the
+  live changelogs.
+
+Reaching ClickHouse: with the embedded chDB only one process may open the data path, and
+the running sink owns it, so the shadow operations go through the sink's HTTP API
+(`/replay/...`, the same way `trunkline calls` reads); the heavy part (reading, decoding,
+projecting) stays here, and only finished row blocks cross. When no sink answers (or
+with a ClickHouse server), this process opens the store itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from confluent_kafka import Message
+
+from schemas.codec import Codec, CodecError, make_codec
+from schemas.registry import LIFECYCLE_EVENTS
+from streams import queries, routing, shadow
+from streams.clickhouse import ClickHouseStore, ClickHouseUnavailable
+from streams.projection import json_compact_each_row
+from streams.rebuild import (
+    BILLING_TABLES,
+    SOURCES,
+    LogRecord,
+    Rebuilder,
+    Table,
+    differing_keys,
+    entries_digest,
+    routing_stream,
+)
+from trunkline.core import kafka
+from trunkline.core.settings import Settings
+from trunkline.core.topics import (
+    ADMISSION,
+    ALL_TOPICS,
+    BILLING,
+    BILLING_CONFIG_SECTIONS,
+    CALL_EVENTS,
+    CONFIG_TOPICS,
+    DEAD_LETTERS,
+    HEARTBEATS,
+    ROUTING,
+    WEBHOOK_DELIVERIES,
+    WORKER_CONFIG_SECTIONS,
+    TopicSpec,
+    billing_app_id,
+)
+from trunkline.stack.base import BadInput, StackError
+
+#: rows per insert into a shadow table
+BLOCK_ROWS = 50_000
+#: the topics whose records feed the ClickHouse tables
+CH_TOPICS: tuple[TopicSpec, ...] = (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
+#: topics `replay events` reads, by suffix
+EVENT_TOPICS: dict[str, TopicSpec] = {
+    t.suffix: t for t in ALL_TOPICS if not t.compacted and t.records[0] not in ("json",)
+} | {t.suffix: t for t in CONFIG_TOPICS.values()}
+#: what the machines and services consume: re-publishing into these needs --force
+#: (every declared topic has a consumer: machines, edges, media nodes, dialers, the sink,
+#: the webhook service; only the dead letters are read by people)
+LIVE_INPUTS = frozenset(t.suffix for t in ALL_TOPICS if t is not DEAD_LETTERS)
+
+
+# -- arguments ----------------------------------------------------------------------------
+_AGO = re.compile(r"^\d+[smhdw]$")
+
+
+def parse_time(text: str, what: str, now_ms: int | None = None) -> int:
+    """An operator's time as epoch ms: ISO 8601 (UTC unless it says otherwise), epoch
+    milliseconds, a duration ago (`15m`, `2h`, `7d`) or `now`. BadInput naming `what`."""
+    raw = text.strip()
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if raw == "now":
+        return now
+    if _AGO.match(raw):
+        return now - queries.parse_duration(raw) * 1000
+    if raw.isdigit() and len(raw) >= 12:
+        return int(raw)
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(
+            f"{what}: {text!r} is not a time (ISO 8601 like 2026-11-30T19:00:00Z, epoch "
+            "milliseconds, a duration ago like 15m or 2h, or now)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def _window(from_ms: int | None, to_ms: int | None) -> None:
+    if from_ms is not None and to_ms is not None and from_ms >= to_ms:
+        raise BadInput("--from must be earlier than --to")
+
+
+# -- progress -----------------------------------------------------------------------------
+class RebuildProgress(Protocol):
+    def phase(self, what: str, total: int) -> None:
+        """A new phase that will take `total` records."""
+
+    def advance(self, done: int) -> None:
+        """`done` more records of the current phase are handled."""
+
+
+class NoProgress:
+    def phase(self, what: str, total: int) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
+
+
+# -- where the shadow tables are ----------------------------------------------------------
+class ShadowTarget(Protocol):
+    def create(self, tables: tuple[str, ...]) -> None: ...
+
+    def insert(self, table: str, block: bytes) -> None: ...
+
+    def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]: ...
+
+    def swap(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]: ...
+
+    def clean(self) -> list[str]: ...
+
+    def existing(self) -> dict[str, list[str]]: ...
+
+
+class LocalShadow:
+    """The store opened by this process (a ClickHouse server, or chDB with no sink)."""
+
+    def __init__(self, store: ClickHouseStore) -> None:
+        self.store = store
+        self.where = f"ClickHouse at {store.dsn}"
+
+    def create(self, tables: tuple[str, ...]) -> None:
+        shadow.create(self.store, tables)
+
+    def insert(self, table: str, block: bytes) -> None:
+        shadow.insert(self.store, table, block)
+
+    def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
+        return shadow.compare(self.store, table, ranges)
+
+    def swap(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
+        return shadow.swap(self.store, table, ranges)
+
+    def clean(self) -> list[str]:
+        return shadow.clean(self.store)
+
+    def existing(self) -> dict[str, list[str]]:
+        return shadow.existing(self.store)
+
+
+class SinkShadow:
+    """The sink's `/replay/...` API: the sink owns the embedded chDB."""
+
+    def __init__(self, base_url: str, timeout: float = 600.0) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self.where = f"the sink at {base_url}"
+
+    def _post(self, path: str, body: bytes, content_type: str = "application/json") -> Any:
+        req = urllib.request.Request(
+            f"{self.base_url}{path}", data=body, method="POST",
+            headers={"Content-Type": content_type},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = json.load(exc).get("error", exc.reason)
+            except ValueError:
+                detail = exc.reason
+            if exc.code == 400:
+                raise BadInput(str(detail)) from exc
+            raise StackError(f"the sink answered {exc.code} to {path}: {detail}") from exc
+
+    def _json(self, path: str, body: dict[str, Any]) -> Any:
+        return self._post(path, orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS))
+
+    def create(self, tables: tuple[str, ...]) -> None:
+        self._json("/replay/shadow/", {"tables": list(tables)})
+
+    def insert(self, table: str, block: bytes) -> None:
+        self._post(f"/replay/shadow/{table}/rows/", block, "application/x-ndjson")
+
+    def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("/replay/compare/", {"table": table, "ranges": ranges})
+        return result
+
+    def swap(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("/replay/swap/", {"table": table, "ranges": ranges})
+        return result
+
+    def clean(self) -> list[str]:
+        dropped: list[str] = self._json("/replay/clean/", {})
+        return dropped
+
+    def existing(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = self._json("/replay/tables/", {})
+        return found
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/health/", timeout=5) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def open_target(s: Settings) -> tuple[ShadowTarget, Callable[[], None]]:
+    """The sink's API when it owns the embedded engine and answers; else the store
+    itself. Returns the target and what closes it."""
+    if s.is_embedded_clickhouse:
+        sink = SinkShadow(s.sink_url)
+        if sink.answers():
+            return sink, lambda: None
+    try:
+        store = ClickHouseStore(s.clickhouse_dsn)
+        store.ensure_schema()
+    except ClickHouseUnavailable as exc:
+        raise StackError(f"{exc} (is the sink running? it owns the embedded engine)") from exc
+    return LocalShadow(store), store.close
+
+
+# -- results ------------------------------------------------------------------------------
+@dataclass
+class TableCheck:
+    """One table's verification: shadow vs live."""
+
+    table: str
+    kind: str  # "clickhouse" or "faust"
+    live: dict[str, int]
+    shadow: dict[str, int]
+    equal: bool
+    differing: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class RebuildReport:
+    ranges: dict[str, list[dict[str, int]]]  # topic -> [{partition, start, end}]
+    records: int
+    rows: dict[str, int]  # shadow table -> rows written
+    undecodable: int
+    machine_tables: dict[str, int]  # Faust table -> live entries in the shadow
+    skipped: int  # events a machine refused (as the agents skip them)
+    seconds: float
+    via: str
+    checks: list[TableCheck] = field(default_factory=list)
+    swapped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return all(c.equal for c in self.checks)
+
+
+# -- the rebuild --------------------------------------------------------------------------
+def _name(s: Settings, spec: TopicSpec) -> str:
+    return spec.name(s.topic_prefix)
+
+
+def read_config(s: Settings, codec: Codec) -> dict[str, dict[str, Any]]:
+    """The config sections the machines read, as they are now (compacted topics)."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dict.fromkeys(WORKER_CONFIG_SECTIONS + BILLING_CONFIG_SECTIONS):
+        records: dict[str, Any] = {}
+        for key, value in kafka.read_compacted(
+            s.kafka_bootstrap, _name(s, CONFIG_TOPICS[section])
+        ).items():
+            if value is None:
+                continue
+            name, record = codec.decode(value)
+            record["_type"] = name  # as the worker's config tables hold them
+            records[key.decode()] = record
+        out[section] = records
+    return out
+
+
+def _ranges_by_topic(ranges: Iterable[kafka.PartitionRange]) -> dict[str, list[dict[str, int]]]:
+    out: dict[str, list[dict[str, int]]] = {}
+    for r in ranges:
+        out.setdefault(r.topic, []).append(
+            {"partition": r.partition, "start": r.start, "end": r.end}
+        )
+    return out
+
+
+def _table_ranges(ranges: Iterable[kafka.PartitionRange], topic: str) -> dict[int, tuple[int, int]]:
+    return {r.partition: (r.start, r.end) for r in ranges if r.topic == topic}
+
+
+class _Blocks:
+    """Rows per shadow table, sent in blocks of BLOCK_ROWS."""
+
+    def __init__(self, target: ShadowTarget) -> None:
+        self.target = target
+        self.rows: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
+        self.written: dict[str, int] = dict.fromkeys(shadow.TABLES, 0)
+
+    def add(self, table: str, row: Any) -> None:
+        rows = self.rows[table]
+        rows.append(row)
+        if len(rows) >= BLOCK_ROWS:
+            self.flush(table)
+
+    def flush(self, table: str | None = None) -> None:
+        for t in [table] if table else list(self.rows):
+            if self.rows[t]:
+                self.target.insert(t, json_compact_each_row(self.rows[t]))
+                self.written[t] += len(self.rows[t])
+                self.rows[t] = []
+
+
+def rebuild(
+    s: Settings,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    verify: bool = False,
+    swap: bool = False,
+    progress: RebuildProgress | None = None,
+    target: ShadowTarget | None = None,
+) -> RebuildReport:
+    """Rebuild every projection into shadows; `verify` compares them with the live ones;
+    `swap` promotes the ClickHouse shadows whatever verify found (a swap is how a wrong
+    live table is repaired: the operator's call)."""
+    _window(from_ms, to_ms)
+    progress = progress or NoProgress()
+    started = time.monotonic()
+    codec = make_codec(s.schema_registry_url)
+    boot = s.kafka_bootstrap
+    history = _name(s, CALL_EVENTS)
+    try:
+        # every end offset taken once, now: the rebuild reads what existed when it started
+        full = kafka.offset_ranges(
+            boot, [_name(s, t) for t in (*CH_TOPICS, ADMISSION, ROUTING, HEARTBEATS)], None, to_ms
+        )
+        starts = {}
+        if from_ms is not None:
+            for r in kafka.offset_ranges(boot, [_name(s, t) for t in CH_TOPICS], from_ms, to_ms):
+                starts[(r.topic, r.partition)] = r.start
+        config = read_config(s, codec)
+    except kafka.PublishError as exc:
+        raise StackError(str(exc)) from exc
+    ch_names = {_name(s, t) for t in CH_TOPICS}
+    ch_ranges = [
+        kafka.PartitionRange(r.topic, r.partition, s0, max(s0, r.end))
+        for r in full
+        if r.topic in ch_names
+        for s0 in [starts.get((r.topic, r.partition), r.start)]
+    ]
+    # the machines: their inputs from the oldest record kept (billing: all of call-events)
+    machine_ranges = [r for r in full if r.topic not in ch_names or r.topic == history]
+    if verify:
+        # a live table is the state at its worker's committed offsets (its changelog is
+        # written in the flush before each commit): compare the machines there
+        machine_ranges = _at_committed(s, machine_ranges, history)
+    billing_end = {r.partition: r.end for r in machine_ranges if r.topic == history}
+    opened: Callable[[], None] = lambda: None  # noqa: E731
+    if target is None:
+        target, opened = open_target(s)
+    try:
+        target.create(shadow.TABLES)
+        blocks = _Blocks(target)
+        rebuilder = Rebuilder(
+            config,
+            routing.Settings(
+                redirect_timeout_ms=s.redirect_timeout_ms,
+                heartbeat_timeout_ms=s.heartbeat_timeout_ms,
+            ),
+            blocks.add,
+            s.state_retention_ms,
+            s.billing_retention_ms,
+        )
+        ch_start = {(r.topic, r.partition): r.start for r in ch_ranges}
+        ch_end = {(r.topic, r.partition): r.end for r in ch_ranges}
+        suffix = {_name(s, t): t.suffix for t in ALL_TOPICS}
+        undecodable = 0
+
+        # 1. call-events (projection + billing), billing, webhook-deliveries: streamed
+        streamed = [r for r in full if r.topic == history]  # from the oldest: billing
+        streamed += [r for r in ch_ranges if r.topic != history]
+        progress.phase("ClickHouse tables and billing", sum(r.size for r in streamed))
+        decode = codec.decode
+        for batch in kafka.read_ranges(boot, streamed):
+            for msg in batch:
+                topic, partition = msg.topic() or "", msg.partition() or 0
+                offset = msg.offset() or 0
+                try:
+                    name, record = decode(msg.value() or b"")
+                except CodecError:
+                    undecodable += 1
+                    continue
+                rec = LogRecord(suffix[topic], partition, offset, msg.timestamp()[1], name, record)
+                if topic == history and offset < billing_end[partition]:
+                    rebuilder.run_machines(rec)
+                if ch_start[(topic, partition)] <= offset < ch_end[(topic, partition)]:
+                    rebuilder.project(rec)
+            progress.advance(len(batch))
+        blocks.flush()
+
+        # 2. the decision machines: each partition in order, routing merged with heartbeats
+        decision_ranges = [r for r in machine_ranges if r.topic != history]
+        progress.phase("decision tables", sum(r.size for r in decision_ranges))
+        kept: dict[tuple[str, int], list[LogRecord]] = {}
+        for batch in kafka.read_ranges(boot, decision_ranges):
+            for msg in batch:
+                topic, partition = msg.topic() or "", msg.partition() or 0
+                try:
+                    name, record = decode(msg.value() or b"")
+                except CodecError:
+                    undecodable += 1
+                    continue
+                kept.setdefault((suffix[topic], partition), []).append(
+                    LogRecord(
+                        suffix[topic],
+                        partition,
+                        msg.offset() or 0,
+                        msg.timestamp()[1],
+                        name,
+                        record,
+                    )
+                )
+        for partition in range(ADMISSION.partitions):
+            for rec in kept.get(("admission", partition), []):
+                rebuilder.run_machines(rec)
+            progress.advance(len(kept.get(("admission", partition), [])))
+        for partition in range(ROUTING.partitions):
+            ours = kept.get(("routing", partition), [])
+            beats = kept.get(("backend-heartbeats", partition), [])
+            for rec in routing_stream(ours, beats):
+                rebuilder.run_machines(rec)
+            progress.advance(len(ours) + len(beats))
+        undecodable += rebuilder.unprojectable
+        decisions = rebuilder.decisions
+        rater = rebuilder.billing
+
+        machine_tables = {**decisions.tables(), **rater.tables()}
+        all_ranges = ch_ranges + [r for r in machine_ranges if r.topic != history]
+        report = RebuildReport(
+            ranges=_ranges_by_topic(all_ranges),
+            records=sum(r.size for r in streamed) + sum(r.size for r in decision_ranges),
+            rows=dict(blocks.written),
+            undecodable=undecodable,
+            machine_tables={k: len(t.live()) for k, t in machine_tables.items()},
+            skipped=decisions.skipped + rater.skipped,
+            seconds=0.0,
+            via=getattr(target, "where", "ClickHouse"),
+        )
+        if verify:
+            progress.phase("verify", len(shadow.TABLES) + len(machine_tables))
+            for t in CH_TOPICS:
+                name = _name(s, t)
+                result = target.compare(SOURCES[t.suffix], _table_ranges(ch_ranges, name))
+                report.checks.append(
+                    TableCheck(
+                        result["table"],
+                        "clickhouse",
+                        result["live"],
+                        result["shadow"],
+                        bool(result["equal"]),
+                        list(result["differing_calls"]),
+                    )
+                )
+                progress.advance(1)
+            ends = {(r.topic, r.partition): r.end for r in full}
+            report.checks += _verify_machines(s, machine_tables, machine_ranges, history, ends)
+            progress.advance(len(machine_tables))
+        if swap:
+            for t in CH_TOPICS:
+                name = _name(s, t)
+                report.swapped.append(
+                    target.swap(SOURCES[t.suffix], _table_ranges(ch_ranges, name))
+                )
+        report.seconds = time.monotonic() - started
+        return report
+    finally:
+        opened()
+
+
+def _changelog(s: Settings, table: str) -> str:
+    app = billing_app_id(s.app_id) if table in BILLING_TABLES else s.app_id
+    return f"{app}-{table}-changelog"
+
+
+def _verify_machines(
+    s: Settings,
+    tables: dict[str, Table],
+    ranges: list[kafka.PartitionRange],
+    history: str,
+    ends: dict[tuple[str, int], int],
+) -> list[TableCheck]:
+    """Each machine table's shadow against its live changelog; a note when the live
+    worker's committed offsets are not the rebuild's end offsets (its tables then hold
+    more, or fewer, events than the shadow)."""
+    checks = []
+    for table, shadow_table in tables.items():
+        try:
+            raw = kafka.read_compacted(s.kafka_bootstrap, _changelog(s, table))
+        except kafka.PublishError as exc:
+            checks.append(TableCheck(table, "faust", {}, {}, False, [], str(exc)))
+            continue
+        live = {_table_key(k): orjson.loads(v) for k, v in raw.items() if v is not None}
+        mine = shadow_table.live()
+        a, b = entries_digest(live), entries_digest(mine)
+        equal = a == b
+        group = billing_app_id(s.app_id) if table in BILLING_TABLES else s.app_id
+        inputs = [r for r in ranges if (r.topic == history) == (table in BILLING_TABLES)]
+        keys = [] if equal else differing_keys(live, mine)
+        note = _behind(group, inputs, ends)
+        if keys:
+            what = _fields_differing(live.get(keys[0]), mine.get(keys[0]))
+            note = "; ".join(x for x in (note, f"{keys[0]}: {what}") if x)
+        checks.append(
+            TableCheck(
+                table,
+                "faust",
+                {"count": a.count, "xor": a.xor},
+                {"count": b.count, "xor": b.xor},
+                equal,
+                keys,
+                note,
+            )
+        )
+    return checks
+
+
+def _fields_differing(live: Any, shadow: Any, limit: int = 4) -> str:
+    """How one entry differs: the fields with their live and shadow values."""
+    if not isinstance(live, dict) or not isinstance(shadow, dict):
+        return f"live {live!r:.120}, shadow {shadow!r:.120}"
+    fields = sorted(k for k in set(live) | set(shadow) if live.get(k) != shadow.get(k))
+    return ", ".join(
+        f"{k} live {live.get(k)!r:.80} shadow {shadow.get(k)!r:.80}" for k in fields[:limit]
+    )
+
+
+def _table_key(raw: bytes) -> str:
+    """A changelog key as the table knows it: Faust writes a table's keys as JSON."""
+    try:
+        key = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace")
+    return key if isinstance(key, str) else raw.decode("utf-8", "replace")
+
+
+def _at_committed(
+    s: Settings, ranges: list[kafka.PartitionRange], history: str
+) -> list[kafka.PartitionRange]:
+    """`ranges` ending at the live workers' committed offsets (the decision worker's on
+    its inputs, the billing worker's on call-events); a partition it never committed is
+    one it holds nothing of."""
+    out = []
+    for group, ours in (
+        (s.app_id, [r for r in ranges if r.topic != history]),
+        (billing_app_id(s.app_id), [r for r in ranges if r.topic == history]),
+    ):
+        try:
+            committed = kafka.committed_offsets(
+                s.kafka_bootstrap, group, [(r.topic, r.partition) for r in ours]
+            )
+        except kafka.PublishError as exc:
+            raise StackError(str(exc)) from exc
+        for r in ours:
+            at = committed.get((r.topic, r.partition), -1)
+            end = min(r.end, at) if at >= 0 else r.start
+            out.append(kafka.PartitionRange(r.topic, r.partition, r.start, max(r.start, end)))
+    return out
+
+
+def _behind(
+    group: str, ranges: list[kafka.PartitionRange], full: dict[tuple[str, int], int]
+) -> str:
+    """Where the compared range stops short of the end offsets (the live worker's
+    position), for the report."""
+    short = [
+        f"{r.topic}[{r.partition}] {r.end}/{full[(r.topic, r.partition)]}"
+        for r in ranges
+        if r.end < full[(r.topic, r.partition)]
+    ]
+    if not short:
+        return ""
+    return f"compared at {group}'s committed offsets, short of the end: " + ", ".join(short[:4])
+
+
+def clean(s: Settings) -> list[str]:
+    target, close = open_target(s)
+    try:
+        return target.clean()
+    finally:
+        close()
+
+
+# -- replay events ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EventFilter:
+    call_id: str | None = None
+    business_id: str | None = None
+    type: str | None = None
+
+    def matches(self, name: str, record: dict[str, Any]) -> bool:
+        if self.type is not None and name != self.type:
+            return False
+        env = record.get("envelope") or {}
+        if self.call_id is not None and env.get("call_id") != self.call_id:
+            return False
+        return self.business_id is None or record.get("business_id") == self.business_id
+
+
+@dataclass
+class EventsReport:
+    topic: str
+    read: int
+    matched: int
+    written: int
+    destination: str  # a file, a topic, or "" (dry run)
+
+
+def event_topic(s: Settings, name: str) -> str:
+    """The topic `--topic` names: one of ours by its short name (prefixed here), or the
+    full name of a topic that exists (a copy `--to-topic` made)."""
+    spec = EVENT_TOPICS.get(name)
+    if spec is not None:
+        return _name(s, spec)
+    known = ", ".join(sorted(EVENT_TOPICS))
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+        raise BadInput(f"--topic: {name!r} is not a topic name; one of {known}")
+    if not kafka.topic_exists(s.kafka_bootstrap, name):
+        raise BadInput(f"--topic: unknown topic {name!r}: not one of {known}, nor on the broker")
+    return name
+
+
+def check_filter(f: EventFilter) -> None:
+    known = set(LIFECYCLE_EVENTS) | set(make_codec().schemas.names())
+    if f.type is not None and f.type not in known:
+        raise BadInput(f"--type: unknown record type {f.type!r}; one of {', '.join(sorted(known))}")
+
+
+def target_topic(s: Settings, name: str, force: bool) -> str:
+    """The topic `--to-topic` names (with the prefix when it is one of ours); refused
+    when it is a live input of a machine or service, unless `force`."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name):
+        raise BadInput(f"--to-topic: {name!r} is not a valid Kafka topic name")
+    prefix = s.topic_prefix
+    suffix = name[len(prefix) :] if prefix and name.startswith(prefix) else name
+    internal = name.startswith(s.app_id + "-")
+    if (suffix in LIVE_INPUTS or internal) and not force:
+        raise BadInput(
+            f"--to-topic: {name!r} is a live input (machines or services consume it); "
+            "re-publishing there is repeated to them: add --force if that is what you want"
+        )
+    return s.topic_prefix + suffix if suffix in EVENT_TOPICS else name
+
+
+def events(
+    s: Settings,
+    topic: str,
+    from_ms: int | None,
+    to_ms: int | None,
+    where: EventFilter,
+    out: Path | None = None,
+    to_topic: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> EventsReport:
+    """Read `topic` between the times; write the matching events as JSON lines to `out`,
+    or re-publish their bytes unchanged (same key) to `to_topic`, or only count."""
+    check_filter(where)
+    _window(from_ms, to_ms)
+    if (out is not None) + (to_topic is not None) + bool(dry_run) != 1:
+        raise BadInput("give exactly one of --out FILE, --to-topic NAME, --dry-run")
+    dest = target_topic(s, to_topic, force) if to_topic else None
+    source = event_topic(s, topic)
+    if dest is not None and not kafka.topic_exists(s.kafka_bootstrap, dest):
+        raise BadInput(f"--to-topic: {dest!r} does not exist (create it first: the broker does "
+                       "not create topics on first use)")  # fmt: skip
+    if dest == source:
+        raise BadInput("--to-topic: the topic being read")
+    codec = make_codec(s.schema_registry_url)
+    try:
+        ranges = kafka.offset_ranges(s.kafka_bootstrap, [source], from_ms, to_ms)
+    except kafka.PublishError as exc:
+        raise StackError(str(exc)) from exc
+    report = EventsReport(source, 0, 0, 0, str(out) if out else (dest or ""))
+    matched = _matching(s, codec, ranges, where, report)
+    try:
+        if out is not None:
+            with open(out, "wb") as f:
+                for msg, name, record in matched:
+                    f.write(orjson.dumps(json_line(msg, name, record), default=str) + b"\n")
+                    report.written += 1
+        elif dest is not None:
+            producer = kafka.make_producer(s.kafka_bootstrap)
+            report.written = kafka.publish_all(
+                producer,
+                (kafka.Outgoing(dest, msg.key(), msg.value()) for msg, _n, _r in matched),
+            )
+        else:
+            for _ in matched:
+                pass
+    except kafka.PublishError as exc:
+        raise StackError(str(exc)) from exc
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write {out}: {exc}") from exc
+    return report
+
+
+def _matching(
+    s: Settings,
+    codec: Codec,
+    ranges: list[kafka.PartitionRange],
+    where: EventFilter,
+    report: EventsReport,
+) -> Iterator[tuple[Message, str, dict[str, Any]]]:
+    for batch in kafka.read_ranges(s.kafka_bootstrap, ranges):
+        for msg in batch:
+            report.read += 1
+            try:
+                name, record = codec.decode(msg.value() or b"")
+            except CodecError:
+                continue
+            if where.matches(name, record):
+                report.matched += 1
+                yield msg, name, record
+
+
+def json_line(msg: Message, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """One exported event: where it was, what type, the record (Avro as JSON: decimals
+    as strings), and its key."""
+    kind, ts = msg.timestamp()
+    key = msg.key()
+    return {
+        "topic": msg.topic(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "timestamp": ts if kind else None,
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+        "type": name,
+        "record": record,
+    }
