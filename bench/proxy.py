@@ -14,7 +14,12 @@ the idle stack still running): on this shared machine a core's figure dropped by
 
     .venv/bin/python -m bench.proxy [--rates 100,200,300,500,750,1000] [--seconds 10]
         [--repeat 3] [--kamailio-rates 500,1000,2000,4000] [--profile]
-        [--bootstrap HOST:PORT]
+        [--bootstrap HOST:PORT] [--workers N]
+
+`--workers N` (N > 1) measures the same rates with one worker and then with N workers
+sharing the decision path (TRUNKLINE_DECISION_PARTITIONS = 2N for both, and calls spread
+over one business and one region per partition, so every worker has work whatever it is
+assigned), and prints throughput and worker CPU per call side by side.
 
 Needs sipp and kamailio (scripts/setup --bench installs both).
 """
@@ -37,7 +42,7 @@ from pathlib import Path
 
 from bench._util import machine_speed, speed_line
 from tests.harness import free_port
-from tests.stack import CONFIG, running_stack
+from tests.stack import CONFIG, running_stack, spread_config
 from trunkline.core import kafka_local
 from trunkline.core.settings import Settings
 
@@ -60,6 +65,14 @@ class Run:
     p50_ms: float
     p99_ms: float
     cpu: dict[str, float] | None = None  # % of one core per process during the run
+    wall_s: float = 0.0
+
+    def cpu_ms_per_call(self, prefix: str) -> float:
+        """CPU milliseconds per succeeded call of the processes named `prefix`*."""
+        if not self.cpu or not self.succeeded:
+            return float("nan")
+        busy = sum(v for k, v in self.cpu.items() if k.startswith(prefix)) / 100 * self.wall_s
+        return busy / self.succeeded * 1000
 
     @property
     def ok(self) -> bool:
@@ -104,9 +117,17 @@ def run_sipp(
     seconds: float,
     workdir: Path,
     watch: dict[str, int] | None = None,
+    numbers: list[str] | None = None,
 ) -> Run:
+    """SIPp at `rate` for `seconds`; `numbers` (several): dialled in turn, one per call."""
     workdir.mkdir(parents=True, exist_ok=True)
     calls = max(1, int(rate * seconds))
+    scenario, extra = SCENARIO, []
+    if numbers and len(numbers) > 1:
+        (workdir / "numbers.csv").write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in numbers))
+        scenario = workdir / "invite_302_numbers.xml"
+        scenario.write_text(SCENARIO.read_text().replace("[service]", "[field0]"))
+        extra = ["-inf", str(workdir / "numbers.csv")]
     watch = dict(watch or {})
     before = {name: cpu_seconds(pid) for name, pid in watch.items()}
     t0 = time.monotonic()
@@ -114,9 +135,10 @@ def run_sipp(
         [
             "sipp",
             "-sf",
-            str(SCENARIO),
+            str(scenario),
+            *extra,
             "-s",
-            NUMBER,
+            (numbers or [NUMBER])[0],
             f"127.0.0.1:{port}",
             "-i",
             "127.0.0.1",
@@ -177,6 +199,7 @@ def run_sipp(
         p50_ms=percentile(rtts, 0.50),
         p99_ms=percentile(rtts, 0.99),
         cpu=cpu,
+        wall_s=wall,
     )
 
 
@@ -346,6 +369,12 @@ def main() -> None:
         "run's p99 is within the bound (this machine is shared: one run is noisy)",
     )
     ap.add_argument("--profile", action="store_true", help="py-spy the edge and the worker")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="N > 1: measure one worker, then N workers, on 2N decision partitions",
+    )
     args = ap.parse_args()
     for tool in ("sipp",) + (() if args.no_kamailio else ("kamailio",)):
         if shutil.which(tool) is None:
@@ -360,48 +389,66 @@ def main() -> None:
         kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
         bootstrap = f"127.0.0.1:{port}"
     results: list[Run] = []
-    try:
-        config = copy.deepcopy(CONFIG)
-        for plan in config["plans"]:
-            plan["maxConcurrentCalls"] = 1_000_000
-        for backend in config["backends"]:
-            backend["maxConcurrentCalls"] = 1_000_000
+
+    def measure(target: str, workers: int) -> None:
+        """The rates through a stack of `workers` workers; runs go to `results`."""
+        env = {"TRUNKLINE_REDIRECT_TIMEOUT_MS": "3000"}
+        numbers = [NUMBER]
+        beats: tuple[tuple[str, str], ...] = (("backend-1", "us-east-1"),)
+        if args.workers > 1:  # both stacks alike: only the number of workers differs
+            partitions = 2 * args.workers
+            config, numbers = spread_config(partitions)
+            env["TRUNKLINE_DECISION_PARTITIONS"] = str(partitions)
+            beats = tuple((b["id"], b["regionId"]) for b in config["backends"])
+        else:
+            config = copy.deepcopy(CONFIG)
+            for plan in config["plans"]:
+                plan["maxConcurrentCalls"] = 1_000_000
+            for backend in config["backends"]:
+                backend["maxConcurrentCalls"] = 1_000_000
         with running_stack(
             bootstrap,
-            root / "stack",
+            root / f"stack-{workers}",
             edges=("edge-a",),
             config=config,
             capacity=1_000_000,
-            env={"TRUNKLINE_REDIRECT_TIMEOUT_MS": "3000"},
+            env=env,
+            workers=workers,
+            heartbeat_backends=beats,
         ) as stack:
             port = stack.edges["edge-a"]
-            assert stack.worker.proc is not None and stack.sink.proc is not None
-            watch = {
-                "edge": stack.procs[0].pid,
-                "worker": stack.worker.proc.pid,
-                "sink": stack.sink.proc.pid,
-            }
+            assert stack.sink.proc is not None
+            watch = {"edge": stack.procs[0].pid, "sink": stack.sink.proc.pid}
+            for i, w in enumerate(stack.workers):
+                assert w.proc is not None
+                watch[f"worker{i + 1}" if workers > 1 else "worker"] = w.proc.pid
             broker_pid = kafka_local.read_pid(paths) if paths is not None else None
             if broker_pid:
                 watch["broker"] = broker_pid
             # a fresh broker spends its first minute compiling (JIT): warm it up at a
             # moderate rate first, or the first rates measure the JVM, not the path
-            run_sipp("warmup", port, 150, args.warmup, root / "warmup")
+            run_sipp("warmup", port, 150, args.warmup, root / f"warmup-{workers}", None, numbers)
             print(speed_line(machine_speed()), flush=True)
             print(
-                f"# trunkline: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
+                f"# {target}: SIP edge -> Kafka -> Faust admission -> routing -> edge; "
                 f"{args.seconds:g} s per rate, p99 bound {P99_BOUND_MS:g} ms",
                 flush=True,
             )
             for rate in rates:
                 for i in range(args.repeat):
                     run = run_sipp(
-                        "trunkline", port, rate, args.seconds, root / f"t{rate}-{i}", watch
+                        target,
+                        port,
+                        rate,
+                        args.seconds,
+                        root / f"t{workers}-{rate}-{i}",
+                        watch,
+                        numbers,
                     )
                     results.append(run)
                     print(run.line(), flush=True)
                     time.sleep(4)  # let redirect reservations expire between runs
-                print(verdict(results, "trunkline", rate), flush=True)
+                print(verdict(results, target, rate), flush=True)
                 print(speed_line(machine_speed()), flush=True)
             if args.profile:
                 # an extra run, not counted: py-spy's sampling slows what it watches
@@ -409,11 +456,32 @@ def main() -> None:
                 pids = {k: v for k, v in watch.items() if k != "broker"}
                 with ThreadPoolExecutor(1) as pool:
                     spied = pool.submit(profile, pids, args.seconds * 0.8, root)
-                    run = run_sipp("profiled", port, rate, args.seconds, root / "prof", watch)
+                    run = run_sipp(
+                        "profiled", port, rate, args.seconds, root / "prof", watch, numbers
+                    )
                     for name, lines in spied.result().items():
                         print(f"## profile at {rate}/s (extra run, not counted), own time: {name}")
                         print("\n".join(lines))
                 print(run.line(), flush=True)
+
+    try:
+        if args.workers > 1:
+            for workers in (1, args.workers):
+                measure(f"{workers}-worker" + ("s" if workers > 1 else ""), workers)
+            print(f"\n# one worker vs {args.workers} (median runs; CPU per succeeded call)")
+            for rate in rates:
+                for target in ("1-worker", f"{args.workers}-workers"):
+                    med = median_run(results, target, rate)
+                    if med:
+                        print(
+                            f"  {target:10} {rate:>5}/s: achieved {med.achieved_cps:7.1f}/s, "
+                            f"failed {med.failed}, p99 {med.p99_ms:6.1f} ms, worker CPU "
+                            f"{med.cpu_ms_per_call('worker'):5.2f} ms/call, edge "
+                            f"{med.cpu_ms_per_call('edge'):5.2f} ms/call, broker "
+                            f"{med.cpu_ms_per_call('broker'):5.2f} ms/call"
+                        )
+        else:
+            measure("trunkline", 1)
         if not args.no_kamailio:
             kport = free_port()
             k = start_kamailio(root / "kamailio", kport)
@@ -434,7 +502,8 @@ def main() -> None:
     finally:
         if paths is not None:
             kafka_local.stop(paths)
-    best = best_rate(results, "trunkline")
+    ours = "1-worker" if args.workers > 1 else "trunkline"
+    best = best_rate(results, ours)
     print(
         f"\ntrunkline: highest rate with 0 failures and median p99 <= {P99_BOUND_MS:g} ms, "
         f"every lower rate passing too ({args.repeat} runs per rate): "
@@ -450,7 +519,7 @@ def main() -> None:
         if kbest:
             print(f"ratio trunkline/kamailio at the same p99 bound: {best / kbest:.3f}")
         for rate in rates:
-            a, b = median_run(results, "trunkline", rate), median_run(results, "kamailio", rate)
+            a, b = median_run(results, ours, rate), median_run(results, "kamailio", rate)
             if a and b:
                 print(
                     f"  at {rate}/s (median runs): p99 {a.p99_ms:.1f} ms vs {b.p99_ms:.1f} ms, "

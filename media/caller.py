@@ -159,11 +159,14 @@ def place_call(
         media = SessionDescription.parse(answer.body).audio()
         assert media is not None
         remote = (SessionDescription.parse(answer.body).connection_for(media) or host, media.port)
-        _talk(rtp, remote, seconds, dtmf, result, sip)
-        if hang_up and not result.remote_bye:
-            sip.request("BYE", target, node, 3, remote_to)
-            bye = sip.final("BYE", 5)
-            result.bye_status = bye.status if bye else None
+        try:
+            _talk(rtp, remote, seconds, dtmf, result, sip)
+            if hang_up and not result.remote_bye:
+                sip.request("BYE", target, node, 3, remote_to)
+                bye = sip.final("BYE", 5)
+                result.bye_status = bye.status if bye else None
+        except OSError as exc:  # the node went away mid-call (ICMP port unreachable)
+            result.error = f"the media node went away: {exc}"
         return result
     finally:
         sip.sock.close()

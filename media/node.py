@@ -131,6 +131,7 @@ class MediaNode:
         self._inflight: set[asyncio.Task[None]] = set()  # SIP messages being handled
         self._ws_runner: web.AppRunner | None = None
         self.ready = threading.Event()
+        self.started_ms = self.wall_ms()  # heartbeats carry it: a restart is visible
 
     # -- clocks ---------------------------------------------------------------------------
     @staticmethod
@@ -369,6 +370,9 @@ class MediaNode:
                 "active_calls": self.active_calls,
                 "interval_ms": int(self.config.heartbeat_interval_s * 1000),
                 "draining": False,
+                # routing ends the calls a previous process of this node had accepted
+                # (streams/routing.py, backend_restarted): they died with it
+                "started_at": self.started_ms,
             }
             self.out.produce(
                 HEARTBEATS.name(self.settings.topic_prefix),

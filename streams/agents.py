@@ -22,6 +22,7 @@ from streams.emitter import Emitter
 from streams.patches import flush_with_faust
 from trunkline.core import logs
 from trunkline.core.events import envelope
+from trunkline.core.kafka import partition_for
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
     ADMISSION,
@@ -95,10 +96,12 @@ def register(
 ) -> Registered:
     prefix = settings.topic_prefix
 
+    partitions = settings.decision_partitions  # admission, routing, heartbeats, changelogs
+
     def topic(spec: Any, *more: Any) -> Any:
         names = [spec.name(prefix), *(m.name(prefix) for m in more)]
         return app.topic(
-            *names, key_serializer="tl-str", value_serializer="tl-avro", partitions=spec.partitions
+            *names, key_serializer="tl-str", value_serializer="tl-avro", partitions=partitions
         )
 
     admission_topic = topic(ADMISSION)
@@ -125,10 +128,10 @@ def register(
     emitter = Emitter(settings.kafka_bootstrap, codec, out_topics)
     flush_with_faust(emitter)
 
-    slots = table("admission-slots", ADMISSION.partitions)
-    reservations = table("routing-reservations", ROUTING.partitions)
-    heartbeats = table("routing-heartbeats", ROUTING.partitions)
-    ticks = table("routing-ticks", ROUTING.partitions)  # region -> routing.Watch
+    slots = table("admission-slots", partitions)
+    reservations = table("routing-reservations", partitions)
+    heartbeats = table("routing-heartbeats", partitions)
+    ticks = table("routing-ticks", partitions)  # region -> routing.Watch
     watches: dict[str, routing.Watch] = {}  # the ticks table, parsed
     slot_index = admission.SlotIndex()
     load_index = routing.LoadIndex()
@@ -161,12 +164,30 @@ def register(
         reservations, reservations_done, load_index, routing.Reservation.from_json
     )
 
+    def active_partitions(topic_name: str) -> set[int]:
+        """This worker's active partitions of `topic_name` (its current assignment)."""
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic_name}
+
+    def owned(key: str, active: set[int]) -> bool:
+        """Whether `key` (a business or region id: the input topic's key) lives in one of
+        `active`: edges and admission key by it with the murmur2 partitioner."""
+        return partition_for(key.encode(), partitions) in active
+
+    # The tables' stores hold every partition this worker ever read, standby replicas and
+    # partitions a rebalance took away included (Faust's memory store never drops them).
+    # The counts are rebuilt from the active partitions only, so with several workers
+    # each one's /state views hold exactly the calls it decides, and their union is the
+    # whole: a standby's copy would go stale here (nothing but the agents updates them).
     @slots.on_recover
     async def _rebuild_slots() -> None:
-        slot_index.rebuild((k, admission.Slot.from_json(v)) for k, v in slots.items())
+        active = active_partitions(ADMISSION.name(prefix))
+        parsed = ((k, admission.Slot.from_json(v)) for k, v in slots.items())
+        slot_index.rebuild((k, s) for k, s in parsed if s and owned(s.business_id, active))
         slots_done.rebuild(slots.items())
         log.info(
-            "admission index rebuilt: %s", {b: len(c) for b, c in slot_index.as_dict().items()}
+            "admission index rebuilt (partitions %s): %s",
+            sorted(active),
+            {b: len(c) for b, c in slot_index.as_dict().items()},
         )
 
     @ticks.on_recover
@@ -177,9 +198,11 @@ def register(
 
     @reservations.on_recover
     async def _rebuild_reservations() -> None:
-        load_index.rebuild((k, routing.Reservation.from_json(v)) for k, v in reservations.items())
+        active = active_partitions(ROUTING.name(prefix))
+        parsed = ((k, routing.Reservation.from_json(v)) for k, v in reservations.items())
+        load_index.rebuild((k, r) for k, r in parsed if r and owned(r.region_id, active))
         reservations_done.rebuild(reservations.items())
-        log.info("routing index rebuilt: load %s", load_index.load)
+        log.info("routing index rebuilt (partitions %s): load %s", sorted(active), load_index.load)
 
     state_tables = {
         "admission-active": _View(slot_index.as_dict),
@@ -274,7 +297,23 @@ def register(
             name = value.pop("_type")
             EVENTS.labels("routing", name).inc()
             if name == "BackendHeartbeat":
-                heartbeats[value["backend_id"]] = value
+                backend_id = value["backend_id"]
+                previous = heartbeats.get(backend_id)
+                heartbeats[backend_id] = value
+                changes = routing.backend_restarted(
+                    previous,
+                    value,
+                    load_index.calls_on,
+                    lambda c: routing.Reservation.from_json(reservations.get(c)),
+                )
+                if changes.reservations:
+                    log.warning(
+                        "backend %s restarted: ending %d calls it had accepted before",
+                        backend_id,
+                        len(changes.reservations),
+                    )
+                    apply(changes, int(value["envelope"]["occurred_at"]))
+                    emitter.emit(changes.emits)
                 continue
             if name == "PartitionTick":
                 sweep_reservations(value)
@@ -358,7 +397,7 @@ def register(
         now_ms = int(time.time() * 1000)
         for spec in (ADMISSION, ROUTING):
             topic_name = spec.name(prefix)
-            for partition in range(spec.partitions):
+            for partition in range(partitions):
                 record = {
                     "envelope": envelope("", "retention-timer", now_ms, str(uuid.uuid4())),
                     "partition": partition,

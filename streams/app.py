@@ -21,7 +21,9 @@ from faust.web import Request, Response, View
 
 from schemas.codec import Codec, make_codec
 from streams import agents, billing_agent, patches, routing
+from streams.readiness import WorkerState, waiting_for
 from trunkline.core import logs, metrics
+from trunkline.core.admin import check_partitions
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
@@ -195,6 +197,25 @@ class TrunklineApp:
         )
         self._register_views()
 
+    def worker_state(self) -> WorkerState:
+        """Faust's view of this worker's membership and recovery, for readiness."""
+        app = self.app
+        recovery = app.tables.recovery
+        recovering = bool(getattr(app, "in_recovery", False))
+        remaining = 0
+        if recovering:
+            try:
+                remaining = int(recovery.active_remaining_total())
+            except Exception:  # the highwaters are being rebuilt
+                remaining = 0
+        return WorkerState(
+            generation=int(app.consumer_generation_id or 0),
+            rebalancing=bool(app.rebalancing),
+            recovering=recovering,
+            recovered=recovery.completed.is_set(),
+            remaining=remaining,
+        )
+
     # -- web views -----------------------------------------------------------------
     def _register_views(self) -> None:
         outer = self
@@ -202,13 +223,20 @@ class TrunklineApp:
 
         @app.page("/health/")
         class Health(View):
+            """200 once the worker can decide calls (group joined, tables recovered),
+            else 503 with what it waits for (streams/readiness.py)."""
+
             async def get(self, request: Request) -> Response:
+                waiting = waiting_for(outer.worker_state())
                 return self.json(
                     {
                         "app_id": outer.settings.app_id,
+                        "ready": not waiting,
+                        "waiting_for": waiting,
                         "tables": {k: len(v) for k, v in outer.tables.items()},
                         "agents": sorted(outer.app.agents),
-                    }
+                    },
+                    status=503 if waiting else 200,
                 )
 
         @app.page("/config/{section}/")
@@ -269,6 +297,13 @@ def run_worker(settings: Settings, loglevel: str = "info", role: str = "decision
     # our handler (TRUNKLINE_LOG_FORMAT), not mode's: the worker logs like every service
     logs.setup(loglevel, settings.log_format, "billing-worker" if role == "billing" else "worker")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if role == "decisions":
+        # decision topics made with another partition count would re-key the calls in
+        # progress: refuse to start instead (PartitionMismatch names them)
+        check_partitions(
+            settings.kafka_bootstrap, settings.topic_prefix, settings.app_id,
+            settings.decision_partitions,
+        )  # fmt: skip
     built = create_app(settings, role)
     # Long-lived tables make the cyclic GC's full collections slow (they walk every object);
     # freeze what start-up allocated and collect young objects less often.

@@ -19,7 +19,9 @@ for the next state and build the new reservation from it:
     RESERVED  --release------------> RELEASED   free the backend slot
     RESERVED  --deadline-----------> RELEASED   no backend took it: CallEnded redirect_timeout
     RESERVED  --backend lost-------> RELEASED   its node stopped heartbeating: CallEnded
-    ACCEPTED  --backend lost-------> RELEASED     backend_lost (the node cannot end it itself)
+    ACCEPTED  --backend lost-------> RELEASED     backend_lost (the node cannot end it itself);
+                                                 or its node restarted since it accepted
+                                                 the call: CallEnded backend_restarted
     ACCEPTED  --admitted-----------> ACCEPTED   duplicate
     ACCEPTED  --accepted-----------> ACCEPTED   duplicate
     ACCEPTED  --release------------> RELEASED   the call ended: free the slot
@@ -59,6 +61,7 @@ shows as a gap in the ticks' own times instead of a burst of ticks sent into it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -141,6 +144,8 @@ class Reservation:
     backend_id: str = ""
     deadline_ms: int = 0
     decision: dict[str, Any] | None = None
+    #: when the backend accepted the call (CallAccepted's occurred_at: the node's clock)
+    accepted_ms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +155,7 @@ class Reservation:
             "backend_id": self.backend_id,
             "deadline_ms": self.deadline_ms,
             "decision": pack_decision(self.decision),
+            "accepted_ms": self.accepted_ms,
         }
 
     @classmethod
@@ -163,6 +169,7 @@ class Reservation:
             d.get("backend_id", ""),
             d.get("deadline_ms", 0),
             unpack_decision(d.get("decision")),
+            d.get("accepted_ms", 0),
         )
 
 
@@ -318,12 +325,12 @@ def handle(
     if name == "CallAccepted":
         if reservation is None:
             return out  # nothing held for it here: nothing to move (module docstring)
-        _moved(
-            out,
-            call_id,
-            reservation,
-            _replace(reservation, step(reservation.state, Input.ACCEPTED)),
-        )
+        accepted = _replace(reservation, step(reservation.state, Input.ACCEPTED))
+        if accepted.state is not reservation.state:  # RESERVED -> ACCEPTED: stamp when
+            accepted = dataclasses.replace(
+                accepted, accepted_ms=int(event["envelope"]["occurred_at"])
+            )
+        _moved(out, call_id, reservation, accepted)
         return out
     if name in ("CallEnded", "CallRejected"):
         if reservation is None:  # an end that overtook its admission: remembered
@@ -393,6 +400,34 @@ def tick(
             if res is not None and call_id not in out.reservations:
                 _merge(out, backend_lost(call_id, res, now_ms))
     return watch, out
+
+
+def backend_restarted(
+    previous: Mapping[str, Any] | None,
+    heartbeat: Mapping[str, Any],
+    calls_on: Callable[[str], Iterable[str]],
+    reservations: Callable[[str], Reservation | None],
+) -> Changes:
+    """A BackendHeartbeat whose `started_at` is later than the last one's: the node's
+    process restarted, and the calls it had accepted before that died with it (its
+    SIP dialogs, RTP and agents were in the old process; it cannot end them). End each
+    call on the backend accepted before the new start (same clock: the node's), stamped
+    with the heartbeat's time. Calls accepted since are the new process's; reserved ones
+    may still be taken (the node re-reads its recent assignments) or expire. A restart
+    faster than the heartbeat timeout left them held for good before. `calls_on(backend)`
+    lists the calls holding a slot on a backend (asked only after a restart)."""
+    started = int(heartbeat.get("started_at") or 0)
+    before = int((previous or {}).get("started_at") or 0)
+    out = Changes()
+    if not started or not before or started <= before:
+        return out  # the same process, or one that does not say when it started
+    now_ms = int(heartbeat["envelope"]["occurred_at"])
+    for call_id in sorted(calls_on(str(heartbeat["backend_id"]))):
+        res = reservations(call_id)
+        if res is None or res.state is not ResState.ACCEPTED or res.accepted_ms >= started:
+            continue
+        _merge(out, _system_end(call_id, res, Input.BACKEND_LOST, "backend_restarted", now_ms))
+    return out
 
 
 def _merge(out: Changes, more: Changes) -> None:
@@ -535,6 +570,7 @@ def _replace(r: Reservation, state: ResState) -> Reservation:
         r.backend_id,
         r.deadline_ms,
         r.decision if state is not ResState.RELEASED else None,
+        r.accepted_ms,
     )
 
 

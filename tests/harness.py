@@ -110,6 +110,7 @@ def child_env(s: Settings) -> dict[str, str]:
         "TRUNKLINE_DECISION_TIMEOUT_MS": str(int(s.decision_timeout_s * 1000)),
         "TRUNKLINE_STATE_RETENTION_MS": str(s.state_retention_ms),
         "TRUNKLINE_SINK_WEB_PORT": str(s.sink_web_port),
+        "TRUNKLINE_DECISION_PARTITIONS": str(s.decision_partitions),
         "TRUNKLINE_LOG_FORMAT": s.log_format,
         "TRUNKLINE_LOG_LEVEL": s.log_level,
         "TRUNKLINE_BILLING_WEB_PORT": str(s.billing_web_port),
@@ -153,13 +154,12 @@ class Service:
         }.get(self.command, self.settings.sink_url)
 
     def ready(self, health: dict[str, Any]) -> bool:
-        if self.command in ("worker", "billing-worker"):
-            return "tables" in health
-        if self.command == "webhooks":
+        # the workers' /health/ is 200 only once the group is joined, tables recovered
+        if self.command in ("worker", "billing-worker", "webhooks"):
             return bool(health.get("ready"))
         return bool(health["sink"]["alive"])
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 90, wait: bool = True) -> None:
         self.log = self.settings.state_dir / f"{self.command}-{int(time.time() * 1000)}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
@@ -170,7 +170,8 @@ class Service:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        self.wait_healthy(timeout)
+        if wait:
+            self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -196,6 +197,18 @@ class Service:
         url = f"{self.url}{path}"
         with urllib.request.urlopen(url, timeout=10) as resp:
             return json.load(resp)
+
+    def health(self) -> tuple[int, Any]:
+        """(HTTP status, body) of /health/ (the worker's is 503 until it is ready)."""
+        try:
+            return 200, self.get("/health/")
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, json.load(exc)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def poll(self, path: str, until: Any, timeout: float = 30) -> Any:
         """GET `path` until `until(body)` holds; return the body."""

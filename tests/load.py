@@ -24,6 +24,14 @@ class Load:
     finals: Counter[int] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
     sent: int = 0
+    #: SIP Call-ID -> final status, and each final answer's INVITE -> final time (ms)
+    answered: dict[str, int] = field(default_factory=dict)
+    offered: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    #: calls refused at the door while the broker was away (503 "event log unavailable":
+    #: nothing was published, so the history has no trace of them, by design)
+    unlogged: set[str] = field(default_factory=set)
+    _sent_at: dict[str, float] = field(default_factory=dict)
     _pending: dict[str, Call] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -40,7 +48,12 @@ class Load:
             if time.monotonic() >= next_at:
                 call = Call(self.number)
                 self._pending[call.call_id] = call
-                self.uac.request("INVITE", call)
+                self._sent_at[call.call_id] = time.monotonic()
+                self.offered.append(call.call_id)
+                try:
+                    self.uac.request("INVITE", call)
+                except OSError:  # the edge is away (a chaos scenario killed it)
+                    pass
                 self.sent += 1
                 next_at += interval
             self._receive(max(0.001, min(0.02, next_at - time.monotonic())))
@@ -49,20 +62,31 @@ class Load:
             self._receive(0.1)
 
     def _receive(self, timeout: float) -> None:
-        r = self.uac.receive(timeout)
+        try:
+            r = self.uac.receive(timeout)
+        except OSError:  # ICMP port unreachable while the edge is away
+            return
         if r is None or r.status < 200 or r.cseq[1] != "INVITE":
             return
         call = self._pending.pop(r.call_id, None)
         if call is None:
             return
         call.responses.append(r)
-        self.uac.ack(call)
+        try:
+            self.uac.ack(call)
+        except OSError:
+            pass
         self.finals[r.status] += 1
+        self.answered[r.call_id] = r.status
+        self.latencies_ms.append((time.monotonic() - self._sent_at.pop(r.call_id)) * 1000)
         if r.status == 302:
             queue_id = NameAddr.parse(r.headers.get("contact")).uri.headers["X-CallQueue-Id"]
             self.routed[queue_id] = time.time()
         elif warning := r.headers.get("warning"):
-            self.warnings[warning.split('"')[1].split(" in region")[0]] += 1
+            why = warning.split('"')[1].split(" in region")[0]
+            self.warnings[why] += 1
+            if why == "event log unavailable":
+                self.unlogged.add(r.call_id)
 
     def stop(self) -> None:
         """Stop sending; return once every INVITE sent has its final answer."""

@@ -82,7 +82,7 @@ def sample(name: str, call_id: str = "q-1", at_ms: int | None = None) -> dict[st
                        "phone_id": None},
         "BackendHeartbeat": {"backend_id": "backend-1", "region_id": "us-east-1",
                              "capacity": 100, "active_calls": 3, "interval_ms": 1000,
-                             "draining": False},
+                             "draining": False, "started_at": 1_764_000_000_000},
         "RoutingTick": {"region_id": "us-east-1"},
         "PartitionTick": {"partition": 3},
         "ProviderAccount": {

@@ -134,6 +134,8 @@ class SipEdge:
             )
         )
         self._flood_log = LogThrottle(10.0)
+        # a source that never ACKs (a flood within its rate) must not write a line per call
+        self._no_ack_log = LogThrottle(10.0)
         self._allowed_ips: dict[str, list[str]] = {}  # phone id -> its allowedSourceIps
         self._wake = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
@@ -314,7 +316,17 @@ class SipEdge:
                     self.core.on_cancel(action.request, action.key, action.invite_key, now), now
                 )
             elif isinstance(action, AckTimeout):
-                log.info("no ACK for the final response to %s", action.request.call_id)
+                self._no_ack(action.request.call_id)
+
+    def _no_ack(self, call_id: str) -> None:
+        """A final response never ACKed: one line per 10 s with how many (a caller that
+        never ACKs, at its flood limit, would otherwise grow the log by a line a call)."""
+        summary = self._no_ack_log.note(time.monotonic(), call_id)
+        if summary is not None:
+            count, last = summary
+            log.info(
+                "no ACK for %d final response(s) since the last report (last: %s)", count, last
+            )
 
     def _apply(self, outs: list[Out], now: float) -> None:
         for out in outs:
@@ -444,7 +456,7 @@ class SipEdge:
                         continue
                     self._send(action)
                 elif isinstance(action, AckTimeout):
-                    log.info("no ACK for the final response to %s", action.request.call_id)
+                    self._no_ack(action.request.call_id)
 
 
 async def run_edge(edge: SipEdge) -> None:

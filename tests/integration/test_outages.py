@@ -186,3 +186,67 @@ def test_a_broker_restart_under_load_ends_no_live_call(broker, tmp_path):
             "/state/admission-active/", lambda b: set(b.get("b-main", [])) == live, timeout=30
         )
         assert s.worker.get("/state/routing-held/")["backend-1"] == len(live)
+
+
+def test_the_media_node_and_the_webhook_edge_outlive_a_60_s_outage(broker, tmp_path):
+    """The broker away 60 s: the media node and the webhook edge keep running (nobody
+    restarts them), and afterwards a SIP call is answered by the media node again and a
+    Twilio voice webhook gets its <Stream> answer."""
+    import requests
+    from twilio.request_validator import RequestValidator
+
+    from media.caller import place_call
+    from tests.integration.test_webhook import SECRETS, _config, start_webhook_edge, voice
+
+    with running_stack(
+        broker.bootstrap,
+        tmp_path,
+        edges=("edge-a",),
+        media=True,
+        config=_config("http://127.0.0.1:9"),  # Telnyx's API is not used here
+    ) as s:
+        proc, url, log = start_webhook_edge(s, SECRETS)
+        node = s.named["backend-1"]
+        try:
+
+            def twilio_answer() -> requests.Response:
+                params = voice(f"CA{time.time_ns():032x}")
+                sig = RequestValidator(SECRETS["TL_TEST_TWILIO_TOKEN"]).compute_signature(
+                    f"{url}/webhooks/twilio/voice", params
+                )
+                return requests.post(
+                    f"{url}/webhooks/twilio/voice",
+                    data=params,
+                    headers={"X-Twilio-Signature": sig},
+                    timeout=30,
+                )
+
+            def works() -> bool:
+                call = place_call("127.0.0.1", s.edges["edge-a"], "+15550000002", seconds=0.5)
+                try:
+                    answer = twilio_answer()
+                except requests.ConnectionError:  # not listening yet
+                    return False
+                return (
+                    call.answer is not None
+                    and call.answer.status == 200
+                    and answer.status_code == 200
+                    and "<Stream" in answer.text
+                )
+
+            deadline = time.monotonic() + 60
+            while not works():  # the webhook edge's first answer waits for its start
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            away = broker.restart(away=60)
+            assert away >= 60
+            assert node.poll() is None, "the media node exited during the outage"
+            assert proc.poll() is None, log.read_text()[-3000:]
+            deadline = time.monotonic() + 90
+            while not works():
+                assert node.poll() is None and proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no call through within 90 s of the return"
+                time.sleep(1.0)
+        finally:
+            proc.terminate()
+            proc.wait(10)

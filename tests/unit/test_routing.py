@@ -399,3 +399,56 @@ def test_ticks_that_keep_stalling_still_let_deadlines_pass():
             watch, out = _tick(index, store, beats, watch, t)
             ended += [e.record["reason"] for e in out.emits if e.dest == "admission"]
     assert ended == ["redirect_timeout"] and store["q-1"].state is ResState.ACCEPTED
+
+
+def test_a_node_that_restarted_loses_the_calls_it_had_accepted_before():
+    """A media node SIGKILLed and started again within the heartbeat timeout never
+    looks lost; its next heartbeat's later `started_at` ends the calls its old process
+    had accepted (they died with it), and only those."""
+    cfg = config(backend("b1"))
+    index = routing.LoadIndex()
+    held: dict[str, Reservation] = {}
+    started = NOW - 60_000
+
+    def route_and_accept(call_id, accepted_at):
+        routed = handle(
+            "CallAdmitted", admitted(call_id), None, cfg, {"b1": hb("b1")}, index.load, S
+        )
+        res = routed.reservations[call_id]
+        index.apply(call_id, None, res)
+        held[call_id] = res
+        if accepted_at is not None:
+            acc = handle(
+                "CallAccepted",
+                sample("CallAccepted", call_id=call_id, at_ms=accepted_at),
+                res,
+                cfg,
+                {},
+                index.load,
+                S,
+            ).reservations[call_id]
+            assert acc.accepted_ms == accepted_at
+            index.apply(call_id, res, acc)
+            held[call_id] = acc
+
+    route_and_accept("q-old", NOW - 1_000)  # accepted by the old process
+    route_and_accept("q-new", NOW + 500)  # the new process (started NOW) accepted it
+    route_and_accept("q-waiting", None)  # routed, not taken yet: the new node may take it
+    old = {**hb("b1", at=NOW - 2_000), "started_at": started}
+    same = {**hb("b1", at=NOW + 1_000), "started_at": started}
+    restarted = {**hb("b1", at=NOW + 1_000), "started_at": NOW}
+    assert routing.backend_restarted(old, same, index.calls_on, held.get).reservations == {}
+    unknown = {**old, "started_at": 0}  # a node that does not say: nothing to judge
+    assert routing.backend_restarted(unknown, restarted, index.calls_on, held.get).emits == []
+    out = routing.backend_restarted(old, restarted, index.calls_on, held.get)
+    assert set(out.reservations) == {"q-old"}
+    assert out.reservations["q-old"].state is ResState.RELEASED
+    ended = [e.record for e in out.emits]
+    assert {e["reason"] for e in ended} == {"backend_restarted"}
+    assert {e["envelope"]["occurred_at"] for e in ended} == {NOW + 1_000}
+    assert {e.dest for e in out.emits} == {"admission", "call-events"}
+    # replayed, the same ids (derived from the call and the reason)
+    again = routing.backend_restarted(old, restarted, index.calls_on, held.get)
+    assert [e.record["envelope"]["event_id"] for e in again.emits] == [
+        e["envelope"]["event_id"] for e in ended
+    ]

@@ -90,7 +90,9 @@ def _health_text(svc: ServiceStatus) -> str:
                 f", {k} {v}" for k, v in st.items() if k in ("inserted", "batches", "errors")
             )
         if "tables" in h:
-            return f"{len(h['tables'])} tables, {len(h.get('agents', []))} agents"
+            if h.get("waiting_for"):
+                return "not ready: " + "; ".join(h["waiting_for"])
+            return f"ready, {len(h['tables'])} tables, {len(h.get('agents', []))} agents"
     return str(h)
 
 

@@ -100,8 +100,14 @@ def _logging(args: argparse.Namespace, ctx: Context, service: str) -> None:
 
 def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
     from streams.app import run_worker
+    from trunkline.core.admin import BrokerUnavailable, PartitionMismatch
 
-    run_worker(ctx.settings, loglevel=loglevel(args, ctx))
+    try:
+        run_worker(ctx.settings, loglevel=loglevel(args, ctx))
+    except PartitionMismatch as exc:
+        raise CliError(f"worker refuses to start: {exc}", EXIT_USAGE) from exc
+    except BrokerUnavailable as exc:
+        raise CliError(f"worker: {exc}") from exc
     return EXIT_OK
 
 

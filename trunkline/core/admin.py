@@ -18,7 +18,9 @@ from confluent_kafka.admin import (
 
 from trunkline.core.topics import (
     ALL_TOPICS,
+    DEFAULT_DECISION_PARTITIONS,
     TopicSpec,
+    all_topics,
     billing_internal_topics,
     internal_topics,
 )
@@ -26,6 +28,33 @@ from trunkline.core.topics import (
 
 class BrokerUnavailable(RuntimeError):
     pass
+
+
+class PartitionMismatch(RuntimeError):
+    """Existing decision topics (or changelogs) have another partition count than the
+    setting: using them would send a key's records to another partition than its state."""
+
+
+def mismatches(existing: dict[str, int], prefix: str, specs: tuple[TopicSpec, ...]) -> list[str]:
+    """For each keyed-state spec whose topic exists (`existing`: name -> partitions) with
+    another count, a line naming it (pure: the admin calls and the worker's start use it)."""
+    return [
+        f"{spec.name(prefix)} has {existing[spec.name(prefix)]} partitions, "
+        f"TRUNKLINE_DECISION_PARTITIONS says {spec.partitions}"
+        for spec in specs
+        if spec.keyed_state
+        and spec.name(prefix) in existing
+        and existing[spec.name(prefix)] != spec.partitions
+    ]
+
+
+def mismatch_error(lines: list[str]) -> PartitionMismatch:
+    return PartitionMismatch(
+        "; ".join(lines) + ". Changing the count moves keys between partitions (the calls "
+        "in progress would be judged by state that is not theirs): set "
+        "TRUNKLINE_DECISION_PARTITIONS to the topics' count, or start on fresh topics (another "
+        "TRUNKLINE_TOPIC_PREFIX and TRUNKLINE_APP_ID)"
+    )
 
 
 def admin_client(bootstrap: str, quiet: bool = False) -> AdminClient:
@@ -87,6 +116,9 @@ def apply_topics(
         existing = client.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot list topics at {bootstrap}: {exc}") from exc
+    wrong = mismatches({n: len(t.partitions) for n, t in existing.items()}, prefix, specs)
+    if wrong:  # before any change
+        raise mismatch_error(wrong)
     results: list[TopicResult] = []
 
     def done(result: TopicResult) -> None:
@@ -146,10 +178,33 @@ def apply_topics(
     return results
 
 
-def apply_all(bootstrap: str, prefix: str, app_id: str) -> list[TopicResult]:
+def apply_all(
+    bootstrap: str,
+    prefix: str,
+    app_id: str,
+    decision_partitions: int = DEFAULT_DECISION_PARTITIONS,
+) -> list[TopicResult]:
     """The declared topics under `prefix` and the Faust topics of `app_id`."""
     return (
-        apply_topics(bootstrap, prefix)
-        + apply_topics(bootstrap, "", internal_topics(app_id))
+        apply_topics(bootstrap, prefix, all_topics(decision_partitions))
+        + apply_topics(bootstrap, "", internal_topics(app_id, decision_partitions))
         + apply_topics(bootstrap, "", billing_internal_topics(app_id))
     )
+
+
+def check_partitions(
+    bootstrap: str, prefix: str, app_id: str, decision_partitions: int, timeout: float = 30.0
+) -> None:
+    """Raise PartitionMismatch when existing decision topics or changelogs have another
+    partition count than `decision_partitions` (a worker's start); missing ones are fine."""
+    client = admin_client(bootstrap)
+    try:
+        existing = client.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"cannot list topics at {bootstrap}: {exc}") from exc
+    counts = {n: len(t.partitions) for n, t in existing.items()}
+    wrong = mismatches(counts, prefix, all_topics(decision_partitions)) + mismatches(
+        counts, "", internal_topics(app_id, decision_partitions)
+    )
+    if wrong:
+        raise mismatch_error(wrong)

@@ -123,6 +123,22 @@ def _positive_count(raw: Any, info: ValidationInfo) -> int:
     return int(text)
 
 
+#: the decision topics' partition count: at most one worker per partition shares them
+MAX_DECISION_PARTITIONS = 64
+
+
+def _decision_partitions(raw: Any, info: ValidationInfo) -> int:
+    if _unset(raw):
+        raise PydanticUseDefault()
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_DECISION_PARTITIONS:
+        raise SettingsError(
+            f"{_name(info)}={raw!r} must be a whole number of partitions, "
+            f"1..{MAX_DECISION_PARTITIONS}"
+        )
+    return int(text)
+
+
 def _host(raw: Any, info: ValidationInfo) -> str:
     if _unset(raw):
         raise PydanticUseDefault()
@@ -303,6 +319,9 @@ class Settings(BaseSettings):
     kafka_jvm_opts: Annotated[str, BeforeValidator(_jvm_opts)] = ""
     topic_prefix: Annotated[str, BeforeValidator(_topic_prefix)] = "trunkline."
     app_id: Annotated[str, BeforeValidator(_app_id)] = "trunkline"
+    #: partitions of admission, routing and backend-heartbeats (and the tables'
+    #: changelogs): how many workers can share the decision path (trunkline.core.topics)
+    decision_partitions: Annotated[int, BeforeValidator(_decision_partitions)] = 2
     clickhouse_dsn: Annotated[str, BeforeValidator(_dsn)] = Field(
         default_factory=lambda data: f"chdb://{data.get('state_dir', Path('.state'))}/clickhouse"
     )

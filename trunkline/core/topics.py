@@ -7,7 +7,7 @@ confluent-kafka with ``partitioner=murmur2_random``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schemas.registry import LIFECYCLE_EVENTS
 
@@ -23,6 +23,10 @@ class TopicSpec:
     key: str
     records: tuple[str, ...]
     doc: str
+    #: its partition count decides which worker owns a key's state (the decision topics
+    #: and the tables' changelogs): another count on an existing topic is an error, never
+    #: altered, since records of one key would land in another partition
+    keyed_state: bool = False
 
     def name(self, prefix: str) -> str:
         return f"{prefix}{self.suffix}"
@@ -49,24 +53,30 @@ CALL_EVENTS = TopicSpec(
     LIFECYCLE_EVENTS,
     "Every call lifecycle event: the history. The ClickHouse sink and replays read it.",
 )
-# The decision topics have 2 partitions: aiokafka names every assigned partition in every
-# fetch (no incremental sessions), so each one costs the worker and the broker on every
-# fetch (docs/design.md; measured in docs/benchmarks.md, 2026-11-26 09:32).
-# Raise them (on fresh topics: keys move) before running more workers than partitions.
+# The decision topics have TRUNKLINE_DECISION_PARTITIONS partitions (default 2;
+# `decision_topics`): aiokafka names every assigned partition in every fetch (no
+# incremental sessions), so each one costs the worker and the broker on every fetch
+# (docs/design.md; measured in docs/benchmarks.md, 2026-11-26 09:32), and the count
+# bounds how many workers share the decision path. The specs below carry the default.
+DEFAULT_DECISION_PARTITIONS = 2
 ADMISSION = TopicSpec(
-    "admission", 2, False, 7 * DAY_MS, "business_id",
+    "admission", DEFAULT_DECISION_PARTITIONS, False, 7 * DAY_MS, "business_id",
     ("CallOffered", "OutboundCallRequested", "CallEnded", "CallRejected", "PartitionTick"),
     "Admission's input: offers from edges and the API, every end or later rejection (slot "
     "release), ticks.",
+    keyed_state=True,
 )  # fmt: skip
 ROUTING = TopicSpec(
-    "routing", 2, False, 7 * DAY_MS, "region_id",
+    "routing", DEFAULT_DECISION_PARTITIONS, False, 7 * DAY_MS, "region_id",
     ("CallAdmitted", "CallAccepted", "CallEnded", "CallRejected", "RoutingTick", "PartitionTick"),
     "Routing's input: admitted calls, acceptances, releases forwarded by admission, ticks.",
+    keyed_state=True,
 )  # fmt: skip
 HEARTBEATS = TopicSpec(
-    "backend-heartbeats", 2, False, 3600 * 1000, "region_id", ("BackendHeartbeat",),
+    "backend-heartbeats", DEFAULT_DECISION_PARTITIONS, False, 3600 * 1000, "region_id",
+    ("BackendHeartbeat",),
     "Media nodes' liveness and load, keyed by region: co-partitioned with routing.",
+    keyed_state=True,
 )  # fmt: skip
 DECISIONS = TopicSpec(
     "decisions", 6, False, DAY_MS, "edge_id", ("CallRouted", "CallRejected"),
@@ -142,6 +152,19 @@ CONFIG_TOPICS: dict[str, TopicSpec] = {
 #: it on every fetch (docs/design.md)
 WORKER_CONFIG_SECTIONS = ("plans", "businesses", "routes", "numbers", "backends", "bypassRules")
 
+
+def decision_topics(
+    partitions: int = DEFAULT_DECISION_PARTITIONS,
+) -> tuple[TopicSpec, TopicSpec, TopicSpec]:
+    """admission, routing and backend-heartbeats with `partitions` partitions (the
+    setting TRUNKLINE_DECISION_PARTITIONS)."""
+    return (
+        replace(ADMISSION, partitions=partitions),
+        replace(ROUTING, partitions=partitions),
+        replace(HEARTBEATS, partitions=partitions),
+    )
+
+
 # Billing and lifecycle webhooks (docs/design.md). `billing` is keyed and partitioned like
 # call-events (the call id, 6 partitions): a call's CallRated lands in the partition number
 # its history has, and the webhook service's state is partitioned the same way.
@@ -167,36 +190,46 @@ WEBHOOK_COMMANDS = TopicSpec(
     "Operators' requests to the webhook service: redeliver a delivery, enable a subscription.",
 )  # fmt: skip
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (
-    CALL_EVENTS,
-    ADMISSION,
-    ROUTING,
-    HEARTBEATS,
-    DECISIONS,
-    ASSIGNMENTS,
-    OUTBOUND,
-    DEAD_LETTERS,
-    BILLING,
-    WEBHOOK_STATE,
-    WEBHOOK_DELIVERIES,
-    WEBHOOK_COMMANDS,
-    *CONFIG_TOPICS.values(),
-)
+
+def all_topics(decision_partitions: int = DEFAULT_DECISION_PARTITIONS) -> tuple[TopicSpec, ...]:
+    """Every topic under the topic prefix, the decision topics with their count."""
+    return (
+        CALL_EVENTS,
+        *decision_topics(decision_partitions),
+        DECISIONS,
+        ASSIGNMENTS,
+        OUTBOUND,
+        DEAD_LETTERS,
+        BILLING,
+        WEBHOOK_STATE,
+        WEBHOOK_DELIVERIES,
+        WEBHOOK_COMMANDS,
+        *CONFIG_TOPICS.values(),
+    )
 
 
-def internal_topics(app_id: str) -> tuple[TopicSpec, ...]:
+ALL_TOPICS: tuple[TopicSpec, ...] = all_topics()
+
+
+def internal_topics(
+    app_id: str, decision_partitions: int = DEFAULT_DECISION_PARTITIONS
+) -> tuple[TopicSpec, ...]:
     """Topics Faust uses for this app id, declared here so they exist (with the right
     partition counts) before a worker starts: the broker does not auto-create, and Faust
-    racing its own topic creation against metadata crashes agents (PartitionsMismatch)."""
+    racing its own topic creation against metadata crashes agents (PartitionsMismatch).
+    The tables' changelogs are co-partitioned with the decision topics."""
+    n = decision_partitions
     return (
-        TopicSpec(f"{app_id}-admission-slots-changelog", ADMISSION.partitions, True, None,
-                  "call_id", ("json",), "Admission's slot per call (Faust table changelog)."),
-        TopicSpec(f"{app_id}-routing-reservations-changelog", ROUTING.partitions, True, None,
-                  "call_id", ("json",), "Routing's reservation per call (Faust changelog)."),
-        TopicSpec(f"{app_id}-routing-heartbeats-changelog", ROUTING.partitions, True, None,
-                  "backend_id", ("json",), "Latest heartbeat per backend (Faust changelog)."),
-        TopicSpec(f"{app_id}-routing-ticks-changelog", ROUTING.partitions, True, None,
-                  "region_id", ("json",), "Routing's last tick and tick gap per region."),
+        TopicSpec(f"{app_id}-admission-slots-changelog", n, True, None, "call_id", ("json",),
+                  "Admission's slot per call (Faust table changelog).", keyed_state=True),
+        TopicSpec(f"{app_id}-routing-reservations-changelog", n, True, None, "call_id",
+                  ("json",), "Routing's reservation per call (Faust changelog).",
+                  keyed_state=True),
+        TopicSpec(f"{app_id}-routing-heartbeats-changelog", n, True, None, "backend_id",
+                  ("json",), "Latest heartbeat per backend (Faust changelog).",
+                  keyed_state=True),
+        TopicSpec(f"{app_id}-routing-ticks-changelog", n, True, None, "region_id", ("json",),
+                  "Routing's last tick and tick gap per region.", keyed_state=True),
         TopicSpec(f"{app_id}-__assignor-__leader", 1, False, None, "-", ("-",),
                   "Faust's leader election."),
     )  # fmt: skip

@@ -127,10 +127,14 @@ def _start(s: Settings, name: str, args: list[str]) -> int:
 
 
 def wait_ready(s: Settings, svc: Service, timeout: float) -> str:
+    last: list[Any] = []  # the last health read, for the timeout's message
+
     def ready() -> str | None:
         if procs.running_pid(s.state_dir, svc.name) is None:
             raise _exited(s, svc.name)
-        return svc.ready(s, svc.probe(s))
+        health = svc.probe(s)
+        last[:] = [health]
+        return svc.ready(s, health)
 
     try:
         return procs.wait_until(
@@ -141,7 +145,10 @@ def wait_ready(s: Settings, svc: Service, timeout: float) -> str:
             retry_on=(OSError, ValueError, KeyError, TypeError),
         )
     except procs.WaitTimeout as exc:
-        raise StackError(str(exc)) from None
+        waiting = last[0].get("waiting_for") if last and isinstance(last[0], dict) else None
+        raise StackError(
+            f"{exc}; waiting for: {'; '.join(waiting)}" if waiting else str(exc)
+        ) from None
 
 
 def _wait_live(s: Settings, heartbeaters: dict[str, str], timeout: float) -> None:

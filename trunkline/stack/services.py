@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -34,6 +35,25 @@ def get_json(url: str, timeout: float = 3.0) -> Any:
     """GET `url` as JSON; raises OSError (nothing answers) or ValueError (not JSON)."""
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.load(resp)
+
+
+def get_health(url: str, timeout: float = 3.0) -> Any:
+    """GET a health page that answers 503 with a JSON body while not ready: the body
+    either way; raises OSError (nothing answers) or ValueError (not JSON)."""
+    try:
+        return get_json(url, timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            raise
+        with exc:
+            return json.load(exc)
+
+
+def _worker_ready(s: Settings, h: Any) -> str | None:
+    """The worker is ready once it joined its group and recovered its tables."""
+    if not isinstance(h, dict) or not h.get("ready"):
+        return None
+    return f"web {s.worker_url}, {len(h['tables'])} tables, group joined, tables recovered"
 
 
 def local_host(host: str) -> str:
@@ -81,9 +101,10 @@ WORKER = Service(
     args=lambda s: ["worker"],
     address=lambda s: s.worker_url,
     address_key="web",
-    probe=lambda s: get_json(f"{s.worker_url}/health/"),
+    # 503 with what it waits for until it can decide calls (streams/readiness.py)
+    probe=lambda s: get_health(f"{s.worker_url}/health/"),
     health_key="health",
-    ready=lambda s, h: f"web {s.worker_url}, {len(h['tables'])} tables" if "tables" in h else None,
+    ready=_worker_ready,
 )
 SIP_EDGE = Service(
     name="sip-edge",
@@ -119,9 +140,13 @@ BILLING_WORKER = Service(
     args=lambda s: ["billing-worker"],
     address=lambda s: s.billing_url,
     address_key="web",
-    probe=lambda s: get_json(f"{s.billing_url}/health/"),
+    probe=lambda s: get_health(f"{s.billing_url}/health/"),
     health_key="health",
-    ready=lambda s, h: f"web {s.billing_url}, {len(h['tables'])} tables" if "tables" in h else None,
+    ready=lambda s, h: (
+        f"web {s.billing_url}, {len(h['tables'])} tables, group joined, tables recovered"
+        if isinstance(h, dict) and h.get("ready")
+        else None
+    ),
 )
 WEBHOOKS = Service(
     name="webhooks",

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 
-from trunkline.core.admin import BrokerUnavailable, TopicResult, apply_topics
+from trunkline.core.admin import BrokerUnavailable, PartitionMismatch, TopicResult, apply_topics
 from trunkline.core.settings import Settings
-from trunkline.core.topics import ALL_TOPICS, TopicSpec, billing_internal_topics, internal_topics
-from trunkline.stack.base import QUIET, Progress, StackError
+from trunkline.core.topics import TopicSpec, all_topics, billing_internal_topics, internal_topics
+from trunkline.stack.base import QUIET, BadInput, Progress, StackError
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,12 @@ class TopicRow:
 
 def _specs(s: Settings) -> list[tuple[str, TopicSpec]]:
     """(prefix, spec) for our topics under the topic prefix and the Faust app's own."""
-    return [(s.topic_prefix, spec) for spec in ALL_TOPICS] + [
-        ("", spec) for spec in (*internal_topics(s.app_id), *billing_internal_topics(s.app_id))
+    return [(s.topic_prefix, spec) for spec in all_topics(s.decision_partitions)] + [
+        ("", spec)
+        for spec in (
+            *internal_topics(s.app_id, s.decision_partitions),
+            *billing_internal_topics(s.app_id),
+        )
     ]
 
 
@@ -45,8 +49,8 @@ def declared(s: Settings) -> list[TopicRow]:
 def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
     """Create missing topics, raise partitions, reset drifted configs. Idempotent."""
     groups = [
-        (s.topic_prefix, ALL_TOPICS),  # ours, under the topic prefix
-        ("", internal_topics(s.app_id)),  # the Faust app's own
+        (s.topic_prefix, all_topics(s.decision_partitions)),  # ours, under the topic prefix
+        ("", internal_topics(s.app_id, s.decision_partitions)),  # the Faust app's own
         ("", billing_internal_topics(s.app_id)),  # the billing worker's
     ]
     results: list[TopicResult] = []
@@ -56,6 +60,8 @@ def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
                 results += apply_topics(
                     s.kafka_bootstrap, prefix, specs, on_result=lambda r: step.advance(r.name)
                 )
+            except PartitionMismatch as exc:
+                raise BadInput(f"topics: {exc}") from exc
             except (BrokerUnavailable, KafkaException) as exc:
                 raise StackError(f"applying topics: {exc}") from exc
         changed = sum(r.action != "unchanged" for r in results)
