@@ -1,5 +1,5 @@
-"""A running proxy tier for tests and benchmarks: config, worker, SIP edges, and a
-heartbeat publisher standing in for backend-1 (media nodes come with the media issue)."""
+"""A running proxy tier for tests and benchmarks: config, workers, sink, SIP edges, and
+for the backends either a heartbeat publisher standing in for them or real media nodes."""
 
 from __future__ import annotations
 
@@ -201,7 +201,9 @@ def spread_config(partitions: int, capacity: int = 1_000_000) -> tuple[dict, lis
     return config, numbers
 
 
-def _start_edge(s: Settings, edge_id: str, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
+def _start_edge(
+    s: Settings, edge_id: str, port: int, metrics_port: int, args: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     log = open(s.state_dir / f"{edge_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -215,6 +217,7 @@ def _start_edge(s: Settings, edge_id: str, port: int, metrics_port: int) -> subp
             f"127.0.0.1:{port}",
             "--metrics-listen",
             f"127.0.0.1:{metrics_port}",
+            *args,
         ],
         env=child_env(s),
         stdout=log,
@@ -247,13 +250,15 @@ def running_stack(
     workers: int = 1,
     media_nodes: int = 0,
     heartbeat_backends: tuple[tuple[str, str], ...] = (("backend-1", "us-east-1"),),
+    edge_args: dict[str, tuple[str, ...]] | None = None,
 ) -> Iterator[Stack]:
     """With `media`, backend-1 is a real media node (`trunkline media`) on a free port
     instead of the heartbeat stand-in; `media_args` are added to its command line (e.g.
     `("--media-timeout", "3")`). `media_nodes` > 1 runs that many (backend-1,
     backend-2, ...; one the config lacks is added in backend-1's region). `workers`
     workers share the decision path (one consumer group; set
-    TRUNKLINE_DECISION_PARTITIONS in `env`)."""
+    TRUNKLINE_DECISION_PARTITIONS in `env`). `edge_args[edge id]` are added to that
+    edge's command line (e.g. its TLS listener)."""
     media = media or media_nodes > 0
     media_nodes = max(media_nodes, 1 if media else 0)
     tag = uuid.uuid4().hex[:8]
@@ -332,7 +337,9 @@ def running_stack(
         return named[backend_id]
 
     def start_edge(edge_id: str) -> subprocess.Popen[bytes]:
-        named[edge_id] = _start_edge(s, edge_id, ports[edge_id], metrics[edge_id])
+        named[edge_id] = _start_edge(
+            s, edge_id, ports[edge_id], metrics[edge_id], (edge_args or {}).get(edge_id, ())
+        )
         return named[edge_id]
 
     try:

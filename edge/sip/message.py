@@ -97,6 +97,7 @@ _HOST = re.compile(r"[A-Za-z0-9._:%-]+\Z")
 # characters quote() would leave alone with each `safe` set below: when a whole string is
 # made of them, quoting is skipped (a regex match is ~10x cheaper than urllib's quote)
 _USER_SAFE = "+-_.!~*'()&=$,;?/"
+_PASSWORD_SAFE = "-_.!~*'()&=+$,"  # RFC 3261 password: unreserved, escaped, &=+$,
 _HNAME_SAFE = "-_.!~*()"
 _HVALUE_SAFE = "-_.!~*()+"
 
@@ -105,7 +106,9 @@ def _plain(safe: str) -> re.Pattern[str]:
     return re.compile("[A-Za-z0-9" + re.escape(safe) + r"]*\Z")
 
 
-_USER_PLAIN, _HNAME_PLAIN, _HVALUE_PLAIN = map(_plain, (_USER_SAFE, _HNAME_SAFE, _HVALUE_SAFE))
+_USER_PLAIN, _PASSWORD_PLAIN, _HNAME_PLAIN, _HVALUE_PLAIN = map(
+    _plain, (_USER_SAFE, _PASSWORD_SAFE, _HNAME_SAFE, _HVALUE_SAFE)
+)
 
 
 def canonical_name(name: str) -> str:
@@ -222,7 +225,7 @@ class SipURI:
             raise ParseError(f"unsupported URI {text!r}: expected sip:, sips: or tel:")
         if scheme == "tel":
             number, _, params = rest.partition(";")
-            return cls(scheme="tel", user=number, params=parse_params(params))
+            return cls(scheme="tel", user=number.strip(), params=parse_params(params))
         rest, _, hdrs = rest.partition("?")
         userinfo, at, hostpart = rest.rpartition("@")
         if not at:
@@ -233,7 +236,7 @@ class SipURI:
         if at:
             user, _, pw = userinfo.partition(":")
             user = unquote(user) if "%" in user else user
-            password = pw or None
+            password = (unquote(pw) if "%" in pw else pw) or None
             if not user:
                 raise ParseError(f"URI {text!r} has an empty user part")
         host, port = _host_port(hostport, text)
@@ -250,11 +253,10 @@ class SipURI:
             return f"tel:{self.user}{format_params(self.params)}"
         userinfo = ""
         if self.user is not None:
-            userinfo = (
-                _quote(self.user, _USER_PLAIN, _USER_SAFE)
-                + (f":{self.password}" if self.password else "")
-                + "@"
-            )
+            userinfo = _quote(self.user, _USER_PLAIN, _USER_SAFE)
+            if self.password:
+                userinfo += ":" + _quote(self.password, _PASSWORD_PLAIN, _PASSWORD_SAFE)
+            userinfo += "@"
         host = f"[{self.host}]" if ":" in self.host else self.host
         port = f":{self.port}" if self.port else ""
         text = f"{self.scheme}:{userinfo}{host}{port}{format_params(self.params)}"
@@ -292,6 +294,24 @@ def _host_port(text: str, whole: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
+def _quoted_string(text: str) -> tuple[str, int]:
+    """The quoted-string at the start of `text` (RFC 3261 §25.1: backslash escapes one
+    character): its unescaped content and the index just past the closing quote."""
+    out: list[str] = []
+    i = 1
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if ch == '"':
+            return "".join(out), i + 1
+        out.append(ch)
+        i += 1
+    raise ParseError(f"unterminated quoted display name in {text!r}")
+
+
 @dataclass
 class NameAddr:
     """``"Alice" <sip:alice@atlanta.example.com>;tag=1928301774`` (From, To, Contact)."""
@@ -306,15 +326,24 @@ class NameAddr:
         text = text.strip()
         if text == "*":
             return cls(SipURI(), wildcard=True)
-        lt = text.find("<")
+        display: str | None = None
+        start = 0
+        if text.startswith('"'):  # quoted-string display name: may hold '<' and '"'
+            display, start = _quoted_string(text)
+        lt = text.find("<", start)
         if lt >= 0:
             gt = text.find(">", lt)
             if gt < 0:
                 raise ParseError(f"unterminated <...> in {text!r}")
-            display = text[:lt].strip().strip('"') or None
+            if display is None:
+                display = text[:lt].strip() or None
+            elif text[start:lt].strip():
+                raise ParseError(f"junk between the display name and <...> in {text!r}")
             uri = SipURI.parse(text[lt + 1 : gt])
             params = parse_params(text[gt + 1 :])
-            return cls(uri, display, params)
+            return cls(uri, display or None, params)
+        if start or any(c in text for c in '<>"'):
+            raise ParseError(f"{text!r}: a display name or '<', '>', '\"' needs <...>")
         # addr-spec without brackets: parameters belong to the header, not the URI
         uri_text, _, param_text = text.partition(";")
         return cls(SipURI.parse(uri_text), None, parse_params(param_text))
@@ -326,7 +355,10 @@ class NameAddr:
     def __str__(self) -> str:
         if self.wildcard:
             return "*"
-        display = f'"{self.display}" ' if self.display else ""
+        display = ""
+        if self.display:
+            escaped = self.display.replace("\\", "\\\\").replace('"', '\\"')
+            display = f'"{escaped}" '
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 

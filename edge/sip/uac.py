@@ -1,10 +1,11 @@
-"""A minimal SIP user agent client: INVITE/ACK/CANCEL/OPTIONS over UDP or TCP, for
+"""A minimal SIP user agent client: INVITE/ACK/CANCEL/OPTIONS over UDP, TCP or TLS, for
 `trunkline call` and the tests (the e2e tests use SIPp, which we did not write),
 built on our own message module."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ class Call:
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex + "@trunkline-uac")
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     uri_headers: str = ""
+    scheme: str = "sip"  # "sips" asks for TLS all the way (RFC 3261 §19.1)
     responses: list[Response] = field(default_factory=list)
 
     @property
@@ -31,15 +33,32 @@ class Call:
 
 class UAC:
     def __init__(
-        self, host: str, port: int, transport: str = "UDP", bind: str = "127.0.0.1"
+        self,
+        host: str,
+        port: int,
+        transport: str = "UDP",
+        bind: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
+        """`transport` UDP, TCP or TLS; TLS takes the client context `tls` (the default
+        context, verifying against the system's CAs, when None) and checks the
+        server's certificate for `server_hostname` (default: `host`)."""
         self.remote = (host, port)
         self.transport = transport
         if transport == "UDP":
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind((bind, 0))
         else:
-            self.sock = socket.create_connection(self.remote, timeout=10)
+            raw = socket.create_connection(self.remote, timeout=10)
+            if transport == "TLS":
+                context = tls or ssl.create_default_context()
+                try:
+                    raw = context.wrap_socket(raw, server_hostname=server_hostname or host)
+                except BaseException:
+                    raw.close()
+                    raise
+            self.sock = raw
             self.framer = StreamFramer()
         self.local = self.sock.getsockname()
 
@@ -75,16 +94,17 @@ class UAC:
         body: bytes = b"",
     ) -> bytes:
         h, p = self.local
-        uri = f"sip:{call.number}@{self.remote[0]}:{self.remote[1]}" + (
+        sc = call.scheme
+        uri = f"{sc}:{call.number}@{self.remote[0]}:{self.remote[1]}" + (
             f"?{call.uri_headers}" if call.uri_headers else ""
         )
-        to = f"<sip:{call.number}@{self.remote[0]}>" + (f";tag={to_tag}" if to_tag else "")
+        to = f"<{sc}:{call.number}@{self.remote[0]}>" + (f";tag={to_tag}" if to_tag else "")
         data = (
             f"{method} {uri} SIP/2.0\r\n"
             f"Via: SIP/2.0/{self.transport} {h}:{p};branch={branch or call.branch};rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <sip:+15550009999@{h}>;tag={call.tag}\r\nTo: {to}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <{sc}:+15550009999@{h}>;tag={call.tag}\r\nTo: {to}\r\n"
             f"Call-ID: {call.call_id}\r\nCSeq: 1 {cseq_method or method}\r\n"
-            f"Contact: <sip:test@{h}:{p}>\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Contact: <{sc}:test@{h}:{p}>\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         return data
 

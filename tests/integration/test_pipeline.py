@@ -186,7 +186,7 @@ def test_event_produced_twice_appears_in_clickhouse_once(settings, sink):
     counts = sink.get("/events/counts/")
     assert counts == {"CallOffered": 1, "CallRouted": 1}
 
-    # the CLI reads the same entry through the worker (which owns the embedded engine)
+    # the CLI reads the same entry through the sink (which owns the embedded engine)
     shown = run_cli(settings, "calls", "show", "q-twice")
     assert shown.returncode == 0, shown.stderr
     assert yaml.safe_load(shown.stdout)["status"] == "ProcessedProxy"

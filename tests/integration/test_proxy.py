@@ -1,7 +1,8 @@
 """The SIP proxy tier on a real broker: SIP in, Kafka, Faust admission and routing, SIP out.
 
-One stack for the module: a worker process, two SIP edge processes and a heartbeat
-publisher standing in for backend-1 (media nodes arrive with the media issue)."""
+One stack for the module: a worker process, a sink, two SIP edge processes and a
+heartbeat publisher standing in for backend-1 (no media node: the 302 is the end here;
+tests/integration/test_media.py follows it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import yaml
@@ -121,52 +123,77 @@ def test_retransmitted_invite_gets_the_identical_302(stack):
     uac.close()
 
 
-def test_cancel_gets_200_and_487_and_holds_no_slot(stack):
-    # hold the edge's answer back: b-cancel's only slot is free, so we race the decision
-    # by cancelling right away; whichever wins, no slot may stay held afterwards
-    uac = stack.uac()
-    call = Call("+15550000006")
-    uac.request("INVITE", call)
-    uac.request("CANCEL", call)
-    got = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(
-        r.status >= 200 and r.cseq[1] == "INVITE" for r in got
-    ):
-        r = uac.receive(1)
-        if r is not None:
+@contextmanager
+def _decisions_held_back(stack: Stack) -> Iterator[None]:
+    """The worker stopped (SIGSTOP) so no decision can come: an INVITE waits at the edge
+    for as long as this lasts. Short (well inside the group's 10 s session), then SIGCONT."""
+    assert stack.worker.proc is not None
+    stack.worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        stack.worker.proc.send_signal(signal.SIGCONT)
+
+
+def _until(uac, call: Call, done, timeout: float = 10.0) -> list:
+    """Every response to `call` received until `done(responses)` holds (or the timeout)."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while not done(got) and time.monotonic() < deadline:
+        r = uac.receive(max(0.05, deadline - time.monotonic()))
+        if r is not None and r.call_id == call.call_id:
             got.append(r)
-    cancel_ok = [r for r in got if r.cseq[1] == "CANCEL"]
-    invite_final = [r for r in got if r.cseq[1] == "INVITE" and r.status >= 200]
-    assert cancel_ok and cancel_ok[0].status == 200
-    assert invite_final[0].status in (487, 302)
-    call.responses = invite_final
+    return got
+
+
+def _cancel_answered(got) -> bool:
+    methods = {(r.cseq[1], r.status >= 200) for r in got}
+    return ("CANCEL", True) in methods and ("INVITE", True) in methods
+
+
+@pytest.mark.parametrize(("edge", "transport"), [("edge-a", "UDP"), ("edge-b", "TCP")])
+def test_cancel_while_the_decision_is_held_back_is_487_and_holds_no_slot(stack, edge, transport):
+    """CANCEL wins for sure: the worker is stopped while the INVITE waits, so the edge
+    answers 200 to the CANCEL and 487 to the INVITE, never a 302. Once the worker runs
+    again it admits and routes the offer it finds and then the edge's CallEnded(cancelled)
+    behind it releases both slots; the history says Cancelled."""
+    uac = stack.uac(edge, transport)
+    call = Call("+15550000006")  # b-cancel: a plan of one slot
+    with _decisions_held_back(stack):
+        uac.request("INVITE", call)
+        trying = _until(uac, call, lambda got: bool(got))
+        assert [r.status for r in trying] == [100]  # the edge holds the INVITE, undecided
+        uac.request("CANCEL", call)
+        got = trying + _until(uac, call, _cancel_answered)
+    assert [(r.cseq[1], r.status) for r in got if r.status >= 200] in (
+        [("CANCEL", 200), ("INVITE", 487)],
+        [("INVITE", 487), ("CANCEL", 200)],  # UDP may reorder two datagrams
+    )
+    call.responses = got
+    assert call.final.status == 487 and call.final.reason == "Request Terminated"
     uac.ack(call)
-    if invite_final[0].status == 302:  # the decision won the race: end it like a hang-up
-        _release(stack, _queue_id(invite_final[0]), "b-cancel")
-    stack.worker.poll("/state/admission-active/", lambda s: s.get("b-cancel", []) == [])
-    # the slot is free: a new call for the one-slot business gets through
+    queue_id = call.final.headers.get("x-callqueue-id")
+    # the worker decided the offer after all (the history has its CallRouted), then the
+    # cancel released what it held
+    entry = stack.sink.poll(
+        f"/calls/{queue_id}/?events=1",
+        lambda e: (
+            isinstance(e, dict)
+            and {"CallAdmitted", "CallRouted", "CallEnded"}
+            <= {ev["event_type"] for ev in e.get("events", [])}
+        ),
+    )
+    assert entry["status"] == "Cancelled" and entry["reason"] == "cancelled"
+    assert entry["statusCode"] == 487
+    stack.worker.poll("/state/admission-active/", lambda a: queue_id not in a.get("b-cancel", []))
+    stack.worker.poll("/state/routing-open/", lambda o: queue_id not in o.get("us-east-1", {}))
+    # the decision that reached the edge after the 487 is dropped: no 302 for this call
+    assert 302 not in [r.status for r in _until(uac, call, lambda got: False, timeout=1.0)]
+    # and the one slot is free: a new call for the business gets through
     again = Call("+15550000006")
     assert uac.invite(again).status == 302
     _release(stack, _queue_id(again.final), "b-cancel")
-    uac.close()
-
-
-def test_cancel_before_decision_is_487(stack):
-    """Cancel while the edge waits: edge-b gets a decision timeout far away; the CANCEL
-    arrives within microseconds, long before admission and routing answer."""
-    uac = stack.uac("edge-b")
-    call = Call("+15550000002")
-    invite = uac.request("INVITE", call)
-    cancel = invite.replace(b"INVITE sip:", b"CANCEL sip:", 1).replace(
-        b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL"
-    )
-    uac.send_raw(cancel)
-    uac.collect([call])
-    assert call.final.status in (487, 302)
-    uac.ack(call)
-    if call.final.status == 302:
-        _release(stack, _queue_id(call.final), "b-main")
+    stack.worker.poll("/state/admission-active/", lambda a: a.get("b-cancel", []) == [])
     uac.close()
 
 
