@@ -267,10 +267,24 @@ def event_row(
     )
 
 
+#: pre-serialized JSON put between the rows of a block (orjson copies a Fragment verbatim)
+_NEWLINE = orjson.Fragment(b"\n")
+
+
 def json_compact_each_row(rows: list[Row]) -> bytes:
     """Rows as ClickHouse JSONCompactEachRow (one JSON array per line, COLUMNS order):
-    ClickHouse parses it in C++, so Python only pays for orjson."""
-    return b"\n".join(map(orjson.dumps, rows))
+    ClickHouse parses it in C++, so Python only pays for orjson.
+
+    The block is one `orjson.dumps` of `[row, "\\n", row, ...]` (the newlines as raw
+    fragments), its outer brackets cut and each `,<newline>,` made a newline: orjson
+    never writes a raw newline itself (it escapes those in strings), so the bytes are
+    exactly those of one dumps per row joined by newlines, in half the time (one call per
+    row costs more than the whole list's serialization)."""
+    if not rows:
+        return b""
+    items: list[Any] = [_NEWLINE] * (2 * len(rows) - 1)
+    items[::2] = rows
+    return orjson.dumps(items)[1:-1].replace(b",\n,", b"\n")
 
 
 # -- billing and webhook deliveries (tables of their own) ---------------------------------

@@ -1,8 +1,9 @@
 import json
 
+import orjson
 import pytest
 
-from streams.projection import COLUMNS, ProjectionError, event_row
+from streams.projection import COLUMNS, ProjectionError, event_row, json_compact_each_row
 from tests.samples import sample
 
 
@@ -112,3 +113,17 @@ def test_an_outbound_request_starts_an_outbound_call():
     record["envelope"]["call_id"] = "out-1"
     values = dict(zip(COLUMNS, event_row("OutboundCallRequested", record), strict=True))
     assert (values["direction"], values["status"]) == ("OUTBOUND", "Queued")
+
+
+def test_json_compact_each_row_is_one_dumps_per_row_joined_by_newlines():
+    rows = [
+        event_row("CallOffered", sample("CallOffered", "c1", 1_700_000_000_000), 0, 1),
+        ("a\nb", ",\n,", "],[", 1, 2.5, None, ["x", "y"], {"k": "v\n"}),
+        (),
+        ("last",),
+    ]
+    block = json_compact_each_row(rows)
+    assert block == b"\n".join(orjson.dumps(r) for r in rows)
+    assert [json.loads(line) for line in block.split(b"\n")][1][0] == "a\nb"
+    assert json_compact_each_row(rows[:1]) == orjson.dumps(rows[0])
+    assert json_compact_each_row([]) == b""

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import rebuild, routing
+from streams.billing import Call
 from streams.projection import table_row
 from streams.rebuild import LogRecord, Projection, Rebuilder, routing_stream, table_digests
 from tests.samples import sample
@@ -372,3 +373,33 @@ def test_billing_computes_money_without_floats():
         or (isinstance(n, ast.Constant) and isinstance(n.value, float))
     ]
     assert floats == []
+
+
+class _Uncached(rebuild.BillingMachine):
+    """The billing machine parsing every stored value again, as the live agent does."""
+
+    def apply(self, partition: int, name: str, value: dict[str, Any]) -> list[Any]:
+        self._calls.clear()
+        return super().apply(partition, name, value)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(CALL, min_size=1, max_size=8), costs=st.lists(st.integers(0, 60)))
+def test_billing_taking_back_its_own_calls_decides_as_parsing_them(calls, costs):
+    sim = simulate(calls)
+    records = [r for (t, _p), rs in sorted(sim.parts.items()) if t == "call-events" for r in rs]
+    # provider cost reports, before and after the calls' ends
+    for i, n in enumerate(costs):
+        call_id = f"c{n % len(calls)}"
+        cost = sample("CallCost", call_id, T0 + 1_000 * n)
+        cost["envelope"]["event_id"] = _id(call_id, "cost", i)
+        at = min(len(records), n * len(records) // 60)
+        records.insert(at, LogRecord("call-events", 0, at, T0, "CallCost", cost))
+    cached, uncached = rebuild.BillingMachine(CONFIG), _Uncached(CONFIG)
+    for rec in records:
+        got = cached.apply(rec.partition, rec.name, rec.record)
+        assert got == uncached.apply(rec.partition, rec.name, rec.record)
+        for call_id, (value, call) in cached._calls.items():
+            assert cached.calls.get(call_id) is not value or Call.from_json(value) == call
+    assert cached.calls.values == uncached.calls.values
+    assert cached._calls  # the cache was used
