@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 
 def pin_one_core() -> None:
@@ -53,3 +56,18 @@ def speed_line(speeds: list[float]) -> str:
     return "# machine speed (M loop iterations/s per core, all busy at once): " + ", ".join(
         f"{s:.1f}" for s in speeds
     )
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 60) -> None:
+    """Poll `url` until it answers; if `proc` exits first, stop with its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(log.read_text())
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -40,7 +40,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench._util import machine_speed, speed_line
+from bench._util import machine_speed, speed_line, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
 from tests.outbound_stand_ins import Prism, Recorder, forward_to
@@ -230,17 +230,7 @@ def main() -> None:
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )  # fmt: skip
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    if edge.poll() is not None:
-                        raise SystemExit((root / "http-edge.log").read_text())
-                    try:
-                        urllib.request.urlopen(f"{base}/health", timeout=1).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+                wait_healthy(edge, f"{base}/health", root / "http-edge.log")
                 url = f"{base}/v1/calls"
                 assert stack.worker.proc is not None and stack.sink.proc is not None
                 watch = {

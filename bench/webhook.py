@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from bench._util import machine_speed, speed_line
+from bench._util import machine_speed, speed_line, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
 from tests.stack import CONFIG, running_stack
@@ -197,19 +197,7 @@ def main() -> None:
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )  # fmt: skip
             try:
-                import urllib.request
-
-                deadline = time.monotonic() + 60
-                while True:
-                    if edge.poll() is not None:
-                        raise SystemExit((root / "webhook-edge.log").read_text())
-                    try:
-                        urllib.request.urlopen(f"{base}/health", timeout=1).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+                wait_healthy(edge, f"{base}/health", root / "webhook-edge.log")
                 url = f"{base}/webhooks/twilio/voice"
                 assert stack.worker.proc is not None and stack.sink.proc is not None
                 watch = {

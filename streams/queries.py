@@ -36,18 +36,25 @@ def _iso(value: Any) -> Any:
     return value
 
 
-def list_calls(
-    store: Queryable, business: str | None = None, since_s: int | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
+def _filters(
+    business: str | None, since_s: int | None, time_column: str, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause and parameters of the list queries: a business, rows since."""
     where: list[str] = []
     params: dict[str, Any] = {"limit": limit}
     if business:
         where.append("business_id = {business:String}")
         params["business"] = business
     if since_s:
-        where.append("enqueued_at >= now64(3) - toIntervalSecond({since:UInt32})")
+        where.append(f"{time_column} >= now64(3) - toIntervalSecond({{since:UInt32}})")
         params["since"] = since_s
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    return ("WHERE " + " AND ".join(where)) if where else "", params
+
+
+def list_calls(
+    store: Queryable, business: str | None = None, since_s: int | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    clause, params = _filters(business, since_s, "enqueued_at", limit)
     rows = store.query(
         f"""
         SELECT id, status, business_id, route_number_id, provider, provider_call_id,
@@ -242,15 +249,7 @@ def list_billing(
     store: Queryable, business: str | None = None, since_s: int | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
     """Rated calls, newest start first; amounts as exact decimal strings."""
-    where: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    if business:
-        where.append("business_id = {business:String}")
-        params["business"] = business
-    if since_s:
-        where.append("started_at >= now64(3) - toIntervalSecond({since:UInt32})")
-        params["since"] = since_s
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    clause, params = _filters(business, since_s, "started_at", limit)
     rows = store.query(
         f"""
         SELECT call_id, rating_run, business_id, direction, provider, provider_call_id,

@@ -72,6 +72,7 @@ from edge.dialer.machine import (
     request_id,
 )
 from schemas.codec import Codec, CodecError
+from trunkline.core.aio import run_deadlines
 from trunkline.core.kafka import KeyFollower, Producers, Profile
 
 log = logging.getLogger("trunkline.dialer.io")
@@ -607,13 +608,6 @@ class DialerService:
         self.apply(actions)
 
     async def _timers(self) -> None:
-        while True:
-            deadline = self.machine.next_deadline()
-            delay = deadline - time.time() if deadline is not None else 1.0
-            self._wake.clear()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
-                except TimeoutError:
-                    pass
-            self.apply(self.machine.expire(time.time()))
+        await run_deadlines(
+            self.machine.next_deadline, lambda now: self.apply(self.machine.expire(now)), self._wake
+        )

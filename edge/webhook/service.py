@@ -46,7 +46,7 @@ from edge.webhook.base import (
 from edge.webhook.calls import Answer, NumberEntry, Out, Publish, WebhookCalls
 from schemas.codec import Codec, CodecError, make_codec
 from trunkline.core import logs
-from trunkline.core.aio import serve_until_signalled, tune_gc
+from trunkline.core.aio import run_deadlines, serve_until_signalled, tune_gc
 from trunkline.core.config import SecretError
 from trunkline.core.kafka import (
     CompactedFollower,
@@ -773,16 +773,9 @@ class WebhookEdge:
 
     # -- timers ---------------------------------------------------------------------------------
     async def _timers(self) -> None:
-        while True:
-            deadline = self.core.next_deadline()
-            delay = deadline - time.time() if deadline is not None else 1.0
-            self._wake.clear()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
-                except TimeoutError:
-                    pass
-            self._apply(self.core.expire(time.time()))
+        await run_deadlines(
+            self.core.next_deadline, lambda now: self._apply(self.core.expire(now)), self._wake
+        )
 
 
 def _call_view(call: Call) -> dict[str, Any]:

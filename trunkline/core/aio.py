@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -107,3 +108,23 @@ async def serve_until_signalled(
         if result is not None:
             await result
     await service.stop()
+
+
+async def run_deadlines(
+    next_deadline: Callable[[], float | None],
+    expire: Callable[[float], None],
+    wake: asyncio.Event,
+    idle_s: float = 1.0,
+) -> None:
+    """Call `expire(now)` at each deadline a sans-IO machine names (wall-clock seconds),
+    at least every `idle_s`, and early when `wake` is set (a new, nearer deadline)."""
+    while True:
+        deadline = next_deadline()
+        delay = deadline - time.time() if deadline is not None else idle_s
+        wake.clear()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=min(delay, idle_s))
+            except TimeoutError:
+                pass
+        expire(time.time())
