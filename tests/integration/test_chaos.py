@@ -57,12 +57,7 @@ def test_the_sink_killed_at_random_points_under_load_loses_nothing(kafka_bootstr
     _check(_run(kafka_bootstrap, tmp_path, "sink", kills=3))
 
 
-@pytest.mark.chaos
 def test_a_worker_killed_at_random_points_under_load_loses_nothing(kafka_bootstrap, tmp_path):
-    """In the chaos group, not the default run, while a known defect stands: Faust 0.15's
-    `Consumer._new_offset` commits past an unacknowledged head record, so a release a
-    restarted worker never handled can be committed over (docs/design.md, "Not
-    understood yet"; 2 of about 12 runs left a plan slot held). Run it with -m chaos."""
     _check(_run(kafka_bootstrap, tmp_path, "worker", kills=3))
 
 
