@@ -64,6 +64,11 @@ def _child(paths: BrokerPaths) -> subprocess.Popen[bytes]:
     paths.root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(["sh", "-c", "sleep 60", str(paths.properties)])
     paths.pid_file.write_text(f"{proc.pid}\n")
+    # until the child has exec'd, /proc/<pid>/cmdline is still ours (a forked python)
+    deadline = time.monotonic() + 10
+    while b"sleep 60" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the child did not exec"
+        time.sleep(0.01)
     return proc
 
 
