@@ -5,8 +5,8 @@ create-call request (the Twilio SDK against a stand-in) -> 201.
 The stand-in answers Twilio's create-call with a 201 and a fresh CallSid: an aiohttp
 server in a process of its own, as the provider is (`--prism` makes it forward to
 Stoplight Prism, which also validates each request against Twilio's OpenAPI
-description). In the load generator's process it shared that process's GIL and
-collector, and every create-call waited for them. Requests are sent open-loop on a
+description); in the load generator's process it shared the client's GIL and
+collections, which a provider never does. Requests are sent open-loop on a
 fixed schedule over keep-alive connections, each with its own Idempotency-Key; latency
 is from a request's scheduled time to its 201. Reported per run: API p50/p99 to 201,
 failures (any other answer), and the provider requests per call (the stand-in's count
