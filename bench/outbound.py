@@ -2,9 +2,11 @@
 -> OutboundCallRequested to admission -> routing -> the edge's dialer -> the provider's
 create-call request (the Twilio SDK against a stand-in) -> 201.
 
-The stand-in answers Twilio's create-call with a 201 and a fresh CallSid (an aiohttp
-server in this process; `--prism` puts Stoplight Prism, which also validates each request
-against Twilio's OpenAPI description, in its place). Requests are sent open-loop on a
+The stand-in answers Twilio's create-call with a 201 and a fresh CallSid: an aiohttp
+server in a process of its own, as the provider is (`--prism` makes it forward to
+Stoplight Prism, which also validates each request against Twilio's OpenAPI
+description); in the load generator's process it shared the client's GIL and
+collections, which a provider never does. Requests are sent open-loop on a
 fixed schedule over keep-alive connections, each with its own Idempotency-Key; latency
 is from a request's scheduled time to its 201. Reported per run: API p50/p99 to 201,
 failures (any other answer), and the provider requests per call (the stand-in's count
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import copy
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -43,9 +46,10 @@ from aiohttp import web
 from bench._util import machine_speed, speed_line, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
-from tests.outbound_stand_ins import Prism, Recorder, forward_to
+from tests.outbound_stand_ins import REPO, Prism, forward_to
 from tests.stack import CONFIG, running_stack
 from trunkline.core import kafka_local
+from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
 
 P99_BOUND_MS = 100.0
@@ -123,6 +127,60 @@ def twilio_stand_in() -> Any:
     return handler
 
 
+def serve_stand_in(upstream: str) -> None:
+    """The stand-in's process: answers (or forwards to `upstream`), counts create-calls
+    (`GET /_count`), and prints its port once it listens."""
+
+    async def serve() -> None:
+        handler = forward_to(upstream) if upstream else twilio_stand_in()
+        created = 0
+
+        async def any_request(request: web.Request) -> web.StreamResponse:
+            nonlocal created
+            if request.path == "/_count":
+                return web.json_response({"created": created})
+            raw = await request.read()
+            if request.method == "POST" and "Calls.json" in request.path:
+                created += 1
+            return await handler(request, {"raw": raw})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", any_request)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        tune_gc()
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+class StandIn:
+    """`serve_stand_in` in a child process."""
+
+    def __init__(self, upstream: str = "") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.outbound", "--serve-stand-in", upstream],
+            stdout=subprocess.PIPE, cwd=REPO,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"the stand-in did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line)}"
+
+    def created(self) -> int:
+        with urllib.request.urlopen(f"{self.url}/_count", timeout=5) as resp:
+            return int(json.load(resp)["created"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 async def fire(url: str, rate: int, seconds: float) -> tuple[list[float], int]:
     n = int(rate * seconds)
     latencies: list[float] = []
@@ -159,11 +217,11 @@ async def fire(url: str, rate: int, seconds: float) -> tuple[list[float], int]:
     return latencies, failed
 
 
-def run_rate(url: str, rate: int, seconds: float, watch: dict[str, int], stand_in: Recorder) -> Run:
+def run_rate(url: str, rate: int, seconds: float, watch: dict[str, int], stand_in: StandIn) -> Run:
     base = url.rsplit("/v1/", 1)[0]
     buckets = stage_buckets(base)
     before = {k: cpu_seconds(p) for k, p in watch.items()}
-    sent_before = len(stand_in.posts("Calls.json"))
+    sent_before = stand_in.created()
     t0 = time.monotonic()
     latencies, failed = asyncio.run(fire(url, rate, seconds))
     wall = time.monotonic() - t0
@@ -175,7 +233,7 @@ def run_rate(url: str, rate: int, seconds: float, watch: dict[str, int], stand_i
         failed,
         percentile(latencies, 0.5),
         percentile(latencies, 0.99),
-        len(stand_in.posts("Calls.json")) - sent_before,
+        stand_in.created() - sent_before,
         cpu,
         stage_line(buckets, stage_buckets(base)),
     )
@@ -189,11 +247,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds at 50/s first")
     ap.add_argument("--prism", action="store_true", help="Prism (Twilio's spec) as the stand-in")
     ap.add_argument("--bootstrap", default=os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"))
+    ap.add_argument("--serve-stand-in", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_stand_in is not None:
+        serve_stand_in(args.serve_stand_in)
+        return
     rates = [int(r) for r in args.rates.split(",")]
     root = Path(tempfile.mkdtemp(prefix="trunkline-outbound-bench-"))
     prism = Prism(root) if args.prism else None
-    stand_in = Recorder(forward_to(prism.url) if prism else twilio_stand_in()).start()
+    stand_in = StandIn(prism.url if prism else "")
     paths = None
     bootstrap = args.bootstrap
     if not bootstrap:
@@ -237,7 +299,8 @@ def main() -> None:
                     "http-edge": edge.pid,
                     "worker": stack.worker.proc.pid,
                     "sink": stack.sink.proc.pid,
-                    "load+stand-in": os.getpid(),
+                    "load": os.getpid(),
+                    "stand-in": stand_in.proc.pid,
                 }
                 if prism is not None:
                     watch["prism"] = prism.proc.pid
@@ -274,6 +337,7 @@ def main() -> None:
     finally:
         if paths is not None:
             kafka_local.stop(paths)
+        stand_in.stop()
         if prism is not None:
             prism.stop()
     best = 0
