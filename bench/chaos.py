@@ -17,7 +17,8 @@ Scenarios (--scenarios, comma-separated; default all):
   media-kill      SIGKILL the media node while real calls (302, INVITE, RTP) are live on it
   broker-restart  stop and start the broker under load
   broker-outage   the broker away --outage seconds (60)
-  flood           one source sends 2000 INVITEs/s (never ACKing) beside the load
+  flood           one source sends 2000 INVITEs/s (never ACKing) beside the load (--flood-rate;
+                  0 sends nothing for the same 20 s: a control run)
 
     .venv/bin/python -m bench.chaos [--scenarios ...] [--kills 10] [--rate 20]
         [--outage 60] [--seed N]
@@ -206,6 +207,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=20.0, help="legitimate calls per second")
     ap.add_argument("--outage", type=float, default=60.0, help="broker-outage seconds")
     ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    ap.add_argument(
+        "--flood-rate", type=int, default=2000, help="flood INVITEs/s (0: a control run)"
+    )
     args = ap.parse_args()
     wanted = args.scenarios.split(",")
     unknown = set(wanted) - set(SCENARIOS)
@@ -308,7 +312,7 @@ def main() -> None:
 
                         def flood() -> None:
                             cpu0 = time.thread_time()
-                            n = chaos.flood(s.edges["edge-a"], 20)
+                            n = chaos.flood(s.edges["edge-a"], 20, args.flood_rate)
                             sent.append((n, time.thread_time() - cpu0))
 
                         watch = FloodWatch(
@@ -322,7 +326,10 @@ def main() -> None:
                         t.start()
                         t.join()
                         flood_window.append(time.monotonic())
-                        log.append(f"flood: {sent[0][0]} INVITEs in 20 s from 127.0.0.2")
+                        log.append(
+                            f"flood: {sent[0][0]} INVITEs in "
+                            f"{flood_window[1] - flood_window[0]:.1f} s from 127.0.0.2"
+                        )
                         log.append(watch.stop(sent[0][1]))
 
                 started = time.monotonic()

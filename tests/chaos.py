@@ -221,6 +221,8 @@ def flood(port: int, seconds: float, rate: int = 2000, source: str = "127.0.0.2"
     ]
     target = ("127.0.0.1", port)
     sent, t0 = 0, time.monotonic()
+    if not datagrams:  # rate 0: the same time, nothing sent
+        time.sleep(seconds)
     while sent < len(datagrams):
         due = min(len(datagrams), int((time.monotonic() - t0) * rate) + rate // 100)
         for data in datagrams[sent:due]:
