@@ -17,7 +17,8 @@ Scenarios (--scenarios, comma-separated; default all):
   media-kill      SIGKILL the media node while real calls (302, INVITE, RTP) are live on it
   broker-restart  stop and start the broker under load
   broker-outage   the broker away --outage seconds (60)
-  flood           one source sends 2000 INVITEs/s (never ACKing) beside the load
+  flood           one source sends 2000 INVITEs/s (never ACKing) beside the load (--flood-rate;
+                  0 sends nothing for the same 20 s: a control run)
 
     .venv/bin/python -m bench.chaos [--scenarios ...] [--kills 10] [--rate 20]
         [--outage 60] [--seed N]
@@ -28,10 +29,13 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import os
 import random
+import re
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from bench._util import machine_speed, speed_line
@@ -62,6 +66,127 @@ def undelivered(receiver: Receiver, call_ids: set[str], timeout: float = 120) ->
         time.sleep(1.0)
 
 
+class FloodWatch:
+    """What the SIP edge did while it was flooded: its process's CPU (/proc/<pid>/stat),
+    its counters (/metrics: datagrams received, dropped by flood control; INVITE -> 302
+    by histogram bucket) and its UDP socket's receive queue, sampled every 10 ms
+    (/proc/net/udp: bytes waiting in the kernel, datagrams the kernel dropped); and the
+    CPU of the `others` processes (name -> pid), e.g. the worker the flood's calls reach."""
+
+    def __init__(
+        self, pid: int, sip_port: int, metrics_port: int, others: dict[str, int] | None = None
+    ) -> None:
+        self.pid, self.sip_port, self.metrics_port = pid, sip_port, metrics_port
+        self.others = others or {}
+        self.queued: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _cpu(self, pid: int = 0) -> float:
+        with open(f"/proc/{pid or self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _queue(self) -> tuple[int, int]:
+        """(bytes waiting, datagrams dropped) of the edge's UDP socket."""
+        with open("/proc/net/udp") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if int(cols[1].split(":")[1], 16) == self.sip_port:
+                    return int(cols[4].split(":")[1], 16), int(cols[-1])
+        return 0, 0
+
+    def _metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        out = {}
+        for m in re.finditer(
+            r'^trunkline_sip_messages_total\{outcome="(\w+)"\} (\S+)$', text, re.M
+        ):
+            out[m[1]] = float(m[2])
+        for m in re.finditer(
+            r'^trunkline_sip_invite_final_seconds_bucket\{code="302",le="([^"]+)"\} (\S+)$',
+            text,
+            re.M,
+        ):
+            out[f"le{m[1]}"] = float(m[2])
+        return out
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.queued.append(self._queue()[0])
+
+    def start(self) -> FloodWatch:
+        self.t0, self.cpu0, self.m0 = time.monotonic(), self._cpu(), self._metrics()
+        self.others0 = {name: self._cpu(pid) for name, pid in self.others.items()}
+        self.drops0 = self._queue()[1]
+        self._thread.start()
+        return self
+
+    def stop(self, flooder_cpu: float) -> str:
+        self._stop.set()
+        self._thread.join()
+        seconds, cpu = time.monotonic() - self.t0, self._cpu() - self.cpu0
+        others = "".join(
+            f"; the {name} {100 * (self._cpu(pid) - self.others0[name]) / seconds:.0f}% of a core"
+            for name, pid in self.others.items()
+        )
+        m1 = self._metrics()
+        got = {k: m1.get(k, 0.0) - self.m0.get(k, 0.0) for k in m1}
+        received, flood = int(got.get("received", 0)), int(got.get("flood", 0))
+        total = got.get("le+Inf", 0.0)
+        p99 = next(
+            (
+                le
+                for le in sorted((k for k in got if k.startswith("le")), key=_le)
+                if total and got[le] >= 0.99 * total
+            ),
+            "le?",
+        )
+        queued = sorted(self.queued) or [0]
+        return (
+            f"edge during the flood: {cpu:.2f} s CPU in {seconds:.1f} s "
+            f"({100 * cpu / seconds:.0f}% of a core), {received} datagrams received, "
+            f"{flood} dropped by flood control, {1e6 * cpu / max(received, 1):.0f} us CPU "
+            f"per datagram (all work included); its 302s ({int(total)}, the flood's own "
+            f"included) p99 <= {p99[2:]} s; UDP receive queue p50 "
+            f"{queued[len(queued) // 2] // 1024} KiB, max {queued[-1] // 1024} KiB, kernel "
+            f"drops {self._queue()[1] - self.drops0}; the flooder {flooder_cpu:.2f} s CPU "
+            f"({100 * flooder_cpu / seconds:.0f}% of a core){others}"
+        )
+
+
+def by_phase(timeline: list[tuple[float, float]], start: float, end: float) -> str:
+    """The legitimate calls' INVITE -> final p50 / p99 before, during (by second) and
+    after the flood, and the slowest with when they were sent."""
+
+    def stats(ms: list[float]) -> str:
+        if not ms:
+            return "-"
+        return f"{chaos.percentile(ms, 0.5):.0f}/{chaos.percentile(ms, 0.99):.0f} ms ({len(ms)})"
+
+    before = [ms for t, ms in timeline if t < start]
+    during = [(t, ms) for t, ms in timeline if start <= t <= end]
+    after = [ms for t, ms in timeline if t > end]
+    seconds = int(end - start) + 1
+    per_second = " ".join(
+        f"{max([ms for t, ms in during if int(t - start) == i], default=0):.0f}"
+        for i in range(seconds)
+    )
+    slowest = sorted(timeline, key=lambda x: -x[1])[:5]
+    return (
+        f"legit p50/p99 before the flood {stats(before)}, during "
+        f"{stats([ms for _, ms in during])}, after {stats(after)}; the slowest per second of "
+        f"the flood (ms): {per_second}; the 5 slowest: "
+        + ", ".join(f"{ms:.0f} ms sent at flood {t - start:+.1f} s" for t, ms in slowest)
+    )
+
+
+def _le(key: str) -> float:
+    return float(key[2:])
+
+
 SCENARIOS = (
     "worker-kills",
     "sink-kills",
@@ -82,6 +207,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=20.0, help="legitimate calls per second")
     ap.add_argument("--outage", type=float, default=60.0, help="broker-outage seconds")
     ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    ap.add_argument(
+        "--flood-rate", type=int, default=2000, help="flood INVITEs/s (0: a control run)"
+    )
     args = ap.parse_args()
     wanted = args.scenarios.split(",")
     unknown = set(wanted) - set(SCENARIOS)
@@ -138,6 +266,7 @@ def main() -> None:
                 media=media,
                 media_args=("--capacity", "100000") if media else (),
             ) as s:
+                flood_window: list[float] = []  # the flood's start and end
                 billing = Service(s.settings, "billing-worker")
                 if name == "billing-kills":
                     billing.start(timeout=120)
@@ -148,7 +277,11 @@ def main() -> None:
                     billing.start(timeout=120)
 
                 def fault(
-                    load: Load, log: list[str], name: str = name, billing: Service = billing
+                    load: Load,
+                    log: list[str],
+                    name: str = name,
+                    billing: Service = billing,
+                    flood_window: list[float] = flood_window,
                 ) -> None:
                     if name == "worker-kills":
                         chaos.kill_worker(s, rng, load, args.kills, log)
@@ -175,13 +308,29 @@ def main() -> None:
                         chaos.wait_routed(load, rng.randint(1, 40))
                         chaos.restart_broker(paths, cache, port, controller, args.outage, log)
                     elif name == "flood":
-                        sent: list[int] = []
-                        t = threading.Thread(
-                            target=lambda: sent.append(chaos.flood(s.edges["edge-a"], 20))
-                        )
+                        sent: list[tuple[int, float]] = []
+
+                        def flood() -> None:
+                            cpu0 = time.thread_time()
+                            n = chaos.flood(s.edges["edge-a"], 20, args.flood_rate)
+                            sent.append((n, time.thread_time() - cpu0))
+
+                        watch = FloodWatch(
+                            s.named["edge-a"].pid,
+                            s.edges["edge-a"],
+                            s.edge_metrics["edge-a"],
+                            {"worker": s.worker.proc.pid, "sink": s.sink.proc.pid},
+                        ).start()
+                        t = threading.Thread(target=flood)
+                        flood_window.append(time.monotonic())
                         t.start()
                         t.join()
-                        log.append(f"flood: {sent[0]} INVITEs in 20 s from 127.0.0.2")
+                        flood_window.append(time.monotonic())
+                        log.append(
+                            f"flood: {sent[0][0]} INVITEs in "
+                            f"{flood_window[1] - flood_window[0]:.1f} s from 127.0.0.2"
+                        )
+                        log.append(watch.stop(sent[0][1]))
 
                 started = time.monotonic()
                 try:
@@ -201,6 +350,8 @@ def main() -> None:
                     if receiver is not None:
                         receiver.stop()
                 outcomes.append(outcome)
+                if flood_window:
+                    outcome.events.append(by_phase(outcome.timeline, *flood_window))
                 print(outcome.line(), flush=True)
                 print(
                     f"    {time.monotonic() - started:.0f} s; " + "; ".join(outcome.events),

@@ -59,6 +59,8 @@ class Outcome:
     call_ids: set[str] = field(default_factory=set)  # the load's calls in ClickHouse
     #: when the settle timed out: what the workers and ClickHouse held (`diagnose`)
     diagnosis: list[str] = field(default_factory=list)
+    #: the legitimate calls' (INVITE sent, time.monotonic(); INVITE -> final ms)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -198,25 +200,37 @@ def restart_broker(
 
 
 def flood(port: int, seconds: float, rate: int = 2000, source: str = "127.0.0.2") -> int:
-    """INVITEs from one source that never ACKs, at `rate` per second; returns how many."""
+    """INVITEs from one source that never ACKs, at `rate` per second; returns how many.
+
+    Every datagram is built before the clock starts (each a new transaction: its own
+    Call-ID, branch and tag), so sending costs a `sendto` each, and the sends keep to a
+    schedule (`rate` x elapsed, in bursts of 1% of a second): a sleep that overshoots is
+    made up by the next burst instead of lowering the rate."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((source, 0))
+    via = f"{source}:{sock.getsockname()[1]}"
+    datagrams = [
+        (
+            f"INVITE sip:{NUMBER}@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {via};branch=z9hG4bKf{i}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:flood@{source}>;tag=f{i}\r\n"
+            f"To: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: flood-{i}@{source}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:flood@{source}>\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        for i in range(int(rate * seconds))
+    ]
+    target = ("127.0.0.1", port)
     sent, t0 = 0, time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        for _ in range(rate // 100):
-            cid = f"flood-{sent}@{source}"
-            msg = (
-                f"INVITE sip:{NUMBER}@127.0.0.1:{port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {source}:{sock.getsockname()[1]};branch=z9hG4bKf{sent}\r\n"
-                f"Max-Forwards: 70\r\nFrom: <sip:flood@{source}>;tag=f{sent}\r\n"
-                f"To: <sip:{NUMBER}@127.0.0.1>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n"
-                f"Contact: <sip:flood@{source}>\r\nContent-Length: 0\r\n\r\n"
-            ).encode()
+    if not datagrams:  # rate 0: the same time, nothing sent
+        time.sleep(seconds)
+    while sent < len(datagrams):
+        due = min(len(datagrams), int((time.monotonic() - t0) * rate) + rate // 100)
+        for data in datagrams[sent:due]:
             try:
-                sock.sendto(msg, ("127.0.0.1", port))
+                sock.sendto(data, target)
             except OSError:
                 pass
-            sent += 1
+        sent = max(sent, due)
         time.sleep(0.01)
     sock.close()
     return sent
@@ -440,6 +454,7 @@ def settle_and_count(
         unrated=unrated,
         call_ids=ids | set(media_rows),
         diagnosis=diagnosis,
+        timeline=sorted(t for x in loads for t in x.timeline),
     )
 
 

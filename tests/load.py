@@ -28,6 +28,8 @@ class Load:
     answered: dict[str, int] = field(default_factory=dict)
     offered: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    #: (when the INVITE was sent, time.monotonic(); its INVITE -> final ms), as answered
+    timeline: list[tuple[float, float]] = field(default_factory=list)
     #: calls refused at the door while the broker was away (503 "event log unavailable":
     #: nothing was published, so the history has no trace of them, by design)
     unlogged: set[str] = field(default_factory=set)
@@ -78,7 +80,9 @@ class Load:
             pass
         self.finals[r.status] += 1
         self.answered[r.call_id] = r.status
-        self.latencies_ms.append((time.monotonic() - self._sent_at.pop(r.call_id)) * 1000)
+        sent_at = self._sent_at.pop(r.call_id)
+        self.latencies_ms.append((time.monotonic() - sent_at) * 1000)
+        self.timeline.append((sent_at, self.latencies_ms[-1]))
         if r.status == 302:
             queue_id = NameAddr.parse(r.headers.get("contact")).uri.headers["X-CallQueue-Id"]
             self.routed[queue_id] = time.time()

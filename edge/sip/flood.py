@@ -12,14 +12,21 @@ response budget is spent is skipped (the transaction still ends on Timer H).
 
 Sources are remembered while active: at most `max_sources`, the least recently seen
 forgotten first (a forgotten source starts again with a full bucket).
+
+The check comes first: `admit` takes the datagrams one read of the UDP socket returned
+and keeps those within their source's limit, before anything parses them. A source over
+its limit costs one dict lookup and a comparison a datagram: an empty bucket records when
+its next token is due, and until then its requests are dropped without touching the
+bucket (which would refuse them all the same).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from trunkline.core.throttle import TokenBucket
 
@@ -45,12 +52,25 @@ class _Source:
 
 
 @dataclass
+class Admitted:
+    """What `FloodGuard.admit` kept of a batch of datagrams."""
+
+    #: (data, (host, port)) within their source's limit, in the order they came
+    requests: list[tuple[bytes, tuple[str, int]]]
+    received: int  # datagrams other than keep-alives
+    dropped: int  # over their source's limit
+    last_dropped: str = ""  # the source of the last one dropped
+
+
+@dataclass
 class FloodGuard:
     limits: Limits = field(default_factory=Limits)
     trusted: tuple[Network, ...] = ()
     dropped: int = 0
     skipped_retransmits: int = 0
     _sources: OrderedDict[str, _Source] = field(default_factory=OrderedDict)
+    #: source -> when its next request token is due (only sources whose bucket is empty)
+    _blocked: dict[str, float] = field(default_factory=dict)
 
     def trust(self, entries: Iterable[str]) -> None:
         """Replace the trusted networks (from every number's allowedSourceIps)."""
@@ -62,6 +82,7 @@ class FloodGuard:
                 continue
         self.trusted = tuple(nets)
         self._sources.clear()  # limits may have changed for known sources
+        self._blocked.clear()
 
     def _source(self, ip: str) -> _Source:
         found = self._sources.get(ip)
@@ -81,7 +102,8 @@ class FloodGuard:
             )
         self._sources[ip] = source
         if len(self._sources) > lim.max_sources:
-            self._sources.popitem(last=False)
+            forgotten, _ = self._sources.popitem(last=False)
+            self._blocked.pop(forgotten, None)
         return source
 
     def _is_trusted(self, ip: str) -> bool:
@@ -94,10 +116,36 @@ class FloodGuard:
         return any(address in net for net in self.trusted)
 
     def allow_request(self, ip: str, now: float) -> bool:
-        if self._source(ip).requests.take(now):
+        due = self._blocked.get(ip)
+        if due is not None and now < due:
+            self.dropped += 1
+            return False
+        bucket = self._source(ip).requests
+        if bucket.take(now):
+            if due is not None:
+                del self._blocked[ip]
             return True
+        self._blocked[ip] = now + (1.0 - bucket.tokens) / bucket.rate
         self.dropped += 1
         return False
+
+    def admit(self, batch: Sequence[tuple[bytes, Any]], now: float) -> Admitted:
+        """Keep the datagrams of `batch` ((data, address as the socket gives it)) whose
+        source is within its limit; keep-alives are neither kept nor charged."""
+        allow = self.allow_request
+        kept: list[tuple[bytes, tuple[str, int]]] = []
+        received = dropped = 0
+        last = ""
+        for data, addr in batch:
+            if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
+                continue  # a CRLF keep-alive (RFC 5626 §4.4.1) or empty: not a request
+            received += 1
+            if allow(addr[0], now):
+                kept.append((data, (addr[0], addr[1])))
+            else:
+                dropped += 1
+                last = addr[0]
+        return Admitted(kept, received, dropped, last)
 
     def allow_retransmit(self, ip: str, now: float) -> bool:
         if self._source(ip).retransmits.take(now):

@@ -37,7 +37,7 @@ from edge.sip.transaction import (
 from edge.sip.transport import Listen, SipStream, annotate_via, response_addr
 from schemas.codec import Codec, CodecError, make_codec
 from trunkline.core import logs
-from trunkline.core.aio import Datagrams, serve_until_signalled, tune_gc
+from trunkline.core.aio import UdpEndpoint, serve_until_signalled, tune_gc
 from trunkline.core.kafka import BrokerWatch, CompactedFollower, KeyFollower, Producers
 from trunkline.core.settings import Settings
 from trunkline.core.throttle import LogThrottle
@@ -70,6 +70,10 @@ DECISIONS_IN = Counter(
 PUBLISHED = Counter(
     "trunkline_sip_published_total", "Events the edge published, by outcome", ["outcome"]
 )
+# the children counted per datagram, looked up once (a `labels()` call costs more than the
+# flood check itself)
+_RECEIVED = MESSAGES.labels("received")
+_FLOOD = MESSAGES.labels("flood")
 
 
 class SipEdge:
@@ -120,7 +124,7 @@ class SipEdge:
         self.out = Producers(
             settings.kafka_bootstrap, ("decision",), name="sip-edge", error_cb=self.broker.on_error
         )
-        self.udp: Datagrams | None = None
+        self.udp: UdpEndpoint | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self._followers: list[KeyFollower | CompactedFollower] = []
@@ -169,10 +173,7 @@ class SipEdge:
         if not loaded:
             raise RuntimeError(f"could not read {self.numbers_topic} within 30 s")
         if self.enable_udp:
-            _, proto = await self.loop.create_datagram_endpoint(
-                lambda: Datagrams(self.on_datagram), local_addr=(self.listen.host, self.listen.port)
-            )
-            self.udp = proto
+            self.udp = await UdpEndpoint.bind(self.listen.host, self.listen.port, self.on_datagrams)
         if self.enable_tcp:
             self.servers.append(
                 await self.loop.create_server(
@@ -213,8 +214,8 @@ class SipEdge:
             self._metrics.shutdown()
         for server in self.servers:
             server.close()
-        if self.udp and self.udp.transport:
-            self.udp.transport.close()
+        if self.udp:
+            self.udp.close()
         loop = asyncio.get_running_loop()
         for follower in self._followers:
             await loop.run_in_executor(None, follower.stop)
@@ -231,32 +232,56 @@ class SipEdge:
         )
 
     def local_port(self, kind: str = "udp") -> int:
-        if kind == "udp" and self.udp and self.udp.transport:
-            return int(self.udp.transport.get_extra_info("sockname")[1])
+        if kind == "udp" and self.udp:
+            return int(self.udp.sockname[1])
         for server in self.servers:
             return int(server.sockets[0].getsockname()[1])
         raise RuntimeError(f"no {kind} listener")
 
     # -- input ----------------------------------------------------------------------------
-    def on_datagram(self, data: bytes, source: Address) -> None:
-        if data.strip(b"\r\n") == b"":
-            return  # keep-alive
-        self.on_message(data, source, "UDP", None, stream=False)
+    def on_datagrams(self, batch: list[tuple[bytes, Any]]) -> None:
+        """The datagrams one turn of the loop read from the UDP socket. Flood control
+        sees them first (no parse, no per-packet metric or log line): a flooding
+        source's datagrams cost a dict lookup each, so the loop drains them faster than
+        they come and the datagrams of other sources behind them do not wait."""
+        mono = time.monotonic()
+        admitted = self.flood.admit(batch, mono)
+        for data, source in admitted.requests:
+            try:
+                self._accept(data, source, "UDP", None, stream=False)
+            except Exception:  # one message must not cost the rest of the batch
+                log.exception("a datagram from %s failed", source[0])
+        if admitted.received:
+            _RECEIVED.inc(admitted.received)
+        if admitted.dropped:
+            self._flooded(mono, admitted.last_dropped, admitted.dropped)
+
+    def _flooded(self, mono: float, source: str, count: int) -> None:
+        """`count` requests over their source's limit were dropped silently (an answer
+        feeds the flood): counted, and a summary line at most every 10 s."""
+        _FLOOD.inc(count)
+        summary = self._flood_log.note(mono, source, count)
+        if summary is not None:
+            log.warning(
+                "flood control: %d request(s) over the limit since the last report (last from %s)",
+                *summary,
+            )
 
     def on_message(
         self, data: bytes, source: Address, transport: str, conn: Any, *, stream: bool
     ) -> None:
-        MESSAGES.labels("received").inc()
-        if not self.flood.allow_request(source[0], time.monotonic()):
-            MESSAGES.labels("flood").inc()  # dropped silently: an answer feeds the flood
-            summary = self._flood_log.note(time.monotonic(), source[0])
-            if summary is not None:
-                log.warning(
-                    "flood control: %d request(s) over the limit since the last report "
-                    "(last from %s)",
-                    *summary,
-                )
+        """A message framed from a TCP/TLS stream (UDP comes in batches: `on_datagrams`)."""
+        _RECEIVED.inc()
+        mono = time.monotonic()
+        if not self.flood.allow_request(source[0], mono):
+            self._flooded(mono, source[0], 1)
             return
+        self._accept(data, source, transport, conn, stream=stream)
+
+    def _accept(
+        self, data: bytes, source: Address, transport: str, conn: Any, *, stream: bool
+    ) -> None:
+        """A message within its source's limit: parsed and handed to the transactions."""
         now = time.time()
         try:
             message = parse_message(data, stream=stream)
@@ -351,8 +376,8 @@ class SipEdge:
             if not conn.is_closing():
                 conn.write(send.data)
             return
-        if self.udp and self.udp.transport:
-            self.udp.transport.sendto(send.data, send.addr)
+        if self.udp:
+            self.udp.sendto(send.data, send.addr)
 
     def _publish(self, out: Publish) -> None:
         try:

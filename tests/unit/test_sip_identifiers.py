@@ -77,3 +77,5 @@ def test_log_throttle_summarises_at_most_once_per_interval():
     assert t.note(1.0, "b") is None and t.note(9.9, "c") is None
     assert t.note(10.0, "d") == (3, "d")
     assert t.note(12.0, "e") is None
+    assert t.note(15.0, "a batch", count=250) is None  # a batch of drops noted at once
+    assert t.note(20.0, "f") == (252, "f")

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -71,6 +72,10 @@ def widen_receive_buffer(transport: asyncio.BaseTransport, size: int = RECV_BUFF
     sock = transport.get_extra_info("socket")
     if sock is None:
         return 0
+    return _widen(sock, size)
+
+
+def _widen(sock: socket.socket, size: int) -> int:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
         return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
@@ -91,6 +96,127 @@ class Datagrams(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.on_datagram(data, (addr[0], addr[1]))
+
+
+#: datagrams one readiness callback of a `UdpEndpoint` reads at most, so a flooded socket
+#: cannot keep the loop from its other callbacks (decisions to answer, timers)
+UDP_BATCH = 256
+
+
+class UdpEndpoint:
+    """A UDP socket read in batches: one readiness callback drains the socket (`recvfrom`
+    until it would block, at most `batch` datagrams) and hands the whole batch to
+    `on_batch([(data, addr), ...])`, `addr` as the socket gives it.
+
+    asyncio's datagram transport reads one datagram per loop iteration, so each one
+    costs a turn of the loop (a selector call, the ready callbacks, the timers) before the
+    next is read: under a flood the datagrams behind it, a trunk's INVITEs among them,
+    waited in the kernel's queue. Here a turn reads every datagram the socket holds, and
+    the receiver can judge each by its source before doing anything else with it.
+
+    `sendto` writes at once; when the kernel's send buffer is full, datagrams queue (in
+    order, at most `max_queued`, the oldest dropped beyond that) until it drains."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_batch: Callable[[list[tuple[bytes, Any]]], Any],
+        batch: int = UDP_BATCH,
+        max_queued: int = 10_000,
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.on_batch = on_batch
+        self.batch = batch
+        self.max_queued = max_queued
+        self.send_dropped = 0
+        self._queued: deque[tuple[bytes, Any]] = deque()
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._loop.add_reader(sock.fileno(), self._read_ready)
+
+    @classmethod
+    async def bind(
+        cls,
+        host: str,
+        port: int,
+        on_batch: Callable[[list[tuple[bytes, Any]]], Any],
+        recv_buffer: int = RECV_BUFFER_BYTES,
+        batch: int = UDP_BATCH,
+    ) -> UdpEndpoint:
+        """A socket bound to (host, port) with a `recv_buffer` receive buffer."""
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.bind(addr)
+            _widen(sock, recv_buffer)
+        except OSError:
+            sock.close()
+            raise
+        return cls(sock, on_batch, batch)
+
+    @property
+    def queued(self) -> int:
+        """Datagrams waiting for the kernel's send buffer."""
+        return len(self._queued)
+
+    @property
+    def sockname(self) -> Any:
+        return self.sock.getsockname()
+
+    def _read_ready(self) -> None:
+        batch: list[tuple[bytes, Any]] = []
+        recvfrom = self.sock.recvfrom
+        for _ in range(self.batch):
+            try:
+                batch.append(recvfrom(65535))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # an ICMP error reported on the socket: the next one may be fine
+                continue
+        if batch:
+            self.on_batch(batch)
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        if self._closed:
+            return
+        if not self._queued:
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._loop.add_writer(self.sock.fileno(), self._write_ready)
+            except OSError:  # unreachable, too large...: UDP gives no promise, SIP retransmits
+                return
+        if len(self._queued) >= self.max_queued:
+            self._queued.popleft()
+            self.send_dropped += 1
+        self._queued.append((data, addr))
+
+    def _write_ready(self) -> None:
+        while self._queued:
+            data, addr = self._queued[0]
+            try:
+                self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                pass
+            self._queued.popleft()
+        self._loop.remove_writer(self.sock.fileno())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.sock.fileno())
+        if self._queued:
+            self._loop.remove_writer(self.sock.fileno())
+            self._queued.clear()
+        self.sock.close()
 
 
 async def serve_until_signalled(

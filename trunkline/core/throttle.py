@@ -31,16 +31,17 @@ class TokenBucket:
 class LogThrottle:
     """Counts events and says when a summary is due: at most once per `interval` s.
 
-    `note(now, detail)` returns None while the interval runs, else the summary of what
-    was noted since the last one: (count, the last detail)."""
+    `note(now, detail, count=1)` notes `count` events (a batch at once) and returns None
+    while the interval runs, else the summary of what was noted since the last one:
+    (count, the last detail)."""
 
     interval: float = 10.0
     count: int = 0
     last_detail: str = ""
     _next: float = field(default=float("-inf"))
 
-    def note(self, now: float, detail: str) -> tuple[int, str] | None:
-        self.count += 1
+    def note(self, now: float, detail: str, count: int = 1) -> tuple[int, str] | None:
+        self.count += count
         self.last_detail = detail
         if now < self._next:
             return None
