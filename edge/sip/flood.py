@@ -5,6 +5,25 @@ Each source IP has a token bucket for the requests it sends: `rate` a second wit
 trunk) has its own, higher limit. Over the limit a request is dropped silently (an answer
 would cost as much as the request and tell the sender to keep going) and counted.
 
+As with pike, a source that empties its bucket is blocked, not merely rate-limited: all
+its requests are dropped for a `window` (2 s, pike's sampling unit), and at the end of
+each window it stays blocked if it sent more than its rate allows in that window
+(`rate * window`), else it is let go and its bucket (refilled meanwhile) takes over
+again. A flooder so gets its burst and then nothing while it floods: none of its
+requests reach the decision path, which would otherwise decide `rate` of its calls a
+second at the expense of everyone else's. A source that stays under its rate is never
+blocked.
+
+Table (per source, `now` given):
+
+| state   | request                                   | next                                  |
+|---------|-------------------------------------------|---------------------------------------|
+| open    | a token in the bucket: admitted            | open                                  |
+| open    | bucket empty: dropped                      | blocked until now + window, count 1   |
+| blocked | before `until`: dropped, counted           | blocked                               |
+| blocked | at/after `until`, count > rate * window    | blocked until now + window, count 1   |
+| blocked | at/after `until`, count <= rate * window   | open (this request judged by bucket)  |
+
 Our own UDP retransmissions toward a source also spend from a budget: an un-ACKed INVITE
 draws the final response up to ten more times (RFC 3261 Timer G), so a sender that never
 ACKs would turn the edge into an amplifier. A retransmission toward a source whose
@@ -14,10 +33,8 @@ Sources are remembered while active: at most `max_sources`, the least recently s
 forgotten first (a forgotten source starts again with a full bucket).
 
 The check comes first: `admit` takes the datagrams one read of the UDP socket returned
-and keeps those within their source's limit, before anything parses them. A source over
-its limit costs one dict lookup and a comparison a datagram: an empty bucket records when
-its next token is due, and until then its requests are dropped without touching the
-bucket (which would refuse them all the same).
+and keeps those within their source's limit, before anything parses them. A blocked
+source costs one dict lookup, a comparison and an increment a datagram.
 """
 
 from __future__ import annotations
@@ -43,6 +60,9 @@ class Limits:
     #: may draw as many as they may send)
     retransmit_rate: float = 20.0
     max_sources: int = 100_000
+    #: seconds a source over its limit stays blocked before it is judged again (pike's
+    #: sampling unit)
+    window: float = 2.0
 
 
 @dataclass
@@ -69,8 +89,8 @@ class FloodGuard:
     dropped: int = 0
     skipped_retransmits: int = 0
     _sources: OrderedDict[str, _Source] = field(default_factory=OrderedDict)
-    #: source -> when its next request token is due (only sources whose bucket is empty)
-    _blocked: dict[str, float] = field(default_factory=dict)
+    #: blocked sources -> [until, requests seen since the window began]
+    _blocked: dict[str, list[float]] = field(default_factory=dict)
 
     def trust(self, entries: Iterable[str]) -> None:
         """Replace the trusted networks (from every number's allowedSourceIps)."""
@@ -116,18 +136,28 @@ class FloodGuard:
         return any(address in net for net in self.trusted)
 
     def allow_request(self, ip: str, now: float) -> bool:
-        due = self._blocked.get(ip)
-        if due is not None and now < due:
-            self.dropped += 1
-            return False
+        blocked = self._blocked.get(ip)
+        if blocked is not None:
+            if now < blocked[0]:
+                blocked[1] += 1
+                self.dropped += 1
+                return False
+            source = self._source(ip)
+            if blocked[1] > source.requests.rate * self.limits.window:
+                blocked[0], blocked[1] = now + self.limits.window, 1
+                self.dropped += 1
+                return False
+            del self._blocked[ip]
         bucket = self._source(ip).requests
         if bucket.take(now):
-            if due is not None:
-                del self._blocked[ip]
             return True
-        self._blocked[ip] = now + (1.0 - bucket.tokens) / bucket.rate
+        self._blocked[ip] = [now + self.limits.window, 1]
         self.dropped += 1
         return False
+
+    def is_blocked(self, ip: str, now: float) -> bool:
+        blocked = self._blocked.get(ip)
+        return blocked is not None and now < blocked[0]
 
     def admit(self, batch: Sequence[tuple[bytes, Any]], now: float) -> Admitted:
         """Keep the datagrams of `batch` ((data, address as the socket gives it)) whose
