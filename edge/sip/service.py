@@ -132,7 +132,7 @@ class SipEdge:
         self.flood = FloodGuard(
             Limits(
                 rate=settings.sip_flood_rate,
-                burst=2 * settings.sip_flood_rate,
+                burst=settings.sip_flood_burst,
                 trusted_rate=settings.sip_trusted_rate,
                 trusted_burst=2 * settings.sip_trusted_rate,
             )

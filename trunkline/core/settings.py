@@ -338,9 +338,11 @@ class Settings(BaseSettings):
     log_level: Annotated[str, BeforeValidator(_choice(LOG_LEVELS))] = "info"
     sip_listen: HostPort = "127.0.0.1:5060"
     sip_metrics_listen: HostPort = "127.0.0.1:9060"
-    #: flood control (edge/sip/flood.py): requests a second per source IP, and for
-    #: sources in any number's allowedSourceIps
+    #: flood control (edge/sip/flood.py): requests a second per source IP, the burst
+    #: one may save (pike's default density is 30 per 2 s), and the rate for sources in
+    #: any number's allowedSourceIps (bursts of twice that)
     sip_flood_rate: PositiveCount = 100
+    sip_flood_burst: PositiveCount = 30
     sip_trusted_rate: PositiveCount = 5_000
     #: the webhook edge (edge/webhook): where it listens, and the URL providers call
     http_listen: HostPort = "127.0.0.1:8080"
