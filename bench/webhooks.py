@@ -97,10 +97,23 @@ def ratings_per_second(calls: int) -> float:
 
 
 # -- deliveries -----------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process used so far (Linux /proc)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds a process used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def thread_cpu_seconds(pid: int) -> Counter[str]:
+    """CPU seconds so far of each thread of a process, summed by thread name."""
+    out: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
 
 
 def _receiver(port: int, ready: multiprocessing.synchronize.Event, stats: dict) -> None:
@@ -108,10 +121,16 @@ def _receiver(port: int, ready: multiprocessing.synchronize.Event, stats: dict) 
 
     from aiohttp import web
 
-    count = {"n": 0, "first": 0.0, "last": 0.0}
+    count = {"n": 0, "first": 0.0, "last": 0.0, "connections": 0}
+    peers: set[object] = set()
 
     async def handle(request: web.Request) -> web.Response:
         await request.read()
+        if request.transport is not None:
+            peer = request.transport.get_extra_info("peername")
+            if peer not in peers:
+                peers.add(peer)
+                count["connections"] = len(peers)
         await asyncio.sleep(0.001)  # the subscriber's 1 ms
         now = time.monotonic()
         if count["n"] == 0:
@@ -141,7 +160,9 @@ class Deliveries:
     rate: float  # deliveries/s, the receiver's first request to its N-th
     total_s: float  # from the service's start
     service_cpu_per_1000: float  # CPU seconds of the service, readiness to the N-th
+    service_sys_per_1000: float  # of which in the kernel (sockets, polling)
     receiver_cpu_per_1000: float
+    connections: int  # TCP connections the receiver saw (keep-alive: about the in-flight limit)
     profile: list[str]
 
 
@@ -223,6 +244,7 @@ def deliveries_per_second(bootstrap: str, n: int, state: Path, profile: bool = F
     assert service.proc is not None
     receiver_pid = int(_get_json(f"http://127.0.0.1:{port}/count")["pid"])
     cpu0 = cpu_seconds(service.proc.pid), cpu_seconds(receiver_pid)
+    threads0 = thread_cpu_seconds(service.proc.pid)
     spy = None
     if profile:
         spy_out = Path(tempfile.gettempdir()) / "bench-webhooks.spy"  # kept: raw samples
@@ -240,19 +262,25 @@ def deliveries_per_second(bootstrap: str, n: int, state: Path, profile: bool = F
                 break
             time.sleep(0.1)
         cpu1 = cpu_seconds(service.proc.pid), cpu_seconds(receiver_pid)
+        threads = thread_cpu_seconds(service.proc.pid)
+        threads.subtract(threads0)
         if count["n"] < n:
             raise SystemExit(f"only {count['n']} of {n} deliveries in time")
         report: list[str] = []
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
             spy.wait(60)
-            report = spy_report(spy_out)
+            report = ["## the service's threads, CPU seconds per 1,000 deliveries"]
+            report += [f"{t * 1000 / n:7.3f}  {name}" for name, t in threads.most_common(4)]
+            report += spy_report(spy_out)
         rate = (n - 1) / (count["last"] - count["first"])
         return Deliveries(
             rate,
             time.monotonic() - started,
-            (cpu1[0] - cpu0[0]) * 1000 / n,
-            (cpu1[1] - cpu0[1]) * 1000 / n,
+            (sum(cpu1[0]) - sum(cpu0[0])) * 1000 / n,
+            (cpu1[0][1] - cpu0[0][1]) * 1000 / n,
+            (sum(cpu1[1]) - sum(cpu0[1])) * 1000 / n,
+            int(count["connections"]),
             report,
         )
     finally:
@@ -370,8 +398,9 @@ def main() -> None:
         print(f"deliveries: {d.rate:,.0f}/s to a receiver answering after 1 ms ({args.n} "
               f"deliveries, {d.total_s:.1f} s from start; floor 2,000): "
               f"{'pass' if d.rate >= 2_000 else 'FAIL'}; CPU per 1,000 deliveries: "
-              f"service {d.service_cpu_per_1000:.3f} s, receiver "
-              f"{d.receiver_cpu_per_1000:.3f} s")  # fmt: skip
+              f"service {d.service_cpu_per_1000:.3f} s ({d.service_sys_per_1000:.3f} s system), "
+              f"receiver "
+              f"{d.receiver_cpu_per_1000:.3f} s; {d.connections} connections")  # fmt: skip
         for line in d.profile:
             print(line)
     finally:
