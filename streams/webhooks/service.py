@@ -191,6 +191,10 @@ class WebhookService:
             name="webhooks",
             overrides={"decision": {"linger.ms": 5, "compression.type": "lz4"}},
         )
+        # records not handed to the producer yet: state by partition, attempts
+        self._outbox: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self._outbox_attempts: list[tuple[bytes, bytes | None]] = []
+        self._outbox_due = False
         self._counters: dict[tuple[str, str, str], Any] = {}  # label children, looked up once
         self._timers: dict[str, Any] = {}
         self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "gone": 0, "events": 0}
@@ -257,18 +261,18 @@ class WebhookService:
         return partition
 
     def _apply(self, changes: Changes) -> None:
+        """Carry out a step of the book: its records go to the outbox (produced at the end
+        of this loop iteration, and always before a commit), wake the subscriptions."""
+        if not self._outbox_due and (changes.writes or changes.attempts):
+            self._outbox_due = True
+            asyncio.get_running_loop().call_soon(self._produce_outbox)
         for w in changes.writes:
-            self.out.produce(
-                self.topics["state"],
-                w.key.encode(),
-                None if w.value is None else orjson.dumps(w.value),
-                partition=self._partition(w.partition_key),
+            self._outbox.setdefault(self._partition(w.partition_key), []).append(
+                (w.key.encode(), None if w.value is None else orjson.dumps(w.value))
             )
         for a in changes.attempts:
-            self.out.produce(
-                self.topics["deliveries"],
-                a["envelope"]["call_id"].encode(),
-                self.codec.encode("WebhookAttempt", a),
+            self._outbox_attempts.append(
+                (a["envelope"]["call_id"].encode(), self.codec.encode("WebhookAttempt", a))
             )
             outcome = a["outcome"]
             sub_id = a["subscription_id"]
@@ -303,10 +307,23 @@ class WebhookService:
                 a["status_code"] if a["status_code"] is not None else a["error"],
                 extra=logs.call(a["envelope"]["call_id"] or None),
             )
+        limit = self.settings.webhook_concurrency
         for sub_id in changes.woken:
             target = self.targets.get(sub_id)
-            if target is not None:
+            # every slot busy: each takes the next due delivery itself when it is done
+            if target is not None and len(target.inflight) < limit:
                 target.wake.set()
+
+    def _produce_outbox(self) -> None:
+        """Hand the outbox to the producer: one batch per state partition (a key's records
+        keep their order) and one of attempts (partitioned by call id)."""
+        self._outbox_due = False
+        outbox, self._outbox = self._outbox, {}
+        for partition, records in outbox.items():
+            self.out.produce_batch(self.topics["state"], records, partition=partition)
+        if self._outbox_attempts:
+            attempts, self._outbox_attempts = self._outbox_attempts, []
+            self.out.produce_batch(self.topics["deliveries"], attempts)
 
     # -- sending -------------------------------------------------------------------------
     async def _run_target(self, target: Target) -> None:
@@ -347,6 +364,9 @@ class WebhookService:
             if not due:
                 break
             d = due[0]
+        task = asyncio.current_task()
+        if task is not None:
+            target.inflight.discard(task)  # free before the wake: the slot is seen free
         target.wake.set()
 
     async def _send(self, target: Target, d: Delivery) -> None:
@@ -364,12 +384,15 @@ class WebhookService:
             ) as resp:
                 await resp.content.read(MAX_ANSWER_BYTES)
                 status = resp.status
-                result = Result(
-                    status,
-                    "" if 200 <= status < 300 else f"HTTP {status} {resp.reason or ''}".strip(),
-                    _elapsed_ms(started),
-                    retry_after_ms(resp.headers.get("Retry-After"), now_ms()),
-                )
+                if 200 <= status < 300:
+                    result = Result(status, "", _elapsed_ms(started))
+                else:
+                    result = Result(
+                        status,
+                        f"HTTP {status} {resp.reason or ''}".strip(),
+                        _elapsed_ms(started),
+                        retry_after_ms(resp.headers.get("Retry-After"), now_ms()),
+                    )
         except targets.TargetRefused as exc:
             result = Result(None, f"target refused: {exc}", _elapsed_ms(started))
         except TimeoutError:
@@ -461,6 +484,7 @@ class WebhookService:
             if offsets:
                 self.stats["events"] += len(msgs)
                 parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self._produce_outbox()  # what these events created, queued before the flush
                 await run(self._commit, parts)
 
     async def _sweep(self) -> None:
@@ -542,6 +566,7 @@ class WebhookService:
             consumer = self._consumer
             await asyncio.get_running_loop().run_in_executor(self._pool, consumer.close)
         self._pool.shutdown(wait=False)
+        self._produce_outbox()
         self.out.close()
 
     @property
