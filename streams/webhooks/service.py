@@ -4,9 +4,17 @@
     webhook-state (compacted) --read at start--> the book: every pending delivery again
     call-events, billing, webhook-commands --group consumer--> book.on_record / on_command
         -> state records (webhook-state), flushed, then the offsets committed
-    per subscription: a task takes due deliveries (at most TRUNKLINE_WEBHOOK_CONCURRENCY in
-        flight), POSTs them (aiohttp, its own connection pool), and hands each result
-        to the book -> state records and a WebhookAttempt (webhook-deliveries)
+    per subscription: a task hands due deliveries to slots (at most
+        TRUNKLINE_WEBHOOK_CONCURRENCY in flight); a slot POSTs one (aiohttp, the
+        subscription's own keep-alive pool), hands the result to the book -> state records
+        and a WebhookAttempt (webhook-deliveries), and takes the next due one itself
+    every record the book asks for waits in an outbox until the end of the loop's
+        iteration, then goes to the producer in batches (one per state partition, one of
+        attempts); a commit empties the outbox before its flush
+
+Per delivery the CPU goes to aiohttp (about half), Avro (the event's decoding, the
+attempt's encoding), the book and four records; a batch of records costs librdkafka one
+queue lock instead of one per record (docs/benchmarks.md has the figures).
 
 Nothing is lost:
 - an event's offset is committed only after the deliveries it created were acknowledged
