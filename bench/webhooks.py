@@ -8,10 +8,17 @@ Two figures:
                a local receiver (another process) that answers 200 after 1 ms; time from
                the receiver's first request to its N-th. The events are in call-events
                before the service starts (a backlog), so the figure is the service's own
-               speed: consume, state records, sign, POST, outcome records.
+               speed: consume, state records, sign, POST, outcome records. Beside it, the
+               CPU seconds the service process (and the receiver) used per 1,000
+               deliveries, from its readiness to the N-th delivery: less sensitive to the
+               other load on a shared machine than the rate.
                Floor: 2,000 deliveries/s.
+  receiver:    (--receiver-alone) the same receiver driven by a plain aiohttp client with
+               64 requests in flight: the rate it can take alone, so the receiver is
+               known not to be what limits the deliveries figure.
 
     .venv/bin/python -m bench.webhooks [--n 20000] [--calls 100000] [--bootstrap HOST:PORT]
+        [--skip-ratings] [--receiver-alone] [--profile]
 
 Without --bootstrap (or TRUNKLINE_KAFKA_BOOTSTRAP) it starts a broker of its own.
 """
@@ -23,12 +30,19 @@ import base64
 import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench._util import best_rate, machine_speed, pin_one_core, speed_line
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-0123456789ab").decode()
 T0 = 1_767_225_600_000
@@ -83,15 +97,40 @@ def ratings_per_second(calls: int) -> float:
 
 
 # -- deliveries -----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds a process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def thread_cpu_seconds(pid: int) -> Counter[str]:
+    """CPU seconds so far of each thread of a process, summed by thread name."""
+    out: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
 def _receiver(port: int, ready: multiprocessing.synchronize.Event, stats: dict) -> None:
     import asyncio
 
     from aiohttp import web
 
-    count = {"n": 0, "first": 0.0, "last": 0.0}
+    count = {"n": 0, "first": 0.0, "last": 0.0, "connections": 0}
+    peers: set[object] = set()
 
     async def handle(request: web.Request) -> web.Response:
         await request.read()
+        if request.transport is not None:
+            peer = request.transport.get_extra_info("peername")
+            if peer not in peers:
+                peers.add(peer)
+                count["connections"] = len(peers)
         await asyncio.sleep(0.001)  # the subscriber's 1 ms
         now = time.monotonic()
         if count["n"] == 0:
@@ -101,7 +140,7 @@ def _receiver(port: int, ready: multiprocessing.synchronize.Event, stats: dict) 
         return web.Response(status=200)
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(count)
+        return web.json_response({**count, "pid": os.getpid()})
 
     async def main() -> None:
         app = web.Application()
@@ -116,10 +155,27 @@ def _receiver(port: int, ready: multiprocessing.synchronize.Event, stats: dict) 
     asyncio.run(main())
 
 
-def deliveries_per_second(bootstrap: str, n: int, state: Path) -> tuple[float, float]:
+@dataclass
+class Deliveries:
+    rate: float  # deliveries/s, the receiver's first request to its N-th
+    total_s: float  # from the service's start
+    service_cpu_per_1000: float  # CPU seconds of the service, readiness to the N-th
+    service_sys_per_1000: float  # of which in the kernel (sockets, polling)
+    receiver_cpu_per_1000: float
+    connections: int  # TCP connections the receiver saw (keep-alive: about the in-flight limit)
+    profile: list[str]
+
+
+def _get_json(url: str) -> dict:
     import json
     import urllib.request
 
+    with urllib.request.urlopen(url, timeout=5) as r:
+        data: dict = json.load(r)
+    return data
+
+
+def deliveries_per_second(bootstrap: str, n: int, state: Path, profile: bool = False) -> Deliveries:
     import yaml
 
     from schemas import SingleObjectCodec
@@ -185,22 +241,125 @@ def deliveries_per_second(bootstrap: str, n: int, state: Path) -> tuple[float, f
     service = Service(s, "webhooks", env={"BENCH_SECRET": SECRET})
     started = time.monotonic()
     service.start()
+    assert service.proc is not None
+    receiver_pid = int(_get_json(f"http://127.0.0.1:{port}/count")["pid"])
+    cpu0 = cpu_seconds(service.proc.pid), cpu_seconds(receiver_pid)
+    threads0 = thread_cpu_seconds(service.proc.pid)
+    spy = None
+    if profile:
+        spy_out = Path(tempfile.gettempdir()) / "bench-webhooks.spy"  # kept: raw samples
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "200", "-f", "raw",
+             "--gil", "--nonblocking", "-o", str(spy_out), "-p", str(service.proc.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
     try:
         deadline = time.monotonic() + max(120, n / 200)
         count = {"n": 0}
         while time.monotonic() < deadline:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as r:
-                count = json.load(r)
+            count = _get_json(f"http://127.0.0.1:{port}/count")
             if count["n"] >= n:
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
+        cpu1 = cpu_seconds(service.proc.pid), cpu_seconds(receiver_pid)
+        threads = thread_cpu_seconds(service.proc.pid)
+        threads.subtract(threads0)
         if count["n"] < n:
             raise SystemExit(f"only {count['n']} of {n} deliveries in time")
+        report: list[str] = []
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+            spy.wait(60)
+            report = ["## the service's threads, CPU seconds per 1,000 deliveries"]
+            report += [f"{t * 1000 / n:7.3f}  {name}" for name, t in threads.most_common(4)]
+            report += spy_report(spy_out)
         rate = (n - 1) / (count["last"] - count["first"])
-        return rate, time.monotonic() - started
+        return Deliveries(
+            rate,
+            time.monotonic() - started,
+            (sum(cpu1[0]) - sum(cpu0[0])) * 1000 / n,
+            (cpu1[0][1] - cpu0[0][1]) * 1000 / n,
+            (sum(cpu1[1]) - sum(cpu0[1])) * 1000 / n,
+            int(count["connections"]),
+            report,
+        )
     finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait()
         service.stop()
         receiver.terminate()
+        receiver.join(10)
+
+
+def _frame(f: str) -> str:
+    """py-spy's `function (path/file.py:line)` as `function file.py` (lines merged)."""
+    name, _, where = f.partition(" (")
+    return f"{name} {where.rpartition('/')[2].partition(':')[0]}"
+
+
+def spy_report(out: Path, top: int = 25) -> list[str]:
+    """py-spy's raw samples: the functions with the most own time, and the project's
+    functions with the most time inside them (cumulative)."""
+    own: Counter[str] = Counter()
+    inside: Counter[str] = Counter()
+    total = 0
+    if not out.exists():
+        return ["(py-spy wrote nothing)"]
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        k = int(count)
+        total += k
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += k
+        for f in set(frames):
+            inside[f] += k
+    lines = [f"## own time ({total} samples holding the GIL, raw in {out})"]
+    lines += [f"{c / max(total, 1) * 100:5.1f}%  {f}" for f, c in own.most_common(top)]
+    lines.append("## inclusive time")
+    lines += [f"{c / max(total, 1) * 100:5.1f}%  {f}" for f, c in inside.most_common(top * 2)]
+    return lines
+
+
+def receiver_alone(n: int, inflight: int = 64) -> float:
+    """The receiver's own rate: a plain aiohttp client (this process) keeps `inflight`
+    requests going over keep-alive connections; the receiver's first to N-th request."""
+    import asyncio
+
+    import aiohttp
+
+    from tests.harness import free_port
+
+    port = free_port()
+    ready = multiprocessing.Event()
+    receiver = multiprocessing.Process(target=_receiver, args=(port, ready, {}), daemon=True)
+    receiver.start()
+    ready.wait(30)
+    body = b'{"type":"call.ended","timestamp":"2026-11-30T10:00:00.000Z","data":{}}' * 4
+
+    async def drive() -> None:
+        left = n
+        connector = aiohttp.TCPConnector(limit=inflight)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    async with session.post(f"http://127.0.0.1:{port}/hooks", data=body) as r:
+                        await r.read()
+
+            await asyncio.gather(*(one() for _ in range(inflight)))
+
+    try:
+        asyncio.run(drive())
+        count = _get_json(f"http://127.0.0.1:{port}/count")
+        return (count["n"] - 1) / (count["last"] - count["first"])
+    finally:
+        receiver.terminate()
+        receiver.join(10)
 
 
 def main() -> None:
@@ -208,12 +367,20 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20_000, help="deliveries")
     p.add_argument("--calls", type=int, default=100_000, help="calls rated")
     p.add_argument("--bootstrap", default=os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"))
+    p.add_argument("--skip-ratings", action="store_true", help="deliveries only")
+    p.add_argument("--receiver-alone", action="store_true", help="the receiver's own rate too")
+    p.add_argument("--profile", action="store_true", help="py-spy the service (slows it)")
     args = p.parse_args()
     print(speed_line(machine_speed()))
-    rate = ratings_per_second(args.calls)
-    print(f"ratings: {rate:,.0f} calls/s on one core (floor 20,000): "
-          f"{'pass' if rate >= 20_000 else 'FAIL'}")  # fmt: skip
-    os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    if not args.skip_ratings:
+        rate = ratings_per_second(args.calls)
+        print(f"ratings: {rate:,.0f} calls/s on one core (floor 20,000): "
+              f"{'pass' if rate >= 20_000 else 'FAIL'}")  # fmt: skip
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    if args.receiver_alone:
+        alone = receiver_alone(args.n)
+        print(f"receiver alone: {alone:,.0f} requests/s answered after 1 ms "
+              f"(64 in flight, {args.n} requests)")  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     broker = None
     try:
@@ -227,10 +394,15 @@ def main() -> None:
             cache = Path(os.environ.get("TRUNKLINE_CACHE_DIR") or Path.home() / ".cache/trunkline")
             kafka_local.start(broker, cache, port, free_port())
             bootstrap = f"127.0.0.1:{port}"
-        per_s, total = deliveries_per_second(bootstrap, args.n, tmp / "state")
-        print(f"deliveries: {per_s:,.0f}/s to a receiver answering after 1 ms ({args.n} "
-              f"deliveries, {total:.1f} s from start; floor 2,000): "
-              f"{'pass' if per_s >= 2_000 else 'FAIL'}")  # fmt: skip
+        d = deliveries_per_second(bootstrap, args.n, tmp / "state", args.profile)
+        print(f"deliveries: {d.rate:,.0f}/s to a receiver answering after 1 ms ({args.n} "
+              f"deliveries, {d.total_s:.1f} s from start; floor 2,000): "
+              f"{'pass' if d.rate >= 2_000 else 'FAIL'}; CPU per 1,000 deliveries: "
+              f"service {d.service_cpu_per_1000:.3f} s ({d.service_sys_per_1000:.3f} s system), "
+              f"receiver "
+              f"{d.receiver_cpu_per_1000:.3f} s; {d.connections} connections")  # fmt: skip
+        for line in d.profile:
+            print(line)
     finally:
         if broker is not None:
             from trunkline.core import kafka_local

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.webhooks import payload, retry
-from trunkline.core.events import TransitionError, derived_id, envelope, transition
+from trunkline.core.events import TransitionError, derived_id, envelope, transition, uuid5_hex
 
 PRODUCER = "webhooks"
 _WEBHOOK_IDS = uuid.UUID("7d1b0c52-52f1-4b7e-9a8e-2f6c0d9b1e33")
@@ -100,13 +100,21 @@ TRANSITIONS: dict[State | None, dict[Input, State]] = {
 }
 
 
+_OUTCOMES = {
+    Input.SUCCESS: "delivered",
+    Input.EXHAUST: "dead",
+    Input.GONE: "gone",
+    Input.SKIP: "skipped",
+}
+
+
 def step(state: State | None, event: Input) -> State:
     return transition(TRANSITIONS, state, event, "webhook delivery")
 
 
 def webhook_id(subscription_id: str, event_id: str) -> str:
     """The webhook-id header: stable for one event and one subscription."""
-    return "msg_" + uuid.uuid5(_WEBHOOK_IDS, f"{subscription_id}/{event_id}").hex
+    return "msg_" + uuid5_hex(_WEBHOOK_IDS, f"{subscription_id}/{event_id}")
 
 
 def replace(d: Delivery, **changes: Any) -> Delivery:
@@ -373,9 +381,11 @@ class Book:
         fire = event_type is not None and not (
             event_type in payload.ONCE and event_type in entry.fired
         )
+        if fire and event_type is not None and event_type in payload.ONCE:
+            entry.fired.add(event_type)
+        self.entries[call_id] = entry
+        changes.writes.append(Write(_entry_key(call_id), call_id, entry.to_json()))  # first
         if fire and event_type is not None:
-            if event_type in payload.ONCE:
-                entry.fired.add(event_type)
             at = int(record["envelope"]["occurred_at"])
             event_id = str(record["envelope"]["event_id"])
             text = payload.body(event_type, at, payload.data(entry.data, name, record)).decode()
@@ -383,29 +393,48 @@ class Book:
                 self._gated.add(call_id)
             for sub in self.subscriptions.values():
                 if sub.wants(event_type, business_id):
-                    changes.extend(
-                        self._enqueue(
-                            Delivery(sub.id, call_id, event_id, event_type, at, text, business_id),
-                            now_ms,
-                        )
+                    self._enqueue(
+                        sub.id,
+                        call_id,
+                        event_id,
+                        event_type,
+                        at,
+                        text,
+                        business_id,
+                        now_ms,
+                        changes,
                     )
-        self.entries[call_id] = entry
-        changes.writes.insert(0, Write(_entry_key(call_id), call_id, entry.to_json()))
         return changes
 
-    def _enqueue(self, new: Delivery, now_ms: int) -> Changes:
-        changes = Changes()
-        old = self.deliveries.get(new.key)
+    def _enqueue(
+        self,
+        sub_id: str,
+        call_id: str,
+        event_id: str,
+        event_type: str,
+        at: int,
+        body: str,
+        business_id: str,
+        now_ms: int,
+        changes: Changes,
+    ) -> None:
+        """Owe one event to one subscription (nothing if it is owed or settled already)."""
+        old = self.deliveries.get((sub_id, event_id))
         state = step(old.state if old else None, Input.ENQUEUE)
         if old is not None:
-            return changes  # a re-delivered record: already owed (or settled)
-        d = replace(new, state=state, next_at=now_ms)
-        self.deliveries[d.key] = d
-        self._queues.setdefault((d.subscription_id, d.call_id), set()).add(d.event_id)
-        self._push(d.subscription_id, d.call_id)
+            return  # a re-delivered record: already owed (or settled)
+        d = Delivery(
+            sub_id, call_id, event_id, event_type, at, body, business_id, state, 0, 0, now_ms
+        )
+        self.deliveries[(sub_id, event_id)] = d
+        queue = self._queues.get((sub_id, call_id))
+        if queue is None:
+            self._queues[(sub_id, call_id)] = {event_id}
+        else:
+            queue.add(event_id)
+        self._push(sub_id, call_id)
         changes.writes.append(self._write(d))
-        changes.woken.add(d.subscription_id)
-        return changes
+        changes.woken.add(sub_id)
 
     def ungate(self, call_id: str) -> Changes:
         """The call-events partition of `call_id` was read far enough: its call.rated
@@ -435,6 +464,9 @@ class Book:
         events = self._queues.get((sub_id, call_id))
         if not events:
             return None
+        if len(events) == 1:  # the common case: the call owes this subscription one event
+            for e in events:
+                return self.deliveries[(sub_id, e)]
         queue = [self.deliveries[(sub_id, e)] for e in events]
         started = [d for d in queue if d.attempts > 0 and d.state in (State.PENDING, State.SENDING)]
         if started:
@@ -553,12 +585,7 @@ class Book:
             if not queue:
                 del self._queues[(d.subscription_id, d.call_id)]
         self._push(d.subscription_id, d.call_id)  # the next of the call's queue, if any
-        outcome = {
-            Input.SUCCESS: "delivered",
-            Input.EXHAUST: "dead",
-            Input.GONE: "gone",
-            Input.SKIP: "skipped",
-        }[event]
+        outcome = _OUTCOMES[event]
         changes = Changes(woken={d.subscription_id})
         changes.writes.append(self._write(settled, body=d.body))
         changes.attempts.append(

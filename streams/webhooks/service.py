@@ -4,9 +4,17 @@
     webhook-state (compacted) --read at start--> the book: every pending delivery again
     call-events, billing, webhook-commands --group consumer--> book.on_record / on_command
         -> state records (webhook-state), flushed, then the offsets committed
-    per subscription: a task takes due deliveries (at most TRUNKLINE_WEBHOOK_CONCURRENCY in
-        flight), POSTs them (aiohttp, its own connection pool), and hands each result
-        to the book -> state records and a WebhookAttempt (webhook-deliveries)
+    per subscription: a task hands due deliveries to slots (at most
+        TRUNKLINE_WEBHOOK_CONCURRENCY in flight); a slot POSTs one (aiohttp, the
+        subscription's own keep-alive pool), hands the result to the book -> state records
+        and a WebhookAttempt (webhook-deliveries), and takes the next due one itself
+    every record the book asks for waits in an outbox until the end of the loop's
+        iteration, then goes to the producer in batches (one per state partition, one of
+        attempts); a commit empties the outbox before its flush
+
+Per delivery the CPU goes to aiohttp (about half), Avro (the event's decoding, the
+attempt's encoding), the book and four records; a batch of records costs librdkafka one
+queue lock instead of one per record (docs/benchmarks.md has the figures).
 
 Nothing is lost:
 - an event's offset is committed only after the deliveries it created were acknowledged
@@ -41,6 +49,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from confluent_kafka import KafkaError, TopicPartition
@@ -65,6 +74,7 @@ from trunkline.core.topics import (
 log = logging.getLogger("trunkline.webhooks")
 MAX_ANSWER_BYTES = 1024
 SWEEP_EVERY_S = 10.0
+YIELD_EVERY = 50  # records of a fetched batch handled before the loop's other tasks run
 USER_AGENT = "trunkline-webhooks/0.1"
 
 #: the webhook service's /metrics (docs/metrics.md); what it owes is read at scrape time
@@ -116,7 +126,10 @@ class FilteringResolver(AbstractResolver):
 
 
 class Target:
-    """One subscription's sending side: its key, pool and in-flight deliveries."""
+    """One subscription's sending side: its key, pool and in-flight deliveries.
+
+    The session keeps its connections alive (at most `limit`, one per request in flight)
+    and stores no cookies: a subscriber's cookies are never sent back."""
 
     def __init__(self, sub_id: str, key: bytes | None, allow_private: bool, limit: int) -> None:
         self.sub_id = sub_id
@@ -128,10 +141,27 @@ class Target:
             ),
             headers={"user-agent": USER_AGENT},
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self._urls: dict[str, yarl.URL] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    def checked_url(self, url: str) -> yarl.URL:
+        """`url` parsed, once its scheme and host (a literal IP's address too) were checked;
+        TargetRefused otherwise. A name is checked after resolution, by the pool's
+        resolver. Remembered per URL: the target is made again when its config changes."""
+        checked = self._urls.get(url)
+        if checked is None:
+            host, _ = targets.check_url(url)
+            literal = _literal_ip(host)
+            if literal is not None:
+                targets.allowed_addresses(host, [literal], self.allow_private)
+            if len(self._urls) > 16:
+                self._urls.clear()
+            checked = self._urls[url] = yarl.URL(url)
+        return checked
 
     async def close(self, cancel_inflight: bool = False) -> None:
         """Stop taking deliveries. Requests in flight are left to fail as the pool closes
@@ -169,6 +199,12 @@ class WebhookService:
             name="webhooks",
             overrides={"decision": {"linger.ms": 5, "compression.type": "lz4"}},
         )
+        # records not handed to the producer yet: state by partition, attempts
+        self._outbox: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        self._outbox_attempts: list[tuple[bytes, bytes | None]] = []
+        self._outbox_due = False
+        self._counters: dict[tuple[str, str, str], Any] = {}  # label children, looked up once
+        self._timers: dict[str, Any] = {}
         self.stats = {"delivered": 0, "failed_attempts": 0, "dead": 0, "gone": 0, "events": 0}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="webhooks-consumer")
         self._gates: dict[str, tuple[int, int]] = {}  # call id -> (partition, offset needed)
@@ -233,30 +269,43 @@ class WebhookService:
         return partition
 
     def _apply(self, changes: Changes) -> None:
+        """Carry out a step of the book: its records go to the outbox (produced at the end
+        of this loop iteration, and always before a commit), wake the subscriptions."""
+        if not self._outbox_due and (changes.writes or changes.attempts):
+            self._outbox_due = True
+            asyncio.get_running_loop().call_soon(self._produce_outbox)
         for w in changes.writes:
-            self.out.produce(
-                self.topics["state"],
-                w.key.encode(),
-                None if w.value is None else orjson.dumps(w.value),
-                partition=self._partition(w.partition_key),
+            self._outbox.setdefault(self._partition(w.partition_key), []).append(
+                (w.key.encode(), None if w.value is None else orjson.dumps(w.value))
             )
         for a in changes.attempts:
-            self.out.produce(
-                self.topics["deliveries"],
-                a["envelope"]["call_id"].encode(),
-                self.codec.encode("WebhookAttempt", a),
+            self._outbox_attempts.append(
+                (a["envelope"]["call_id"].encode(), self.codec.encode("WebhookAttempt", a))
             )
             outcome = a["outcome"]
-            ATTEMPTS.labels(a["subscription_id"], a["event_type"], outcome).inc()
-            ATTEMPT_SECONDS.labels(a["subscription_id"]).observe((a["latency_ms"] or 0) / 1000)
+            sub_id = a["subscription_id"]
+            counter = self._counters.get((sub_id, a["event_type"], outcome))
+            if counter is None:
+                if len(self._counters) > 10_000:
+                    self._counters.clear()
+                counter = ATTEMPTS.labels(sub_id, a["event_type"], outcome)
+                self._counters[(sub_id, a["event_type"], outcome)] = counter
+            counter.inc()
+            timer = self._timers.get(sub_id)
+            if timer is None:
+                timer = self._timers[sub_id] = ATTEMPT_SECONDS.labels(sub_id)
+            timer.observe((a["latency_ms"] or 0) / 1000)
             if outcome == "delivered":
                 self.stats["delivered"] += 1
             elif outcome in ("dead", "gone"):
                 self.stats[outcome] += 1
             if outcome in ("retrying", "dead", "gone"):
                 self.stats["failed_attempts"] += 1
+            level = logging.DEBUG if outcome == "delivered" else logging.INFO
+            if not log.isEnabledFor(level):
+                continue
             log.log(
-                logging.DEBUG if outcome == "delivered" else logging.INFO,
+                level,
                 "%s %s -> %s: attempt %d %s (%s)",
                 a["event_type"],
                 a["webhook_id"],
@@ -266,10 +315,23 @@ class WebhookService:
                 a["status_code"] if a["status_code"] is not None else a["error"],
                 extra=logs.call(a["envelope"]["call_id"] or None),
             )
+        limit = self.settings.webhook_concurrency
         for sub_id in changes.woken:
             target = self.targets.get(sub_id)
-            if target is not None:
+            # every slot busy: each takes the next due delivery itself when it is done
+            if target is not None and len(target.inflight) < limit:
                 target.wake.set()
+
+    def _produce_outbox(self) -> None:
+        """Hand the outbox to the producer: one batch per state partition (a key's records
+        keep their order) and one of attempts (partitioned by call id)."""
+        self._outbox_due = False
+        outbox, self._outbox = self._outbox, {}
+        for partition, records in outbox.items():
+            self.out.produce_batch(self.topics["state"], records, partition=partition)
+        if self._outbox_attempts:
+            attempts, self._outbox_attempts = self._outbox_attempts, []
+            self.out.produce_batch(self.topics["deliveries"], attempts)
 
     # -- sending -------------------------------------------------------------------------
     async def _run_target(self, target: Target) -> None:
@@ -282,7 +344,7 @@ class WebhookService:
                 due, changes = self.book.due(target.sub_id, now, room)
                 self._apply(changes)
                 for d in due:
-                    task = asyncio.ensure_future(self._send(target, d))
+                    task = asyncio.ensure_future(self._sender(target, d))
                     target.inflight.add(task)
                     task.add_done_callback(target.inflight.discard)
             next_at = self.book.next_due(target.sub_id)
@@ -294,6 +356,27 @@ class WebhookService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(target.wake.wait(), timeout)
 
+    async def _sender(self, target: Target, d: Delivery) -> None:
+        """One of the target's in-flight slots: sends `d`, then the next delivery due
+        there, in this task (no task per delivery), until none is due."""
+        while True:
+            await self._send(target, d)
+            if (
+                self._stop.is_set()
+                or target.key is None
+                or self.targets.get(target.sub_id) is not target
+            ):
+                break  # stopping, or the subscription changed: its new target takes over
+            due, changes = self.book.due(target.sub_id, now_ms(), 1)
+            self._apply(changes)
+            if not due:
+                break
+            d = due[0]
+        task = asyncio.current_task()
+        if task is not None:
+            target.inflight.discard(task)  # free before the wake: the slot is seen free
+        target.wake.set()
+
     async def _send(self, target: Target, d: Delivery) -> None:
         sub = self.book.subscriptions.get(d.subscription_id)
         started = time.perf_counter()
@@ -301,23 +384,23 @@ class WebhookService:
         try:
             if sub is None or target.key is None:
                 raise targets.TargetRefused("subscription removed")
-            host, _ = targets.check_url(sub.url)
-            literal = _literal_ip(host)
-            if literal is not None:
-                targets.allowed_addresses(host, [literal], target.allow_private)
+            url = target.checked_url(sub.url)
             body = d.body.encode()
             headers = signing.headers(target.key, d.webhook_id, int(time.time()), body)
             async with target.session.post(
-                sub.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as resp:
                 await resp.content.read(MAX_ANSWER_BYTES)
                 status = resp.status
-                result = Result(
-                    status,
-                    "" if 200 <= status < 300 else f"HTTP {status} {resp.reason or ''}".strip(),
-                    _elapsed_ms(started),
-                    retry_after_ms(resp.headers.get("Retry-After"), now_ms()),
-                )
+                if 200 <= status < 300:
+                    result = Result(status, "", _elapsed_ms(started))
+                else:
+                    result = Result(
+                        status,
+                        f"HTTP {status} {resp.reason or ''}".strip(),
+                        _elapsed_ms(started),
+                        retry_after_ms(resp.headers.get("Retry-After"), now_ms()),
+                    )
         except targets.TargetRefused as exc:
             result = Result(None, f"target refused: {exc}", _elapsed_ms(started))
         except TimeoutError:
@@ -332,7 +415,6 @@ class WebhookService:
             result = Result(None, f"{type(exc).__name__}: {exc}"[:300], _elapsed_ms(started))
         if d.key in self.book.deliveries:
             self._apply(self.book.on_result(d.key, result, now_ms()))
-        target.wake.set()
 
     # -- consuming -----------------------------------------------------------------------
     def _consume(self) -> list[Any]:
@@ -361,6 +443,7 @@ class WebhookService:
         loop = asyncio.get_running_loop()
         run: Callable[..., Any] = lambda fn, *a: loop.run_in_executor(self._pool, fn, *a)  # noqa: E731
         events_partitions = CALL_EVENTS.partitions
+        same_partitions = WEBHOOK_STATE.partitions == events_partitions
         for call_id in self.book.gated():
             partition = kafka.partition_for(call_id.encode(), events_partitions)
             self._gates[call_id] = (partition, await run(self._watermark, partition))
@@ -368,7 +451,9 @@ class WebhookService:
             msgs = await run(self._consume)
             offsets: dict[tuple[str, int], int] = {}
             marks: dict[int, int] = {}
-            for msg in msgs:
+            for i, msg in enumerate(msgs):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # let answers in and slots refill between records
                 err = msg.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
@@ -387,6 +472,9 @@ class WebhookService:
                     continue
                 if topic == self.topics["events"]:
                     self._position[partition] = offset + 1
+                    if same_partitions and msg.key() is not None:
+                        # keyed by call id with murmur2: the call's state partition too
+                        self._partitions.setdefault(msg.key().decode(errors="replace"), partition)
                     self._apply(self.book.on_record(name, record, now))
                     continue
                 call_id = str(record["envelope"]["call_id"])
@@ -404,6 +492,7 @@ class WebhookService:
             if offsets:
                 self.stats["events"] += len(msgs)
                 parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                self._produce_outbox()  # what these events created, queued before the flush
                 await run(self._commit, parts)
 
     async def _sweep(self) -> None:
@@ -485,6 +574,7 @@ class WebhookService:
             consumer = self._consumer
             await asyncio.get_running_loop().run_in_executor(self._pool, consumer.close)
         self._pool.shutdown(wait=False)
+        self._produce_outbox()
         self.out.close()
 
     @property

@@ -16,7 +16,7 @@ from streams.emitter import EmitError, Emitter
 from tests.samples import sample
 from trunkline.core.admin import apply_topics
 from trunkline.core.events import fan_out
-from trunkline.core.kafka import partition_for
+from trunkline.core.kafka import Producers, PublishError, PublishTimeout, partition_for
 from trunkline.core.topics import CALL_EVENTS, DECISIONS
 
 pytestmark = pytest.mark.integration
@@ -121,3 +121,44 @@ def test_changelog_records_wait_for_the_flush_and_outputs_do_not(kafka_bootstrap
     asyncio.run(emitter.flush_async(20))
     assert read_all(kafka_bootstrap, changelog) == [(0, b'"call-45"', b'{"state":"RESERVED"}')]
     emitter.close()
+
+
+def test_a_batch_keeps_its_order_in_the_partition_it_names_or_each_keys_partition(
+    kafka_bootstrap,
+):
+    """Producers.produce_batch (the webhook service's records): librdkafka's batch call
+    ignores a partition per record, so a batch names one (or -1: each key's murmur2)."""
+    prefix = f"pb{uuid.uuid4().hex[:8]}."
+    apply_topics(kafka_bootstrap, prefix)
+    topic = CALL_EVENTS.name(prefix)
+    out = Producers(kafka_bootstrap, ("decision",), name="batch-test")
+    try:
+        state = [(b"d/s/e1", b"1"), (b"d/s/e1", b"2"), (b"e/c", None)]
+        out.produce_batch(topic, state, partition=4)
+        keyed = [(f"call-{i}".encode(), b"v") for i in range(20)]
+        out.produce_batch(topic, keyed)
+        out.flush(10)
+    finally:
+        out.close()
+    assert out.sent == 23 and out.refused == 0
+    got = read_all(kafka_bootstrap, topic)
+    assert [(p, k, v) for p, k, v in got if not k.startswith(b"call-")] == [
+        (4, b"d/s/e1", b"1"), (4, b"d/s/e1", b"2"), (4, b"e/c", None),
+    ]  # fmt: skip
+    assert sorted((k, p) for p, k, _ in got if k.startswith(b"call-")) == sorted(
+        (k, partition_for(k, CALL_EVENTS.partitions)) for k, _ in keyed
+    )
+
+
+def test_a_batch_to_a_topic_the_broker_lacks_is_raised_by_the_flush(kafka_bootstrap):
+    out = Producers(
+        kafka_bootstrap, ("decision",), name="batch-test", **{"message.timeout.ms": 1500}
+    )
+    try:
+        out.produce_batch(f"pb-missing-{uuid.uuid4().hex[:8]}", [(b"k", b"v")], partition=3)
+        with pytest.raises(PublishError, match="refused") as info:
+            out.flush(10)
+        assert not isinstance(info.value, PublishTimeout)
+        assert out.refused == 1
+    finally:
+        out.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,10 +43,21 @@ def unpack_decision(value: str | dict[str, Any] | None) -> dict[str, Any] | None
     return value
 
 
+def uuid5_hex(namespace: uuid.UUID, name: str) -> str:
+    """`uuid.uuid5(namespace, name).hex`, without building the UUID object (a quarter of
+    the time: hot where every delivery or event derives ids)."""
+    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return digest.hex()
+
+
 def derived_id(cause_event_id: str, what: str) -> str:
     """Deterministic id of an event caused by another: a replay emits the same ids, so
-    every downstream handler (and ClickHouse) treats the repeat as the same event."""
-    return str(uuid.uuid5(_DERIVED, f"{cause_event_id}/{what}"))
+    every downstream handler (and ClickHouse) treats the repeat as the same event.
+    The same text as ``str(uuid.uuid5(_DERIVED, f"{cause_event_id}/{what}"))``."""
+    h = uuid5_hex(_DERIVED, f"{cause_event_id}/{what}")
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def envelope(call_id: str, producer_id: str, at_ms: int, event_id: str) -> dict[str, Any]:

@@ -104,6 +104,11 @@ PROFILES: dict[Profile, dict[str, Any]] = {
 }
 
 
+#: records `Producers.produce_batch` leaves room for in librdkafka's local queue
+#: (queue.buffering.max.messages is 100,000)
+BATCH_QUEUE_ROOM = 90_000
+
+
 class PublishError(RuntimeError):
     """Records the broker did not take (or did not acknowledge in time)."""
 
@@ -189,6 +194,34 @@ class Producers:
             except BufferError:  # the local queue is full: let librdkafka drain it
                 producer.poll(0.005)
         self.sent += 1
+
+    def produce_batch(
+        self,
+        topic: str,
+        records: list[tuple[bytes | None, bytes | None]],
+        *,
+        partition: int = -1,
+        profile: Profile | None = None,
+    ) -> None:
+        """Queue (key, value) records of one topic, in order, in one call: librdkafka
+        takes its queue lock once for them, not once per record. Every record goes to
+        `partition` (-1: each key's murmur2 partition; librdkafka's batch call ignores a
+        partition per record). Waits for room in the local queue first, like `produce`;
+        a record refused anyway is counted and raised by `flush`."""
+        producer = self._producers[profile or self._default]
+        messages: list[dict[str, Any]] = [{"key": k, "value": v} for k, v in records]
+        while len(producer) and len(producer) + len(messages) > BATCH_QUEUE_ROOM:
+            producer.poll(0.005)  # room first: a batch refused half-way could not be retried
+        queued = producer.produce_batch(
+            topic, messages, partition=partition, on_delivery=self._delivered
+        )
+        if queued != len(messages):
+            refused = [f"{topic}: {m['_error']}" for m in messages if "_error" in m]
+            with self._lock:
+                self.refused += len(refused)
+                self._errors += refused
+            log.error("produce to %s refused %d record(s): %s", topic, len(refused), refused[:3])
+        self.sent += queued
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
