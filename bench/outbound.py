@@ -223,6 +223,10 @@ def run_rate(url: str, rate: int, seconds: float, watch: dict[str, int], stand_i
     before = {k: cpu_seconds(p) for k, p in watch.items()}
     sent_before = stand_in.created()
     t0 = time.monotonic()
+    # the client collects as the services do: a full collection of this process (the
+    # stack's handles, every imported SDK) stalled its own sends and reads, and the
+    # stall counted as the service's latency
+    tune_gc()
     latencies, failed = asyncio.run(fire(url, rate, seconds))
     wall = time.monotonic() - t0
     cpu = {k: (cpu_seconds(p) - before[k]) / wall * 100 for k, p in watch.items()}
