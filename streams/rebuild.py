@@ -27,6 +27,7 @@ are decimals (billing). Replays therefore decide the same.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Mapping
@@ -417,6 +418,21 @@ def differing_keys(
 
 
 # -- one rebuild --------------------------------------------------------------------------
+def pause_gc() -> bool:
+    """The cyclic garbage collector off for a rebuild's passes; returns whether it was on
+    (give it to `resume_gc`). The passes allocate a few dicts and tuples per record and
+    keep the machines' state: each full collection walked all of it and found nothing to
+    free (the projections and machines make no reference cycles), a tenth of the time."""
+    was = gc.isenabled()
+    gc.disable()
+    return was
+
+
+def resume_gc(was: bool) -> None:
+    if was:
+        gc.enable()
+
+
 class LogRecord(NamedTuple):
     """A decoded record and where it was: `topic` is the topic's suffix (call-events...).
     A tuple: one is made per record read, and a frozen dataclass costs more to build."""

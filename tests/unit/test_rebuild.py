@@ -428,3 +428,18 @@ def test_billing_table_values_are_the_agents():
     machine.apply(3, "CallOffered", sample("CallOffered", "c2", T0 + 6_100))  # 1 s later
     assert machine.calls.values["c1"] is None  # swept
     assert machine.tables()["billing-calls"].live() == {"c2": machine.value("c2")}
+
+
+def test_pause_gc_turns_the_collector_off_and_back_as_it_was():
+    import gc
+
+    assert gc.isenabled()
+    was = rebuild.pause_gc()
+    try:
+        assert was and not gc.isenabled()
+        assert rebuild.pause_gc() is False  # paused again inside: resuming that keeps it off
+        rebuild.resume_gc(False)
+        assert not gc.isenabled()
+    finally:
+        rebuild.resume_gc(was)
+    assert gc.isenabled()

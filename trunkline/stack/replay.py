@@ -48,6 +48,8 @@ from streams.rebuild import (
     Table,
     differing_keys,
     entries_digest,
+    pause_gc,
+    resume_gc,
     routing_stream,
 )
 from trunkline.core import kafka
@@ -383,6 +385,7 @@ def rebuild(
     opened: Callable[[], None] = lambda: None  # noqa: E731
     if target is None:
         target, opened = open_target(s)
+    gc_was = pause_gc()
     try:
         target.create(shadow.TABLES)
         blocks = _Blocks(target)
@@ -499,6 +502,7 @@ def rebuild(
         report.seconds = time.monotonic() - started
         return report
     finally:
+        resume_gc(gc_was)
         opened()
 
 
