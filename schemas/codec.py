@@ -12,6 +12,11 @@ Two wire formats, chosen by configuration:
 
 Both decode to ``(record_name, dict)``. Errors are :class:`CodecError` with a message that
 says what was wrong with the bytes.
+
+Bodies are read by a reader generated from the writer schema (`schemas.avro_reader`,
+compiled once per schema; 2-3x fastavro's on our records), which gives what fastavro
+gives; fastavro reads a schema the generator does not handle, and resolves an older
+writer schema into the reader's (Confluent).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Protocol
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from schemas.avro_reader import AvroBodyError, Reader, Unsupported, compile_reader
 from schemas.registry import LoadedSchema, SchemaSet, default_schemas
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -51,9 +57,44 @@ def _write_body(schema: LoadedSchema, record: dict[str, Any], out: io.BytesIO) -
         raise CodecError(f"{schema.name}: record does not fit the schema: {exc}") from exc
 
 
+#: writer schema fingerprint -> its generated reader (None: fastavro reads it)
+_READERS: dict[bytes, Reader | None] = {}
+
+
+def _generated(schema: LoadedSchema) -> Reader | None:
+    try:
+        return _READERS[schema.fingerprint]
+    except KeyError:
+        pass
+    try:
+        reader: Reader | None = compile_reader(schema.expanded)
+    except Unsupported:
+        reader = None
+    _READERS[schema.fingerprint] = reader
+    return reader
+
+
 def _read_body(schema: LoadedSchema, data: bytes, start: int) -> dict[str, Any]:
-    """The Avro body of `data` from `start` (after the header): read in place, not from a
-    copy of the body (a fifth of a small record's decoding time)."""
+    """The Avro body of `data` from `start` (after the header), read in place (not from a
+    copy of the body) by the schema's generated reader, else fastavro's."""
+    read = _generated(schema)
+    if type(data) is not bytes:  # a bytearray or memoryview: the reader slices bytes
+        data = bytes(data)
+    if read is None:
+        return _fastavro_body(schema, data, start)
+    try:
+        record, end = read(data, start)
+    except (AvroBodyError, IndexError, UnicodeDecodeError, struct.error) as exc:
+        raise CodecError(f"{schema.name}: truncated or corrupt Avro body: {exc}") from exc
+    if end != len(data):
+        if end > len(data):  # a string or bytes value sliced past the end
+            raise CodecError(f"{schema.name}: truncated or corrupt Avro body: "
+                             f"{end - len(data)} bytes missing")  # fmt: skip
+        raise CodecError(f"{schema.name}: {len(data) - end} trailing bytes after the Avro body")
+    return record
+
+
+def _fastavro_body(schema: LoadedSchema, data: bytes, start: int) -> dict[str, Any]:
     try:
         buf = io.BytesIO(data)
         buf.seek(start)

@@ -45,7 +45,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from trunkline.core.events import Emit, TransitionError, derived_id, envelope, transition
 
@@ -300,10 +300,15 @@ def _evolve(call: Call, **changes: Any) -> Call:
     return new
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
+    """The call's new state and what to emit (a tuple: one is made per event)."""
+
     call: Call | None
     emits: list[Emit]
+
+
+#: the state a call's first event starts from (immutable: shared by every new call)
+_NEW = Call(CallState.OPEN)
 
 
 def handle(name: str, record: Mapping[str, Any], call: Call | None, config: RatingConfig) -> Result:
@@ -312,7 +317,7 @@ def handle(name: str, record: Mapping[str, Any], call: Call | None, config: Rati
     if event is None:
         raise TransitionError(f"billing does not take {name}")
     state = step(call.state if call else None, event)
-    current = call if call is not None else Call(CallState.OPEN)
+    current = call if call is not None else _NEW
     if event is Input.END:
         if call is not None and call.state is CallState.RATED:
             return Result(call, [])  # rated once: a duplicate or second end charges nothing

@@ -95,14 +95,16 @@ class ClickHouseStore:
                 fmt="JSONCompactEachRow",
             )
 
-    def insert_block(self, table: str, columns: tuple[str, ...], block: bytes) -> None:
-        """Insert a JSONCompactEachRow block (rows in `columns` order) into `table` of this
-        store's database (the replay's shadow tables: streams/shadow.py)."""
+    def insert_block(
+        self, table: str, columns: tuple[str, ...], block: bytes, fmt: str = "JSONCompactEachRow"
+    ) -> None:
+        """Insert a block of rows in `columns` order, in ClickHouse's input format `fmt`
+        (JSONCompactEachRow, ArrowStream), into `table` of this store's database (the
+        replay's shadow tables: streams/shadow.py)."""
         with self._lock:
             self.client.raw_insert(
-                f"{self.database}.{table}", list(columns), insert_block=block,
-                fmt="JSONCompactEachRow",
-            )  # fmt: skip
+                f"{self.database}.{table}", list(columns), insert_block=block, fmt=fmt
+            )
 
     def commands(self, statements: list[str]) -> None:
         """Run statements in order under one hold of the lock: no insert of another thread

@@ -62,7 +62,10 @@ class Retention:
     def note(self, key: str, value: dict[str, Any] | None) -> None:
         """Follow a table write: track `key` if its new value is finished, else drop it.
         Runs on every table write, so both cases are a dict lookup or two."""
-        stamp = done_stamp(value)
+        self.note_stamp(key, done_stamp(value))
+
+    def note_stamp(self, key: str, stamp: tuple[int, int] | None) -> None:
+        """`note` of a value whose stamp (partition, done ms) is known: None, not done."""
         if stamp is None:
             self.forget(key)
         elif key not in self._partition:  # the first stamp wins

@@ -74,10 +74,17 @@ def create(store: ClickHouseStore, tables: tuple[str, ...] = TABLES) -> None:
     store.commands(statements)
 
 
-def insert(store: ClickHouseStore, table: str, block: bytes) -> None:
-    """Rows (JSONCompactEachRow in `TABLE_COLUMNS[table]` order) into `table`'s shadow."""
+#: the block formats a shadow takes (rows in `TABLE_COLUMNS[table]` order)
+FORMATS = ("ArrowStream", "JSONCompactEachRow")
+
+
+def insert(store: ClickHouseStore, table: str, block: bytes, fmt: str = "ArrowStream") -> None:
+    """Rows (an Arrow IPC stream, `streams.projection.arrow_stream`, or JSONCompactEachRow)
+    into `table`'s shadow."""
     _check(table)
-    store.insert_block(f"{table}{SHADOW}", TABLE_COLUMNS[table], block)
+    if fmt not in FORMATS:
+        raise ShadowError(f"unknown row block format {fmt!r} (one of {', '.join(FORMATS)})")
+    store.insert_block(f"{table}{SHADOW}", TABLE_COLUMNS[table], block, fmt)
 
 
 def _digest(store: ClickHouseStore, name: str, table: str, where: str) -> dict[str, int]:

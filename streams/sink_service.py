@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from schemas.codec import make_codec
 from streams import queries, shadow
 from streams.clickhouse import ClickHouseStore, QueryRefused
+from streams.projection import ARROW_STREAM
 from streams.sink import ClickHouseSink
 from trunkline.core import logs, metrics
 from trunkline.core.aio import set_cpu_priority, tune_gc
@@ -219,7 +220,9 @@ def add_replay_routes(app: web.Application, store: ClickHouseStore) -> None:
     engine, so the replay command sends its row blocks and requests here.
 
         POST /replay/shadow/ {"tables"}                 create (empty) shadow tables
-        POST /replay/shadow/{table}/rows/ (rows)         JSONCompactEachRow into a shadow
+        POST /replay/shadow/{table}/rows/ (rows)         an Arrow IPC stream (Content-Type
+                                                         application/vnd.apache.arrow.stream)
+                                                         or JSONCompactEachRow into a shadow
         POST /replay/compare/ {"table", "ranges"}        digests, differing call ids
         POST /replay/swap/ {"table", "ranges"}           promote a shadow (old kept)
         POST /replay/clean/                              drop old and shadow tables
@@ -256,7 +259,8 @@ def add_replay_routes(app: web.Application, store: ClickHouseStore) -> None:
     async def rows(request: web.Request) -> web.Response:
         block = await request.read()
         table = request.match_info["table"]
-        return await run(lambda: shadow.insert(store, table, block) or {"bytes": len(block)})
+        fmt = "ArrowStream" if request.content_type == ARROW_STREAM else "JSONCompactEachRow"
+        return await run(lambda: shadow.insert(store, table, block, fmt) or {"bytes": len(block)})
 
     async def compare(request: web.Request) -> web.Response:
         data = await body(request)

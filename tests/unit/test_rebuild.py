@@ -375,17 +375,18 @@ def test_billing_computes_money_without_floats():
     assert floats == []
 
 
-class _Uncached(rebuild.BillingMachine):
-    """The billing machine parsing every stored value again, as the live agent does."""
+class _Parsing(rebuild.BillingMachine):
+    """The billing machine parsing each call's table value again, as the live agent does."""
 
-    def apply(self, partition: int, name: str, value: dict[str, Any]) -> list[Any]:
-        self._calls.clear()
-        return super().apply(partition, name, value)
+    def _take(self, call_id: str) -> Call | None:
+        return Call.from_json(self.value(call_id))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls=st.lists(CALL, min_size=1, max_size=8), costs=st.lists(st.integers(0, 60)))
-def test_billing_taking_back_its_own_calls_decides_as_parsing_them(calls, costs):
+def test_billing_keeping_its_calls_decides_as_parsing_them(calls, costs):
+    """The rebuild's machine keeps the Call; the agent's parses its JSON value back: the
+    same emits and the same table after every event, CallCost reissues included."""
     sim = simulate(calls)
     records = [r for (t, _p), rs in sorted(sim.parts.items()) if t == "call-events" for r in rs]
     # provider cost reports, before and after the calls' ends
@@ -395,11 +396,50 @@ def test_billing_taking_back_its_own_calls_decides_as_parsing_them(calls, costs)
         cost["envelope"]["event_id"] = _id(call_id, "cost", i)
         at = min(len(records), n * len(records) // 60)
         records.insert(at, LogRecord("call-events", 0, at, T0, "CallCost", cost))
-    cached, uncached = rebuild.BillingMachine(CONFIG), _Uncached(CONFIG)
+    kept, parsing = rebuild.BillingMachine(CONFIG), _Parsing(CONFIG)
     for rec in records:
-        got = cached.apply(rec.partition, rec.name, rec.record)
-        assert got == uncached.apply(rec.partition, rec.name, rec.record)
-        for call_id, (value, call) in cached._calls.items():
-            assert cached.calls.get(call_id) is not value or Call.from_json(value) == call
-    assert cached.calls.values == uncached.calls.values
-    assert cached._calls  # the cache was used
+        got = kept.apply(rec.partition, rec.name, rec.record)
+        assert got == parsing.apply(rec.partition, rec.name, rec.record)
+        assert kept.calls == parsing.calls
+    assert any(v is not None and "done_ms" in v for v in kept.calls.values.values())
+
+
+def test_billing_table_values_are_the_agents():
+    """What the agent writes: Call.to_json, stamped with retention.mark_done once rated
+    (the first stamp kept), a tombstone (None) once swept, in the partition written."""
+    from streams import billing, retention
+
+    machine = rebuild.BillingMachine(CONFIG, retention_ms=1_000)
+    offer = sample("CallOffered", "c1", T0)
+    ended = sample("CallEnded", "c1", T0 + 5_000)
+    machine.apply(3, "CallOffered", offer)
+    call = billing.handle("CallOffered", offer, None, machine.config).call
+    assert call is not None
+    assert machine.calls.values == {"c1": call.to_json()}
+    assert machine.calls.partitions == {"c1": 3}
+    machine.apply(3, "CallEnded", ended)
+    rated = billing.handle("CallEnded", ended, call, machine.config).call
+    assert rated is not None
+    want = retention.mark_done(rated.to_json(), None, 3, T0 + 5_000)
+    assert machine.value("c1") == want
+    assert list(machine.value("c1") or {}) == list(want)  # the same key order
+    machine.apply(3, "CallEnded", sample("CallEnded", "c1", T0 + 5_500))  # a duplicate end
+    assert machine.value("c1") == want
+    machine.apply(3, "CallOffered", sample("CallOffered", "c2", T0 + 6_100))  # 1 s later
+    assert machine.calls.values["c1"] is None  # swept
+    assert machine.tables()["billing-calls"].live() == {"c2": machine.value("c2")}
+
+
+def test_pause_gc_turns_the_collector_off_and_back_as_it_was():
+    import gc
+
+    assert gc.isenabled()
+    was = rebuild.pause_gc()
+    try:
+        assert was and not gc.isenabled()
+        assert rebuild.pause_gc() is False  # paused again inside: resuming that keeps it off
+        rebuild.resume_gc(False)
+        assert not gc.isenabled()
+    finally:
+        rebuild.resume_gc(was)
+    assert gc.isenabled()

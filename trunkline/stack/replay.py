@@ -39,7 +39,7 @@ from schemas.codec import Codec, CodecError, make_codec
 from schemas.registry import LIFECYCLE_EVENTS
 from streams import queries, routing, shadow
 from streams.clickhouse import ClickHouseStore, ClickHouseUnavailable
-from streams.projection import json_compact_each_row
+from streams.projection import ARROW_STREAM, arrow_stream
 from streams.rebuild import (
     BILLING_TABLES,
     SOURCES,
@@ -48,6 +48,8 @@ from streams.rebuild import (
     Table,
     differing_keys,
     entries_digest,
+    pause_gc,
+    resume_gc,
     routing_stream,
 )
 from trunkline.core import kafka
@@ -136,7 +138,8 @@ class NoProgress:
 class ShadowTarget(Protocol):
     def create(self, tables: tuple[str, ...]) -> None: ...
 
-    def insert(self, table: str, block: bytes) -> None: ...
+    def insert(self, table: str, block: bytes) -> None:
+        """Rows of `table` as an Arrow IPC stream (`streams.projection.arrow_stream`)."""
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]: ...
 
@@ -205,7 +208,7 @@ class SinkShadow:
         self._json("/replay/shadow/", {"tables": list(tables)})
 
     def insert(self, table: str, block: bytes) -> None:
-        self._post(f"/replay/shadow/{table}/rows/", block, "application/x-ndjson")
+        self._post(f"/replay/shadow/{table}/rows/", block, ARROW_STREAM)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("/replay/compare/", {"table": table, "ranges": ranges})
@@ -330,7 +333,7 @@ class _Blocks:
     def flush(self, table: str | None = None) -> None:
         for t in [table] if table else list(self.rows):
             if self.rows[t]:
-                self.target.insert(t, json_compact_each_row(self.rows[t]))
+                self.target.insert(t, arrow_stream(t, self.rows[t]))
                 self.written[t] += len(self.rows[t])
                 self.rows[t] = []
 
@@ -382,6 +385,7 @@ def rebuild(
     opened: Callable[[], None] = lambda: None  # noqa: E731
     if target is None:
         target, opened = open_target(s)
+    gc_was = pause_gc()
     try:
         target.create(shadow.TABLES)
         blocks = _Blocks(target)
@@ -498,6 +502,7 @@ def rebuild(
         report.seconds = time.monotonic() - started
         return report
     finally:
+        resume_gc(gc_was)
         opened()
 
 
