@@ -43,7 +43,7 @@ from tests import chaos
 from tests.harness import Service, free_port
 from tests.load import Load
 from tests.receiver import Receiver
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.settings import Settings
 
@@ -222,11 +222,7 @@ def main() -> None:
     port, controller = free_port(), free_port()
     kafka_local.start(paths, cache, port, controller)
     bootstrap = f"127.0.0.1:{port}"
-    config = copy.deepcopy(CONFIG)
-    for plan in config["plans"]:
-        plan["maxConcurrentCalls"] = 100_000
-    for backend in config["backends"]:
-        backend["maxConcurrentCalls"] = 100_000
+    config = roomy_config(100_000)
     for number in config["numbers"]:  # the flood's source (127.0.0.2) must not be trusted
         if number.get("allowedSourceIps") == ["127.0.0.0/8"]:
             number["allowedSourceIps"] = ["127.0.0.1"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import hashlib
 import json
 import os
@@ -47,7 +46,7 @@ from bench._util import machine_speed, speed_line, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
 from tests.outbound_stand_ins import REPO, Prism, forward_to
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
@@ -269,11 +268,7 @@ def main() -> None:
         bootstrap = f"127.0.0.1:{port}"
     results: list[Run] = []
     try:
-        config = copy.deepcopy(CONFIG)
-        for plan in config["plans"]:
-            plan["maxConcurrentCalls"] = 1_000_000
-        for backend in config["backends"]:
-            backend["maxConcurrentCalls"] = 1_000_000
+        config = roomy_config(1_000_000)
         config["providers"] = [
             {"id": "twilio-bench", "kind": "Twilio", "accountSid": ACCOUNT_SID,
              "authToken": {"env": "BENCH_TWILIO_TOKEN"}, "apiBaseUrl": stand_in.url}

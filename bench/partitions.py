@@ -15,7 +15,6 @@ region: the other partitions stay idle), as % of one core and CPU ms per call.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from bench._util import machine_speed, speed_line
 from bench.proxy import cpu_seconds, run_sipp
 from tests.harness import free_port
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.settings import Settings
 
@@ -44,11 +43,7 @@ def main() -> None:
         port = free_port()
         kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
         bootstrap = f"127.0.0.1:{port}"
-    config = copy.deepcopy(CONFIG)
-    for plan in config["plans"]:
-        plan["maxConcurrentCalls"] = 1_000_000
-    for backend in config["backends"]:
-        backend["maxConcurrentCalls"] = 1_000_000
+    config = roomy_config(1_000_000)
     rows = []
     try:
         print(speed_line(machine_speed()), flush=True)

@@ -27,7 +27,6 @@ Needs sipp and kamailio (scripts/setup --bench installs both).
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import os
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 
 from bench._util import machine_speed, speed_line
 from tests.harness import free_port
-from tests.stack import CONFIG, running_stack, spread_config
+from tests.stack import roomy_config, running_stack, spread_config
 from trunkline.core import kafka_local
 from trunkline.core.settings import Settings
 
@@ -401,11 +400,7 @@ def main() -> None:
             env["TRUNKLINE_DECISION_PARTITIONS"] = str(partitions)
             beats = tuple((b["id"], b["regionId"]) for b in config["backends"])
         else:
-            config = copy.deepcopy(CONFIG)
-            for plan in config["plans"]:
-                plan["maxConcurrentCalls"] = 1_000_000
-            for backend in config["backends"]:
-                backend["maxConcurrentCalls"] = 1_000_000
+            config = roomy_config(1_000_000)
         with running_stack(
             bootstrap,
             root / f"stack-{workers}",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import os
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from twilio.request_validator import RequestValidator
 from bench._util import machine_speed, speed_line, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
@@ -170,11 +169,7 @@ def main() -> None:
         bootstrap = f"127.0.0.1:{port}"
     results: list[Run] = []
     try:
-        config = copy.deepcopy(CONFIG)
-        for plan in config["plans"]:
-            plan["maxConcurrentCalls"] = 1_000_000
-        for backend in config["backends"]:
-            backend["maxConcurrentCalls"] = 1_000_000
+        config = roomy_config(1_000_000)
         config["providers"] = [
             {
                 "id": "twilio-bench",

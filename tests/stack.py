@@ -154,6 +154,15 @@ def _heartbeats(
         stop.wait(1.0)
 
 
+def roomy_config(limit: int = 100_000) -> dict:
+    """A copy of CONFIG whose plans and backends all allow `limit` concurrent calls: for
+    load and fault tests, where a plan's or backend's limit must never be what refuses."""
+    config = json.loads(json.dumps(CONFIG))
+    for entry in (*config["plans"], *config["backends"]):
+        entry["maxConcurrentCalls"] = limit
+    return config
+
+
 def spread_config(partitions: int, capacity: int = 1_000_000) -> tuple[dict, list[str]]:
     """A config whose businesses and regions cover every one of `partitions` decision
     partitions (one business and one region per partition, each business's number in

@@ -142,13 +142,14 @@ class FloodGuard:
                 blocked[1] += 1
                 self.dropped += 1
                 return False
-            source = self._source(ip)
-            if blocked[1] > source.requests.rate * self.limits.window:
+            bucket = self._source(ip).requests
+            if blocked[1] > bucket.rate * self.limits.window:
                 blocked[0], blocked[1] = now + self.limits.window, 1
                 self.dropped += 1
                 return False
             del self._blocked[ip]
-        bucket = self._source(ip).requests
+        else:
+            bucket = self._source(ip).requests
         if bucket.take(now):
             return True
         self._blocked[ip] = [now + self.limits.window, 1]

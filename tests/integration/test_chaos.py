@@ -7,33 +7,28 @@ worker and the sink (bench/chaos.py runs every scenario)."""
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 
 import pytest
 
 from tests import chaos
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 
 pytestmark = pytest.mark.integration
 SEED = int(os.environ.get("TRUNKLINE_CHAOS_SEED", random.randrange(1 << 30)))
-
-
-def _config() -> dict:
-    config = copy.deepcopy(CONFIG)
-    for plan in config["plans"]:
-        plan["maxConcurrentCalls"] = 100_000
-    for backend in config["backends"]:
-        backend["maxConcurrentCalls"] = 100_000
-    return config
 
 
 def _run(kafka_bootstrap, tmp_path, scenario: str, kills: int) -> chaos.Outcome:
     rng = random.Random(SEED)
     env = {"TRUNKLINE_REDIRECT_TIMEOUT_MS": "2000"}
     with running_stack(
-        kafka_bootstrap, tmp_path, edges=("edge-a",), env=env, config=_config(), capacity=100_000
+        kafka_bootstrap,
+        tmp_path,
+        edges=("edge-a",),
+        env=env,
+        config=roomy_config(),
+        capacity=100_000,
     ) as s:
         if scenario == "worker":
             fault = lambda load, log: chaos.kill_worker(s, rng, load, kills, log)  # noqa: E731

@@ -4,7 +4,6 @@ so every offered call reaches a final status in ClickHouse and no slot stays hel
 
 from __future__ import annotations
 
-import copy
 import signal
 import time
 from collections import Counter
@@ -12,7 +11,7 @@ from collections import Counter
 import pytest
 
 from tests.load import Load
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 
 pytestmark = pytest.mark.integration
 TERMINAL = {"Rejected", "Failed", "Completed", "Cancelled"}
@@ -26,11 +25,7 @@ def test_a_worker_killed_mid_flight_loses_no_output(kafka_bootstrap, tmp_path):
     and while new calls are being decided. Before the emitter held changelogs back, a kill
     after a RELEASED record reached the changelog but before the history batch did lost
     the call's CallEnded for good (the re-processed tick found the slot released)."""
-    config = copy.deepcopy(CONFIG)
-    for plan in config["plans"]:
-        plan["maxConcurrentCalls"] = 100_000
-    for backend in config["backends"]:
-        backend["maxConcurrentCalls"] = 100_000
+    config = roomy_config(100_000)
     env = {"TRUNKLINE_REDIRECT_TIMEOUT_MS": "1000"}
     with running_stack(
         kafka_bootstrap, tmp_path, edges=("edge-a",), env=env, config=config, capacity=100_000

@@ -5,7 +5,6 @@ no slot a live call holds and refuses no call for want of a live backend."""
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from schemas import SingleObjectCodec
 from tests.harness import Sink, free_port
 from tests.load import Load
 from tests.samples import sample
-from tests.stack import CONFIG, running_stack
+from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.admin import apply_all
 from trunkline.core.kafka import Outgoing, make_producer, publish_all
@@ -147,11 +146,7 @@ def test_a_broker_restart_under_load_ends_no_live_call(broker, tmp_path):
     302 still holds its plan slot (admission-active) and its backend slot (routing-held),
     none was ended backend_lost, and none was refused for want of a live backend: the
     heartbeat publisher never stopped; only the pipe did."""
-    config = copy.deepcopy(CONFIG)
-    for plan in config["plans"]:
-        plan["maxConcurrentCalls"] = 100_000
-    for backend in config["backends"]:
-        backend["maxConcurrentCalls"] = 100_000
+    config = roomy_config(100_000)
     env = {"TRUNKLINE_HEARTBEAT_TIMEOUT_MS": "3000", "TRUNKLINE_REDIRECT_TIMEOUT_MS": "600000"}
     with running_stack(
         broker.bootstrap, tmp_path, edges=("edge-a",), env=env, config=config, capacity=100_000

@@ -5,7 +5,6 @@ SIGKILLed under load, and the survivor's accounting is exact."""
 
 from __future__ import annotations
 
-import copy
 import signal
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from edge.sip.uac import Call
 from schemas import SingleObjectCodec
 from tests.load import Load
 from tests.samples import sample
-from tests.stack import CONFIG, Stack, running_stack
+from tests.stack import Stack, roomy_config, running_stack
 from trunkline.core.kafka import Outgoing, make_producer, partition_for, publish_all
 from trunkline.core.topics import ADMISSION, CALL_EVENTS
 
@@ -26,21 +25,12 @@ CODEC = SingleObjectCodec()
 TERMINAL = {"Rejected", "Failed", "Completed", "Cancelled"}
 
 
-def _wide_config() -> dict:
-    config = copy.deepcopy(CONFIG)
-    for plan in config["plans"]:
-        plan["maxConcurrentCalls"] = 100_000
-    for backend in config["backends"]:
-        backend["maxConcurrentCalls"] = 100_000
-    return config
-
-
 def test_a_restarted_worker_is_unready_until_it_can_decide(kafka_bootstrap, tmp_path):
     """SIGKILL, then a new worker process: its web page answers at once, but the group
     holds its join until the dead member's session expires (10 s), then recovery. Until
     then /health/ is 503 naming what it waits for; the first INVITE sent when it turns
     200 gets its 302 without waiting for anything else."""
-    with running_stack(kafka_bootstrap, tmp_path, edges=("edge-a",), config=_wide_config()) as s:
+    with running_stack(kafka_bootstrap, tmp_path, edges=("edge-a",), config=roomy_config()) as s:
         uac = s.uac()
         assert uac.invite(Call("+15550000002")).status == 302  # deciding before
         s.worker.stop(signal.SIGKILL)
@@ -100,7 +90,7 @@ def test_two_workers_one_killed_under_load_keep_exact_accounts(kafka_bootstrap, 
     the calls that got a 302 (plan slots per business, backend slots per backend), and
     once those calls end every offered call is terminal in ClickHouse and nothing is
     held."""
-    config = _wide_config()
+    config = roomy_config()
     config["businesses"].append({"id": "b-west", "name": "West", "plan": "wide"})
     config["routes"].append({"id": "r-west", "businessId": "b-west"})
     config["numbers"].append(
