@@ -8,6 +8,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def pin_one_core() -> None:
@@ -71,3 +72,26 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: fl
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def start_broker(root: Path, bootstrap: str | None = None) -> tuple[str, Any]:
+    """`bootstrap` when one is given; else a private broker started under `root` (its
+    `kafka_local.BrokerPaths` returned for `stop_broker`, None when none was started)."""
+    if bootstrap:
+        return bootstrap, None
+    from tests.harness import free_port
+    from trunkline.core import kafka_local
+    from trunkline.core.settings import Settings
+
+    paths = kafka_local.BrokerPaths(root / "kafka")
+    port = free_port()
+    kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
+    return f"127.0.0.1:{port}", paths
+
+
+def stop_broker(paths: Any) -> None:
+    """Stop a broker `start_broker` started (None: it started none)."""
+    if paths is not None:
+        from trunkline.core import kafka_local
+
+        kafka_local.stop(paths)

@@ -32,13 +32,12 @@ from typing import Any
 
 import yaml
 
-from bench._util import machine_speed, pin_one_core, speed_line
+from bench._util import machine_speed, pin_one_core, speed_line, start_broker, stop_broker
 from bench.chaos import FloodWatch
 from edge.sip.uac import UAC, Call
 from tests import chaos
 from tests.harness import free_port, run_cli
 from tests.stack import CONFIG, _start_edge
-from trunkline.core import kafka_local
 from trunkline.core.admin import apply_all
 from trunkline.core.settings import Settings
 
@@ -162,12 +161,7 @@ def main() -> None:
         )
         return
     root = Path(tempfile.mkdtemp(prefix="trunkline-flood-"))
-    paths = kafka_local.BrokerPaths(root / "kafka")
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        port, controller = free_port(), free_port()
-        kafka_local.start(paths, Settings.from_env().cache_dir, port, controller)
-        bootstrap = f"127.0.0.1:{port}"
+    bootstrap, paths = start_broker(root, args.bootstrap)
     tag = uuid.uuid4().hex[:8]
     s = Settings.from_env(
         {
@@ -214,8 +208,7 @@ def main() -> None:
         if edge is not None and edge.poll() is None:
             edge.terminate()
             edge.wait(10)
-        if not args.bootstrap:
-            kafka_local.stop(paths)
+        stop_broker(paths)
     print(speed_line(machine_speed()), flush=True)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from bench._util import start_broker, stop_broker
 from bench.proxy import cpu_seconds
 from edge.sip.message import Response, parse_message
 from media.rtp import RtpPacket
@@ -36,7 +37,6 @@ from media.sdp import SessionDescription
 from schemas import SingleObjectCodec
 from tests.harness import ROOT, child_env, free_port
 from tests.samples import sample
-from trunkline.core import kafka_local
 from trunkline.core.admin import apply_all
 from trunkline.core.kafka import Outgoing, make_producer, publish_all
 from trunkline.core.settings import Settings
@@ -259,15 +259,13 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder and logs")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="trunkline-media-bench-"))
-    paths = kafka_local.BrokerPaths(root / "kafka")
-    port = free_port()
-    kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
+    bootstrap, paths = start_broker(root)
     node = None
     try:
         s = Settings.from_env(
             {
                 "TRUNKLINE_STATE_DIR": str(root / "state"),
-                "TRUNKLINE_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+                "TRUNKLINE_KAFKA_BOOTSTRAP": bootstrap,
                 "TRUNKLINE_TOPIC_PREFIX": "mb.",
             }
         )
@@ -324,7 +322,7 @@ def main() -> None:
         if node is not None:
             node.terminate()
             node.wait(10)
-        kafka_local.stop(paths)
+        stop_broker(paths)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
         else:

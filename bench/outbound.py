@@ -42,14 +42,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bench._util import machine_speed, speed_line, wait_healthy
+from bench._util import machine_speed, speed_line, start_broker, stop_broker, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
 from tests.outbound_stand_ins import REPO, Prism, forward_to
 from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.aio import tune_gc
-from trunkline.core.settings import Settings
 
 P99_BOUND_MS = 100.0
 API_KEY = f"bench-key-{uuid.uuid4().hex}"
@@ -259,13 +258,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="trunkline-outbound-bench-"))
     prism = Prism(root) if args.prism else None
     stand_in = StandIn(prism.url if prism else "")
-    paths = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        paths = kafka_local.BrokerPaths(root / "kafka")
-        port = free_port()
-        kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
-        bootstrap = f"127.0.0.1:{port}"
+    bootstrap, paths = start_broker(root, args.bootstrap)
     results: list[Run] = []
     try:
         config = roomy_config(1_000_000)
@@ -334,8 +327,7 @@ def main() -> None:
                 edge.terminate()
                 edge.wait(10)
     finally:
-        if paths is not None:
-            kafka_local.stop(paths)
+        stop_broker(paths)
         stand_in.stop()
         if prism is not None:
             prism.stop()

@@ -20,12 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._util import machine_speed, speed_line
+from bench._util import machine_speed, speed_line, start_broker, stop_broker
 from bench.proxy import cpu_seconds, run_sipp
-from tests.harness import free_port
 from tests.stack import roomy_config, running_stack
-from trunkline.core import kafka_local
-from trunkline.core.settings import Settings
 
 
 def main() -> None:
@@ -36,13 +33,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=os.environ.get("TRUNKLINE_KAFKA_BOOTSTRAP"))
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="trunkline-partitions-bench-"))
-    paths = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        paths = kafka_local.BrokerPaths(root / "kafka")
-        port = free_port()
-        kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
-        bootstrap = f"127.0.0.1:{port}"
+    bootstrap, paths = start_broker(root, args.bootstrap)
     config = roomy_config(1_000_000)
     rows = []
     try:
@@ -85,8 +76,7 @@ def main() -> None:
                 print(line, flush=True)
         print(speed_line(machine_speed()), flush=True)
     finally:
-        if paths is not None:
-            kafka_local.stop(paths)
+        stop_broker(paths)
     print("\n".join(["", "# summary", *rows]))
 
 

@@ -39,11 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._util import machine_speed, speed_line
+from bench._util import machine_speed, speed_line, start_broker, stop_broker
 from tests.harness import free_port
 from tests.stack import roomy_config, running_stack, spread_config
 from trunkline.core import kafka_local
-from trunkline.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "tests" / "e2e" / "scenarios" / "invite_302.xml"
@@ -380,13 +379,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is missing: scripts/setup --bench installs it")
     rates = [int(r) for r in args.rates.split(",")]
     root = Path(tempfile.mkdtemp(prefix="trunkline-proxy-bench-"))
-    paths = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        paths = kafka_local.BrokerPaths(root / "kafka")
-        port = free_port()
-        kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
-        bootstrap = f"127.0.0.1:{port}"
+    bootstrap, paths = start_broker(root, args.bootstrap)
     results: list[Run] = []
 
     def measure(target: str, workers: int) -> None:
@@ -495,8 +488,7 @@ def main() -> None:
                 k.terminate()
                 k.wait(10)
     finally:
-        if paths is not None:
-            kafka_local.stop(paths)
+        stop_broker(paths)
     ours = "1-worker" if args.workers > 1 else "trunkline"
     best = best_rate(results, ours)
     print(

@@ -21,10 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
+from bench._util import start_broker, stop_broker
 from schemas import SingleObjectCodec
 from tests.harness import Service, Sink, free_port
 from tests.samples import sample
-from trunkline.core import kafka_local
 from trunkline.core.admin import apply_all
 from trunkline.core.kafka import make_producer
 from trunkline.core.settings import Settings
@@ -135,13 +135,11 @@ def main() -> None:
         if args.bootstrap:
             run(args.bootstrap, args.n, root)
             return
-        paths = kafka_local.BrokerPaths(root / "kafka")
-        port = free_port()
-        kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
+        bootstrap, paths = start_broker(root)
         try:
-            run(f"127.0.0.1:{port}", args.n, root)
+            run(bootstrap, args.n, root)
         finally:
-            kafka_local.stop(paths)
+            stop_broker(paths)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

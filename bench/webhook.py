@@ -32,13 +32,12 @@ from urllib.parse import urlencode
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from bench._util import machine_speed, speed_line, wait_healthy
+from bench._util import machine_speed, speed_line, start_broker, stop_broker, wait_healthy
 from bench.proxy import cpu_seconds, percentile
 from tests.harness import ROOT, child_env, free_port
 from tests.stack import roomy_config, running_stack
 from trunkline.core import kafka_local
 from trunkline.core.aio import tune_gc
-from trunkline.core.settings import Settings
 
 P99_BOUND_MS = 100.0
 TOKEN = "bench-twilio-auth-token"
@@ -160,13 +159,7 @@ def main() -> None:
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     root = Path(tempfile.mkdtemp(prefix="trunkline-webhook-bench-"))
-    paths = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        paths = kafka_local.BrokerPaths(root / "kafka")
-        port = free_port()
-        kafka_local.start(paths, Settings.from_env().cache_dir, port, free_port())
-        bootstrap = f"127.0.0.1:{port}"
+    bootstrap, paths = start_broker(root, args.bootstrap)
     results: list[Run] = []
     try:
         config = roomy_config(1_000_000)
@@ -237,8 +230,7 @@ def main() -> None:
                 edge.terminate()
                 edge.wait(10)
     finally:
-        if paths is not None:
-            kafka_local.stop(paths)
+        stop_broker(paths)
     passing = [
         rate
         for rate in rates

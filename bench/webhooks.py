@@ -40,7 +40,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench._util import best_rate, machine_speed, pin_one_core, speed_line
+from bench._util import (
+    best_rate,
+    machine_speed,
+    pin_one_core,
+    speed_line,
+    start_broker,
+    stop_broker,
+)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -384,16 +391,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-webhooks-"))
     broker = None
     try:
-        bootstrap = args.bootstrap
-        if not bootstrap:
-            from tests.harness import free_port
-            from trunkline.core import kafka_local
-
-            broker = kafka_local.BrokerPaths(tmp / "kafka")
-            port = free_port()
-            cache = Path(os.environ.get("TRUNKLINE_CACHE_DIR") or Path.home() / ".cache/trunkline")
-            kafka_local.start(broker, cache, port, free_port())
-            bootstrap = f"127.0.0.1:{port}"
+        bootstrap, broker = start_broker(tmp, args.bootstrap)
         d = deliveries_per_second(bootstrap, args.n, tmp / "state", args.profile)
         print(f"deliveries: {d.rate:,.0f}/s to a receiver answering after 1 ms ({args.n} "
               f"deliveries, {d.total_s:.1f} s from start; floor 2,000): "
@@ -404,10 +402,7 @@ def main() -> None:
         for line in d.profile:
             print(line)
     finally:
-        if broker is not None:
-            from trunkline.core import kafka_local
-
-            kafka_local.stop(broker)
+        stop_broker(broker)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
