@@ -217,11 +217,12 @@ def event_row(
         status, rank = STATUS[name]
     except KeyError:
         raise ProjectionError(f"{name} is not a call lifecycle event") from None
-    env = r["envelope"]
+    env: dict[str, Any] = r["envelope"]
     if not env.get("call_id"):
         raise ProjectionError(f"{name} {env.get('event_id')} has no call_id")
-    get = r.get  # the columns below inline `_s` (a call per column was a third of the row)
-    media = get("media") or {}
+    # the columns below inline `_s` (a call per column was a third of the row) and call
+    # `r.get` itself (mypyc makes that a direct dict lookup, a bound alias a Python call)
+    media: dict[str, Any] = r.get("media") or {}
     if name == "CallEnded":
         status = END_STATUS.get(r["reason"], CallStatus.FAILED)
     log_type, log_message = _log(name, r)
@@ -234,22 +235,22 @@ def event_row(
         env["call_id"],  # call_id
         f"{at_ms // 1000}.{at_ms % 1000:03d}",  # occurred_at (_instant)
         env["producer_id"],  # producer_id
-        "" if (v := get("provider")) is None else str(v),  # provider
-        "" if (v := get("provider_call_id")) is None else str(v),  # provider_call_id
-        "" if (v := get("business_id")) is None else str(v),  # business_id
-        "" if (v := get("phone_id")) is None else str(v),  # phone_id
-        "" if (v := get("route_id")) is None else str(v),  # route_id
-        "" if (v := get("region_id")) is None else str(v),  # region_id
-        "" if (v := get("edge_id")) is None else str(v),  # edge_id
-        "" if (v := get("backend_id")) is None else str(v),  # backend_id
+        "" if (v := r.get("provider")) is None else str(v),  # provider
+        "" if (v := r.get("provider_call_id")) is None else str(v),  # provider_call_id
+        "" if (v := r.get("business_id")) is None else str(v),  # business_id
+        "" if (v := r.get("phone_id")) is None else str(v),  # phone_id
+        "" if (v := r.get("route_id")) is None else str(v),  # route_id
+        "" if (v := r.get("region_id")) is None else str(v),  # region_id
+        "" if (v := r.get("edge_id")) is None else str(v),  # edge_id
+        "" if (v := r.get("backend_id")) is None else str(v),  # backend_id
         status,  # status
         rank,  # status_rank
-        get("status_code") or 0,  # status_code
-        "" if (v := get("reason")) is None else str(v),  # reason
-        "" if (v := get("hangup_side")) is None else str(v),  # hangup_side
-        get("setup_ms") or 0,  # setup_ms
-        get("talk_ms") or 0,  # talk_ms
-        "" if (v := get("codec")) is None else str(v),  # codec
+        r.get("status_code") or 0,  # status_code
+        "" if (v := r.get("reason")) is None else str(v),  # reason
+        "" if (v := r.get("hangup_side")) is None else str(v),  # hangup_side
+        r.get("setup_ms") or 0,  # setup_ms
+        r.get("talk_ms") or 0,  # talk_ms
+        "" if (v := r.get("codec")) is None else str(v),  # codec
         media.get("packets_sent", 0),  # packets_sent
         media.get("packets_received", 0),  # packets_received
         media.get("packets_lost", 0),  # packets_lost
@@ -259,14 +260,14 @@ def event_row(
         orjson.dumps(r).decode(),  # payload
         partition,  # kafka_partition
         offset,  # kafka_offset
-        "" if (v := get("provider_account_id") or get("account_id")) is None else str(v),
-        "" if (v := get("hangup_cause")) is None else str(v),  # hangup_cause
-        get("provider_duration_ms") or 0,  # provider_duration_ms
+        "" if (v := r.get("provider_account_id") or r.get("account_id")) is None else str(v),
+        "" if (v := r.get("hangup_cause")) is None else str(v),  # hangup_cause
+        r.get("provider_duration_ms") or 0,  # provider_duration_ms
         media.get("mos") or 0.0,  # mos
         _direction(name, r),  # direction
         f"{published // 1000}.{published % 1000:03d}",  # published_at (_instant)
-        ("" if (v := get("plan_id")) is None else str(v)) if admitted else "",  # plan_id
-        int(get("max_concurrent_calls") or 0) if admitted else 0,  # plan_limit
+        ("" if (v := r.get("plan_id")) is None else str(v)) if admitted else "",  # plan_id
+        int(r.get("max_concurrent_calls") or 0) if admitted else 0,  # plan_limit
     )
 
 
@@ -312,7 +313,7 @@ def _money(value: Any) -> str | None:
 
 def billing_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
     """One `billing_records_log` row from a CallRated record."""
-    env = r["envelope"]
+    env: dict[str, Any] = r["envelope"]
     if not env.get("call_id"):
         raise ProjectionError(f"CallRated {env.get('event_id')} has no call_id")
     return (
@@ -330,7 +331,7 @@ def billing_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
 
 def delivery_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
     """One `webhook_deliveries_log` row from a WebhookAttempt record."""
-    env = r["envelope"]
+    env: dict[str, Any] = r["envelope"]
     return (
         r["subscription_id"], r["webhook_id"], int(r["attempt"]), env["event_id"],
         r["source_event_id"], r["event_type"], env.get("call_id") or "",
