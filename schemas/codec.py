@@ -68,7 +68,7 @@ def _built_readers() -> dict[bytes, Reader]:
     `python -m trunkline.core.native build`), when made by this very generator; none
     when it is absent or older (then each reader is generated at run time)."""
     try:
-        from schemas import avro_compiled
+        from schemas import avro_compiled  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         return {}
     if getattr(avro_compiled, "GENERATOR", None) != generator_digest():
