@@ -26,8 +26,10 @@ fastavro for those schemas.
 from __future__ import annotations
 
 import decimal
+import hashlib
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 Reader = Callable[[bytes, int], tuple[dict[str, Any], int]]
@@ -78,14 +80,20 @@ class _Gen:
         self.named: dict[str, Any] = {}
         self.open: set[int] = set()  # the records being generated (a recursive type)
         self.counter = 0
+        self.types: dict[str, str] = {}  # local -> its annotation (the typed module's)
+        self.const_sources: dict[str, str] = {}  # constant -> the expression making it
+        self.prefix = "c"  # of the constants' names (one per function in a module)
 
-    def var(self) -> str:
+    def var(self, kind: str = "Any") -> str:
         self.counter += 1
-        return f"v{self.counter}"
+        name = f"v{self.counter}"
+        self.types[name] = kind
+        return name
 
-    def const(self, value: Any) -> str:
-        name = f"c{len(self.consts)}"
+    def const(self, value: Any, source: str) -> str:
+        name = f"{self.prefix}{len(self.consts)}"
         self.consts[name] = value
+        self.const_sources[name] = source
         return name
 
     def emit(self, indent: int, line: str) -> None:
@@ -141,7 +149,7 @@ class _Gen:
         elif kind == "double":
             self.emit(ind, f"{target} = unpack_double(data, pos)[0]; pos += 8")
         elif kind in ("string", "bytes"):
-            n = self.var()
+            n = self.var("int")
             self.length(ind, n, f"{kind} length")
             end = f"pos + {n}"
             read = f"data[pos:{end}]" + (".decode()" if kind == "string" else "")
@@ -150,8 +158,8 @@ class _Gen:
             size = int(schema["size"])
             self.emit(ind, f"{target} = data[pos:pos + {size}]; pos += {size}")
         elif kind == "enum":
-            symbols = self.const(tuple(schema["symbols"]))
-            n = self.var()
+            symbols = self.const(tuple(schema["symbols"]), repr(tuple(schema["symbols"])))
+            n = self.var("int")
             self.long(ind, n)
             self.emit(ind, f"if not 0 <= {n} < {len(schema['symbols'])}: "
                            f"raise bad_index('enum', {n})")  # fmt: skip
@@ -166,7 +174,8 @@ class _Gen:
         else:
             raise Unsupported(f"type {kind!r}")
         if logical == "decimal":
-            ctx = self.const(decimal.Context(prec=int(schema["precision"])))
+            prec = int(schema["precision"])
+            ctx = self.const(decimal.Context(prec=prec), f"decimal.Context(prec={prec})")
             scale = int(schema.get("scale", 0))
             self.emit(ind, f"{target} = {ctx}.create_decimal(int.from_bytes({target}, "
                            f"'big', signed=True)).scaleb({-scale}, {ctx})")  # fmt: skip
@@ -196,14 +205,14 @@ class _Gen:
     def blocks(self, ind: int, target: str, empty: str, item: Callable[[int, str], None],
                add: str) -> None:  # fmt: skip
         """Array or map blocks: a count (negative: then a byte size), items, until 0."""
-        n = self.var()
+        n = self.var("int")
         self.emit(ind, f"{target} = {empty}")
         self.emit(ind, "while True:")
         self.long(ind + 1, n)
         self.emit(ind + 1, f"if {n} == 0: break")
         self.emit(ind + 1, f"if {n} < 0:")
         self.emit(ind + 2, f"{n} = -{n}")
-        size = self.var()
+        size = self.var("int")
         self.long(ind + 2, size)
         self.emit(ind + 1, f"for _ in range({n}):")
         if add:
@@ -228,6 +237,96 @@ def reader_source(schema: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     gen.value(schema, 1, "record")
     body = "\n".join(gen.lines)
     return f"def read(data, pos):\n{body}\n    return record, pos\n", gen.consts
+
+
+def _typed_function(fn: str, schema: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """`fn`, reading one body of `schema`, with every local annotated (for mypyc: the
+    varint arithmetic on native ints, `data[pos]` a native byte index); its constants'
+    names and sources."""
+    gen = _Gen()
+    gen.prefix = f"_{fn}_c"
+    gen.value(schema, 1, "record")
+    decls = ["    b: int", "    record: dict[str, Any]"]
+    decls += [f"    {name}: {kind}" for name, kind in gen.types.items()]
+    body = "\n".join(decls + gen.lines)
+    source = (
+        f"def {fn}(data: bytes, pos: int) -> tuple[dict[str, Any], int]:\n"
+        f"{body}\n    return record, pos\n"
+    )
+    return source, gen.const_sources
+
+
+MODULE_HEADER = '''"""Avro readers of the schemas known at build time (generated: do not edit).
+
+Written by `schemas.avro_reader.module_source` (`python -m trunkline.core.native build`
+writes it and compiles it with mypyc); `READERS` maps each writer schema's fingerprint to
+its reader, the same code `compile_reader` generates, typed. `GENERATOR` is the SHA-256
+of the generator's source: the codec uses these readers only while it matches.
+"""
+
+from __future__ import annotations
+
+import decimal
+import hashlib
+import struct
+from collections.abc import Callable
+from typing import Any, Final
+
+from schemas.avro_reader import _bad_index as bad_index
+from schemas.avro_reader import _negative as negative
+
+GENERATOR: Final = {generator!r}
+
+unpack_float = struct.Struct("<f").unpack_from
+unpack_double = struct.Struct("<d").unpack_from
+
+
+def uvarint(data: bytes, pos: int, first: int) -> tuple[int, int]:
+    n = first & 0x7F
+    shift = 7
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, pos
+        shift += 7
+'''
+
+
+def generator_digest() -> str:
+    """The SHA-256 of this module's source (a generated module names the one it came from)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def module_source(schemas: list[tuple[str, bytes, dict[str, Any]]]) -> str:
+    """The source of a module of typed readers, one per (name, fingerprint, expanded
+    schema), and `READERS`: fingerprint -> reader."""
+    parts = [MODULE_HEADER.format(generator=generator_digest())]
+    consts: list[str] = []
+    entries: list[str] = []
+    for name, fp, schema in schemas:
+        fn = f"read_{name}"
+        source, const_sources = _typed_function(fn, schema)
+        parts.append("\n" + source)
+        consts += [f"{c}: Final = {expr}" for c, expr in const_sources.items()]
+        entries.append(f"    bytes.fromhex({fp.hex()!r}): {fn},")
+    parts.insert(1, "\n".join(consts) + "\n" if consts else "")
+    parts.append(
+        "\nREADERS: dict[bytes, Callable[[bytes, int], tuple[dict[str, Any], int]]] = {\n"
+        + "\n".join(entries)
+        + "\n}\n"
+    )
+    return "\n".join(parts)
+
+
+def write_module(path: Path) -> None:
+    """Write the typed readers of every schema in schemas/avro to `path`."""
+    from schemas.registry import default_schemas
+
+    known = default_schemas()
+    loaded = [known[n] for n in sorted(known.names())]
+    path.write_text(module_source([(s.name, s.fingerprint, s.expanded) for s in loaded]))
 
 
 def compile_reader(schema: dict[str, Any]) -> Reader:

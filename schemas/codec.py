@@ -29,7 +29,13 @@ from typing import Any, Protocol
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from schemas.avro_reader import AvroBodyError, Reader, Unsupported, compile_reader
+from schemas.avro_reader import (
+    AvroBodyError,
+    Reader,
+    Unsupported,
+    compile_reader,
+    generator_digest,
+)
 from schemas.registry import LoadedSchema, SchemaSet, default_schemas
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -57,8 +63,22 @@ def _write_body(schema: LoadedSchema, record: dict[str, Any], out: io.BytesIO) -
         raise CodecError(f"{schema.name}: record does not fit the schema: {exc}") from exc
 
 
-#: writer schema fingerprint -> its generated reader (None: fastavro reads it)
-_READERS: dict[bytes, Reader | None] = {}
+def _built_readers() -> dict[bytes, Reader]:
+    """The readers of schemas/avro_compiled.py (generated and compiled with mypyc by
+    `python -m trunkline.core.native build`), when made by this very generator; none
+    when it is absent or older (then each reader is generated at run time)."""
+    try:
+        from schemas import avro_compiled  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        return {}
+    if getattr(avro_compiled, "GENERATOR", None) != generator_digest():
+        return {}
+    return dict(avro_compiled.READERS)
+
+
+#: writer schema fingerprint -> its reader (None: fastavro reads it); a fingerprint names
+#: one exact schema, so a built reader serves only the schema it was generated from
+_READERS: dict[bytes, Reader | None] = {**_built_readers()}
 
 
 def _generated(schema: LoadedSchema) -> Reader | None:
@@ -114,6 +134,9 @@ class SingleObjectCodec:
 
     def __init__(self, schemas: SchemaSet | None = None) -> None:
         self.schemas = schemas or default_schemas()
+        #: magic + fingerprint (the whole header) -> (record name, generated reader), for
+        #: the schemas already met that a generated reader reads: one lookup checks both
+        self._known: dict[bytes, tuple[str, Reader]] = {}
 
     def encode(self, name: str, record: dict[str, Any]) -> bytes:
         schema = self.schemas[name]
@@ -124,6 +147,19 @@ class SingleObjectCodec:
         return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        if type(data) is bytes:
+            hit = self._known.get(data[:_SO_HEADER])
+            if hit is not None:  # the common case: what `_decode` does, inline
+                name, read = hit
+                try:
+                    record, end = read(data, _SO_HEADER)
+                except (AvroBodyError, IndexError, UnicodeDecodeError, struct.error) as exc:
+                    raise CodecError(f"{name}: truncated or corrupt Avro body: {exc}") from exc
+                if end == len(data):
+                    return name, record
+        return self._decode(data)
+
+    def _decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         if len(data) < _SO_HEADER:
             raise CodecError(f"single-object message too short: {len(data)} bytes, need >= 10")
         if data[:2] != SINGLE_OBJECT_MAGIC:
@@ -134,6 +170,9 @@ class SingleObjectCodec:
         schema = self.schemas.by_fingerprint.get(fp)
         if schema is None:
             raise CodecError(f"unknown writer schema fingerprint {fp.hex()}")
+        read = _generated(schema)
+        if read is not None and type(data) is bytes:
+            self._known[data[:_SO_HEADER]] = (schema.name, read)
         return schema.name, _read_body(schema, data, _SO_HEADER)
 
 

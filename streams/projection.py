@@ -8,7 +8,7 @@ takes the furthest step reached even when producers' clocks disagree.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -23,6 +23,8 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 Row = tuple[Any, ...]
+
+_dumps: Final = orjson.dumps  # a constant to mypyc (`orjson.dumps` is a lookup per call)
 
 
 class CallStatus(StrEnum):
@@ -90,9 +92,13 @@ def _direction(name: str, r: dict[str, Any]) -> str:
     return str(r.get("direction") or implied) if name == "CallOffered" else implied
 
 
+#: ".000"..".999": the milliseconds of an instant's text, looked up (a format spec is a call)
+_MILLIS: Final[tuple[str, ...]] = tuple(f".{ms:03d}" for ms in range(1000))
+
+
 def _instant(ms: int) -> str:
     """Epoch ms as ClickHouse reads DateTime64(3) exactly: seconds.millis."""
-    return f"{ms // 1000}.{ms % 1000:03d}"
+    return f"{ms // 1000}{_MILLIS[ms % 1000]}"
 
 
 def _s(value: Any) -> str:
@@ -217,11 +223,12 @@ def event_row(
         status, rank = STATUS[name]
     except KeyError:
         raise ProjectionError(f"{name} is not a call lifecycle event") from None
-    env = r["envelope"]
+    env: dict[str, Any] = r["envelope"]
     if not env.get("call_id"):
         raise ProjectionError(f"{name} {env.get('event_id')} has no call_id")
-    get = r.get  # the columns below inline `_s` (a call per column was a third of the row)
-    media = get("media") or {}
+    # the columns below inline `_s` (a call per column was a third of the row) and call
+    # `r.get` itself (mypyc makes that a direct dict lookup, a bound alias a Python call)
+    media: dict[str, Any] = r.get("media") or {}
     if name == "CallEnded":
         status = END_STATUS.get(r["reason"], CallStatus.FAILED)
     log_type, log_message = _log(name, r)
@@ -232,41 +239,41 @@ def event_row(
         env["event_id"],  # event_id
         name,  # event_type
         env["call_id"],  # call_id
-        f"{at_ms // 1000}.{at_ms % 1000:03d}",  # occurred_at (_instant)
+        f"{at_ms // 1000}{_MILLIS[at_ms % 1000]}",  # occurred_at (_instant)
         env["producer_id"],  # producer_id
-        "" if (v := get("provider")) is None else str(v),  # provider
-        "" if (v := get("provider_call_id")) is None else str(v),  # provider_call_id
-        "" if (v := get("business_id")) is None else str(v),  # business_id
-        "" if (v := get("phone_id")) is None else str(v),  # phone_id
-        "" if (v := get("route_id")) is None else str(v),  # route_id
-        "" if (v := get("region_id")) is None else str(v),  # region_id
-        "" if (v := get("edge_id")) is None else str(v),  # edge_id
-        "" if (v := get("backend_id")) is None else str(v),  # backend_id
+        "" if (v := r.get("provider")) is None else str(v),  # provider
+        "" if (v := r.get("provider_call_id")) is None else str(v),  # provider_call_id
+        "" if (v := r.get("business_id")) is None else str(v),  # business_id
+        "" if (v := r.get("phone_id")) is None else str(v),  # phone_id
+        "" if (v := r.get("route_id")) is None else str(v),  # route_id
+        "" if (v := r.get("region_id")) is None else str(v),  # region_id
+        "" if (v := r.get("edge_id")) is None else str(v),  # edge_id
+        "" if (v := r.get("backend_id")) is None else str(v),  # backend_id
         status,  # status
         rank,  # status_rank
-        get("status_code") or 0,  # status_code
-        "" if (v := get("reason")) is None else str(v),  # reason
-        "" if (v := get("hangup_side")) is None else str(v),  # hangup_side
-        get("setup_ms") or 0,  # setup_ms
-        get("talk_ms") or 0,  # talk_ms
-        "" if (v := get("codec")) is None else str(v),  # codec
+        r.get("status_code") or 0,  # status_code
+        "" if (v := r.get("reason")) is None else str(v),  # reason
+        "" if (v := r.get("hangup_side")) is None else str(v),  # hangup_side
+        r.get("setup_ms") or 0,  # setup_ms
+        r.get("talk_ms") or 0,  # talk_ms
+        "" if (v := r.get("codec")) is None else str(v),  # codec
         media.get("packets_sent", 0),  # packets_sent
         media.get("packets_received", 0),  # packets_received
         media.get("packets_lost", 0),  # packets_lost
         media.get("jitter_ms", 0.0),  # jitter_ms
         log_type,  # log_type
         log_message,  # log_message
-        orjson.dumps(r).decode(),  # payload
+        _dumps(r).decode(),  # payload
         partition,  # kafka_partition
         offset,  # kafka_offset
-        "" if (v := get("provider_account_id") or get("account_id")) is None else str(v),
-        "" if (v := get("hangup_cause")) is None else str(v),  # hangup_cause
-        get("provider_duration_ms") or 0,  # provider_duration_ms
+        "" if (v := r.get("provider_account_id") or r.get("account_id")) is None else str(v),
+        "" if (v := r.get("hangup_cause")) is None else str(v),  # hangup_cause
+        r.get("provider_duration_ms") or 0,  # provider_duration_ms
         media.get("mos") or 0.0,  # mos
         _direction(name, r),  # direction
-        f"{published // 1000}.{published % 1000:03d}",  # published_at (_instant)
-        ("" if (v := get("plan_id")) is None else str(v)) if admitted else "",  # plan_id
-        int(get("max_concurrent_calls") or 0) if admitted else 0,  # plan_limit
+        f"{published // 1000}{_MILLIS[published % 1000]}",  # published_at (_instant)
+        ("" if (v := r.get("plan_id")) is None else str(v)) if admitted else "",  # plan_id
+        int(r.get("max_concurrent_calls") or 0) if admitted else 0,  # plan_limit
     )
 
 
@@ -312,7 +319,7 @@ def _money(value: Any) -> str | None:
 
 def billing_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
     """One `billing_records_log` row from a CallRated record."""
-    env = r["envelope"]
+    env: dict[str, Any] = r["envelope"]
     if not env.get("call_id"):
         raise ProjectionError(f"CallRated {env.get('event_id')} has no call_id")
     return (
@@ -330,7 +337,7 @@ def billing_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
 
 def delivery_row(r: dict[str, Any], partition: int = 0, offset: int = 0) -> Row:
     """One `webhook_deliveries_log` row from a WebhookAttempt record."""
-    env = r["envelope"]
+    env: dict[str, Any] = r["envelope"]
     return (
         r["subscription_id"], r["webhook_id"], int(r["attempt"]), env["event_id"],
         r["source_event_id"], r["event_type"], env.get("call_id") or "",

@@ -477,14 +477,15 @@ class Rebuilder:
     def project(self, rec: LogRecord) -> None:
         """A record of a topic that feeds a ClickHouse table; one of another type (the
         sink parks what it cannot project) is counted."""
+        topic, partition, offset, timestamp, name, record = rec  # one unpack, no lookups
         try:
             # the record's Kafka timestamp is part of the row (`published_at`), as the
             # sink writes it
-            table, row = table_row(rec.name, rec.record, rec.partition, rec.offset, rec.timestamp)
+            table, row = table_row(name, record, partition, offset, timestamp)
         except (ProjectionError, KeyError, TypeError, ValueError):
             self.unprojectable += 1
             return
-        if table == SOURCES.get(rec.topic):
+        if table == SOURCES.get(topic):
             self.rows(table, row)
         else:
             self.unprojectable += 1

@@ -1,6 +1,7 @@
 import io
 import json
 import struct
+from pathlib import Path
 
 import avro.schema
 import pytest
@@ -76,8 +77,11 @@ def test_truncated_body_is_a_codec_error():
         codec.decode(data[:-5])
 
 
-def test_trailing_bytes_are_refused():
+@pytest.mark.parametrize("warm", [False, True], ids=["first", "after-a-good-one"])
+def test_trailing_bytes_are_refused(warm):
     codec = SingleObjectCodec(SCHEMAS)
+    if warm:
+        codec.decode(codec.encode("Plan", sample("Plan")))
     data = codec.encode("Plan", sample("Plan")) + b"\x00\x00"
     with pytest.raises(CodecError, match="2 trailing bytes"):
         codec.decode(data)
@@ -173,16 +177,78 @@ def _body(name, record):
     return buf.getvalue()
 
 
+def _typed_module(tmp_path_factory):
+    """schemas/avro_compiled.py as the build writes it, imported from its source."""
+    import importlib.util
+
+    from schemas.avro_reader import write_module
+
+    path = tmp_path_factory.mktemp("typed") / "tl_avro_typed.py"
+    write_module(path)
+    spec = importlib.util.spec_from_file_location("tl_avro_typed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def typed(tmp_path_factory):
+    return _typed_module(tmp_path_factory)
+
+
+def _reader(kind, name, typed):
+    """The reader of `name`: generated at run time, the typed module's from its source,
+    or the one the codec uses (the mypyc build when `native build` made one)."""
+    from schemas import codec
+    from schemas.avro_reader import compile_reader
+
+    fp = SCHEMAS[name].fingerprint
+    if kind == "runtime":
+        return compile_reader(SCHEMAS[name].expanded)
+    if kind == "typed":
+        return typed.READERS[fp]
+    read = codec._generated(SCHEMAS[name])
+    assert read is not None
+    return read
+
+
+READER_KINDS = ["runtime", "typed", "codec"]
+
+
+def test_the_codec_uses_the_built_readers_when_the_build_is_current():
+    from schemas import avro_compiled, codec
+    from schemas.avro_reader import generator_digest
+    from trunkline.core import native
+
+    source = Path(codec.__file__).with_name("avro_compiled.py")
+    built = native.state(source) == "compiled"
+    assert avro_compiled.__file__.endswith(".py") != built  # the build is imported when made
+    assert generator_digest() == avro_compiled.GENERATOR
+    for name in TOPLEVEL_RECORDS:
+        assert (
+            codec._READERS[SCHEMAS[name].fingerprint]
+            is avro_compiled.READERS[SCHEMAS[name].fingerprint]
+        )
+
+
+def test_readers_of_another_generator_are_not_used(monkeypatch):
+    from schemas import avro_compiled, codec
+
+    monkeypatch.setattr(avro_compiled, "GENERATOR", "0" * 64)
+    assert codec._built_readers() == {}
+    monkeypatch.setattr(avro_compiled, "GENERATOR", codec.generator_digest())
+    assert codec._built_readers() == avro_compiled.READERS
+
+
+@pytest.mark.parametrize("kind", READER_KINDS)
 @pytest.mark.parametrize("name", TOPLEVEL_RECORDS)
-def test_generated_reader_gives_what_fastavro_gives(name):
+def test_generated_reader_gives_what_fastavro_gives(name, kind, typed):
     """Every record type, random records (fastavro's generator: every union branch, maps,
     arrays, decimals, enums) and the sample: equal values, of the same types, keys in the
     same order (the sink writes the record as JSON: the order is in the bytes)."""
     from fastavro.utils import generate_many
 
-    from schemas.avro_reader import compile_reader
-
-    read = compile_reader(SCHEMAS[name].expanded)
+    read = _reader(kind, name, typed)
     records = [sample(name), *generate_many(SCHEMAS[name].parsed, 200)]
     for record in records:
         body = _body(name, record)
@@ -211,11 +277,15 @@ def test_generated_reader_reads_decimals_with_their_scale():
     assert got == _fastavro_read("CallRated", codec.encode("CallRated", record)[10:])
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["first", "after-a-good-one"])
 @pytest.mark.parametrize("name", ["CallOffered", "CallEnded", "CallRated", "BackendHeartbeat"])
-def test_generated_reader_refuses_every_cut_body(name):
-    """A body cut anywhere is a CodecError (never a record read from part of it)."""
+def test_generated_reader_refuses_every_cut_body(name, warm):
+    """A body cut anywhere is a CodecError (never a record read from part of it), also
+    once the codec knows the header (its short path)."""
     codec = SingleObjectCodec(SCHEMAS)
     data = codec.encode(name, sample(name))
+    if warm:
+        assert codec.decode(data) == (name, _fastavro_read(name, data[10:]))
     for cut in range(10, len(data)):
         with pytest.raises(CodecError, match=f"{name}: truncated or corrupt Avro body"):
             codec.decode(data[:cut])
@@ -229,8 +299,11 @@ def test_generated_reader_refuses_every_cut_body(name):
         (b"\x02\xff", "invalid start byte"),  # a one-byte event id that is not UTF-8
     ],
 )
-def test_generated_reader_corrupt_bodies(body, message):
+@pytest.mark.parametrize("warm", [False, True], ids=["first", "after-a-good-one"])
+def test_generated_reader_corrupt_bodies(body, message, warm):
     codec = SingleObjectCodec(SCHEMAS)
+    if warm:
+        codec.decode(codec.encode("CallEnded", sample("CallEnded")))
     data = b"\xc3\x01" + SCHEMAS["CallEnded"].fingerprint + body + b"\x00" * 4
     with pytest.raises(CodecError, match=message):
         codec.decode(data)

@@ -83,3 +83,58 @@ def test_the_build_parses_every_vector_as_the_pure_module(path):
     pure = native.load_pure("tl_sip_message_pure", MESSAGE_SOURCE)
     data = path.read_bytes()
     assert _outcome(message, data) == _outcome(pure, data)
+
+
+# -- the row projection (streams/projection.py) ---------------------------------------------
+def row_cases():
+    """Every lifecycle event's sample and variations through each branch of its row and log
+    line: each provider, each end reason, optional fields absent (None) or empty."""
+    from streams.projection import STATUS
+    from tests.samples import sample
+
+    for name in STATUS:
+        base = sample(name, "c-1", 1_780_000_000_123)
+        yield name, base
+        for provider in ("SIP", "TWILIO", "TELNYX", None):
+            for empty in (None, "", 0):
+                r = {**base, "provider": provider}
+                for key in ("provider_account_id", "from_number", "provider_status", "detail",
+                            "hangup_side", "talk_ms", "provider_duration_ms", "http_status",
+                            "provider_error_code", "api_key_id", "providers", "status_code",
+                            "setup_ms", "hangup_cause", "bypass", "found_by_lookup"):  # fmt: skip
+                    if key in r:
+                        r[key] = empty if key not in ("providers",) else (empty and [])
+                yield name, r
+        if name == "CallEnded":
+            for reason in ("completed", "cancelled", "rejected", "busy"):
+                media = {"packets_sent": 1, "packets_received": 2, "packets_lost": 0,
+                         "jitter_ms": 0.25, "mos": 4.125}  # fmt: skip
+                yield name, {**base, "reason": reason, "media": media, "provider": "TWILIO",
+                             "provider_duration_ms": 61_499}  # fmt: skip
+                yield name, {**base, "reason": reason, "media": None}
+        if name == "OutboundAttemptFailed":
+            yield name, {**base, "retryable": False, "http_status": None,
+                         "provider_error_code": "21215"}  # fmt: skip
+
+
+def _row_outcome(module, name, r):
+    try:
+        return module.table_row(name, r, 3, 42, 1_780_000_000_999)
+    except Exception as exc:  # the same error, from the build and from the source
+        return ("error", type(exc).__name__, str(exc))
+
+
+def test_the_projection_build_makes_every_row_as_the_pure_module():
+    from streams import projection
+
+    source = Path(projection.__file__ or "").with_name("projection.py")
+    # the build is in use exactly when it is current (scripts/setup makes it)
+    assert (native.state(source) == "compiled") == (not projection.__file__.endswith(".py"))
+    pure = native.load_pure("tl_projection_pure", source)
+    try:
+        cases = list(row_cases())
+        assert len(cases) > 150
+        for name, r in cases:
+            assert _row_outcome(projection, name, r) == _row_outcome(pure, name, r), (name, r)
+    finally:
+        sys.modules.pop("tl_projection_pure", None)
