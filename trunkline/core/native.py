@@ -29,7 +29,11 @@ log = logging.getLogger("trunkline.core.native")
 
 ROOT = Path(__file__).resolve().parents[2]
 #: module name -> source, relative to the project root
-MODULES = {"edge.sip.message": "edge/sip/message.py"}
+MODULES = {
+    "edge.sip.message": "edge/sip/message.py",
+    "streams.billing": "streams/billing.py",
+    "streams.retention": "streams/retention.py",
+}
 
 
 def digest(source: Path) -> str:
