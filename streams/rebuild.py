@@ -370,10 +370,11 @@ class BillingMachine:
         held = self._state.get(call_id)
         call = None if held is None else held[0]
         try:
-            new, emits = billing.handle(name, value, call, self.config)
+            result = billing.handle(name, value, call, self.config)
         except TransitionError:
             self.skipped += 1
             return []
+        new = result.call
         # `handle` gives the call back itself when the event changed nothing
         if new is not None and new is not call:
             stamp = None
@@ -391,7 +392,7 @@ class BillingMachine:
             for key in due:
                 self._state[key] = (None, None, partition)
                 self.rated.forget(key)
-        return emits
+        return result.emits
 
 
 _BILLING_INPUTS = billing.INPUTS
