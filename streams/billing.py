@@ -441,8 +441,9 @@ def _next(state: CallState | None, name: str) -> CallState:
     return step(state, event)  # not listed: raises
 
 
-def handle(name: str, record: Mapping[str, Any], call: Call | None, config: RatingConfig) -> Result:
-    """One record of the call's history; the new state and what to emit."""
+def handle(name: str, record: dict[str, Any], call: Call | None, config: RatingConfig) -> Result:
+    """One record of the call's history (a decoded record: a dict, which the mypyc build
+    reads without method calls); the new state and what to emit."""
     event = INPUTS.get(name)
     if event is None:
         raise TransitionError(f"billing does not take {name}")
@@ -489,7 +490,7 @@ def _emit(rated: dict[str, Any]) -> Emit:
     return Emit("billing", rated["envelope"]["call_id"], "CallRated", rated)
 
 
-def _with_facts(call: Call, name: str, r: Mapping[str, Any], state: CallState) -> Call:
+def _with_facts(call: Call, name: str, r: dict[str, Any], state: CallState) -> Call:
     """`call` in `state` with what record `name` says of the call; `call` itself when
     that changes nothing."""
     at = int(r["envelope"]["occurred_at"])
@@ -560,7 +561,7 @@ def _cost(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text).quantize(SCALE, ROUND_HALF_UP)
 
 
-def _talk_ms(call: Call, name: str, end: Mapping[str, Any]) -> int | None:
+def _talk_ms(call: Call, name: str, end: dict[str, Any]) -> int | None:
     """How long the call talked, or None when it never connected."""
     if name != "CallEnded":
         return None
@@ -574,14 +575,14 @@ def _talk_ms(call: Call, name: str, end: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _why_not_connected(name: str, end: Mapping[str, Any]) -> str:
+def _why_not_connected(name: str, end: dict[str, Any]) -> str:
     if name == "CallRejected":
         return f"not connected: rejected {end.get('status_code')} {end.get('reason')}".strip()
     return f"not connected: {end.get('reason') or 'ended'}"
 
 
 def rate(
-    call: Call, name: str, end: Mapping[str, Any], config: RatingConfig, run: int
+    call: Call, name: str, end: dict[str, Any], config: RatingConfig, run: int
 ) -> dict[str, Any]:
     """The CallRated record for `call` ended by `end` (a CallEnded or CallRejected)."""
     env = end["envelope"]
