@@ -307,7 +307,7 @@ class Call:
             "cost_currency": self.cost_currency,
             "cost_event_id": self.cost_event_id,
             "run": self.run,
-            "rated": _json_safe(self.rated),
+            "rated": _rated_json_safe(self.rated),
         }
 
     @classmethod
@@ -338,6 +338,17 @@ DECIMAL_FIELDS = ("per_minute", "connect_fee", "amount", "provider_cost")
 
 def _json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in record.items()}
+
+
+def _rated_json_safe(rated: dict[str, Any]) -> dict[str, Any]:
+    """`_json_safe` of a Call's `rated`, whose only decimals are DECIMAL_FIELDS (`rate`
+    makes them; `from_json` parses only them): a copy with those four made strings."""
+    out = dict(rated)
+    for k in DECIMAL_FIELDS:
+        v = out.get(k)
+        if isinstance(v, Decimal):
+            out[k] = str(v)
+    return out
 
 
 def _from_json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
