@@ -37,6 +37,10 @@ Rating (`rate`):
 
 CallRated's event id derives from the event it was computed from, so a re-processed end
 emits a byte-identical record, and ClickHouse keeps one row per call and rating run.
+
+`scripts/setup` compiles this module with mypyc (trunkline/core/native.py; the worker and
+the rebuild run every call-events record through `handle`): its annotations are checked
+at run time there, so records are dicts, and its classes are plain native classes.
 """
 
 from __future__ import annotations

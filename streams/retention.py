@@ -12,8 +12,9 @@ partition of the admission and routing topics. A table write goes to the changel
 partition of the event being processed, so an entry is only ever deleted while a tick of
 its own partition is processed; that is why each entry remembers its partition.
 
-Time is the tick's `occurred_at`: replays delete the same entries. Pure; the agents
-(streams/agents.py) hold one `Retention` per table and rebuild it after recovery.
+Time is the tick's `occurred_at`: replays delete the same entries. Pure (`scripts/setup`
+compiles it with mypyc, as billing.py); the agents (streams/agents.py) hold one
+`Retention` per table and rebuild it after recovery.
 """
 
 from __future__ import annotations
