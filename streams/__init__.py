@@ -4,5 +4,6 @@ from pathlib import Path
 
 from trunkline.core.native import use_if_fresh
 
-# scripts/setup compiles projection.py with mypyc; a build of an older source is never used
-use_if_fresh("streams.projection", Path(__file__).with_name("projection.py"))
+# scripts/setup compiles these with mypyc; a build of an older source is never used
+for _name in ("billing", "projection", "retention"):
+    use_if_fresh(f"streams.{_name}", Path(__file__).with_name(f"{_name}.py"))

@@ -37,15 +37,19 @@ Rating (`rate`):
 
 CallRated's event id derives from the event it was computed from, so a re-processed end
 emits a byte-identical record, and ClickHouse keeps one row per call and rating run.
+
+`scripts/setup` compiles this module with mypyc (trunkline/core/native.py; the worker and
+the rebuild run every call-events record through `handle`): its annotations are checked
+at run time there, so records are dicts, and its classes are plain native classes.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from trunkline.core.events import Emit, TransitionError, derived_id, envelope, transition
 
@@ -126,7 +130,7 @@ def billable_seconds(talk_seconds: int, first: int, step_s: int, minimum: int = 
 
 def amount(per_minute: Decimal, billable: int, connect_fee: Decimal = ZERO) -> Decimal:
     """connect fee + per-minute price * billable / 60, rounded half-up to 6 places."""
-    return (connect_fee + per_minute * billable / 60).quantize(SCALE, rounding=ROUND_HALF_UP)
+    return (connect_fee + per_minute * billable / 60).quantize(SCALE, ROUND_HALF_UP)
 
 
 def talk_seconds(talk_ms: int) -> int:
@@ -218,24 +222,79 @@ class RatingConfig:
 
 
 # -- the call's state -------------------------------------------------------------------------
-@dataclass(frozen=True)
 class Call:
-    """What billing remembers of one call (a Faust table value, flat JSON)."""
+    """What billing remembers of one call (a Faust table value, flat JSON). Immutable
+    (Final: mypy holds every writer to it): states are shared, never changed in place.
 
-    state: CallState
-    business_id: str = ""
-    direction: str = "INBOUND"
-    provider: str = "SIP"
-    provider_account_id: str = ""
-    provider_call_id: str = ""
-    plan_id: str = ""
-    started_at: int | None = None
-    answered_at: int | None = None
-    cost: str | None = None  # the provider's latest cost report (decimal string)
-    cost_currency: str = ""
-    cost_event_id: str = ""
-    run: int = 0  # the last rating run emitted (RATED)
-    rated: dict[str, Any] = field(default_factory=dict)  # the last CallRated, JSON-safe
+    A plain class, not a frozen dataclass: a new Call is made for most events, and a
+    frozen dataclass's `__init__` (a guarded `object.__setattr__` per field) cost more
+    than the rest of the event in the mypyc build; equality is a dataclass's, field by
+    field."""
+
+    def __init__(
+        self,
+        state: CallState,
+        business_id: str = "",
+        direction: str = "INBOUND",
+        provider: str = "SIP",
+        provider_account_id: str = "",
+        provider_call_id: str = "",
+        plan_id: str = "",
+        started_at: int | None = None,
+        answered_at: int | None = None,
+        cost: str | None = None,  # the provider's latest cost report (decimal string)
+        cost_currency: str = "",
+        cost_event_id: str = "",
+        run: int = 0,  # the last rating run emitted (RATED)
+        rated: dict[str, Any] | None = None,  # the last CallRated, JSON-safe
+    ) -> None:
+        self.state: Final = state
+        self.business_id: Final = business_id
+        self.direction: Final = direction
+        self.provider: Final = provider
+        self.provider_account_id: Final = provider_account_id
+        self.provider_call_id: Final = provider_call_id
+        self.plan_id: Final = plan_id
+        self.started_at: Final = started_at
+        self.answered_at: Final = answered_at
+        self.cost: Final = cost
+        self.cost_currency: Final = cost_currency
+        self.cost_event_id: Final = cost_event_id
+        self.run: Final = run
+        self.rated: Final[dict[str, Any]] = {} if rated is None else rated
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.state,
+            self.business_id,
+            self.direction,
+            self.provider,
+            self.provider_account_id,
+            self.provider_call_id,
+            self.plan_id,
+            self.started_at,
+            self.answered_at,
+            self.cost,
+            self.cost_currency,
+            self.cost_event_id,
+            self.run,
+            self.rated,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Call):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Call):
+            return NotImplemented
+        return self._fields() != other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and it holds a dict
+
+    def __repr__(self) -> str:
+        return f"Call{self._fields()!r}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -252,7 +311,7 @@ class Call:
             "cost_currency": self.cost_currency,
             "cost_event_id": self.cost_event_id,
             "run": self.run,
-            "rated": _json_safe(self.rated),
+            "rated": _rated_json_safe(self.rated),
         }
 
     @classmethod
@@ -285,59 +344,143 @@ def _json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in record.items()}
 
 
+def _rated_json_safe(rated: dict[str, Any]) -> dict[str, Any]:
+    """`_json_safe` of a Call's `rated`, whose only decimals are DECIMAL_FIELDS (`rate`
+    makes them; `from_json` parses only them): a copy with those four made strings."""
+    out = dict(rated)
+    for k in DECIMAL_FIELDS:
+        v = out.get(k)
+        if isinstance(v, Decimal):
+            out[k] = str(v)
+    return out
+
+
 def _from_json_safe(record: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: (Decimal(v) if k in DECIMAL_FIELDS and v is not None else v) for k, v in record.items()
     }
 
 
-def _evolve(call: Call, **changes: Any) -> Call:
-    """`dataclasses.replace` without its per-field checks (a third of a rating's time):
-    the changes are field names of this module's own making."""
-    new = object.__new__(Call)
-    new.__dict__.update(call.__dict__)
-    new.__dict__.update(changes)
-    return new
+def _facts(
+    c: Call,
+    state: CallState,
+    business_id: str,
+    direction: str,
+    provider: str,
+    provider_account_id: str,
+    provider_call_id: str,
+    plan_id: str,
+    started_at: int | None,
+    answered_at: int | None,
+) -> Call:
+    """`c` with new facts (what the call was), its cost and rating kept."""
+    return Call(
+        state,
+        business_id,
+        direction,
+        provider,
+        provider_account_id,
+        provider_call_id,
+        plan_id,
+        started_at,
+        answered_at,
+        c.cost,
+        c.cost_currency,
+        c.cost_event_id,
+        c.run,
+        c.rated,
+    )
 
 
-class Result(NamedTuple):
-    """The call's new state and what to emit (a tuple: one is made per event)."""
+def _billed(
+    c: Call,
+    state: CallState,
+    cost: str | None,
+    cost_currency: str,
+    cost_event_id: str,
+    run: int,
+    rated: dict[str, Any],
+) -> Call:
+    """`c` with a new cost report or rating, its facts kept."""
+    return Call(
+        state,
+        c.business_id,
+        c.direction,
+        c.provider,
+        c.provider_account_id,
+        c.provider_call_id,
+        c.plan_id,
+        c.started_at,
+        c.answered_at,
+        cost,
+        cost_currency,
+        cost_event_id,
+        run,
+        rated,
+    )
 
-    call: Call | None
-    emits: list[Emit]
+
+class Result:
+    """The call's new state and what to emit (one is made per event: a plain class, which
+    a mypyc build makes without Python code). `call` is the very object given when the
+    event changed nothing: callers test `is`."""
+
+    def __init__(self, call: Call | None, emits: list[Emit]) -> None:
+        self.call: Final = call
+        self.emits: Final = emits
+
+    def __repr__(self) -> str:
+        return f"Result({self.call!r}, {self.emits!r})"
 
 
 #: the state a call's first event starts from (immutable: shared by every new call)
 _NEW = Call(CallState.OPEN)
+#: TRANSITIONS by state and record type, for `handle`'s lookup per event (enum members
+#: hash in Python code; record type names are strings with a cached hash)
+_ROWS: tuple[tuple[CallState | None, dict[str, CallState]], ...] = tuple(
+    (s, {n: row[i] for n, i in INPUTS.items() if i in row}) for s, row in TRANSITIONS.items()
+)
 
 
-def handle(name: str, record: Mapping[str, Any], call: Call | None, config: RatingConfig) -> Result:
-    """One record of the call's history; the new state and what to emit."""
+def _next(state: CallState | None, name: str) -> CallState:
+    """`step(state, input_for(name))`, from the table's rows keyed by record type."""
+    for s, row in _ROWS:
+        if s is state:
+            target = row.get(name)
+            if target is not None:
+                return target
+            break
     event = input_for(name)
     if event is None:
         raise TransitionError(f"billing does not take {name}")
-    state = step(call.state if call else None, event)
+    return step(state, event)  # not listed: raises
+
+
+def handle(name: str, record: dict[str, Any], call: Call | None, config: RatingConfig) -> Result:
+    """One record of the call's history (a decoded record: a dict, which the mypyc build
+    reads without method calls); the new state and what to emit."""
+    event = INPUTS.get(name)
+    if event is None:
+        raise TransitionError(f"billing does not take {name}")
+    state = _next(call.state if call is not None else None, name)
     current = call if call is not None else _NEW
     if event is Input.END:
         if call is not None and call.state is CallState.RATED:
             return Result(call, [])  # rated once: a duplicate or second end charges nothing
-        facts = _with_facts(current, name, record)
-        rated = rate(facts, name, record, config, run=1)
-        return Result(_evolve(facts, state=state, run=1, rated=rated), [_emit(rated)])
+        facts = _with_facts(current, name, record, current.state)
+        rated = rate(facts, name, record, config, 1)
+        new = _billed(facts, state, facts.cost, facts.cost_currency, facts.cost_event_id, 1, rated)
+        return Result(new, [_emit(rated)])
     if event is Input.COST:
         event_id = str(record["envelope"]["event_id"])
         if current.cost_event_id == event_id:
             return Result(call, [])  # the same report again
         cost = _decimal_text(record.get("cost"))
-        with_cost = _evolve(
-            current,
-            state=state,
-            cost=cost,
-            cost_currency=str(record.get("currency") or ""),
-            cost_event_id=event_id,
-        )
+        currency = str(record.get("currency") or "")
         if current.state is not CallState.RATED:
-            return Result(with_cost, [])
+            return Result(
+                _billed(current, state, cost, currency, event_id, current.run, current.rated), []
+            )
         reissued = {
             **current.rated,
             "envelope": envelope(
@@ -347,43 +490,78 @@ def handle(name: str, record: Mapping[str, Any], call: Call | None, config: Rati
                 derived_id(event_id, "CallRated"),
             ),
             "provider_cost": _cost(cost),
-            "provider_cost_currency": with_cost.cost_currency,
+            "provider_cost_currency": currency,
             "rating_run": current.run + 1,
             "rated_event_id": event_id,
         }
-        return Result(_evolve(with_cost, run=current.run + 1, rated=reissued), [_emit(reissued)])
+        new = _billed(current, state, cost, currency, event_id, current.run + 1, reissued)
+        return Result(new, [_emit(reissued)])
     if current.state is CallState.RATED:
         return Result(call, [])  # facts after the rating change nothing
-    return Result(_with_facts(current, name, record, state=state), [])
+    return Result(_with_facts(current, name, record, state), [])
 
 
 def _emit(rated: dict[str, Any]) -> Emit:
     return Emit("billing", rated["envelope"]["call_id"], "CallRated", rated)
 
 
-def _with_facts(call: Call, name: str, r: Mapping[str, Any], **changes: Any) -> Call:
+def _with_facts(call: Call, name: str, r: dict[str, Any], state: CallState) -> Call:
+    """`call` in `state` with what record `name` says of the call; `call` itself when
+    that changes nothing."""
     at = int(r["envelope"]["occurred_at"])
-    business = r.get("business_id")
-    if business and not call.business_id:
-        changes["business_id"] = str(business)
+    business_id = call.business_id
+    if not business_id:
+        business = r.get("business_id")
+        if business:
+            business_id = str(business)
+    direction = call.direction
+    provider = call.provider
+    account = call.provider_account_id
+    provider_call_id = call.provider_call_id
+    plan_id = call.plan_id
+    started_at = call.started_at
+    answered_at = call.answered_at
     if name == "CallOffered":
-        changes["direction"] = str(r.get("direction") or "INBOUND")
-        changes["provider"] = str(r.get("provider") or "SIP")
-        changes["provider_call_id"] = str(r.get("provider_call_id") or "")
-        changes["provider_account_id"] = str(r.get("provider_account_id") or "")
-        changes["started_at"] = at if call.started_at is None else min(call.started_at, at)
+        direction = str(r.get("direction") or "INBOUND")
+        provider = str(r.get("provider") or "SIP")
+        provider_call_id = str(r.get("provider_call_id") or "")
+        account = str(r.get("provider_account_id") or "")
+        started_at = at if started_at is None else min(started_at, at)
     elif name == "OutboundCallRequested":
-        changes["direction"] = "OUTBOUND"
-        changes["started_at"] = at if call.started_at is None else min(call.started_at, at)
+        direction = "OUTBOUND"
+        started_at = at if started_at is None else min(started_at, at)
     elif name == "OutboundAttempt":  # the provider that carried the call: the last attempt
-        changes["provider"] = str(r.get("provider") or call.provider)
-        changes["provider_account_id"] = str(r.get("account_id") or "")
-        changes["provider_call_id"] = str(r.get("provider_call_id") or "")
+        provider = str(r.get("provider") or provider)
+        account = str(r.get("account_id") or "")
+        provider_call_id = str(r.get("provider_call_id") or "")
     elif name == "CallAdmitted":
-        changes["plan_id"] = str(r.get("plan_id") or "")
+        plan_id = str(r.get("plan_id") or "")
     elif name == "CallAnswered":
-        changes["answered_at"] = at if call.answered_at is None else min(call.answered_at, at)
-    return _evolve(call, **changes) if changes else call
+        answered_at = at if answered_at is None else min(answered_at, at)
+    if (
+        state is call.state
+        and business_id == call.business_id
+        and direction == call.direction
+        and provider == call.provider
+        and account == call.provider_account_id
+        and provider_call_id == call.provider_call_id
+        and plan_id == call.plan_id
+        and started_at == call.started_at
+        and answered_at == call.answered_at
+    ):
+        return call
+    return _facts(
+        call,
+        state,
+        business_id,
+        direction,
+        provider,
+        account,
+        provider_call_id,
+        plan_id,
+        started_at,
+        answered_at,
+    )
 
 
 def _decimal_text(value: Any) -> str | None:
@@ -395,10 +573,10 @@ def _decimal_text(value: Any) -> str | None:
 
 
 def _cost(text: str | None) -> Decimal | None:
-    return None if text is None else Decimal(text).quantize(SCALE, rounding=ROUND_HALF_UP)
+    return None if text is None else Decimal(text).quantize(SCALE, ROUND_HALF_UP)
 
 
-def _talk_ms(call: Call, name: str, end: Mapping[str, Any]) -> int | None:
+def _talk_ms(call: Call, name: str, end: dict[str, Any]) -> int | None:
     """How long the call talked, or None when it never connected."""
     if name != "CallEnded":
         return None
@@ -412,14 +590,14 @@ def _talk_ms(call: Call, name: str, end: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _why_not_connected(name: str, end: Mapping[str, Any]) -> str:
+def _why_not_connected(name: str, end: dict[str, Any]) -> str:
     if name == "CallRejected":
         return f"not connected: rejected {end.get('status_code')} {end.get('reason')}".strip()
     return f"not connected: {end.get('reason') or 'ended'}"
 
 
 def rate(
-    call: Call, name: str, end: Mapping[str, Any], config: RatingConfig, run: int
+    call: Call, name: str, end: dict[str, Any], config: RatingConfig, run: int
 ) -> dict[str, Any]:
     """The CallRated record for `call` ended by `end` (a CallEnded or CallRejected)."""
     env = end["envelope"]

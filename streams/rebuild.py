@@ -360,33 +360,43 @@ class BillingMachine:
         return None if held is None else held[0]
 
     def apply(self, partition: int, name: str, value: dict[str, Any]) -> list[Emit]:
-        if name not in billing.INPUTS:
+        if name not in _BILLING_INPUTS:
             return []
         env = value["envelope"]
         call_id = env["call_id"]
         if not call_id:
             return []
         at = int(env["occurred_at"])
-        call = self._take(call_id)
+        held = self._state.get(call_id)
+        call = None if held is None else held[0]
         try:
             result = billing.handle(name, value, call, self.config)
         except TransitionError:
             self.skipped += 1
             return []
         new = result.call
-        # `!=` on the fields (the dataclass's own `==` builds two tuples of them)
-        if new is not None and (call is None or new.__dict__ != call.__dict__):
+        # `handle` gives the call back itself when the event changed nothing
+        if new is not None and new is not call:
             stamp = None
-            if new.state is billing.CallState.RATED:
-                held = self._state.get(call_id)
+            if new.state is _RATED:
                 stamp = (held[1] if held else None) or (partition, at)
+                self.rated.note_stamp(call_id, stamp)
+            elif held is not None and held[1] is not None:
+                self.rated.forget(call_id)
             self._state[call_id] = (new, stamp, partition)
-            self.rated.note_stamp(call_id, stamp)
-        now = self.newest[partition] = max(self.newest.get(partition, at), at)
-        for key in self.rated.due(partition, now, BILLING_SWEEP_LIMIT):
-            self._state[key] = (None, None, partition)
-            self.rated.forget(key)
+        newest = self.newest.get(partition)
+        if newest is None or at > newest:
+            self.newest[partition] = newest = at
+        due = self.rated.due(partition, newest, BILLING_SWEEP_LIMIT)
+        if due:
+            for key in due:
+                self._state[key] = (None, None, partition)
+                self.rated.forget(key)
         return result.emits
+
+
+_BILLING_INPUTS = billing.INPUTS
+_RATED = billing.CallState.RATED
 
 
 def _billing_value(call: billing.Call | None, stamp: tuple[int, int] | None) -> Any:

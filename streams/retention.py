@@ -12,8 +12,9 @@ partition of the admission and routing topics. A table write goes to the changel
 partition of the event being processed, so an entry is only ever deleted while a tick of
 its own partition is processed; that is why each entry remembers its partition.
 
-Time is the tick's `occurred_at`: replays delete the same entries. Pure; the agents
-(streams/agents.py) hold one `Retention` per table and rebuild it after recovery.
+Time is the tick's `occurred_at`: replays delete the same entries. Pure (`scripts/setup`
+compiles it with mypyc, as billing.py); the agents (streams/agents.py) hold one
+`Retention` per table and rebuild it after recovery.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class Retention:
         self.retention_ms = retention_ms
         self._done: dict[int, dict[str, int]] = {}  # partition -> key -> done_ms
         self._partition: dict[str, int] = {}  # key -> its partition in _done
+        # partition -> done_ms of its first entry, while known: `due` answers from it
+        # alone while nothing is due (callers sweep after every event or tick)
+        self._head: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._partition)
@@ -75,14 +79,26 @@ class Retention:
         partition = self._partition.pop(key, None)
         if partition is not None:
             del self._done[partition][key]
+            self._head.pop(partition, None)  # it may have been the first
 
     def due(self, partition: int, now_ms: int, limit: int = SWEEP_LIMIT) -> list[str]:
         """Keys of `partition` finished at least `retention_ms` before `now_ms`, oldest
         first, at most `limit`. Entries are kept in finishing order and the scan stops at
-        the first one not yet due, so a sweep costs what it deletes."""
-        out: list[str] = []
+        the first one not yet due, so a sweep costs what it deletes; while the first is not
+        due, its remembered time answers without looking at the entries."""
         cutoff = now_ms - self.retention_ms
-        for key, done_ms in self._done.get(partition, {}).items():
+        head = self._head.get(partition)
+        if head is not None and head > cutoff:
+            return []
+        out: list[str] = []
+        done = self._done.get(partition)
+        if not done:
+            return out
+        first = True
+        for key, done_ms in done.items():
+            if first:
+                self._head[partition] = done_ms
+                first = False
             if done_ms > cutoff or len(out) >= limit:
                 break
             out.append(key)
@@ -94,10 +110,15 @@ class Retention:
             stamp = done_stamp(value)
             if stamp is not None:
                 found.append((stamp[1], stamp[0], key))
-        self._done, self._partition = {}, {}
+        self._done, self._partition, self._head = {}, {}, {}
         for done_ms, partition, key in sorted(found):
             self._add(key, partition, done_ms)
 
     def _add(self, key: str, partition: int, done_ms: int) -> None:
-        self._done.setdefault(partition, {})[key] = done_ms
+        done = self._done.get(partition)
+        if done is None:
+            done = self._done[partition] = {}
+        if not done:
+            self._head[partition] = done_ms  # the first (entries after it leave it first)
+        done[key] = done_ms
         self._partition[key] = partition

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from schemas.codec import SingleObjectCodec
 from streams import billing
 from streams.billing import CallState, Input
+from trunkline.core import native
 from trunkline.core.config import ConfigError, load_config
 from trunkline.core.events import TransitionError
 
@@ -424,3 +427,108 @@ def test_an_outbound_call_is_rated_outbound_with_the_provider_that_carried_it():
     assert (r["talk_seconds"], r["billable_seconds"]) == (90, 120)
     assert r["per_minute"] == Decimal("0.014000") and r["amount"] == Decimal("0.028000")
     assert r["started_at"] == T0 + 1  # the API's request, not the attempt
+
+
+def test_an_event_that_changes_nothing_gives_the_call_back_itself():
+    """Callers (the rebuild's machine) write the table only when `handle` returns another
+    object: an event that changes nothing must return the very call it was given."""
+    cfg = rating_config()
+    call = billing.handle(*offer("q9", T0), None, cfg).call
+    assert call is not None
+    admitted_once = billing.handle(*admitted("q9", T0 + 1), call, cfg).call
+    assert admitted_once is not call and admitted_once is not None
+    assert admitted_once.plan_id == "starter"
+    again = billing.handle(*admitted("q9", T0 + 2), admitted_once, cfg).call
+    assert again is admitted_once  # the same plan again
+    rated = billing.handle(*ended("q9", T0 + 9_000, 8_000), again, cfg).call
+    assert rated is not None and rated.state is CallState.RATED
+    for late in (answered("q9", T0 + 9_500), ended("q9", T0 + 9_600, 1)):
+        assert billing.handle(*late, rated, cfg).call is rated
+    # a first event always makes a call (a table entry), even one that says nothing new
+    first = billing.handle("CallAnswered", {"envelope": env("q8", T0, "e")}, None, cfg).call
+    assert first is not None and first.state is CallState.OPEN and first.answered_at == T0
+
+
+def test_calls_are_equal_by_value_and_unhashable():
+    a = billing.Call(CallState.OPEN, "123", started_at=T0)
+    assert a == billing.Call(CallState.OPEN, "123", started_at=T0)
+    assert a != billing.Call(CallState.OPEN, "123", started_at=T0 + 1)
+    assert a != billing.Call(CallState.RATED, "123", started_at=T0)
+    assert billing.Call(CallState.OPEN).rated == {} and a != "a call"
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+def _every_kind_of_history():
+    """Calls of every shape: inbound and outbound, answered or not, rejected, costs before
+    and after the end, duplicates, no plan."""
+    from tests.samples import sample
+
+    def rec(name, call_id, at, **fields):
+        r = sample(name, call_id=call_id, at_ms=at)
+        r["envelope"]["event_id"] = f"{call_id}-{name}-{at}"
+        r.update(fields)
+        return name, r
+
+    events = []
+    for i in range(40):
+        c, at = f"n{i}", T0 + i * 60_000
+        business = ["123", "456", "789", "nobody"][i % 4]
+        if i % 5 == 4:
+            events.append(rec("OutboundCallRequested", c, at, business_id=business))
+            events.append(rec("OutboundAttempt", c, at + 2, provider="TELNYX", account_id="a"))
+        else:
+            events.append(offer(c, at, business, provider=["SIP", "TWILIO"][i % 2]))
+        plan = {"123": "starter", "456": "euro", "789": "free"}.get(business, "")
+        events.append(admitted(c, at + 5, plan=plan, business=business))
+        if i % 7 == 3:
+            events.append(rec("CallRejected", c, at + 9, status_code=486, reason="busy"))
+            continue
+        if i % 3 == 0:
+            events.append(rec("CallCost", c, at + 7, cost="0.0123", currency="USD"))
+        if i % 4 != 1:
+            events.append(answered(c, at + 1_000 + i))
+            events.append(answered(c, at + 1_100))
+        reason = "completed" if i % 4 != 1 else "cancelled"
+        talk = None if i % 6 == 5 else 1_000 * i + 7
+        events.append(ended(c, at + 50_000, talk, reason, business=business))
+        events.append(ended(c, at + 50_000, talk, reason, business=business))
+        if i % 2 == 0:
+            events.append(rec("CallCost", c, at + 60_000 + i, cost=f"0.{i:04d}", currency="USD"))
+            events.append(rec("CallCost", c, at + 60_000 + i, cost=f"0.{i:04d}", currency="USD"))
+    return events
+
+
+def test_the_history_reaches_every_input_and_state():
+    out, state = run(_every_kind_of_history())
+    names = {name for name, _ in _every_kind_of_history()}
+    assert {billing.input_for(n) for n in names} == set(Input)
+    assert {c.state for c in state.values() if c} == {CallState.RATED}
+    assert {r["rating_run"] for r in out} == {1, 2}
+    assert any(r["reason"].startswith("not connected: rejected") for r in out)
+
+
+BILLING_SOURCE = Path(billing.__file__ or "").with_name("billing.py")
+
+
+@pytest.mark.skipif(
+    native.state(BILLING_SOURCE) != "compiled", reason="no mypyc build (scripts/setup makes one)"
+)
+def test_the_build_rates_every_history_as_the_pure_module():
+    """The live worker and the rebuild run the mypyc build (trunkline/core/native.py):
+    the same emits and the same table values as the pure source, event by event."""
+    assert billing.__file__ and not billing.__file__.endswith(".py")  # the build is in use
+    pure = native.load_pure("tl_billing_pure", BILLING_SOURCE)
+    built_cfg, pure_cfg = rating_config(), pure.RatingConfig(rating_config().sections)
+    built: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
+    for name, record in _every_kind_of_history():
+        call_id = record["envelope"]["call_id"]
+        a = billing.handle(name, record, built.get(call_id), built_cfg)
+        b = pure.handle(name, record, plain.get(call_id), pure_cfg)
+        assert [(e.dest, e.key, e.name, e.record) for e in a.emits] == [
+            (e.dest, e.key, e.name, e.record) for e in b.emits
+        ]
+        assert (a.call is built.get(call_id)) == (b.call is plain.get(call_id))
+        assert (a.call and a.call.to_json()) == (b.call and b.call.to_json())
+        built[call_id], plain[call_id] = a.call, b.call

@@ -70,3 +70,84 @@ def test_rebuild_from_table_items_orders_by_end_time():
 def test_retention_must_be_positive():
     with pytest.raises(ValueError, match="retention_ms must be positive"):
         Retention(0)
+
+
+def test_due_follows_the_first_entry_as_entries_come_and_go():
+    """`due` answers from the partition's first entry while it is not due: forgetting
+    it, emptying the partition or rebuilding must never leave a due entry unreported."""
+    r = Retention(retention_ms=10)
+    r.note("a", mark_done({}, None, 1, 0))
+    r.note("b", mark_done({}, None, 1, 5))
+    assert r.due(1, 9) == []
+    r.forget("a")  # the first goes: b is the first now
+    assert r.due(1, 14) == []
+    assert r.due(1, 15) == ["b"]
+    r.forget("b")
+    assert r.due(1, 10_000) == []
+    r.note("c", mark_done({}, None, 1, 100))  # into the emptied partition
+    assert r.due(1, 109) == []
+    assert r.due(1, 110) == ["c"]
+    r.note("d", mark_done({}, None, 1, 50))  # finished earlier, noted later: after c
+    assert r.due(1, 60) == []  # the scan stops at c, as it always did
+    assert r.due(1, 110, limit=0) == []
+    assert r.due(1, 110) == ["c", "d"]
+    r.note("c", {"state": "ADMITTED"})  # no longer finished
+    assert r.due(1, 60) == ["d"]
+    r.rebuild([("e", mark_done({}, None, 1, 7))])
+    assert r.due(1, 16) == [] and r.due(1, 17) == ["e"]
+
+
+class _Scan:
+    """The plain model: every sweep scans its partition's entries in finishing order."""
+
+    def __init__(self, retention_ms):
+        self.retention_ms, self.done, self.where = retention_ms, {}, {}
+
+    def note(self, key, value):
+        stamp = done_stamp(value)
+        if stamp is None:
+            self.forget(key)
+        elif key not in self.where:
+            self.done.setdefault(stamp[0], {})[key] = stamp[1]
+            self.where[key] = stamp[0]
+
+    def forget(self, key):
+        if key in self.where:
+            del self.done[self.where.pop(key)][key]
+
+    def due(self, partition, now_ms, limit):
+        out = []
+        for key, ms in self.done.get(partition, {}).items():
+            if ms > now_ms - self.retention_ms or len(out) >= limit:
+                break
+            out.append(key)
+        return out
+
+
+def test_sweeps_report_what_a_full_scan_reports():
+    """A long random run of notes, forgets and sweeps (the module in use: the mypyc build
+    when there is one): the same keys as scanning every partition's entries each time."""
+    import random
+
+    rnd = random.Random(5)
+    a, b = Retention(retention_ms=50), _Scan(50)
+    now = [0, 0, 0]
+    for i in range(5_000):
+        p, key = rnd.randrange(3), f"k{rnd.randrange(300)}"
+        now[p] += rnd.randrange(5)
+        op = rnd.random()
+        if op < 0.5:
+            value = mark_done({}, None, p, now[p] - rnd.randrange(20)) if op < 0.4 else {}
+            a.note(key, value)
+            b.note(key, value)
+        elif op < 0.6:
+            a.forget(key)
+            b.forget(key)
+        else:
+            limit = rnd.randrange(1, 5)
+            due = a.due(p, now[p], limit)
+            assert due == b.due(p, now[p], limit), i
+            for k in due:
+                a.forget(k)
+                b.forget(k)
+        assert len(a) == len(b.where)

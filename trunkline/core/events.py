@@ -15,6 +15,9 @@ Destination = Literal[
     "admission", "routing", "decisions", "assignments", "call-events", "outbound", "billing"
 ]
 _DERIVED = uuid.UUID("0c6f1d2e-3b4a-4c5d-8e9f-a0b1c2d3e4f5")
+_DERIVED_BYTES = _DERIVED.bytes  # `UUID.bytes` is a property: made per call otherwise
+#: a hex digit of a UUID's byte 8 high nibble -> it with the RFC 4122 variant bits (10xx)
+_VARIANT = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,11 @@ def uuid5_hex(namespace: uuid.UUID, name: str) -> str:
 def derived_id(cause_event_id: str, what: str) -> str:
     """Deterministic id of an event caused by another: a replay emits the same ids, so
     every downstream handler (and ClickHouse) treats the repeat as the same event.
-    The same text as ``str(uuid.uuid5(_DERIVED, f"{cause_event_id}/{what}"))``."""
-    h = uuid5_hex(_DERIVED, f"{cause_event_id}/{what}")
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    The same text as ``str(uuid.uuid5(_DERIVED, f"{cause_event_id}/{what}"))``: the
+    SHA-1's first 16 bytes in hex, the version digit 5 and the variant bits set in the
+    text itself (one per rated call or webhook delivery: no bytearray, no UUID object)."""
+    h = hashlib.sha1(_DERIVED_BYTES + f"{cause_event_id}/{what}".encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def envelope(call_id: str, producer_id: str, at_ms: int, event_id: str) -> dict[str, Any]:

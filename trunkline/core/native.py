@@ -1,11 +1,13 @@
 """mypyc builds of pure modules, used only while they match their source.
 
-`scripts/setup` compiles the SIP parser (``edge/sip/message.py``) with mypyc, which ships
-with mypy: the same typed Python, about twice as fast (bench/sip_parse.py prints both).
-The extension lands next to the source, where Python's import prefers it, so a stamp
-beside it records the source's SHA-256 at build time. `use_if_fresh` (called by
-``edge/sip/__init__.py``) imports the pure source instead when the stamp is missing or
-differs: an edited parser is never shadowed by a stale build. Without a C compiler the
+`scripts/setup` compiles the modules of `MODULES` (the SIP parser, ``edge/sip/message.py``;
+the billing machine and retention, ``streams/billing.py`` and ``streams/retention.py``)
+with mypyc, which ships with mypy: the same typed Python, 1.4-2x as fast (bench/sip_parse.py
+and bench/replay_billing.py show it). The extension lands next to the source, where
+Python's import prefers it, so a stamp beside it records the source's SHA-256 at build
+time. `use_if_fresh` (called by ``edge/sip/__init__.py`` and ``streams/__init__.py``)
+imports the pure source instead when the stamp is missing or differs: an edited module
+is never shadowed by a stale build. Without a C compiler the
 build fails quietly and everything runs on the pure module.
 
     python -m trunkline.core.native build    # compile what changed (scripts/setup runs this)
@@ -33,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = {
     "edge.sip.message": "edge/sip/message.py",
     "schemas.avro_compiled": "schemas/avro_compiled.py",
+    "streams.billing": "streams/billing.py",
     "streams.projection": "streams/projection.py",
+    "streams.retention": "streams/retention.py",
 }
 #: generated modules: name -> "module:function" that writes its source to the given path
 #: (before each build; the source is not kept in git)
