@@ -16,9 +16,11 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
+from trunkline.core import generations, kafka
 from trunkline.core.topics import (
     ALL_TOPICS,
     DEFAULT_DECISION_PARTITIONS,
+    GENERATIONS,
     TopicSpec,
     all_topics,
     billing_internal_topics,
@@ -208,3 +210,37 @@ def check_partitions(
     )
     if wrong:
         raise mismatch_error(wrong)
+
+
+def topic_names(bootstrap: str, timeout: float = 30.0) -> set[str]:
+    """Every topic on the cluster."""
+    try:
+        return set(admin_client(bootstrap).list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"cannot list topics at {bootstrap}: {exc}") from exc
+
+
+def delete_topics(bootstrap: str, names: list[str], timeout: float = 30.0) -> list[str]:
+    """Delete topics; returns those deleted (raises on the first failure)."""
+    if not names:
+        return []
+    futures = admin_client(bootstrap).delete_topics(names, operation_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"cannot delete topic {name}: {exc}") from exc
+    return sorted(futures)
+
+
+def active_generation(bootstrap: str, prefix: str, app_id: str) -> int:
+    """The workers' active table generation of `app_id` (trunkline/core/generations.py):
+    0 when the control topic or its record is missing. Raises GenerationError for a
+    malformed record, BrokerUnavailable when the broker does not answer."""
+    topic = GENERATIONS.name(prefix)
+    try:
+        if not kafka.topic_exists(bootstrap, topic):
+            return 0
+        return generations.active(kafka.read_compacted(bootstrap, topic), app_id)
+    except kafka.PublishError as exc:
+        raise BrokerUnavailable(f"reading {topic}: {exc}") from exc

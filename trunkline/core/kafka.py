@@ -822,3 +822,84 @@ class GroupLag:
             for (g, t, p), offset in sorted(committed.items())
             if (t, p) in end
         ]
+
+
+# -- consumer groups (table generations: trunkline replay) -------------------------------
+def _admin(bootstrap: str) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "log_level": 3,
+        "logger": LIBRDKAFKA_LOG,
+    }
+    return AdminClient(conf)
+
+
+def group_members(bootstrap: str, groups: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """How many members each consumer group has now (0: empty or unknown group)."""
+    asked = list(groups)
+    if not asked:
+        return {}
+    futures = _admin(bootstrap).describe_consumer_groups(asked, request_timeout=timeout)
+    out: dict[str, int] = {}
+    for group, future in futures.items():
+        try:
+            out[group] = len(future.result().members or [])
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code != KafkaError.GROUP_ID_NOT_FOUND:
+                raise PublishError(f"describing consumer group {group}: {exc}") from exc
+            out[group] = 0
+    return out
+
+
+def set_group_offsets(
+    bootstrap: str, group: str, offsets: Mapping[tuple[str, int], int], timeout: float = 15.0
+) -> None:
+    """Commit `offsets` ((topic, partition) -> the next offset to read) for a consumer
+    group that has no members (a new one), without joining it."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    if not offsets:
+        return
+    tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+    futures = _admin(bootstrap).alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout
+    )
+    for future in futures.values():
+        try:
+            result = future.result()
+        except KafkaException as exc:
+            raise PublishError(f"committing offsets of {group}: {exc}") from exc
+        failed = [tp for tp in result.topic_partitions or [] if tp.error is not None]
+        if failed:
+            raise PublishError(
+                f"committing offsets of {group}: "
+                + ", ".join(f"{tp.topic}[{tp.partition}] {tp.error}" for tp in failed[:4])
+            )
+
+
+def group_ids(bootstrap: str, timeout: float = 15.0) -> list[str]:
+    """Every consumer group the cluster knows."""
+    try:
+        result = _admin(bootstrap).list_consumer_groups(request_timeout=timeout).result()
+    except KafkaException as exc:
+        raise PublishError(f"listing consumer groups at {bootstrap}: {exc}") from exc
+    return sorted(g.group_id for g in result.valid)
+
+
+def delete_groups(bootstrap: str, groups: Iterable[str], timeout: float = 15.0) -> list[str]:
+    """Delete consumer groups (they must have no members); returns those deleted."""
+    asked = list(groups)
+    if not asked:
+        return []
+    futures = _admin(bootstrap).delete_consumer_groups(asked, request_timeout=timeout)
+    deleted = []
+    for group, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise PublishError(f"deleting consumer group {group}: {exc}") from exc
+        deleted.append(group)
+    return deleted
