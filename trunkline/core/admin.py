@@ -224,7 +224,8 @@ def delete_topics(bootstrap: str, names: list[str], timeout: float = 30.0) -> li
     """Delete topics; returns those deleted (raises on the first failure)."""
     if not names:
         return []
-    futures = admin_client(bootstrap).delete_topics(names, operation_timeout=timeout)
+    client = admin_client(bootstrap)  # kept until the futures are done
+    futures = client.delete_topics(names, operation_timeout=timeout)
     for name, future in futures.items():
         try:
             future.result()

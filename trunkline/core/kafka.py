@@ -828,29 +828,28 @@ class GroupLag:
 def _admin(bootstrap: str) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "log_level": 3,
-        "logger": LIBRDKAFKA_LOG,
-    }
+    # no `logger`: librdkafka hands logs to a Python logger through the main queue, which
+    # only poll() serves, and these calls wait on their futures without polling
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 4}
     return AdminClient(conf)
 
 
 def group_members(bootstrap: str, groups: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
     """How many members each consumer group has now (0: empty or unknown group)."""
-    asked = list(groups)
+    out = dict.fromkeys(groups, 0)
+    # only groups that exist are described (the broker answers an unknown one with an
+    # error, NOT_COORDINATOR on Kafka 4.1, instead of an empty group)
+    known = set(group_ids(bootstrap, timeout))
+    asked = [g for g in out if g in known]
     if not asked:
-        return {}
-    futures = _admin(bootstrap).describe_consumer_groups(asked, request_timeout=timeout)
-    out: dict[str, int] = {}
+        return out
+    client = _admin(bootstrap)  # kept until the futures are done (else: _DESTROY)
+    futures = client.describe_consumer_groups(asked, request_timeout=timeout)
     for group, future in futures.items():
         try:
             out[group] = len(future.result().members or [])
         except KafkaException as exc:
-            code = exc.args[0].code() if exc.args else None
-            if code != KafkaError.GROUP_ID_NOT_FOUND:
-                raise PublishError(f"describing consumer group {group}: {exc}") from exc
-            out[group] = 0
+            raise PublishError(f"describing consumer group {group}: {exc}") from exc
     return out
 
 
@@ -864,7 +863,8 @@ def set_group_offsets(
     if not offsets:
         return
     tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
-    futures = _admin(bootstrap).alter_consumer_group_offsets(
+    client = _admin(bootstrap)  # kept until the futures are done (else: _DESTROY)
+    futures = client.alter_consumer_group_offsets(
         [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout
     )
     for future in futures.values():
@@ -883,7 +883,8 @@ def set_group_offsets(
 def group_ids(bootstrap: str, timeout: float = 15.0) -> list[str]:
     """Every consumer group the cluster knows."""
     try:
-        result = _admin(bootstrap).list_consumer_groups(request_timeout=timeout).result()
+        client = _admin(bootstrap)
+        result = client.list_consumer_groups(request_timeout=timeout).result()
     except KafkaException as exc:
         raise PublishError(f"listing consumer groups at {bootstrap}: {exc}") from exc
     return sorted(g.group_id for g in result.valid)
@@ -894,7 +895,8 @@ def delete_groups(bootstrap: str, groups: Iterable[str], timeout: float = 15.0) 
     asked = list(groups)
     if not asked:
         return []
-    futures = _admin(bootstrap).delete_consumer_groups(asked, request_timeout=timeout)
+    client = _admin(bootstrap)  # kept until the futures are done (else: _DESTROY)
+    futures = client.delete_consumer_groups(asked, request_timeout=timeout)
     deleted = []
     for group, future in futures.items():
         try:
