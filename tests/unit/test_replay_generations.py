@@ -219,3 +219,29 @@ def test_a_swap_is_refused_while_workers_run_the_live_generation(monkeypatch):
     nobody = lambda boot, groups: dict.fromkeys(groups, 0)  # noqa: E731
     monkeypatch.setattr(replay.kafka, "group_members", nobody)
     replay._refuse_running(S, 2)  # nobody: allowed
+
+
+def test_force_without_swap_is_refused_before_any_broker_call(capsys):
+    from trunkline import cli
+
+    assert cli.main(["--bootstrap", "127.0.0.1:1", "replay", "rebuild", "--force"]) == 2
+    assert "--force goes with --swap" in capsys.readouterr().err
+
+
+def test_the_report_says_which_generation_and_to_restart_the_workers(capsys):
+    from trunkline.cli.replay import _show
+
+    report = replay.RebuildReport(
+        ranges={}, records=10, rows={}, undecodable=0, machine_tables={"admission-slots": 2},
+        skipped=0, seconds=1.0, via="the sink",
+        generation={"active": 3, "previous": 2, "groups": ["tl-g3", "tl-billing-g3"],
+                    "topics": {"tl-g3-admission-slots-changelog": 2}},
+    )  # fmt: skip
+    _show(report)
+    text = capsys.readouterr().out
+    assert "promoted the machine tables as table generation 3" in text
+    assert "tl-g3-admission-slots-changelog 2" in text
+    assert "restart the workers to use generation 3" in text
+    report.generation = {"active": 3}
+    _show(report)
+    assert "table generation: 3" in capsys.readouterr().out
