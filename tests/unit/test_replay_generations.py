@@ -131,6 +131,10 @@ class Broker:
         self.topics, self.groups = topics, groups
         self.steps: list[tuple[str, Any]] = []
 
+    def _publish(self, msgs: list[Outgoing]) -> int:
+        self.steps.append(("publish", msgs))
+        return len(msgs)
+
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(replay, "_existing", lambda s: (self.topics, self.groups))
         monkeypatch.setattr(
@@ -140,7 +144,7 @@ class Broker:
         monkeypatch.setattr(replay.kafka, "make_producer", lambda boot: object())
         monkeypatch.setattr(
             replay.kafka, "publish_all",
-            lambda producer, msgs, timeout=30.0: self.steps.append(("publish", list(msgs))),
+            lambda producer, msgs, timeout=30.0: self._publish(list(msgs)),
         )  # fmt: skip
         monkeypatch.setattr(
             replay.kafka, "set_group_offsets",
@@ -178,23 +182,25 @@ def test_promote_writes_the_next_generation_and_records_it_last(monkeypatch):
                    "tl-billing-g2-billing-calls-changelog": 1},
     }  # fmt: skip
     assert [kind for kind, _ in broker.steps] == [
-        "topics", "publish", "offsets", "offsets", "publish",
+        "topics", "publish", "publish", "publish", "offsets", "offsets", "publish",
     ]  # fmt: skip
     assert broker.steps[0][1] == generations.generation_topics("tl", 2, S.decision_partitions)
-    written = {(m.topic, m.key, m.partition): m.value for m in broker.steps[1][1]}
+    written = {
+        (m.topic, m.key, m.partition): m.value for _, msgs in broker.steps[1:4] for m in msgs
+    }
     assert written == {
         ("tl-g2-admission-slots-changelog", b'"c-1"', 1): b'{"business_id":"b-1"}',
         ("tl-g2-admission-slots-changelog", b'"c-2"', 0): b'{"business_id":"b-2"}',
         ("tl-g2-routing-ticks-changelog", b'"us-east-1"', 0): b'{"last":5}',
         ("tl-billing-g2-billing-calls-changelog", b'"c-1"', 4): b'{"state":"Rated"}',
     }
-    assert broker.steps[2][1] == (
+    assert broker.steps[4][1] == (
         "tl-g2",
         {("x.admission", 0): 10, ("x.admission", 1): 7, ("x.routing", 0): 4,
          ("x.routing", 1): 0, ("x.backend-heartbeats", 0): 99},
     )  # fmt: skip
-    assert broker.steps[3][1] == ("tl-billing-g2", {("x.call-events", 5): 12})
-    (record,) = broker.steps[4][1]
+    assert broker.steps[5][1] == ("tl-billing-g2", {("x.call-events", 5): 12})
+    (record,) = broker.steps[6][1]
     assert record == Outgoing("x.table-generations", *GenerationRecord("tl", 2, 1, 42).encode())
 
 

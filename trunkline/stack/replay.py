@@ -603,22 +603,23 @@ def promote(
     written: dict[str, int] = {}
     try:
         admin.apply_topics(boot, "", specs)  # as `topics apply` makes them
-        outgoing: list[kafka.Outgoing] = []
+        producer = kafka.make_producer(boot)
         for table, shadow_table in tables.items():
             topic = _changelog(s, table, n)
             entries = shadow_table.live()
-            written[topic] = len(entries)
-            outgoing += (
-                kafka.Outgoing(
-                    topic,
-                    generations.table_key(key),
-                    generations.table_value(value),
-                    shadow_table.partitions[key],
-                )
-                for key, value in entries.items()
+            written[topic] = kafka.publish_all(
+                producer,
+                (
+                    kafka.Outgoing(
+                        topic,
+                        generations.table_key(key),
+                        generations.table_value(value),
+                        shadow_table.partitions[key],  # the partition it was written in
+                    )
+                    for key, value in entries.items()
+                ),
+                timeout=120,
             )
-        producer = kafka.make_producer(boot)
-        kafka.publish_all(producer, outgoing, timeout=120)
         for group, ours in (
             (decisions, [r for r in ranges if r.topic != history]),
             (billing, [r for r in ranges if r.topic == history]),
