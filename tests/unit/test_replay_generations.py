@@ -251,3 +251,33 @@ def test_the_report_says_which_generation_and_to_restart_the_workers(capsys):
     report.generation = {"active": 3}
     _show(report)
     assert "table generation: 3" in capsys.readouterr().out
+
+
+def test_the_generation_is_read_once_a_new_control_topic_has_a_leader(monkeypatch):
+    from confluent_kafka import KafkaError, KafkaException
+
+    from trunkline.core import admin
+
+    _, value = GenerationRecord("tl", 2, 1, 1).encode()
+    answers: list[Any] = [KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))] * 2
+    answers.append({b"tl": value})
+
+    def read(boot: str, topic: str) -> Any:
+        assert topic == "x.table-generations"
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(admin.kafka, "topic_exists", lambda boot, topic: True)
+    monkeypatch.setattr(admin.kafka, "read_compacted", read)
+    assert admin.active_generation("b", "x.", "tl") == 2
+    assert answers == []
+
+    # anything else is the broker's answer, said as such
+    def down(boot: str, topic: str) -> Any:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    monkeypatch.setattr(admin.kafka, "read_compacted", down)
+    with pytest.raises(admin.BrokerUnavailable, match=r"reading x\.table-generations"):
+        admin.active_generation("b", "x.", "tl")
