@@ -21,7 +21,7 @@ def cmd_topics(args: argparse.Namespace, ctx: Context) -> int:
 
     if args.action == "list":
         try:  # the workers' topics are those of the active table generation
-            generation = topics.generation(ctx.settings)
+            generation = topics.generation(ctx.settings, timeout=3.0)
         except StackError:  # no broker: the names of generation 0
             generation = 0
         table = Table()

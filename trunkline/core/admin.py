@@ -242,7 +242,7 @@ def active_generation(bootstrap: str, prefix: str, app_id: str, timeout: float =
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if not kafka.topic_exists(bootstrap, topic):
+            if not kafka.topic_exists(bootstrap, topic, timeout=min(timeout, 15.0)):
                 return 0
             return generations.active(kafka.read_compacted(bootstrap, topic), app_id)
         except kafka.PublishError as exc:

@@ -50,10 +50,10 @@ def _internal(s: Settings, generation: int) -> tuple[TopicSpec, ...]:
     )
 
 
-def generation(s: Settings) -> int:
+def generation(s: Settings, timeout: float = 30.0) -> int:
     """The workers' active table generation (0 before any `replay rebuild --swap`)."""
     try:
-        return active_generation(s.kafka_bootstrap, s.topic_prefix, s.app_id)
+        return active_generation(s.kafka_bootstrap, s.topic_prefix, s.app_id, timeout)
     except GenerationError as exc:
         raise BadInput(f"{exc} (fix or delete that record)") from exc
     except BrokerUnavailable as exc:
