@@ -269,7 +269,7 @@ def test_the_generation_is_read_once_a_new_control_topic_has_a_leader(monkeypatc
             raise answer
         return answer
 
-    monkeypatch.setattr(admin.kafka, "topic_exists", lambda boot, topic: True)
+    monkeypatch.setattr(admin.kafka, "topic_exists", lambda boot, topic, timeout: True)
     monkeypatch.setattr(admin.kafka, "read_compacted", read)
     assert admin.active_generation("b", "x.", "tl") == 2
     assert answers == []
