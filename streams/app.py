@@ -23,7 +23,7 @@ from schemas.codec import Codec, make_codec
 from streams import agents, billing_agent, patches, routing
 from streams.readiness import WorkerState, waiting_for
 from trunkline.core import logs, metrics
-from trunkline.core.admin import check_partitions
+from trunkline.core.admin import active_generation, check_partitions
 from trunkline.core.aio import tune_gc
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
@@ -31,6 +31,7 @@ from trunkline.core.topics import (
     CONFIG_TOPICS,
     WORKER_CONFIG_SECTIONS,
     billing_app_id,
+    generation_app_id,
 )
 
 log = logging.getLogger("trunkline.worker")
@@ -114,18 +115,29 @@ ROLES = ("decisions", "billing")
 class TrunklineApp:
     """Builds the Faust app for one Settings; holds the pieces views and tests reach."""
 
-    def __init__(self, settings: Settings, role: str = "decisions") -> None:
+    def __init__(
+        self, settings: Settings, role: str = "decisions", generation: int | None = None
+    ) -> None:
         if role not in ROLES:
             raise ValueError(f"unknown worker role {role!r}; one of {', '.join(ROLES)}")
         patches.apply()
         self.settings = settings
         self.role = role
+        # the table generation (docs/design.md): read once, at start; a worker keeps its
+        # generation until it is restarted
+        if generation is None:
+            generation = active_generation(
+                settings.kafka_bootstrap, settings.topic_prefix, settings.app_id
+            )
+        self.generation = generation
         self.codec = make_codec(settings.schema_registry_url)
         codecs.register("tl-avro", AvroRecordCodec(self.codec))
         codecs.register("tl-str", Utf8Codec())
         billing = role == "billing"
         self.app = faust.App(
-            billing_app_id(settings.app_id) if billing else settings.app_id,
+            generation_app_id(
+                billing_app_id(settings.app_id) if billing else settings.app_id, generation
+            ),
             broker=f"kafka://{settings.kafka_bootstrap}",
             store="memory://",
             key_serializer="tl-str",
@@ -230,7 +242,8 @@ class TrunklineApp:
                 waiting = waiting_for(outer.worker_state())
                 return self.json(
                     {
-                        "app_id": outer.settings.app_id,
+                        "app_id": outer.app.conf.id,
+                        "generation": outer.generation,
                         "ready": not waiting,
                         "waiting_for": waiting,
                         "tables": {k: len(v) for k, v in outer.tables.items()},
@@ -286,8 +299,10 @@ class TrunklineApp:
                 return self.json({k: v for k, v in table.items() if v is not None})
 
 
-def create_app(settings: Settings | None = None, role: str = "decisions") -> TrunklineApp:
-    return TrunklineApp(settings or Settings.from_env(), role)
+def create_app(
+    settings: Settings | None = None, role: str = "decisions", generation: int | None = None
+) -> TrunklineApp:
+    return TrunklineApp(settings or Settings.from_env(), role, generation)
 
 
 def run_worker(settings: Settings, loglevel: str = "info", role: str = "decisions") -> None:
@@ -298,14 +313,16 @@ def run_worker(settings: Settings, loglevel: str = "info", role: str = "decision
     # our handler (TRUNKLINE_LOG_FORMAT), not mode's: the worker logs like every service
     logs.setup(loglevel, settings.log_format, "billing-worker" if role == "billing" else "worker")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    generation = active_generation(settings.kafka_bootstrap, settings.topic_prefix, settings.app_id)
     if role == "decisions":
         # decision topics made with another partition count would re-key the calls in
         # progress: refuse to start instead (PartitionMismatch names them)
         check_partitions(
-            settings.kafka_bootstrap, settings.topic_prefix, settings.app_id,
-            settings.decision_partitions,
+            settings.kafka_bootstrap, settings.topic_prefix,
+            generation_app_id(settings.app_id, generation), settings.decision_partitions,
         )  # fmt: skip
-    built = create_app(settings, role)
+    log.info("table generation %d", generation)
+    built = create_app(settings, role, generation)
     # Long-lived tables make the cyclic GC's full collections slow (they walk every object);
     # freeze what start-up allocated and collect young objects less often.
     tune_gc()

@@ -40,7 +40,16 @@ def register(sub: Subparsers) -> None:
     rb.add_argument("--to", metavar="TIME", help="stop at the records of TIME (default: now)")
     rb.add_argument("--verify", action="store_true", help="compare shadow and live per table")
     rb.add_argument(
-        "--swap", action="store_true", help="promote the ClickHouse shadows (old kept until clean)"
+        "--swap",
+        action="store_true",
+        help="promote the shadows: the ClickHouse tables (old kept until clean) and the "
+        "machine tables as the next table generation (workers use it once restarted)",
+    )
+    rb.add_argument(
+        "--force",
+        action="store_true",
+        help="with --swap: promote even while workers run the live generation "
+        "(restart them right after)",
     )
     rb.add_argument("--json", action="store_true", help="the report as JSON")
     ev = rsub.add_parser(
@@ -62,7 +71,11 @@ def register(sub: Subparsers) -> None:
         "--force", action="store_true", help="allow --to-topic to be a live input topic"
     )
     ev.add_argument("--json", action="store_true", help="the counts as JSON")
-    cl = rsub.add_parser("clean", help="drop the tables a swap kept (__old) and any shadows")
+    cl = rsub.add_parser(
+        "clean",
+        help="drop the tables a swap kept (__old), any shadows, and the Faust topics and "
+        "consumer groups of every table generation but the active one",
+    )
     cl.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_replay)
 
@@ -108,17 +121,27 @@ class RebuildBar:
 
 def cmd_replay(args: argparse.Namespace, ctx: Context) -> int:
     from trunkline.stack import replay
+    from trunkline.stack.base import BadInput
 
     s = ctx.settings
     if args.action == "clean":
-        dropped = replay.clean(s)
+        cleaned = replay.clean(s)
         if args.json:
-            print_json({"dropped": dropped})
+            print_json(asdict(cleaned))
         else:
+            dropped = cleaned.dropped
             say("dropped: " + (", ".join(dropped) if dropped else "nothing to drop"))
+            say(
+                f"table generation {cleaned.generation} kept; deleted topics: "
+                + (", ".join(cleaned.topics) or "none")
+                + "; deleted consumer groups: "
+                + (", ".join(cleaned.groups) or "none")
+            )
         return EXIT_OK
     from_ms = replay.parse_time(args.from_, "--from") if args.from_ else None
     to_ms = replay.parse_time(args.to, "--to") if args.to else None
+    if args.force and args.action == "rebuild" and not args.swap:
+        raise BadInput("--force goes with --swap (it promotes while workers run)")
     if args.action == "events":
         where = replay.EventFilter(args.call, args.business, args.type)
         report = replay.events(
@@ -134,7 +157,7 @@ def cmd_replay(args: argparse.Namespace, ctx: Context) -> int:
             )
         return EXIT_OK
     with RebuildBar() as bar:
-        result = replay.rebuild(s, from_ms, to_ms, args.verify, args.swap, bar)
+        result = replay.rebuild(s, from_ms, to_ms, args.verify, args.swap, bar, force=args.force)
     if args.json:
         print_json(asdict(result) | {"equal": result.equal})
     else:
@@ -173,6 +196,20 @@ def _show(result: Any) -> None:
     for swapped in result.swapped:
         say(f"swapped: {swapped['table']} ({swapped['rows']:,} rows); old kept as "
             f"{swapped['kept_as']} until `trunkline replay clean`")  # fmt: skip
+    gen = result.generation
+    if "previous" in gen:
+        say(
+            "promoted the machine tables as table generation "
+            f"{gen['active']}: "
+            + ", ".join(f"{topic} {n:,}" for topic, n in gen["topics"].items())
+            + f"; groups {', '.join(gen['groups'])} at the rebuild's end offsets"
+        )
+        say(
+            f"restart the workers to use generation {gen['active']} (running ones keep "
+            f"generation {gen['previous']}, kept until `trunkline replay clean`)"
+        )
+    elif gen:
+        say(f"table generation: {gen['active']} (the workers' live tables)")
     if result.checks and not result.equal:
         different = ", ".join(c.table for c in result.checks if not c.equal)
-        say(f"different: {different} (`--swap` promotes the ClickHouse shadows)")
+        say(f"different: {different} (`--swap` promotes the shadows)")

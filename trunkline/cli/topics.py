@@ -17,12 +17,17 @@ def register(sub: Subparsers) -> None:
 
 def cmd_topics(args: argparse.Namespace, ctx: Context) -> int:
     from trunkline.stack import topics
+    from trunkline.stack.base import StackError
 
     if args.action == "list":
+        try:  # the workers' topics are those of the active table generation
+            generation = topics.generation(ctx.settings, timeout=3.0)
+        except StackError:  # no broker: the names of generation 0
+            generation = 0
         table = Table()
         for col in ("topic", "partitions", "cleanup", "key", "records"):
             table.add_column(col, overflow="fold")
-        for row in topics.declared(ctx.settings):
+        for row in topics.declared(ctx.settings, generation):
             table.add_row(row.name, str(row.partitions), row.policy, row.key, row.doc)
         out().print(table)
         return EXIT_OK

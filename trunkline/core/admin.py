@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -16,9 +16,11 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
+from trunkline.core import generations, kafka
 from trunkline.core.topics import (
     ALL_TOPICS,
     DEFAULT_DECISION_PARTITIONS,
+    GENERATIONS,
     TopicSpec,
     all_topics,
     billing_internal_topics,
@@ -208,3 +210,57 @@ def check_partitions(
     )
     if wrong:
         raise mismatch_error(wrong)
+
+
+def topic_names(bootstrap: str, timeout: float = 30.0) -> set[str]:
+    """Every topic on the cluster."""
+    try:
+        return set(admin_client(bootstrap).list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"cannot list topics at {bootstrap}: {exc}") from exc
+
+
+def delete_topics(bootstrap: str, names: list[str], timeout: float = 30.0) -> list[str]:
+    """Delete topics; returns those deleted (raises on the first failure)."""
+    if not names:
+        return []
+    client = admin_client(bootstrap)  # kept until the futures are done
+    futures = client.delete_topics(names, operation_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"cannot delete topic {name}: {exc}") from exc
+    return sorted(futures)
+
+
+def active_generation(bootstrap: str, prefix: str, app_id: str, timeout: float = 30.0) -> int:
+    """The workers' active table generation of `app_id` (trunkline/core/generations.py):
+    0 when the control topic or its record is missing. Raises GenerationError for a
+    malformed record, BrokerUnavailable when the broker does not answer."""
+    topic = GENERATIONS.name(prefix)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not kafka.topic_exists(bootstrap, topic, timeout=min(timeout, 15.0)):
+                return 0
+            return generations.active(kafka.read_compacted(bootstrap, topic), app_id)
+        except kafka.PublishError as exc:
+            raise BrokerUnavailable(f"reading {topic}: {exc}") from exc
+        except KafkaException as exc:
+            # a topic created a moment ago (`topics apply`) has no leader yet
+            code = exc.args[0].code() if exc.args else None
+            if code not in _NO_LEADER_YET or time.monotonic() > deadline:
+                raise BrokerUnavailable(f"reading {topic}: {exc}") from exc
+            time.sleep(0.2)
+
+
+#: what a partition answers until its leader is elected (a topic just created)
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+    }
+)

@@ -822,3 +822,86 @@ class GroupLag:
             for (g, t, p), offset in sorted(committed.items())
             if (t, p) in end
         ]
+
+
+# -- consumer groups (table generations: trunkline replay) -------------------------------
+def _admin(bootstrap: str) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    # no `logger`: librdkafka hands logs to a Python logger through the main queue, which
+    # only poll() serves, and these calls wait on their futures without polling
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 4}
+    return AdminClient(conf)
+
+
+def group_members(bootstrap: str, groups: Iterable[str], timeout: float = 15.0) -> dict[str, int]:
+    """How many members each consumer group has now (0: empty or unknown group)."""
+    out = dict.fromkeys(groups, 0)
+    # only groups that exist are described (the broker answers an unknown one with an
+    # error, NOT_COORDINATOR on Kafka 4.1, instead of an empty group)
+    known = set(group_ids(bootstrap, timeout))
+    asked = [g for g in out if g in known]
+    if not asked:
+        return out
+    client = _admin(bootstrap)  # kept until the futures are done (else: _DESTROY)
+    futures = client.describe_consumer_groups(asked, request_timeout=timeout)
+    for group, future in futures.items():
+        try:
+            out[group] = len(future.result().members or [])
+        except KafkaException as exc:
+            raise PublishError(f"describing consumer group {group}: {exc}") from exc
+    return out
+
+
+def set_group_offsets(
+    bootstrap: str, group: str, offsets: Mapping[tuple[str, int], int], timeout: float = 15.0
+) -> None:
+    """Commit `offsets` ((topic, partition) -> the next offset to read) for a consumer
+    group that has no members (a new one), without joining it."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    if not offsets:
+        return
+    tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+    client = _admin(bootstrap)  # kept until the futures are done (else: _DESTROY)
+    futures = client.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout
+    )
+    for future in futures.values():
+        try:
+            result = future.result()
+        except KafkaException as exc:
+            raise PublishError(f"committing offsets of {group}: {exc}") from exc
+        failed = [tp for tp in result.topic_partitions or [] if tp.error is not None]
+        if failed:
+            raise PublishError(
+                f"committing offsets of {group}: "
+                + ", ".join(f"{tp.topic}[{tp.partition}] {tp.error}" for tp in failed[:4])
+            )
+
+
+def group_ids(bootstrap: str, timeout: float = 15.0) -> list[str]:
+    """Every consumer group the cluster knows."""
+    try:
+        client = _admin(bootstrap)
+        result = client.list_consumer_groups(request_timeout=timeout).result()
+    except KafkaException as exc:
+        raise PublishError(f"listing consumer groups at {bootstrap}: {exc}") from exc
+    return sorted(g.group_id for g in result.valid)
+
+
+def delete_groups(bootstrap: str, groups: Iterable[str], timeout: float = 15.0) -> list[str]:
+    """Delete consumer groups (they must have no members); returns those deleted."""
+    asked = list(groups)
+    if not asked:
+        return []
+    client = _admin(bootstrap)  # kept until the futures are done (else: _DESTROY)
+    futures = client.delete_consumer_groups(asked, request_timeout=timeout)
+    deleted = []
+    for group, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise PublishError(f"deleting consumer group {group}: {exc}") from exc
+        deleted.append(group)
+    return deleted

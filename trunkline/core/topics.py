@@ -191,6 +191,13 @@ WEBHOOK_COMMANDS = TopicSpec(
 )  # fmt: skip
 
 
+GENERATIONS = TopicSpec(
+    "table-generations", 1, True, None, "app id", ("json",),
+    "The workers' active table generation per app id (compacted; `replay rebuild --swap` "
+    "writes it, workers read it at start): trunkline/core/generations.py.",
+)  # fmt: skip
+
+
 def all_topics(decision_partitions: int = DEFAULT_DECISION_PARTITIONS) -> tuple[TopicSpec, ...]:
     """Every topic under the topic prefix, the decision topics with their count."""
     return (
@@ -204,6 +211,7 @@ def all_topics(decision_partitions: int = DEFAULT_DECISION_PARTITIONS) -> tuple[
         WEBHOOK_STATE,
         WEBHOOK_DELIVERIES,
         WEBHOOK_COMMANDS,
+        GENERATIONS,
         *CONFIG_TOPICS.values(),
     )
 
@@ -240,15 +248,24 @@ def billing_app_id(app_id: str) -> str:
     return f"{app_id}-billing"
 
 
+def generation_app_id(app_id: str, generation: int) -> str:
+    """A worker app's effective Faust id in table generation `generation`: the id itself
+    for 0 (deployments from before generations), `<id>-g<n>` after. Faust derives the
+    consumer group, the changelogs and the leader topic from it (docs/design.md)."""
+    if generation < 0:
+        raise ValueError(f"table generation {generation} is negative")
+    return app_id if generation == 0 else f"{app_id}-g{generation}"
+
+
 #: the config sections the billing worker keeps as tables
 BILLING_CONFIG_SECTIONS = ("plans", "businesses", "ratePlans")
 
 
-def billing_internal_topics(app_id: str) -> tuple[TopicSpec, ...]:
-    """The billing worker's Faust topics (its app id is `billing_app_id(app_id)`): the
-    per-call rating table's changelog, co-partitioned with call-events, and its leader
-    topic. Declared for the same reason as `internal_topics`."""
-    billing = billing_app_id(app_id)
+def billing_internal_topics(app_id: str, generation: int = 0) -> tuple[TopicSpec, ...]:
+    """The billing worker's Faust topics (its app id is `billing_app_id(app_id)` in
+    `generation`): the per-call rating table's changelog, co-partitioned with
+    call-events, and its leader topic. Declared for the same reason as `internal_topics`."""
+    billing = generation_app_id(billing_app_id(app_id), generation)
     return (
         TopicSpec(f"{billing}-billing-calls-changelog", CALL_EVENTS.partitions, True, None,
                   "call_id", ("json",), "The billing machine's state per call (Faust changelog)."),

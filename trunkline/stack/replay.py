@@ -10,7 +10,13 @@ the live one, promote it; export and re-publish events.
   `routing` and `backend-heartbeats` (each partition's two topics merged by record time),
   billing over `call-events`; the config is the compacted config topics as they are now.
   Their shadow tables stay in this process (streams/rebuild.py) and are compared with the
-  live changelogs.
+  live changelogs of the workers' active table generation.
+
+`--swap` exchanges the ClickHouse shadows with the live tables, then promotes the machine
+tables as the next table generation (`promote`: new changelogs and consumer groups, the
+generation record last; docs/design.md, "Table generations"). Workers pick it up when
+they restart. `clean` drops what a swap kept: the `__old` tables and the older
+generations' topics and groups.
 
 Reaching ClickHouse: with the embedded chDB only one process may open the data path, and
 the running sink owns it, so the shadow operations go through the sink's HTTP API
@@ -33,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 
 from schemas.codec import Codec, CodecError, make_codec
 from schemas.registry import LIFECYCLE_EVENTS
@@ -52,7 +58,8 @@ from streams.rebuild import (
     resume_gc,
     routing_stream,
 )
-from trunkline.core import kafka
+from trunkline.core import admin, generations, kafka
+from trunkline.core.generations import GenerationError, GenerationRecord
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
     ADMISSION,
@@ -62,12 +69,14 @@ from trunkline.core.topics import (
     CALL_EVENTS,
     CONFIG_TOPICS,
     DEAD_LETTERS,
+    GENERATIONS,
     HEARTBEATS,
     ROUTING,
     WEBHOOK_DELIVERIES,
     WORKER_CONFIG_SECTIONS,
     TopicSpec,
-    billing_app_id,
+    billing_internal_topics,
+    internal_topics,
 )
 from trunkline.stack.base import BadInput, StackError
 
@@ -275,6 +284,9 @@ class RebuildReport:
     via: str
     checks: list[TableCheck] = field(default_factory=list)
     swapped: list[dict[str, Any]] = field(default_factory=list)
+    #: the workers' table generation: {"active": n}; after a swap also "previous",
+    #: "topics" (the new generation's changelogs: entries written) and "groups"
+    generation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def equal(self) -> bool:
@@ -346,16 +358,22 @@ def rebuild(
     swap: bool = False,
     progress: RebuildProgress | None = None,
     target: ShadowTarget | None = None,
+    force: bool = False,
 ) -> RebuildReport:
     """Rebuild every projection into shadows; `verify` compares them with the live ones;
-    `swap` promotes the ClickHouse shadows whatever verify found (a swap is how a wrong
-    live table is repaired: the operator's call)."""
+    `swap` promotes the ClickHouse shadows and the machine tables (a new table
+    generation) whatever verify found (a swap is how a wrong live table is repaired: the
+    operator's call). A swap is refused while workers run the live generation, unless
+    `force`."""
     _window(from_ms, to_ms)
     progress = progress or NoProgress()
     started = time.monotonic()
     codec = make_codec(s.schema_registry_url)
     boot = s.kafka_bootstrap
     history = _name(s, CALL_EVENTS)
+    active = active_generation(s)
+    if swap and not force:
+        _refuse_running(s, active)
     try:
         # every end offset taken once, now: the rebuild reads what existed when it started
         full = kafka.offset_ranges(
@@ -380,7 +398,7 @@ def rebuild(
     if verify:
         # a live table is the state at its worker's committed offsets (its changelog is
         # written in the flush before each commit): compare the machines there
-        machine_ranges = _at_committed(s, machine_ranges, history)
+        machine_ranges = _at_committed(s, machine_ranges, history, active)
     billing_end = {r.partition: r.end for r in machine_ranges if r.topic == history}
     opened: Callable[[], None] = lambda: None  # noqa: E731
     if target is None:
@@ -473,6 +491,7 @@ def rebuild(
             skipped=decisions.skipped + rater.skipped,
             seconds=0.0,
             via=getattr(target, "where", "ClickHouse"),
+            generation={"active": active},
         )
         if verify:
             progress.phase("verify", len(shadow.TABLES) + len(machine_tables))
@@ -491,7 +510,9 @@ def rebuild(
                 )
                 progress.advance(1)
             ends = {(r.topic, r.partition): r.end for r in full}
-            report.checks += _verify_machines(s, machine_tables, machine_ranges, history, ends)
+            report.checks += _verify_machines(
+                s, machine_tables, machine_ranges, history, ends, active
+            )
             progress.advance(len(machine_tables))
         if swap:
             for t in CH_TOPICS:
@@ -499,6 +520,10 @@ def rebuild(
                 report.swapped.append(
                     target.swap(SOURCES[t.suffix], _table_ranges(ch_ranges, name))
                 )
+            entries = sum(report.machine_tables.values())
+            progress.phase("promote the machine tables", entries)
+            report.generation = promote(s, machine_tables, machine_ranges, history, active)
+            progress.advance(entries)
         report.seconds = time.monotonic() - started
         return report
     finally:
@@ -506,9 +531,116 @@ def rebuild(
         opened()
 
 
-def _changelog(s: Settings, table: str) -> str:
-    app = billing_app_id(s.app_id) if table in BILLING_TABLES else s.app_id
-    return f"{app}-{table}-changelog"
+def _worker_id(s: Settings, table: str, generation: int) -> str:
+    """The Faust id (consumer group) of the worker that holds `table`."""
+    decisions, billing = generations.worker_ids(s.app_id, generation)
+    return billing if table in BILLING_TABLES else decisions
+
+
+def _changelog(s: Settings, table: str, generation: int) -> str:
+    return f"{_worker_id(s, table, generation)}-{table}-changelog"
+
+
+# -- table generations (docs/design.md, "Table generations") -----------------------------
+def active_generation(s: Settings) -> int:
+    """The workers' active table generation; BadInput for a malformed record."""
+    try:
+        return admin.active_generation(s.kafka_bootstrap, s.topic_prefix, s.app_id)
+    except GenerationError as exc:
+        raise BadInput(f"{exc} (in {GENERATIONS.name(s.topic_prefix)})") from exc
+    except admin.BrokerUnavailable as exc:
+        raise StackError(str(exc)) from exc
+
+
+def _members(s: Settings, groups: Iterable[str]) -> dict[str, int]:
+    try:
+        return {g: n for g, n in kafka.group_members(s.kafka_bootstrap, groups).items() if n}
+    except kafka.PublishError as exc:
+        raise StackError(str(exc)) from exc
+
+
+def _refuse_running(s: Settings, active: int) -> None:
+    """BadInput when a worker is a member of the live generation's groups."""
+    running = _members(s, generations.worker_ids(s.app_id, active))
+    if running:
+        who = ", ".join(f"{g} ({n} member{'s' * (n > 1)})" for g, n in sorted(running.items()))
+        raise BadInput(
+            f"--swap: workers are running table generation {active}: {who}. Stop them first "
+            "(a running worker keeps deciding on the old tables, and what it decides after "
+            "the rebuild is not in the new ones), or add --force and restart them right after"
+        )
+
+
+def _existing(s: Settings) -> tuple[set[str], set[str]]:
+    """Every topic and consumer group on the cluster."""
+    try:
+        return admin.topic_names(s.kafka_bootstrap), set(kafka.group_ids(s.kafka_bootstrap))
+    except (admin.BrokerUnavailable, kafka.PublishError) as exc:
+        raise StackError(str(exc)) from exc
+
+
+def promote(
+    s: Settings,
+    tables: dict[str, Table],
+    ranges: list[kafka.PartitionRange],
+    history: str,
+    active: int,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """The shadow machine tables as the next table generation: its topics created, each
+    table's live entries written to its changelog (the partition the rebuild wrote the key
+    in, the bytes Faust writes), both workers' groups committed at the offsets `ranges`
+    end at, and the generation record written last (a crash before it leaves the live
+    generation in use and a partial one `replay clean` deletes)."""
+    boot = s.kafka_bootstrap
+    topics, groups = _existing(s)
+    n = max({active} | generations.generations_named(s.app_id, topics | groups)) + 1
+    decisions, billing = generations.worker_ids(s.app_id, n)
+    specs = (
+        *internal_topics(decisions, s.decision_partitions),
+        *billing_internal_topics(s.app_id, n),
+    )
+    written: dict[str, int] = {}
+    try:
+        admin.apply_topics(boot, "", specs)  # as `topics apply` makes them
+        producer = kafka.make_producer(boot)
+        for table, shadow_table in tables.items():
+            topic = _changelog(s, table, n)
+            entries = shadow_table.live()
+            written[topic] = kafka.publish_all(
+                producer,
+                (
+                    kafka.Outgoing(
+                        topic,
+                        generations.table_key(key),
+                        generations.table_value(value),
+                        shadow_table.partitions[key],  # the partition it was written in
+                    )
+                    for key, value in entries.items()
+                ),
+                timeout=120,
+            )
+        for group, ours in (
+            (decisions, [r for r in ranges if r.topic != history]),
+            (billing, [r for r in ranges if r.topic == history]),
+        ):
+            kafka.set_group_offsets(boot, group, {(r.topic, r.partition): r.end for r in ours})
+        record = GenerationRecord(
+            s.app_id, n, active, int(time.time() * 1000) if now_ms is None else now_ms
+        )
+        key, value = record.encode()
+        kafka.publish_all(producer, [kafka.Outgoing(GENERATIONS.name(s.topic_prefix), key, value)])
+    except (
+        kafka.PublishError,
+        admin.BrokerUnavailable,
+        admin.PartitionMismatch,
+        KafkaException,
+    ) as exc:
+        raise StackError(
+            f"promoting the machine tables as generation {n}: {exc} (generation {active} "
+            "stays in use; run the swap again, `replay clean` deletes the partial one)"
+        ) from exc
+    return {"active": n, "previous": active, "topics": written, "groups": [decisions, billing]}
 
 
 def _verify_machines(
@@ -517,6 +649,7 @@ def _verify_machines(
     ranges: list[kafka.PartitionRange],
     history: str,
     ends: dict[tuple[str, int], int],
+    generation: int,
 ) -> list[TableCheck]:
     """Each machine table's shadow against its live changelog; a note when the live
     worker's committed offsets are not the rebuild's end offsets (its tables then hold
@@ -524,7 +657,7 @@ def _verify_machines(
     checks = []
     for table, shadow_table in tables.items():
         try:
-            raw = kafka.read_compacted(s.kafka_bootstrap, _changelog(s, table))
+            raw = kafka.read_compacted(s.kafka_bootstrap, _changelog(s, table, generation))
         except kafka.PublishError as exc:
             checks.append(TableCheck(table, "faust", {}, {}, False, [], str(exc)))
             continue
@@ -532,7 +665,7 @@ def _verify_machines(
         mine = shadow_table.live()
         a, b = entries_digest(live), entries_digest(mine)
         equal = a == b
-        group = billing_app_id(s.app_id) if table in BILLING_TABLES else s.app_id
+        group = _worker_id(s, table, generation)
         inputs = [r for r in ranges if (r.topic == history) == (table in BILLING_TABLES)]
         keys = [] if equal else differing_keys(live, mine)
         note = _behind(group, inputs, ends)
@@ -573,15 +706,16 @@ def _table_key(raw: bytes) -> str:
 
 
 def _at_committed(
-    s: Settings, ranges: list[kafka.PartitionRange], history: str
+    s: Settings, ranges: list[kafka.PartitionRange], history: str, generation: int
 ) -> list[kafka.PartitionRange]:
     """`ranges` ending at the live workers' committed offsets (the decision worker's on
     its inputs, the billing worker's on call-events); a partition it never committed is
     one it holds nothing of."""
     out = []
+    decisions, billing = generations.worker_ids(s.app_id, generation)
     for group, ours in (
-        (s.app_id, [r for r in ranges if r.topic != history]),
-        (billing_app_id(s.app_id), [r for r in ranges if r.topic == history]),
+        (decisions, [r for r in ranges if r.topic != history]),
+        (billing, [r for r in ranges if r.topic == history]),
     ):
         try:
             committed = kafka.committed_offsets(
@@ -611,12 +745,46 @@ def _behind(
     return f"compared at {group}'s committed offsets, short of the end: " + ", ".join(short[:4])
 
 
-def clean(s: Settings) -> list[str]:
+@dataclass
+class CleanReport:
+    dropped: list[str]  # ClickHouse tables (__old, __shadow)
+    topics: list[str]  # older table generations' Faust topics
+    groups: list[str]  # older table generations' consumer groups
+    generation: int  # the active one, kept
+
+
+def clean(s: Settings) -> CleanReport:
+    """Drop the ClickHouse tables a swap kept and any shadows, and delete every table
+    generation but the active one (its topics and consumer groups). Refused while a
+    worker still runs an older generation."""
+    active = active_generation(s)
+    topics, groups = _existing(s)
+    old = (generations.generations_named(s.app_id, topics | groups) | {0}) - {active}
+    old_groups = sorted(g for n in old for g in generations.worker_ids(s.app_id, n) if g in groups)
+    running = _members(s, old_groups)
+    if running:
+        who = ", ".join(sorted(running))
+        raise BadInput(
+            f"workers still run an older table generation ({who}): restart them on "
+            f"generation {active} before `replay clean` deletes its topics"
+        )
+    old_topics = sorted(
+        t
+        for n in old
+        for t in generations.generation_topics(s.app_id, n, s.decision_partitions)
+        if t in topics
+    )
+    try:
+        deleted_topics = admin.delete_topics(s.kafka_bootstrap, old_topics)
+        deleted_groups = kafka.delete_groups(s.kafka_bootstrap, old_groups)
+    except (admin.BrokerUnavailable, kafka.PublishError) as exc:
+        raise StackError(str(exc)) from exc
     target, close = open_target(s)
     try:
-        return target.clean()
+        dropped = target.clean()
     finally:
         close()
+    return CleanReport(dropped, deleted_topics, deleted_groups, active)
 
 
 # -- replay events ------------------------------------------------------------------------
@@ -671,7 +839,7 @@ def target_topic(s: Settings, name: str, force: bool) -> str:
         raise BadInput(f"--to-topic: {name!r} is not a valid Kafka topic name")
     prefix = s.topic_prefix
     suffix = name[len(prefix) :] if prefix and name.startswith(prefix) else name
-    internal = name.startswith(s.app_id + "-")
+    internal = name.startswith(s.app_id + "-")  # a Faust topic of any generation
     if (suffix in LIVE_INPUTS or internal) and not force:
         raise BadInput(
             f"--to-topic: {name!r} is a live input (machines or services consume it); "

@@ -7,9 +7,22 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 
-from trunkline.core.admin import BrokerUnavailable, PartitionMismatch, TopicResult, apply_topics
+from trunkline.core.admin import (
+    BrokerUnavailable,
+    PartitionMismatch,
+    TopicResult,
+    active_generation,
+    apply_topics,
+)
+from trunkline.core.generations import GenerationError
 from trunkline.core.settings import Settings
-from trunkline.core.topics import TopicSpec, all_topics, billing_internal_topics, internal_topics
+from trunkline.core.topics import (
+    TopicSpec,
+    all_topics,
+    billing_internal_topics,
+    generation_app_id,
+    internal_topics,
+)
 from trunkline.stack.base import QUIET, BadInput, Progress, StackError
 
 
@@ -22,18 +35,32 @@ class TopicRow:
     doc: str
 
 
-def _specs(s: Settings) -> list[tuple[str, TopicSpec]]:
-    """(prefix, spec) for our topics under the topic prefix and the Faust app's own."""
+def _specs(s: Settings, generation: int = 0) -> list[tuple[str, TopicSpec]]:
+    """(prefix, spec) for our topics under the topic prefix and the Faust apps' own (of
+    table generation `generation`)."""
     return [(s.topic_prefix, spec) for spec in all_topics(s.decision_partitions)] + [
-        ("", spec)
-        for spec in (
-            *internal_topics(s.app_id, s.decision_partitions),
-            *billing_internal_topics(s.app_id),
-        )
+        ("", spec) for spec in _internal(s, generation)
     ]
 
 
-def declared(s: Settings) -> list[TopicRow]:
+def _internal(s: Settings, generation: int) -> tuple[TopicSpec, ...]:
+    return (
+        *internal_topics(generation_app_id(s.app_id, generation), s.decision_partitions),
+        *billing_internal_topics(s.app_id, generation),
+    )
+
+
+def generation(s: Settings, timeout: float = 30.0) -> int:
+    """The workers' active table generation (0 before any `replay rebuild --swap`)."""
+    try:
+        return active_generation(s.kafka_bootstrap, s.topic_prefix, s.app_id, timeout)
+    except GenerationError as exc:
+        raise BadInput(f"{exc} (fix or delete that record)") from exc
+    except BrokerUnavailable as exc:
+        raise StackError(str(exc)) from exc
+
+
+def declared(s: Settings, generation: int = 0) -> list[TopicRow]:
     return [
         TopicRow(
             spec.name(prefix),
@@ -42,20 +69,21 @@ def declared(s: Settings) -> list[TopicRow]:
             spec.key,
             spec.doc,
         )
-        for prefix, spec in _specs(s)
+        for prefix, spec in _specs(s, generation)
     ]
 
 
 def apply(s: Settings, progress: Progress = QUIET) -> list[TopicResult]:
-    """Create missing topics, raise partitions, reset drifted configs. Idempotent."""
-    groups = [
-        (s.topic_prefix, all_topics(s.decision_partitions)),  # ours, under the topic prefix
-        ("", internal_topics(s.app_id, s.decision_partitions)),  # the Faust app's own
-        ("", billing_internal_topics(s.app_id)),  # the billing worker's
-    ]
+    """Create missing topics, raise partitions, reset drifted configs. Idempotent. The
+    Faust apps' topics are those of the active table generation (read once ours exist:
+    the control topic is one of them)."""
+    ours = all_topics(s.decision_partitions)  # under the topic prefix
+    total = len(ours) + len(_internal(s, 0))
     results: list[TopicResult] = []
-    with progress.step("topics", total=sum(len(specs) for _, specs in groups)) as step:
-        for prefix, specs in groups:
+    with progress.step("topics", total=total) as step:
+        for workers in (False, True):
+            # then the workers' own (decision and billing), of their active generation
+            prefix, specs = ("", _internal(s, generation(s))) if workers else (s.topic_prefix, ours)
             try:
                 results += apply_topics(
                     s.kafka_bootstrap, prefix, specs, on_result=lambda r: step.advance(r.name)
