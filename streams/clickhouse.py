@@ -96,14 +96,23 @@ class ClickHouseStore:
             )
 
     def insert_block(
-        self, table: str, columns: tuple[str, ...], block: bytes, fmt: str = "JSONCompactEachRow"
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        block: bytes | memoryview,
+        fmt: str = "JSONCompactEachRow",
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """Insert a block of rows in `columns` order, in ClickHouse's input format `fmt`
         (JSONCompactEachRow, ArrowStream), into `table` of this store's database (the
-        replay's shadow tables: streams/shadow.py)."""
+        replay's shadow tables: streams/shadow.py), with the insert's own `settings`."""
         with self._lock:
             self.client.raw_insert(
-                f"{self.database}.{table}", list(columns), insert_block=block, fmt=fmt
+                f"{self.database}.{table}",
+                list(columns),
+                insert_block=block,
+                fmt=fmt,
+                settings=settings,
             )
 
     def commands(self, statements: list[str]) -> None:

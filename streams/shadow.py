@@ -78,13 +78,24 @@ def create(store: ClickHouseStore, tables: tuple[str, ...] = TABLES) -> None:
 FORMATS = ("ArrowStream", "JSONCompactEachRow")
 
 
-def insert(store: ClickHouseStore, table: str, block: bytes, fmt: str = "ArrowStream") -> None:
-    """Rows (an Arrow IPC stream, `streams.projection.arrow_stream`, or JSONCompactEachRow)
-    into `table`'s shadow."""
+#: a shadow's inserts: no folding of the block's duplicate keys on insert (the
+#: ReplacingMergeTree's merge of the sorted block costs as much as the rest of the
+#: insert). Copies of an event (at-least-once delivery) stay separate rows until a
+#: background merge, as the sink's copies in separate inserts do: everything that reads
+#: the tables folds them (FINAL in the views, the digests, `swap`'s count), and which copy
+#: a fold keeps differs only in where it landed (streams.rebuild.POSITION_COLUMNS).
+INSERT_SETTINGS: dict[str, Any] = {"optimize_on_insert": 0}
+
+
+def insert(
+    store: ClickHouseStore, table: str, block: bytes | memoryview, fmt: str = "ArrowStream"
+) -> None:
+    """Rows (an Arrow IPC stream of one or more record batches,
+    `streams.arrow_blocks.ipc_stream`, or JSONCompactEachRow) into `table`'s shadow."""
     _check(table)
     if fmt not in FORMATS:
         raise ShadowError(f"unknown row block format {fmt!r} (one of {', '.join(FORMATS)})")
-    store.insert_block(f"{table}{SHADOW}", TABLE_COLUMNS[table], block, fmt)
+    store.insert_block(f"{table}{SHADOW}", TABLE_COLUMNS[table], block, fmt, INSERT_SETTINGS)
 
 
 def _digest(store: ClickHouseStore, name: str, table: str, where: str) -> dict[str, int]:

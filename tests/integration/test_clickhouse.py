@@ -284,27 +284,63 @@ def _random_rows(seed: int = 7) -> dict[str, list[tuple]]:
 
 
 def test_arrow_blocks_store_what_json_blocks_store(ch_store):
-    """The replay sends its rows as Arrow (streams.projection.arrow_stream): every column
-    of every table reads back as the sink's JSONCompactEachRow insert stores it."""
-    from streams import shadow
-    from streams.projection import TABLE_COLUMNS, arrow_stream, json_compact_each_row
+    """The replay sends its rows as Arrow (streams/arrow_blocks.py: record batches of a
+    block in one IPC stream, into a shadow): every column of every table reads back as
+    the sink's JSONCompactEachRow insert stores it. The random rows cover DateTime64
+    millis, Float32, NULL and empty next_attempt_at, decimal text of billing money,
+    unicode and empty strings."""
+    from streams import arrow_blocks, shadow
+    from streams.projection import TABLE_COLUMNS
 
     rows = _random_rows()
     assert set(rows) == set(TABLE_COLUMNS)
     shadow.create(ch_store, tuple(TABLE_COLUMNS))
     for table, table_rows in rows.items():
         assert len(table_rows) > 50
-        shadow.insert(ch_store, table, json_compact_each_row(table_rows), "JSONCompactEachRow")
-        ch_store.insert_block(table, TABLE_COLUMNS[table], arrow_stream(table, table_rows),
-                              "ArrowStream")  # fmt: skip
-        columns = ", ".join(c for c in TABLE_COLUMNS[table])
-        digest = f"count() AS n, groupBitXor(cityHash64(tuple({columns}))) AS x"
+        ch_store.insert_rows(table, table_rows)  # the sink's insert, into the live table
+        columns = TABLE_COLUMNS[table]
+        batches = [
+            arrow_blocks.record_batch(columns, table_rows[i : i + 17])
+            for i in range(0, len(table_rows), 17)
+        ]
+        shadow.insert(ch_store, table, memoryview(arrow_blocks.ipc_stream(batches)))
+        digest = f"count() AS n, groupBitXor(cityHash64(tuple({', '.join(columns)}))) AS x"
         digests = [
             ch_store.query(f"SELECT {digest} FROM {ch_store.database}.{name}")[0]
             for name in (table, f"{table}__shadow")
         ]
         assert digests[0] == digests[1] and digests[0]["n"] == len(table_rows), table
-    assert arrow_stream("call_events_log", [])  # an empty block is a valid stream
+    if "webhook_deliveries_log" in rows:
+        kinds = ch_store.query(
+            "SELECT countIf(next_attempt_at IS NULL) AS nulls, countIf(isNotNull("
+            f"next_attempt_at)) AS set FROM {ch_store.database}.webhook_deliveries_log__shadow"
+        )[0]
+        assert kinds["nulls"] > 0 and kinds["set"] > 0
+
+
+def test_a_shadow_block_keeps_copies_that_final_and_the_digest_fold(ch_store):
+    """A shadow insert does not fold a block's duplicate keys (optimize_on_insert=0):
+    the copies are separate rows, as the sink's copies in separate inserts are, and FINAL
+    (the views, the digest, the swap) reads one. Which copy differs only in its position."""
+    from streams import arrow_blocks, shadow
+    from streams.projection import COLUMNS, event_row
+
+    db = ch_store.database
+    shadow.create(ch_store, ("call_events_log",))
+    rows = [
+        event_row("CallOffered", sample("CallOffered", f"d{i}", T0 + i), 0, i) for i in range(3)
+    ]
+    at = COLUMNS.index("kafka_partition")
+    assert COLUMNS[at + 1] == "kafka_offset"
+    copies = [(*r[:at], 1, 100 + i, *r[at + 2 :]) for i, r in enumerate(rows)]  # redelivered
+    ch_store.insert_rows("call_events_log", rows)
+    block = arrow_blocks.arrow_stream(COLUMNS, rows + copies)
+    shadow.insert(ch_store, "call_events_log", memoryview(block))
+    stored = f"SELECT count() AS n FROM {db}.call_events_log__shadow"
+    assert ch_store.query(stored)[0]["n"] == 6
+    assert ch_store.query(f"{stored} FINAL")[0]["n"] == 3
+    result = shadow.compare(ch_store, "call_events_log", {0: (0, 3), 1: (100, 103)})
+    assert result["equal"], result
 
 
 def test_unknown_block_format_is_refused(ch_store):

@@ -37,9 +37,10 @@ from confluent_kafka import Message
 
 from schemas.codec import Codec, CodecError, make_codec
 from schemas.registry import LIFECYCLE_EVENTS
-from streams import queries, routing, shadow
+from streams import arrow_blocks, queries, routing, shadow
+from streams.arrow_blocks import ARROW_STREAM
 from streams.clickhouse import ClickHouseStore, ClickHouseUnavailable
-from streams.projection import ARROW_STREAM, arrow_stream
+from streams.projection import TABLE_COLUMNS
 from streams.rebuild import (
     BILLING_TABLES,
     SOURCES,
@@ -71,8 +72,10 @@ from trunkline.core.topics import (
 )
 from trunkline.stack.base import BadInput, StackError
 
-#: rows per insert into a shadow table
+#: rows per insert into a shadow table (one part each)
 BLOCK_ROWS = 50_000
+#: rows per Arrow record batch of a block (streams/arrow_blocks.py)
+CHUNK_ROWS = 5_000
 #: the topics whose records feed the ClickHouse tables
 CH_TOPICS: tuple[TopicSpec, ...] = (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
 #: topics `replay events` reads, by suffix
@@ -138,8 +141,8 @@ class NoProgress:
 class ShadowTarget(Protocol):
     def create(self, tables: tuple[str, ...]) -> None: ...
 
-    def insert(self, table: str, block: bytes) -> None:
-        """Rows of `table` as an Arrow IPC stream (`streams.projection.arrow_stream`)."""
+    def insert(self, table: str, block: bytes | memoryview) -> None:
+        """Rows of `table` as an Arrow IPC stream (`streams.arrow_blocks.ipc_stream`)."""
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]: ...
 
@@ -160,7 +163,7 @@ class LocalShadow:
     def create(self, tables: tuple[str, ...]) -> None:
         shadow.create(self.store, tables)
 
-    def insert(self, table: str, block: bytes) -> None:
+    def insert(self, table: str, block: bytes | memoryview) -> None:
         shadow.insert(self.store, table, block)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
@@ -184,7 +187,9 @@ class SinkShadow:
         self.timeout = timeout
         self.where = f"the sink at {base_url}"
 
-    def _post(self, path: str, body: bytes, content_type: str = "application/json") -> Any:
+    def _post(
+        self, path: str, body: bytes | memoryview, content_type: str = "application/json"
+    ) -> Any:
         req = urllib.request.Request(
             f"{self.base_url}{path}", data=body, method="POST",
             headers={"Content-Type": content_type},
@@ -207,7 +212,7 @@ class SinkShadow:
     def create(self, tables: tuple[str, ...]) -> None:
         self._json("/replay/shadow/", {"tables": list(tables)})
 
-    def insert(self, table: str, block: bytes) -> None:
+    def insert(self, table: str, block: bytes | memoryview) -> None:
         self._post(f"/replay/shadow/{table}/rows/", block, ARROW_STREAM)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
@@ -317,25 +322,47 @@ def _table_ranges(ranges: Iterable[kafka.PartitionRange], topic: str) -> dict[in
 
 
 class _Blocks:
-    """Rows per shadow table, sent in blocks of BLOCK_ROWS."""
+    """Rows per shadow table, sent in blocks of BLOCK_ROWS.
+
+    Every CHUNK_ROWS rows of a table become an Arrow record batch at once (while the
+    rows just made are still in the CPU's caches, and so that the Python tuples are freed
+    early); a block is the IPC stream of its batches, one insert (ClickHouse squashes
+    the batches into one part)."""
 
     def __init__(self, target: ShadowTarget) -> None:
         self.target = target
         self.rows: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
+        self.batches: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
+        self.batched: dict[str, int] = dict.fromkeys(shadow.TABLES, 0)
         self.written: dict[str, int] = dict.fromkeys(shadow.TABLES, 0)
 
     def add(self, table: str, row: Any) -> None:
         rows = self.rows[table]
         rows.append(row)
-        if len(rows) >= BLOCK_ROWS:
-            self.flush(table)
+        if len(rows) >= CHUNK_ROWS:
+            self._batch(table)
+            if self.batched[table] >= BLOCK_ROWS:
+                self._send(table)
+
+    def _batch(self, table: str) -> None:
+        rows = self.rows[table]
+        self.batches[table].append(arrow_blocks.record_batch(TABLE_COLUMNS[table], rows))
+        self.batched[table] += len(rows)
+        self.rows[table] = []
+
+    def _send(self, table: str) -> None:
+        stream = arrow_blocks.ipc_stream(self.batches[table])
+        self.batches[table] = []
+        self.target.insert(table, memoryview(stream))
+        self.written[table] += self.batched[table]
+        self.batched[table] = 0
 
     def flush(self, table: str | None = None) -> None:
         for t in [table] if table else list(self.rows):
             if self.rows[t]:
-                self.target.insert(t, arrow_stream(t, self.rows[t]))
-                self.written[t] += len(self.rows[t])
-                self.rows[t] = []
+                self._batch(t)
+            if self.batched[t]:
+                self._send(t)
 
 
 def rebuild(
