@@ -101,6 +101,17 @@ def ipc_stream(batches: Sequence[Any]) -> Any:
     return sink.getvalue()
 
 
+def read_stream(block: bytes | memoryview) -> list[Any]:
+    """The record batches of an Arrow IPC stream (read in place: no copy); ValueError
+    when `block` is not one."""
+    import pyarrow as pa
+
+    try:
+        return list(pa.ipc.open_stream(block))
+    except (pa.ArrowInvalid, OSError) as exc:  # ArrowInvalid is a ValueError
+        raise ValueError(str(exc)) from exc
+
+
 def arrow_stream(columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> Any:
     """`rows` as an Arrow IPC stream of one record batch (`record_batch`, `ipc_stream`)."""
     return ipc_stream([record_batch(columns, rows)])

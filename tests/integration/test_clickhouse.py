@@ -283,15 +283,22 @@ def _random_rows(seed: int = 7) -> dict[str, list[tuple]]:
     return out
 
 
-def test_arrow_blocks_store_what_json_blocks_store(ch_store):
+@pytest.mark.parametrize("way", ["batches", "stream", "stream-file"])
+def test_arrow_blocks_store_what_json_blocks_store(ch_store, monkeypatch, way):
     """The replay sends its rows as Arrow (streams/arrow_blocks.py: record batches of a
-    block in one IPC stream, into a shadow): every column of every table reads back as
-    the sink's JSONCompactEachRow insert stores it. The random rows cover DateTime64
+    block, into a shadow): every column of every table reads back as the sink's
+    JSONCompactEachRow insert stores it, whichever way the batches go: read in place by
+    chDB (`Python()`: the batches themselves, or an IPC stream the sink received) or as
+    an ArrowStream insert (a ClickHouse server's way). The random rows cover DateTime64
     millis, Float32, NULL and empty next_attempt_at, decimal text of billing money,
     unicode and empty strings."""
     from streams import arrow_blocks, shadow
+    from streams.clickhouse import ClickHouseStore
     from streams.projection import TABLE_COLUMNS
 
+    assert ch_store.reads_arrow_in_place
+    if way == "stream-file":
+        monkeypatch.setattr(ClickHouseStore, "reads_arrow_in_place", False)
     rows = _random_rows()
     assert set(rows) == set(TABLE_COLUMNS)
     shadow.create(ch_store, tuple(TABLE_COLUMNS))
@@ -303,7 +310,10 @@ def test_arrow_blocks_store_what_json_blocks_store(ch_store):
             arrow_blocks.record_batch(columns, table_rows[i : i + 17])
             for i in range(0, len(table_rows), 17)
         ]
-        shadow.insert(ch_store, table, memoryview(arrow_blocks.ipc_stream(batches)))
+        if way == "batches":
+            shadow.insert_batches(ch_store, table, batches)
+        else:
+            shadow.insert(ch_store, table, bytes(arrow_blocks.ipc_stream(batches)))
         digest = f"count() AS n, groupBitXor(cityHash64(tuple({', '.join(columns)}))) AS x"
         digests = [
             ch_store.query(f"SELECT {digest} FROM {ch_store.database}.{name}")[0]
@@ -341,6 +351,21 @@ def test_a_shadow_block_keeps_copies_that_final_and_the_digest_fold(ch_store):
     assert ch_store.query(f"{stored} FINAL")[0]["n"] == 3
     result = shadow.compare(ch_store, "call_events_log", {0: (0, 3), 1: (100, 103)})
     assert result["equal"], result
+
+
+def test_a_block_that_is_not_arrow_or_not_the_tables_columns_is_refused(ch_store):
+    from streams import arrow_blocks, shadow
+    from streams.projection import COLUMNS
+
+    shadow.create(ch_store, ("call_events_log",))
+    with pytest.raises(shadow.ShadowError, match="not an Arrow IPC stream"):
+        shadow.insert(ch_store, "call_events_log", b"not arrow")
+    row = event_row("CallOffered", sample("CallOffered", "x1", T0))
+    backwards = arrow_blocks.record_batch(COLUMNS[::-1], [row[::-1]])
+    with pytest.raises(shadow.ShadowError, match="columns"):
+        shadow.insert_batches(ch_store, "call_events_log", [backwards])
+    count = f"SELECT count() AS n FROM {ch_store.database}.call_events_log__shadow"
+    assert ch_store.query(count)[0]["n"] == 0
 
 
 def test_unknown_block_format_is_refused(ch_store):

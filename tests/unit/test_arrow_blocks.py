@@ -94,9 +94,9 @@ class _Target:
     def __init__(self) -> None:
         self.blocks: list[tuple[str, list[tuple[Any, ...]]]] = []
 
-    def insert(self, table: str, block: bytes | memoryview) -> None:
-        assert isinstance(block, memoryview)
-        self.blocks.append((table, [tuple(r.values()) for r in _read(block).to_pylist()]))
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        rows = [tuple(r.values()) for r in pa.Table.from_batches(batches).to_pylist()]
+        self.blocks.append((table, rows))
 
 
 def test_replay_blocks_batch_every_chunk_and_send_every_block(monkeypatch):

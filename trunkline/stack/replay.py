@@ -141,8 +141,8 @@ class NoProgress:
 class ShadowTarget(Protocol):
     def create(self, tables: tuple[str, ...]) -> None: ...
 
-    def insert(self, table: str, block: bytes | memoryview) -> None:
-        """Rows of `table` as an Arrow IPC stream (`streams.arrow_blocks.ipc_stream`)."""
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        """Rows of `table` as Arrow record batches (`streams.arrow_blocks.record_batch`)."""
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]: ...
 
@@ -163,8 +163,8 @@ class LocalShadow:
     def create(self, tables: tuple[str, ...]) -> None:
         shadow.create(self.store, tables)
 
-    def insert(self, table: str, block: bytes | memoryview) -> None:
-        shadow.insert(self.store, table, block)
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        shadow.insert_batches(self.store, table, batches)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
         return shadow.compare(self.store, table, ranges)
@@ -212,8 +212,9 @@ class SinkShadow:
     def create(self, tables: tuple[str, ...]) -> None:
         self._json("/replay/shadow/", {"tables": list(tables)})
 
-    def insert(self, table: str, block: bytes | memoryview) -> None:
-        self._post(f"/replay/shadow/{table}/rows/", block, ARROW_STREAM)
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        stream = memoryview(arrow_blocks.ipc_stream(batches))
+        self._post(f"/replay/shadow/{table}/rows/", stream, ARROW_STREAM)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("/replay/compare/", {"table": table, "ranges": ranges})
@@ -326,8 +327,7 @@ class _Blocks:
 
     Every CHUNK_ROWS rows of a table become an Arrow record batch at once (while the
     rows just made are still in the CPU's caches, and so that the Python tuples are freed
-    early); a block is the IPC stream of its batches, one insert (ClickHouse squashes
-    the batches into one part)."""
+    early); a block is one insert of its batches (one part)."""
 
     def __init__(self, target: ShadowTarget) -> None:
         self.target = target
@@ -351,9 +351,8 @@ class _Blocks:
         self.rows[table] = []
 
     def _send(self, table: str) -> None:
-        stream = arrow_blocks.ipc_stream(self.batches[table])
-        self.batches[table] = []
-        self.target.insert(table, memoryview(stream))
+        batches, self.batches[table] = self.batches[table], []
+        self.target.insert_batches(table, batches)
         self.written[table] += self.batched[table]
         self.batched[table] = 0
 
