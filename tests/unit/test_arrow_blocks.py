@@ -99,22 +99,20 @@ class _Target:
         self.blocks.append((table, rows))
 
 
-def test_replay_blocks_batch_every_chunk_and_send_every_block(monkeypatch):
+def test_replay_blocks_send_a_batch_every_block_and_the_rest_on_flush(monkeypatch):
     from trunkline.stack import replay
 
-    monkeypatch.setattr(replay, "CHUNK_ROWS", 7)
     monkeypatch.setattr(replay, "BLOCK_ROWS", 20)
     target = _Target()
     blocks = replay._Blocks(target)  # type: ignore[arg-type]
     rows = [_event_row(i) for i in range(47)]
     for row in rows:
         blocks.add("call_events_log", row)
-    # a block goes when its batches hold BLOCK_ROWS or more: 3 chunks of 7 = 21 rows
-    assert [len(b) for _, b in target.blocks] == [21, 21]
-    assert blocks.written == {"call_events_log": 42, "billing_records_log": 0,
+    assert [len(b) for _, b in target.blocks] == [20, 20]
+    assert blocks.written == {"call_events_log": 40, "billing_records_log": 0,
                               "webhook_deliveries_log": 0}  # fmt: skip
     blocks.flush()
-    assert [len(b) for _, b in target.blocks] == [21, 21, 5]
+    assert [len(b) for _, b in target.blocks] == [20, 20, 7]
     assert [r for _, b in target.blocks for r in b] == rows
     assert {t for t, _ in target.blocks} == {"call_events_log"}
     assert blocks.written["call_events_log"] == 47

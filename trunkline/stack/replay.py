@@ -74,8 +74,6 @@ from trunkline.stack.base import BadInput, StackError
 
 #: rows per insert into a shadow table (one part each)
 BLOCK_ROWS = 50_000
-#: rows per Arrow record batch of a block (streams/arrow_blocks.py)
-CHUNK_ROWS = 5_000
 #: the topics whose records feed the ClickHouse tables
 CH_TOPICS: tuple[TopicSpec, ...] = (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
 #: topics `replay events` reads, by suffix
@@ -323,45 +321,29 @@ def _table_ranges(ranges: Iterable[kafka.PartitionRange], topic: str) -> dict[in
 
 
 class _Blocks:
-    """Rows per shadow table, sent in blocks of BLOCK_ROWS.
-
-    Every CHUNK_ROWS rows of a table become an Arrow record batch at once (while the
-    rows just made are still in the CPU's caches, and so that the Python tuples are freed
-    early); a block is one insert of its batches (one part)."""
+    """Rows per shadow table, sent in blocks of BLOCK_ROWS: each block one Arrow record
+    batch (`streams.arrow_blocks.record_batch`), one insert, one part. (Batches of a few
+    thousand rows made as the rows come, to free the tuples sooner, cost more CPU in
+    all: chDB then squashes many small blocks.)"""
 
     def __init__(self, target: ShadowTarget) -> None:
         self.target = target
         self.rows: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
-        self.batches: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
-        self.batched: dict[str, int] = dict.fromkeys(shadow.TABLES, 0)
         self.written: dict[str, int] = dict.fromkeys(shadow.TABLES, 0)
 
     def add(self, table: str, row: Any) -> None:
         rows = self.rows[table]
         rows.append(row)
-        if len(rows) >= CHUNK_ROWS:
-            self._batch(table)
-            if self.batched[table] >= BLOCK_ROWS:
-                self._send(table)
-
-    def _batch(self, table: str) -> None:
-        rows = self.rows[table]
-        self.batches[table].append(arrow_blocks.record_batch(TABLE_COLUMNS[table], rows))
-        self.batched[table] += len(rows)
-        self.rows[table] = []
-
-    def _send(self, table: str) -> None:
-        batches, self.batches[table] = self.batches[table], []
-        self.target.insert_batches(table, batches)
-        self.written[table] += self.batched[table]
-        self.batched[table] = 0
+        if len(rows) >= BLOCK_ROWS:
+            self.flush(table)
 
     def flush(self, table: str | None = None) -> None:
         for t in [table] if table else list(self.rows):
-            if self.rows[t]:
-                self._batch(t)
-            if self.batched[t]:
-                self._send(t)
+            rows = self.rows[t]
+            if rows:
+                self.rows[t] = []
+                self.target.insert_batches(t, [arrow_blocks.record_batch(TABLE_COLUMNS[t], rows)])
+                self.written[t] += len(rows)
 
 
 def rebuild(
