@@ -15,10 +15,9 @@ as in JSON); None is null. A block whose values do not fit (not expected of the 
 functions) is built a column at a time, each typed when its values fit and inferred when
 not, so a block is never refused for its types here.
 
-Sending DateTime64 columns as Arrow timestamps would spare ClickHouse its text parsing
-(~0.1 us a value), but turning the rows' text into epoch ms with Arrow's string kernels
-costs as much (replace_substring and the cast, ~80-90 ns a value each), so the text goes
-as it is, parsed by the same code as the sink's.
+DateTime64 columns go as the rows' text, not as Arrow timestamps: turning the text into
+epoch ms with Arrow's string kernels costs what ClickHouse's parsing saves, and the text
+is parsed by the same code as the sink's (docs/benchmarks.md).
 
 tests/integration/test_clickhouse.py holds a table filled from these batches equal to
 one filled by the sink's JSONCompactEachRow, column by column.
