@@ -11,7 +11,7 @@ Then, pinned to one core, best of 3 for each stage:
                made at the end) and the ClickHouse rows projected (streams/rebuild.py,
                streams/projection.py)
   ClickHouse   the rows as Arrow blocks of 50,000 into a shadow table in a fresh chDB
-               (streams/projection.arrow_stream, streams/shadow.py)
+               (streams/arrow_blocks.py, streams/shadow.py)
   end to end   all of it in one pass, as the command does after reading a batch
 
 Each stage prints events/s of wall time and the process's CPU time per event (all its

@@ -11,6 +11,8 @@ must never carry them.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ import clickhouse_connect
 import orjson
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from streams import arrow_blocks
 from streams.projection import TABLE_COLUMNS, Row, json_compact_each_row
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
@@ -60,6 +63,7 @@ class ClickHouseStore:
         self._lock = threading.Lock()
         self._reader: Any = None  # the read-only client, on first use (read_only)
         self._reader_settings: dict[str, Any] = {"readonly": 1}
+        self._arrow_conn: Any = None  # chDB's own handle for insert_arrow, on first use
         parsed = urlparse(dsn)
         if parsed.scheme == "chdb":
             Path(parsed.path).mkdir(parents=True, exist_ok=True)
@@ -96,15 +100,83 @@ class ClickHouseStore:
             )
 
     def insert_block(
-        self, table: str, columns: tuple[str, ...], block: bytes, fmt: str = "JSONCompactEachRow"
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        block: bytes | memoryview,
+        fmt: str = "JSONCompactEachRow",
+        settings: dict[str, Any] | None = None,
     ) -> None:
         """Insert a block of rows in `columns` order, in ClickHouse's input format `fmt`
         (JSONCompactEachRow, ArrowStream), into `table` of this store's database (the
-        replay's shadow tables: streams/shadow.py)."""
+        replay's shadow tables: streams/shadow.py), with the insert's own `settings`."""
         with self._lock:
             self.client.raw_insert(
-                f"{self.database}.{table}", list(columns), insert_block=block, fmt=fmt
+                f"{self.database}.{table}",
+                list(columns),
+                insert_block=block,
+                fmt=fmt,
+                settings=settings,
             )
+
+    def insert_arrow(
+        self,
+        table: str,
+        columns: tuple[str, ...],
+        batches: list[Any],
+        settings: dict[str, int] | None = None,
+    ) -> None:
+        """Insert Arrow record batches (streams/arrow_blocks.py; columns in `columns`
+        order) into `table` of this store's database, with the insert's own `settings`.
+
+        With the embedded chDB on a data path, ClickHouse reads the batches where they
+        are, through chDB's `Python()` table function (the Arrow table named in the SQL
+        is this function's local), on a chDB handle of its own on the same engine: no IPC
+        stream is written, and no file (clickhouse-connect's raw insert writes the block
+        to a temporary file for chDB to read). The values are converted as an ArrowStream
+        insert converts them (tests/integration/test_clickhouse.py). Otherwise the batches
+        go as one ArrowStream insert."""
+        path = self._chdb_path()
+        if path is None or not batches:
+            stream = arrow_blocks.ipc_stream(batches) if batches else None
+            if stream is not None:
+                self.insert_block(table, columns, memoryview(stream), "ArrowStream", settings)
+            return
+        import pyarrow as pa
+
+        arrow_table = pa.Table.from_batches(batches)  # read by chDB by its name, below
+        if arrow_table.schema.names != list(columns):  # Python() is read by position
+            raise ValueError(
+                f"the batches' columns {arrow_table.schema.names} are not {list(columns)}"
+            )
+        clause = ", ".join(f"{_identifier(k)} = {int(v)}" for k, v in (settings or {}).items())
+        sql = (
+            f"INSERT INTO {self.database}.{_identifier(table)} "
+            f"({', '.join(map(_identifier, columns))}) "
+            f"{'SETTINGS ' + clause + ' ' if clause else ''}SELECT * FROM Python(arrow_table)"
+        )
+        with self._lock:
+            if self._arrow_conn is None:
+                import chdb
+
+                self._arrow_conn = chdb.connect(path)
+            try:
+                self._arrow_conn.query(sql)
+            except Exception as exc:  # chDB raises its own error types
+                raise ClickHouseError(str(exc)) from exc
+
+    @property
+    def reads_arrow_in_place(self) -> bool:
+        """Whether insert_arrow hands the batches to chDB as they are."""
+        return self._chdb_path() is not None
+
+    def _chdb_path(self) -> str | None:
+        """The embedded engine's data path as clickhouse-connect opens it (chDB allows
+        one path per process, spelled the same), or None (a server, or chDB in memory)."""
+        parsed = urlparse(self.dsn)
+        if parsed.scheme != "chdb" or parsed.netloc or not parsed.path:
+            return None
+        return os.path.realpath(parsed.path)
 
     def commands(self, statements: list[str]) -> None:
         """Run statements in order under one hold of the lock: no insert of another thread
@@ -166,6 +238,9 @@ class ClickHouseStore:
                         client.close()
                 except ClickHouseError:
                     pass
+            if self._arrow_conn is not None:
+                self._arrow_conn.close()
+                self._arrow_conn = None
 
 
 def _lines(chunks: Any) -> Iterator[bytes]:
@@ -176,6 +251,16 @@ def _lines(chunks: Any) -> Iterator[bytes]:
         yield from (line for line in done if line)
     if pending:
         yield pending
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _identifier(name: str) -> str:
+    """A table, column or setting name put into SQL: only plain identifiers."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"{name!r} is not a plain identifier")
+    return name
 
 
 def _clickhouse_message(exc: Exception) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Final
 
 import orjson
 
+from streams import arrow_blocks
+
 COLUMNS: tuple[str, ...] = (
     "event_id", "event_type", "call_id", "occurred_at", "producer_id", "provider",
     "provider_call_id", "business_id", "phone_id", "route_id", "region_id", "edge_id",
@@ -356,51 +358,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-#: columns whose values are integers or floats (ClickHouse's UInt*/Int*, Float32); every
-#: other column's values are text (or None): strings, DateTime64 as seconds.millis text,
-#: decimals as their exact text, which ClickHouse parses as it parses them in JSON
-INT_COLUMNS = frozenset({
-    "status_rank", "status_code", "setup_ms", "talk_ms", "packets_sent", "packets_received",
-    "packets_lost", "kafka_partition", "kafka_offset", "provider_duration_ms", "plan_limit",
-    "rating_run", "connected", "talk_seconds", "billable_seconds", "rate_plan_version",
-    "attempt", "latency_ms",
-})  # fmt: skip
-FLOAT_COLUMNS = frozenset({"jitter_ms", "mos"})
-
-#: the media type of an Arrow IPC stream (the replay's row blocks to the sink)
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
 def arrow_stream(table: str, rows: list[Row]) -> bytes:
     """Rows of `table` (values in TABLE_COLUMNS order) as an Arrow IPC stream of one
-    record batch, for ClickHouse's ArrowStream input: it reads each column in one piece
-    (a third of JSONCompactEachRow's time in chDB) and stores the same values: text
-    columns are parsed by ClickHouse as in JSON, numbers arrive as numbers
-    (tests/integration/test_clickhouse.py holds both formats' tables equal).
-
-    Each column gets its type up front (int64, float64 or string; None is null): pyarrow's
-    inference would look at every value first. A column whose values do not fit the
-    type (not expected of our row functions) falls back to inference."""
-    import pyarrow as pa
-
-    columns = TABLE_COLUMNS[table]
-    arrays = []
-    for name, values in zip(columns, zip(*rows, strict=True) if rows else [()] * len(columns),
-                            strict=True):  # fmt: skip
-        kind = (
-            pa.int64() if name in INT_COLUMNS
-            else pa.float64() if name in FLOAT_COLUMNS
-            else pa.string()
-        )  # fmt: skip
-        try:
-            arrays.append(pa.array(values, type=kind))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            arrays.append(pa.array(values))
-    batch = pa.RecordBatch.from_arrays(arrays, names=list(columns))
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_batch(batch)
-    return bytes(sink.getvalue())
+    record batch, for ClickHouse's ArrowStream input (streams/arrow_blocks.py)."""
+    return bytes(arrow_blocks.arrow_stream(TABLE_COLUMNS[table], rows))
 
 
 def table_row(

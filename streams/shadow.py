@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from streams import arrow_blocks
 from streams.clickhouse import ClickHouseStore
 from streams.projection import TABLE_COLUMNS
 from streams.rebuild import TABLE_KEYS, digest_columns
@@ -78,13 +79,42 @@ def create(store: ClickHouseStore, tables: tuple[str, ...] = TABLES) -> None:
 FORMATS = ("ArrowStream", "JSONCompactEachRow")
 
 
-def insert(store: ClickHouseStore, table: str, block: bytes, fmt: str = "ArrowStream") -> None:
-    """Rows (an Arrow IPC stream, `streams.projection.arrow_stream`, or JSONCompactEachRow)
-    into `table`'s shadow."""
+#: a shadow's inserts: no folding of the block's duplicate keys on insert (the
+#: ReplacingMergeTree's merge of the sorted block costs as much as the rest of the
+#: insert). Copies of an event (at-least-once delivery) stay separate rows until a
+#: background merge, as the sink's copies in separate inserts do: everything that reads
+#: the tables folds them (FINAL in the views, the digests, `swap`'s count), and which copy
+#: a fold keeps differs only in where it landed (streams.rebuild.POSITION_COLUMNS).
+INSERT_SETTINGS: dict[str, int] = {"optimize_on_insert": 0}
+
+
+def insert(
+    store: ClickHouseStore, table: str, block: bytes | memoryview, fmt: str = "ArrowStream"
+) -> None:
+    """Rows (an Arrow IPC stream of one or more record batches,
+    `streams.arrow_blocks.ipc_stream`, or JSONCompactEachRow) into `table`'s shadow.
+    A stream for the embedded chDB is read in place (`insert_batches`)."""
     _check(table)
     if fmt not in FORMATS:
         raise ShadowError(f"unknown row block format {fmt!r} (one of {', '.join(FORMATS)})")
-    store.insert_block(f"{table}{SHADOW}", TABLE_COLUMNS[table], block, fmt)
+    if fmt == "ArrowStream" and store.reads_arrow_in_place:
+        try:
+            batches = arrow_blocks.read_stream(block)
+        except ValueError as exc:
+            raise ShadowError(f"the rows are not an Arrow IPC stream: {exc}") from exc
+        insert_batches(store, table, batches)
+        return
+    store.insert_block(f"{table}{SHADOW}", TABLE_COLUMNS[table], block, fmt, INSERT_SETTINGS)
+
+
+def insert_batches(store: ClickHouseStore, table: str, batches: list[Any]) -> None:
+    """Arrow record batches (`streams.arrow_blocks.record_batch`, columns in
+    `TABLE_COLUMNS[table]` order) into `table`'s shadow."""
+    _check(table)
+    try:
+        store.insert_arrow(f"{table}{SHADOW}", TABLE_COLUMNS[table], batches, INSERT_SETTINGS)
+    except ValueError as exc:
+        raise ShadowError(str(exc)) from exc
 
 
 def _digest(store: ClickHouseStore, name: str, table: str, where: str) -> dict[str, int]:

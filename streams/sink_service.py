@@ -34,8 +34,8 @@ from prometheus_client.registry import Collector
 
 from schemas.codec import make_codec
 from streams import queries, shadow
+from streams.arrow_blocks import ARROW_STREAM
 from streams.clickhouse import ClickHouseStore, QueryRefused
-from streams.projection import ARROW_STREAM
 from streams.sink import ClickHouseSink
 from trunkline.core import logs, metrics
 from trunkline.core.aio import set_cpu_priority, tune_gc

@@ -283,28 +283,89 @@ def _random_rows(seed: int = 7) -> dict[str, list[tuple]]:
     return out
 
 
-def test_arrow_blocks_store_what_json_blocks_store(ch_store):
-    """The replay sends its rows as Arrow (streams.projection.arrow_stream): every column
-    of every table reads back as the sink's JSONCompactEachRow insert stores it."""
-    from streams import shadow
-    from streams.projection import TABLE_COLUMNS, arrow_stream, json_compact_each_row
+@pytest.mark.parametrize("way", ["batches", "stream", "stream-file"])
+def test_arrow_blocks_store_what_json_blocks_store(ch_store, monkeypatch, way):
+    """The replay sends its rows as Arrow (streams/arrow_blocks.py: record batches of a
+    block, into a shadow): every column of every table reads back as the sink's
+    JSONCompactEachRow insert stores it, whichever way the batches go: read in place by
+    chDB (`Python()`: the batches themselves, or an IPC stream the sink received) or as
+    an ArrowStream insert (a ClickHouse server's way). The random rows cover DateTime64
+    millis, Float32, NULL and empty next_attempt_at, decimal text of billing money,
+    unicode and empty strings."""
+    from streams import arrow_blocks, shadow
+    from streams.clickhouse import ClickHouseStore
+    from streams.projection import TABLE_COLUMNS
 
+    assert ch_store.reads_arrow_in_place
+    if way == "stream-file":
+        monkeypatch.setattr(ClickHouseStore, "reads_arrow_in_place", False)
     rows = _random_rows()
     assert set(rows) == set(TABLE_COLUMNS)
     shadow.create(ch_store, tuple(TABLE_COLUMNS))
     for table, table_rows in rows.items():
         assert len(table_rows) > 50
-        shadow.insert(ch_store, table, json_compact_each_row(table_rows), "JSONCompactEachRow")
-        ch_store.insert_block(table, TABLE_COLUMNS[table], arrow_stream(table, table_rows),
-                              "ArrowStream")  # fmt: skip
-        columns = ", ".join(c for c in TABLE_COLUMNS[table])
-        digest = f"count() AS n, groupBitXor(cityHash64(tuple({columns}))) AS x"
+        ch_store.insert_rows(table, table_rows)  # the sink's insert, into the live table
+        columns = TABLE_COLUMNS[table]
+        batches = [
+            arrow_blocks.record_batch(columns, table_rows[i : i + 17])
+            for i in range(0, len(table_rows), 17)
+        ]
+        if way == "batches":
+            shadow.insert_batches(ch_store, table, batches)
+        else:
+            shadow.insert(ch_store, table, bytes(arrow_blocks.ipc_stream(batches)))
+        digest = f"count() AS n, groupBitXor(cityHash64(tuple({', '.join(columns)}))) AS x"
         digests = [
             ch_store.query(f"SELECT {digest} FROM {ch_store.database}.{name}")[0]
             for name in (table, f"{table}__shadow")
         ]
         assert digests[0] == digests[1] and digests[0]["n"] == len(table_rows), table
-    assert arrow_stream("call_events_log", [])  # an empty block is a valid stream
+    if "webhook_deliveries_log" in rows:
+        kinds = ch_store.query(
+            "SELECT countIf(next_attempt_at IS NULL) AS nulls, countIf(isNotNull("
+            f"next_attempt_at)) AS set FROM {ch_store.database}.webhook_deliveries_log__shadow"
+        )[0]
+        assert kinds["nulls"] > 0 and kinds["set"] > 0
+
+
+def test_a_shadow_block_keeps_copies_that_final_and_the_digest_fold(ch_store):
+    """A shadow insert does not fold a block's duplicate keys (optimize_on_insert=0):
+    the copies are separate rows, as the sink's copies in separate inserts are, and FINAL
+    (the views, the digest, the swap) reads one. Which copy differs only in its position."""
+    from streams import arrow_blocks, shadow
+    from streams.projection import COLUMNS, event_row
+
+    db = ch_store.database
+    shadow.create(ch_store, ("call_events_log",))
+    rows = [
+        event_row("CallOffered", sample("CallOffered", f"d{i}", T0 + i), 0, i) for i in range(3)
+    ]
+    at = COLUMNS.index("kafka_partition")
+    assert COLUMNS[at + 1] == "kafka_offset"
+    copies = [(*r[:at], 1, 100 + i, *r[at + 2 :]) for i, r in enumerate(rows)]  # redelivered
+    ch_store.insert_rows("call_events_log", rows)
+    block = arrow_blocks.arrow_stream(COLUMNS, rows + copies)
+    shadow.insert(ch_store, "call_events_log", memoryview(block))
+    stored = f"SELECT count() AS n FROM {db}.call_events_log__shadow"
+    assert ch_store.query(stored)[0]["n"] == 6
+    assert ch_store.query(f"{stored} FINAL")[0]["n"] == 3
+    result = shadow.compare(ch_store, "call_events_log", {0: (0, 3), 1: (100, 103)})
+    assert result["equal"], result
+
+
+def test_a_block_that_is_not_arrow_or_not_the_tables_columns_is_refused(ch_store):
+    from streams import arrow_blocks, shadow
+    from streams.projection import COLUMNS
+
+    shadow.create(ch_store, ("call_events_log",))
+    with pytest.raises(shadow.ShadowError, match="not an Arrow IPC stream"):
+        shadow.insert(ch_store, "call_events_log", b"not arrow")
+    row = event_row("CallOffered", sample("CallOffered", "x1", T0))
+    backwards = arrow_blocks.record_batch(COLUMNS[::-1], [row[::-1]])
+    with pytest.raises(shadow.ShadowError, match="columns"):
+        shadow.insert_batches(ch_store, "call_events_log", [backwards])
+    count = f"SELECT count() AS n FROM {ch_store.database}.call_events_log__shadow"
+    assert ch_store.query(count)[0]["n"] == 0
 
 
 def test_unknown_block_format_is_refused(ch_store):

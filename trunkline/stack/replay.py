@@ -43,9 +43,10 @@ from confluent_kafka import KafkaException, Message
 
 from schemas.codec import Codec, CodecError, make_codec
 from schemas.registry import LIFECYCLE_EVENTS
-from streams import queries, routing, shadow
+from streams import arrow_blocks, queries, routing, shadow
+from streams.arrow_blocks import ARROW_STREAM
 from streams.clickhouse import ClickHouseStore, ClickHouseUnavailable
-from streams.projection import ARROW_STREAM, arrow_stream
+from streams.projection import TABLE_COLUMNS
 from streams.rebuild import (
     BILLING_TABLES,
     SOURCES,
@@ -80,7 +81,7 @@ from trunkline.core.topics import (
 )
 from trunkline.stack.base import BadInput, StackError
 
-#: rows per insert into a shadow table
+#: rows per insert into a shadow table (one part each)
 BLOCK_ROWS = 50_000
 #: the topics whose records feed the ClickHouse tables
 CH_TOPICS: tuple[TopicSpec, ...] = (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
@@ -147,8 +148,8 @@ class NoProgress:
 class ShadowTarget(Protocol):
     def create(self, tables: tuple[str, ...]) -> None: ...
 
-    def insert(self, table: str, block: bytes) -> None:
-        """Rows of `table` as an Arrow IPC stream (`streams.projection.arrow_stream`)."""
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        """Rows of `table` as Arrow record batches (`streams.arrow_blocks.record_batch`)."""
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]: ...
 
@@ -169,8 +170,8 @@ class LocalShadow:
     def create(self, tables: tuple[str, ...]) -> None:
         shadow.create(self.store, tables)
 
-    def insert(self, table: str, block: bytes) -> None:
-        shadow.insert(self.store, table, block)
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        shadow.insert_batches(self.store, table, batches)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
         return shadow.compare(self.store, table, ranges)
@@ -193,7 +194,9 @@ class SinkShadow:
         self.timeout = timeout
         self.where = f"the sink at {base_url}"
 
-    def _post(self, path: str, body: bytes, content_type: str = "application/json") -> Any:
+    def _post(
+        self, path: str, body: bytes | memoryview, content_type: str = "application/json"
+    ) -> Any:
         req = urllib.request.Request(
             f"{self.base_url}{path}", data=body, method="POST",
             headers={"Content-Type": content_type},
@@ -216,8 +219,9 @@ class SinkShadow:
     def create(self, tables: tuple[str, ...]) -> None:
         self._json("/replay/shadow/", {"tables": list(tables)})
 
-    def insert(self, table: str, block: bytes) -> None:
-        self._post(f"/replay/shadow/{table}/rows/", block, ARROW_STREAM)
+    def insert_batches(self, table: str, batches: list[Any]) -> None:
+        stream = memoryview(arrow_blocks.ipc_stream(batches))
+        self._post(f"/replay/shadow/{table}/rows/", stream, ARROW_STREAM)
 
     def compare(self, table: str, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("/replay/compare/", {"table": table, "ranges": ranges})
@@ -329,7 +333,10 @@ def _table_ranges(ranges: Iterable[kafka.PartitionRange], topic: str) -> dict[in
 
 
 class _Blocks:
-    """Rows per shadow table, sent in blocks of BLOCK_ROWS."""
+    """Rows per shadow table, sent in blocks of BLOCK_ROWS: each block one Arrow record
+    batch (`streams.arrow_blocks.record_batch`), one insert, one part. (Batches of a few
+    thousand rows made as the rows come, to free the tuples sooner, cost more CPU in
+    all: chDB then squashes many small blocks.)"""
 
     def __init__(self, target: ShadowTarget) -> None:
         self.target = target
@@ -344,10 +351,11 @@ class _Blocks:
 
     def flush(self, table: str | None = None) -> None:
         for t in [table] if table else list(self.rows):
-            if self.rows[t]:
-                self.target.insert(t, arrow_stream(t, self.rows[t]))
-                self.written[t] += len(self.rows[t])
+            rows = self.rows[t]
+            if rows:
                 self.rows[t] = []
+                self.target.insert_batches(t, [arrow_blocks.record_batch(TABLE_COLUMNS[t], rows)])
+                self.written[t] += len(rows)
 
 
 def rebuild(
