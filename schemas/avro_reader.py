@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import inspect
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -281,17 +282,7 @@ unpack_float = struct.Struct("<f").unpack_from
 unpack_double = struct.Struct("<d").unpack_from
 
 
-def uvarint(data: bytes, pos: int, first: int) -> tuple[int, int]:
-    n = first & 0x7F
-    shift = 7
-    while True:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return n, pos
-        shift += 7
-'''
+{uvarint}'''
 
 
 def generator_digest() -> str:
@@ -302,7 +293,10 @@ def generator_digest() -> str:
 def module_source(schemas: list[tuple[str, bytes, dict[str, Any]]]) -> str:
     """The source of a module of typed readers, one per (name, fingerprint, expanded
     schema), and `READERS`: fingerprint -> reader."""
-    parts = [MODULE_HEADER.format(generator=generator_digest())]
+    # `_uvarint` itself, renamed: compiled with the readers (a call into the pure module
+    # would cost what the build saves)
+    uvarint = inspect.getsource(_uvarint).replace("def _uvarint(", "def uvarint(", 1)
+    parts = [MODULE_HEADER.format(generator=generator_digest(), uvarint=uvarint)]
     consts: list[str] = []
     entries: list[str] = []
     for name, fp, schema in schemas:

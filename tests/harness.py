@@ -32,6 +32,18 @@ from trunkline.core.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def poll(check: Any, timeout: float, what: str) -> Any:
+    """`check()` until it gives something true (returned), for at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from schemas import SingleObjectCodec
-from tests.harness import Service, free_port, run_cli
+from tests.harness import Service, free_port, poll, run_cli
 from tests.integration.test_observability import named, scrape, value
 from tests.receiver import Answer, Receiver
 from trunkline.core.admin import apply_all
@@ -161,17 +161,6 @@ def cli_json(s: Settings, *args: str) -> object:
     done = run_cli(s, *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def poll(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 # -- retries ------------------------------------------------------------------------------

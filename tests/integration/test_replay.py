@@ -22,7 +22,7 @@ import pytest
 
 from schemas import SingleObjectCodec
 from streams.clickhouse import ClickHouseStore
-from tests.harness import Service, free_port, run_cli
+from tests.harness import Service, free_port, poll, run_cli
 from tests.receiver import Receiver
 from trunkline.core import kafka
 from trunkline.core.admin import apply_topics
@@ -33,17 +33,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + base64.b64encode(b"trunkline-test-webhook-secret-32b").decode()
 CODEC = SingleObjectCodec()
-
-
-def poll(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def rebuild(s: Settings, *flags: str) -> tuple[int, dict]:

@@ -11,7 +11,6 @@ deletes generation 0's topics and groups and keeps generation 1's."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from edge.sip.message import NameAddr
 from edge.sip.uac import Call
 from schemas import SingleObjectCodec
-from tests.harness import Service, free_port, run_cli
+from tests.harness import Service, free_port, poll, run_cli
 from tests.stack import Stack, running_stack
 from trunkline.core import kafka
 from trunkline.core.generations import generation_topics, table_key, worker_ids
@@ -30,17 +29,6 @@ from trunkline.core.topics import CALL_EVENTS, ROUTING
 pytestmark = pytest.mark.integration
 
 CODEC = SingleObjectCodec()
-
-
-def poll(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def rebuild(s: Settings, *flags: str) -> tuple[int, Any]:
