@@ -10,7 +10,8 @@ Then, pinned to one core, best of 3 for each stage:
   tables       the machines re-run (the billing machine over call-events, its table
                made at the end) and the ClickHouse rows projected (streams/rebuild.py,
                streams/projection.py)
-  ClickHouse   the rows as Arrow blocks of 50,000 into a shadow table in a fresh chDB
+  ClickHouse   the rows as Arrow batches of 50,000, inserted 200,000 at a time (one part
+               each), into a shadow table in a fresh chDB
                (streams/arrow_blocks.py, streams/shadow.py)
   end to end   all of it in one pass, as the command does after reading a batch
 
@@ -122,7 +123,7 @@ def main() -> None:
     from schemas.codec import SingleObjectCodec
     from streams import routing
     from streams.clickhouse import ClickHouseStore
-    from streams.rebuild import LogRecord, Rebuilder
+    from streams.rebuild import Rebuilder
     from trunkline.stack.replay import LocalShadow, _Blocks
 
     speeds = machine_speed()
@@ -148,10 +149,9 @@ def main() -> None:
     def tables(rows: Any = None) -> Rebuilder:
         sink = rows if rows is not None else (lambda table, row: None)
         r = Rebuilder(CONFIG, routing.Settings(), sink)
+        feed = r.feed
         for p, o, name, record in decoded:
-            rec = LogRecord("call-events", p, o, T0, name, record)
-            r.run_machines(rec)
-            r.project(rec)
+            feed("call-events", p, o, T0, name, record, True, True)
         r.tables()
         return r
 
@@ -175,11 +175,10 @@ def main() -> None:
             target.create(("call_events_log",))
             blocks = _Blocks(target)
             r = Rebuilder(CONFIG, routing.Settings(), blocks.add)
+            feed = r.feed
             for p, o, v in values:
                 name, record = decode(v)
-                rec = LogRecord("call-events", p, o, T0, name, record)
-                r.run_machines(rec)
-                r.project(rec)
+                feed("call-events", p, o, T0, name, record, True, True)
             blocks.flush()
             r.tables()
 
@@ -188,6 +187,9 @@ def main() -> None:
         s_ch = best(clickhouse)
         stored = store.query("SELECT count() AS n FROM trunkline.call_events_log__shadow")[0]["n"]
         assert stored == n, f"{stored} rows stored of {n}"
+        # the earlier stages' records and rows, freed: the command holds neither
+        decoded.clear()
+        collected.clear()
         s_all = best(end_to_end)
         rows = store.query("SELECT count() AS n FROM trunkline.call_events_log__shadow")[0]["n"]
         assert rows == n, f"{rows} rows stored of {n}"

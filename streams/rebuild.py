@@ -354,11 +354,6 @@ class BillingMachine:
         held = self._state.get(call_id)
         return None if held is None else _billing_value(held[0], held[1])
 
-    def _take(self, call_id: str) -> billing.Call | None:
-        """The call's state before its next event (the agent parses its table value)."""
-        held = self._state.get(call_id)
-        return None if held is None else held[0]
-
     def apply(self, partition: int, name: str, value: dict[str, Any]) -> list[Emit]:
         if name not in _BILLING_INPUTS:
             return []
@@ -455,6 +450,31 @@ class LogRecord(NamedTuple):
     record: dict[str, Any]
 
 
+class RowBuffer:
+    """Rows per table, handed on `size` at a time (`full(table, rows)`): what the
+    replay's row sink does with every row, compiled with the Rebuilder that calls it."""
+
+    def __init__(
+        self, tables: Iterable[str], size: int, full: Callable[[str, list[Row]], None]
+    ) -> None:
+        self.size = size
+        self.full = full
+        self.rows: dict[str, list[Row]] = {t: [] for t in tables}
+
+    def add(self, table: str, row: Row) -> None:
+        rows = self.rows[table]
+        rows.append(row)
+        if len(rows) >= self.size:
+            self.rows[table] = []
+            self.full(table, rows)
+
+    def drain(self, table: str) -> list[Row]:
+        """The rows held for `table`, no longer held."""
+        rows = self.rows[table]
+        self.rows[table] = []
+        return rows
+
+
 #: the topics each machine reads
 MACHINE_TOPICS = frozenset({"admission", "routing", "backend-heartbeats", "call-events"})
 
@@ -484,10 +504,34 @@ class Rebuilder:
         self.rows = rows
         self.unprojectable = 0
 
+    def feed(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: int,
+        name: str,
+        record: dict[str, Any],
+        machines: bool,
+        project: bool,
+    ) -> None:
+        """One record read (`topic` its suffix), to its machine when `machines` and to
+        its ClickHouse table when `project`: `run_machines` and `project` in one call,
+        without a LogRecord (the replay's loop over the history makes one per event)."""
+        if machines:
+            self._machines(topic, partition, name, record)
+        if project:
+            self._project(topic, partition, offset, timestamp, name, record)
+
     def project(self, rec: LogRecord) -> None:
         """A record of a topic that feeds a ClickHouse table; one of another type (the
         sink parks what it cannot project) is counted."""
-        topic, partition, offset, timestamp, name, record = rec  # one unpack, no lookups
+        self._project(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.name, rec.record)
+
+    def _project(
+        self, topic: str, partition: int, offset: int, timestamp: int, name: str,
+        record: dict[str, Any],
+    ) -> None:  # fmt: skip
         try:
             # the record's Kafka timestamp is part of the row (`published_at`), as the
             # sink writes it
@@ -501,12 +545,17 @@ class Rebuilder:
             self.unprojectable += 1
 
     def run_machines(self, rec: LogRecord) -> list[Emit]:
-        if rec.topic == "admission":
-            return self.decisions.apply_admission(rec.partition, rec.name, rec.record)
-        if rec.topic in ("routing", "backend-heartbeats"):
-            return self.decisions.apply_routing(rec.partition, rec.name, rec.record)
-        if rec.topic == "call-events":
-            return self.billing.apply(rec.partition, rec.name, rec.record)
+        return self._machines(rec.topic, rec.partition, rec.name, rec.record)
+
+    def _machines(
+        self, topic: str, partition: int, name: str, record: dict[str, Any]
+    ) -> list[Emit]:
+        if topic == "call-events":
+            return self.billing.apply(partition, name, record)
+        if topic == "admission":
+            return self.decisions.apply_admission(partition, name, record)
+        if topic == "routing" or topic == "backend-heartbeats":
+            return self.decisions.apply_routing(partition, name, record)
         return []
 
     def tables(self) -> dict[str, Table]:

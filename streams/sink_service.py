@@ -199,7 +199,7 @@ def build_web(store: ClickHouseStore, sink: ClickHouseSink, settings: Settings) 
         )
         return web.json_response(rows)
 
-    app = web.Application(client_max_size=256 * 1024 * 1024)  # replay blocks of rows
+    app = web.Application(client_max_size=512 * 1024 * 1024)  # replay blocks of rows
     app.router.add_get("/health/", health)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/calls/", calls)

@@ -99,25 +99,44 @@ class _Target:
         self.blocks.append((table, rows))
 
 
-def test_replay_blocks_send_a_batch_every_block_and_the_rest_on_flush(monkeypatch):
+def test_replay_blocks_insert_every_insert_rows_and_the_rest_on_flush(monkeypatch):
     from trunkline.stack import replay
 
     monkeypatch.setattr(replay, "BLOCK_ROWS", 20)
+    monkeypatch.setattr(replay, "INSERT_ROWS", 40)
     target = _Target()
     blocks = replay._Blocks(target)  # type: ignore[arg-type]
-    rows = [_event_row(i) for i in range(47)]
-    for row in rows:
+    rows = [_event_row(i) for i in range(87)]
+    for row in rows[:47]:
         blocks.add("call_events_log", row)
-    assert [len(b) for _, b in target.blocks] == [20, 20]
+    assert [len(b) for _, b in target.blocks] == [40]  # two batches of 20, one insert
     assert blocks.written == {"call_events_log": 40, "billing_records_log": 0,
                               "webhook_deliveries_log": 0}  # fmt: skip
+    for row in rows[47:]:
+        blocks.add("call_events_log", row)
+    assert [len(b) for _, b in target.blocks] == [40, 40]
     blocks.flush()
-    assert [len(b) for _, b in target.blocks] == [20, 20, 7]
+    assert [len(b) for _, b in target.blocks] == [40, 40, 7]
     assert [r for _, b in target.blocks for r in b] == rows
     assert {t for t, _ in target.blocks} == {"call_events_log"}
-    assert blocks.written["call_events_log"] == 47
+    assert blocks.written["call_events_log"] == 87
     blocks.flush()  # nothing left: no empty insert
     assert len(target.blocks) == 3
+
+
+def test_replay_blocks_insert_early_when_the_batches_reach_insert_bytes(monkeypatch):
+    from trunkline.stack import replay
+
+    monkeypatch.setattr(replay, "BLOCK_ROWS", 20)
+    monkeypatch.setattr(replay, "INSERT_ROWS", 1_000)
+    monkeypatch.setattr(replay, "INSERT_BYTES", 1)  # any batch is enough
+    target = _Target()
+    blocks = replay._Blocks(target)  # type: ignore[arg-type]
+    for i in range(45):
+        blocks.add("call_events_log", _event_row(i))
+    assert [len(b) for _, b in target.blocks] == [20, 20]
+    blocks.flush()
+    assert [len(b) for _, b in target.blocks] == [20, 20, 5]
 
 
 @pytest.mark.parametrize("table", sorted(TABLE_COLUMNS))

@@ -1,7 +1,8 @@
 """mypyc builds of pure modules, used only while they match their source.
 
 `scripts/setup` compiles the modules of `MODULES` (the SIP parser, ``edge/sip/message.py``;
-the billing machine and retention, ``streams/billing.py`` and ``streams/retention.py``)
+the generated Avro readers; the billing machine, retention, the projection and the
+replay's rebuild loop, ``streams/{billing,retention,projection,rebuild}.py``)
 with mypyc, which ships with mypy: the same typed Python, 1.4-2x as fast (bench/sip_parse.py
 and bench/replay_billing.py show it). The extension lands next to the source, where
 Python's import prefers it, so a stamp beside it records the source's SHA-256 at build
@@ -37,6 +38,7 @@ MODULES = {
     "schemas.avro_compiled": "schemas/avro_compiled.py",
     "streams.billing": "streams/billing.py",
     "streams.projection": "streams/projection.py",
+    "streams.rebuild": "streams/rebuild.py",
     "streams.retention": "streams/retention.py",
 }
 #: generated modules: name -> "module:function" that writes its source to the given path

@@ -52,6 +52,7 @@ from streams.rebuild import (
     SOURCES,
     LogRecord,
     Rebuilder,
+    RowBuffer,
     Table,
     differing_keys,
     entries_digest,
@@ -81,8 +82,13 @@ from trunkline.core.topics import (
 )
 from trunkline.stack.base import BadInput, StackError
 
-#: rows per insert into a shadow table (one part each)
+#: rows per Arrow record batch, made as the rows come (the rows are freed once converted)
 BLOCK_ROWS = 50_000
+#: rows per insert into a shadow table (one part each: ClickHouse merges fewer, larger
+#: parts; 200k-row inserts cost 1.8 us an event with their merges, 50k-row ones 4.4), and
+#: the Arrow bytes that send a block before that (the sink takes up to 512 MiB a request)
+INSERT_ROWS = 200_000
+INSERT_BYTES = 256 * 1024 * 1024
 #: the topics whose records feed the ClickHouse tables
 CH_TOPICS: tuple[TopicSpec, ...] = (CALL_EVENTS, BILLING, WEBHOOK_DELIVERIES)
 #: topics `replay events` reads, by suffix
@@ -333,29 +339,43 @@ def _table_ranges(ranges: Iterable[kafka.PartitionRange], topic: str) -> dict[in
 
 
 class _Blocks:
-    """Rows per shadow table, sent in blocks of BLOCK_ROWS: each block one Arrow record
-    batch (`streams.arrow_blocks.record_batch`), one insert, one part. (Batches of a few
-    thousand rows made as the rows come, to free the tuples sooner, cost more CPU in
-    all: chDB then squashes many small blocks.)"""
+    """Rows per shadow table: every BLOCK_ROWS of a table become one Arrow record batch
+    (`streams.arrow_blocks.record_batch`), and every INSERT_ROWS (or INSERT_BYTES) of
+    batches one insert, one part. (Batches of a few thousand rows cost more CPU in all:
+    chDB squashes many small blocks; inserts of 50,000 rows made ClickHouse merge the
+    parts while the rebuild ran: docs/benchmarks.md.)"""
 
     def __init__(self, target: ShadowTarget) -> None:
         self.target = target
-        self.rows: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
+        self._rows = RowBuffer(shadow.TABLES, BLOCK_ROWS, self._batch)
+        #: one row of a table (compiled: called for every row)
+        self.add: Callable[[str, Any], None] = self._rows.add
+        self.batches: dict[str, list[Any]] = {t: [] for t in shadow.TABLES}
         self.written: dict[str, int] = dict.fromkeys(shadow.TABLES, 0)
 
-    def add(self, table: str, row: Any) -> None:
-        rows = self.rows[table]
-        rows.append(row)
-        if len(rows) >= BLOCK_ROWS:
-            self.flush(table)
+    def _batch(self, table: str, rows: list[Any]) -> None:
+        """A block of rows as a record batch; an insert once the batches make one."""
+        if not rows:
+            return
+        batches = self.batches[table]
+        batches.append(arrow_blocks.record_batch(TABLE_COLUMNS[table], rows))
+        if (
+            sum(b.num_rows for b in batches) >= INSERT_ROWS
+            or sum(b.nbytes for b in batches) >= INSERT_BYTES
+        ):
+            self._insert(table)
+
+    def _insert(self, table: str) -> None:
+        batches = self.batches[table]
+        if batches:
+            self.batches[table] = []
+            self.target.insert_batches(table, batches)
+            self.written[table] += sum(b.num_rows for b in batches)
 
     def flush(self, table: str | None = None) -> None:
-        for t in [table] if table else list(self.rows):
-            rows = self.rows[t]
-            if rows:
-                self.rows[t] = []
-                self.target.insert_batches(t, [arrow_blocks.record_batch(TABLE_COLUMNS[t], rows)])
-                self.written[t] += len(rows)
+        for t in [table] if table else list(self.batches):
+            self._batch(t, self._rows.drain(t))
+            self._insert(t)
 
 
 def rebuild(
@@ -444,11 +464,16 @@ def rebuild(
                 except CodecError:
                     undecodable += 1
                     continue
-                rec = LogRecord(suffix[topic], partition, offset, msg.timestamp()[1], name, record)
-                if topic == history and offset < billing_end[partition]:
-                    rebuilder.run_machines(rec)
-                if ch_start[(topic, partition)] <= offset < ch_end[(topic, partition)]:
-                    rebuilder.project(rec)
+                rebuilder.feed(
+                    suffix[topic],
+                    partition,
+                    offset,
+                    msg.timestamp()[1],
+                    name,
+                    record,
+                    topic == history and offset < billing_end[partition],
+                    ch_start[(topic, partition)] <= offset < ch_end[(topic, partition)],
+                )
             progress.advance(len(batch))
         blocks.flush()
 
