@@ -28,6 +28,7 @@ from streams.billing import Call
 from streams.projection import table_row
 from streams.rebuild import LogRecord, Projection, Rebuilder, routing_stream, table_digests
 from tests.samples import sample
+from trunkline.core import native
 from trunkline.core.kafka import partition_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -444,3 +445,40 @@ def test_pause_gc_turns_the_collector_off_and_back_as_it_was():
     finally:
         rebuild.resume_gc(was)
     assert gc.isenabled()
+
+
+REBUILD_SOURCE = Path(rebuild.__file__ or "").with_name("rebuild.py")
+
+
+@pytest.mark.skipif(
+    native.state(REBUILD_SOURCE) != "compiled", reason="no mypyc build (scripts/setup makes one)"
+)
+def test_the_build_rebuilds_every_table_and_row_as_the_pure_module():
+    """`replay rebuild` runs the mypyc build of streams/rebuild.py: fed the same history
+    (every kind of outcome, finished entries swept), it makes the same rows in the same
+    order, the same machine tables (values and changelog partitions) and the same counts
+    as the pure source."""
+    assert rebuild.__file__ and not rebuild.__file__.endswith(".py")  # the build is in use
+    pure = native.load_pure("tl_rebuild_pure", REBUILD_SOURCE)
+    calls = [("b1", 0, "answered", 500), ("b1", 10, "answered", 500), ("b1", 20, "answered", 500),
+             ("b2", 0, "cancelled", 10), ("b2", 100, "noshow", 10),
+             ("b1", 900, "answered", 3)]  # fmt: skip
+    records = [rec for s in streams_of(simulate(calls)) for rec in s]
+    outcomes = []
+    for module in (rebuild, pure):
+        rows: list[tuple[str, Any]] = []
+
+        def full(table: str, block: list[Any], rows: list[tuple[str, Any]] = rows) -> None:
+            rows.extend((table, row) for row in block)
+
+        buffer = module.RowBuffer(rebuild.SOURCES.values(), 4, full)
+        r = module.Rebuilder(CONFIG, SETTINGS, buffer.add, RETENTION_MS, RETENTION_MS)
+        for rec in records:
+            r.feed(*rec, rec.topic in rebuild.MACHINE_TOPICS, rec.topic in rebuild.SOURCES)
+        rows.extend((t, row) for t in rebuild.SOURCES.values() for row in buffer.drain(t))
+        tables = {k: (t.values, t.partitions) for k, t in r.tables().items()}
+        outcomes.append((rows, tables, r.unprojectable, r.skipped))
+    built, plain = outcomes
+    assert built == plain
+    assert len(built[0]) > 30 and built[2] == 0
+    assert {"call_events_log", "billing_records_log"} <= {t for t, _ in built[0]}
