@@ -372,8 +372,9 @@ class _Blocks:
             self.target.insert_batches(table, batches)
             self.written[table] += sum(b.num_rows for b in batches)
 
-    def flush(self, table: str | None = None) -> None:
-        for t in [table] if table else list(self.batches):
+    def flush(self) -> None:
+        """Every table's remaining rows and batches inserted."""
+        for t in self.batches:
             self._batch(t, self._rows.drain(t))
             self._insert(t)
 
