@@ -44,10 +44,36 @@ def poll(check: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
+# Ports handed to child processes come from below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default): a port the kernel
+# picked for `bind(0)` and that was closed again can be taken by any outgoing connection
+# (a Kafka client's, say) before the child binds it ("address already in use"). Below the
+# range only an explicit bind takes a port. Each pytest process starts at its own place
+# (its pid), never hands a port out twice, and skips ports bound by anyone else.
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+_ports_given: set[int] = set()
+_next_port = [_PORT_LOW + os.getpid() * 97 % (_PORT_HIGH - _PORT_LOW)]
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP and UDP port on 127.0.0.1 that nothing holds, for a child process to bind."""
+    for _ in range(_PORT_HIGH - _PORT_LOW):
+        port = _next_port[0]
+        _next_port[0] = port + 1 if port + 1 < _PORT_HIGH else _PORT_LOW
+        if port not in _ports_given and _bindable(port):
+            _ports_given.add(port)
+            return port
+    raise RuntimeError(f"no free port left in {_PORT_LOW}-{_PORT_HIGH}")
 
 
 @pytest.fixture(scope="session")
