@@ -120,6 +120,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--events", type=int, default=1_000_000, help="call events (default 1M)")
     args = p.parse_args()
+    from trunkline.core.memory import keep_freed_memory
+
+    keep_freed_memory(None)  # as `trunkline replay rebuild` loads chDB and pyarrow
     from schemas.codec import SingleObjectCodec
     from streams import routing
     from streams.clickhouse import ClickHouseStore

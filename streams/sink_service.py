@@ -39,10 +39,14 @@ from streams.clickhouse import ClickHouseStore, QueryRefused
 from streams.sink import ClickHouseSink
 from trunkline.core import logs, metrics
 from trunkline.core.aio import set_cpu_priority, tune_gc
+from trunkline.core.memory import keep_freed_memory
 from trunkline.core.settings import Settings
 from trunkline.core.topics import BILLING, CALL_EVENTS, DEAD_LETTERS, WEBHOOK_DELIVERIES
 
 log = logging.getLogger("trunkline.sink")
+#: how long the sink's chDB and Arrow allocators keep freed pages (a replay's inserts come
+#: seconds apart; a server gives memory back a minute after the last one)
+SINK_KEEP_FREED_MS = 60_000
 
 
 class SinkCollector(Collector):
@@ -254,13 +258,23 @@ def add_replay_routes(app: web.Application, store: ClickHouseStore) -> None:
     async def create(request: web.Request) -> web.Response:
         data = await body(request)
         tables = tuple(data.get("tables") or shadow.TABLES)
-        return await run(lambda: shadow.create(store, tables) or {"created": list(tables)})
+
+        def created() -> dict[str, list[str]]:
+            shadow.create(store, tables)
+            return {"created": list(tables)}
+
+        return await run(created)
 
     async def rows(request: web.Request) -> web.Response:
         block = await request.read()
         table = request.match_info["table"]
         fmt = "ArrowStream" if request.content_type == ARROW_STREAM else "JSONCompactEachRow"
-        return await run(lambda: shadow.insert(store, table, block, fmt) or {"bytes": len(block)})
+
+        def inserted() -> dict[str, int]:
+            shadow.insert(store, table, block, fmt)
+            return {"bytes": len(block)}
+
+        return await run(inserted)
 
     async def compare(request: web.Request) -> web.Response:
         data = await body(request)
@@ -286,6 +300,10 @@ def add_replay_routes(app: web.Application, store: ClickHouseStore) -> None:
 
 async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
+    # a replay's blocks are inserted here when the sink owns the embedded engine: their
+    # memory is reused from one insert to the next instead of faulted in again
+    embedded = settings.is_embedded_clickhouse
+    keep_freed_memory(SINK_KEEP_FREED_MS, ("pyarrow", "chdb") if embedded else ("pyarrow",))
     store = ClickHouseStore(settings.clickhouse_dsn)
     await loop.run_in_executor(None, store.ensure_schema)
     sink = ClickHouseSink(

@@ -44,7 +44,11 @@ def test_invites_get_503_during_a_broker_outage_and_302_after(tmp_path: Path):
                 final = uac.invite(Call("+15550000002"), timeout=10)
                 if final is not None and final.status == 302:
                     break
-                assert time.monotonic() < deadline, "no 302 within 90 s of the broker's return"
+                assert time.monotonic() < deadline, (
+                    f"no 302 within 90 s of the broker's return; last answer "
+                    f"{final and final.status} {final and final.headers.get('warning')}; "
+                    f"worker log: {s.worker.log_tail()}"
+                )
                 time.sleep(0.5)
             uac.close()
     finally:

@@ -62,6 +62,7 @@ from streams.rebuild import (
 )
 from trunkline.core import admin, generations, kafka
 from trunkline.core.generations import GenerationError, GenerationRecord
+from trunkline.core.memory import keep_freed_memory
 from trunkline.core.settings import Settings
 from trunkline.core.topics import (
     ADMISSION,
@@ -259,7 +260,10 @@ def open_target(s: Settings) -> tuple[ShadowTarget, Callable[[], None]]:
     if s.is_embedded_clickhouse:
         sink = SinkShadow(s.sink_url)
         if sink.answers():
+            keep_freed_memory(None, ("pyarrow",))  # the blocks are built here
             return sink, lambda: None
+    # a pass frees and allocates its blocks' memory every insert
+    keep_freed_memory(None, ("pyarrow", "chdb") if s.is_embedded_clickhouse else ("pyarrow",))
     try:
         store = ClickHouseStore(s.clickhouse_dsn)
         store.ensure_schema()
