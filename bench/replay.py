@@ -21,7 +21,7 @@ threads: chDB's included), which a busy machine moves less than the wall time.
 Floor: 50,000 events/s end to end (aim 100,000). Reading from Kafka is not included
 (`bench.sink` measures a consumer).
 
-    .venv/bin/python -m bench.replay [--events 1000000]
+    .venv/bin/python -m bench.replay [--events 1000000] [--allocator-defaults]
 """
 
 from __future__ import annotations
@@ -119,10 +119,17 @@ def best(fn: Any, rounds: int = 3) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--events", type=int, default=1_000_000, help="call events (default 1M)")
+    p.add_argument(
+        "--allocator-defaults",
+        action="store_true",
+        help="leave chDB's, pyarrow's and glibc's allocators as they start (the command\n"
+        "keeps freed pages for reuse: trunkline/core/memory.py)",
+    )
     args = p.parse_args()
     from trunkline.core.memory import keep_freed_memory
 
-    keep_freed_memory(None)  # as `trunkline replay rebuild` loads chDB and pyarrow
+    if not args.allocator_defaults:
+        keep_freed_memory(None)  # as `trunkline replay rebuild` loads chDB and pyarrow
     from schemas.codec import SingleObjectCodec
     from streams import routing
     from streams.clickhouse import ClickHouseStore
