@@ -226,7 +226,7 @@ class Service:
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.3)
-        raise AssertionError(f"worker not healthy in {timeout}s:\n{self.log_tail()}")
+        raise AssertionError(f"{self.command} not healthy in {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log else ""
