@@ -209,7 +209,11 @@ class Service:
                 cwd=ROOT,
             )
         if wait:
-            self.wait_healthy(timeout)
+            try:
+                self.wait_healthy(timeout)
+            except BaseException:
+                self.stop()  # not left running after the test that started it has failed
+                raise
 
     def wait_healthy(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
