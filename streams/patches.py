@@ -26,13 +26,30 @@ that moves one fails the tests instead of silently dropping the patch.
    registered until the callback returns, and no commit passes the lowest one still
    registered; Faust's seek back to the committed offsets (which ends every rebalance)
    reads the dropped records again.
+5. Records reach the agents in offset order, each once, from where the last seek put the
+   partition (`Sequencer`, `deliver_in_order`). After a rebalance Faust resumes the
+   stream partitions *before* it seeks them to their committed offsets, and its
+   ``getmany`` drops the rest of a batch when the flow stops or the generation changes
+   (the consumer's position has already moved past them). So a newly assigned
+   partition delivered records from far past its committed offset before the seek: a
+   worker that took over a killed worker's partitions handled offers 315.. of a
+   partition committed at 46, Faust's gap bookkeeping counted 47..314 as handled (it
+   takes a jump in offsets for compaction), and the commit passed offers that no agent
+   had seen (calls answered 302 whose plan slots nobody held). Now ``getmany`` passes on
+   a record of an input topic only if it is the next one expected: before the seek that
+   ends every rebalance nothing is expected (records are dropped; the seek reads them
+   again), a repeat is dropped, and a jump seeks the partition back to the expected
+   offset. A jump that is still there after two seeks back is a real hole in the log
+   (records deleted by retention) and is passed on, with a warning. Table changelogs,
+   compacted and read by Faust's recovery, are left to Faust.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -240,7 +257,228 @@ def hold_commits_at_undelivered() -> None:
     cls.seek = patched_seek  # type: ignore[method-assign]
 
 
+class Verdict(enum.Enum):
+    DELIVER = "deliver"  # the next record expected: to the agents
+    WAIT = "wait"  # nothing expected yet (before the seek ending a rebalance): dropped
+    REPEAT = "repeat"  # handed over already: dropped
+    REWIND = "rewind"  # records before it are missing: seek back to the expected one
+    SKIP = "skip"  # a later record while a seek back is under way: dropped
+    HOLE = "hole"  # the records before it are not in the log: to the agents, hole and all
+
+
+#: a jump still there after this many seeks back (each in a later batch) is a real hole
+REWINDS_BEFORE_HOLE = 2
+
+
+class Sequencer:
+    """Per partition, the offset of the next record the agents must get, and whether a
+    seek back to it is under way. Pure: the patched ``getmany`` asks `judge` for each
+    record and seeks when told to; `start` and `seek` follow the consumer's seeks."""
+
+    def __init__(self) -> None:
+        self.generation: int | None = None
+        self.next: dict[tuple[str, int], int | None] = {}  # None: take the first record
+        self.rewinding: dict[tuple[str, int], tuple[int, int, int]] = {}  # (offset, batch, n)
+        self.batch = 0
+        self.holes: dict[tuple[str, int], int | None] = {}  # the offset before each hole
+
+    def new_batch(self, generation: int) -> None:
+        """A batch of records from one fetch, in consumer generation `generation`: a new
+        generation (a rebalance) expects nothing until the seek that ends it."""
+        self.batch += 1
+        if generation != self.generation:
+            self.generation = generation
+            self.next.clear()
+            self.rewinding.clear()
+
+    def start(self, generation: int, positions: Mapping[tuple[str, int], int | None]) -> None:
+        """The seek that ends a rebalance: each partition's next record is at its
+        position (None: the first record the consumer reads there)."""
+        self.generation = generation
+        self.next = dict(positions)
+        self.rewinding.clear()
+
+    def seek(self, key: tuple[str, int], offset: int) -> None:
+        """A seek of one partition (ours, or one of Faust's)."""
+        self.next[key] = offset
+        rewinding = self.rewinding.get(key)
+        if rewinding is not None and rewinding[0] != offset:
+            del self.rewinding[key]
+
+    def take_first(self, key: tuple[str, int]) -> None:
+        """Nothing to expect at `key`: the first record read there starts it."""
+        self.next[key] = None
+        self.rewinding.pop(key, None)
+
+    def judge(self, key: tuple[str, int], offset: int) -> Verdict:
+        if key not in self.next:
+            return Verdict.WAIT
+        want = self.next[key]
+        if want is None or offset == want:
+            self.next[key] = offset + 1
+            self.rewinding.pop(key, None)
+            return Verdict.DELIVER
+        if offset < want:
+            return Verdict.REPEAT
+        at, batch, n = self.rewinding.get(key, (want, -1, 0))
+        if at == want and batch == self.batch:
+            return Verdict.SKIP  # the rest of the batch that asked for the seek
+        if at == want and n >= REWINDS_BEFORE_HOLE:
+            self.holes[key] = want - 1 if want > 0 else None
+            self.next[key] = offset + 1
+            self.rewinding.pop(key, None)
+            return Verdict.HOLE
+        self.rewinding[key] = (want, self.batch, n + 1)
+        return Verdict.REWIND
+
+    def expected(self, key: tuple[str, int]) -> int | None:
+        return self.next.get(key)
+
+    def seeking(self, key: tuple[str, int], offset: int) -> bool:
+        """Whether this batch asked for a seek back to `offset` at `key` already."""
+        return self.rewinding.get(key, (None, None, 0))[:2] == (offset, self.batch)
+
+    def hole_start(self, key: tuple[str, int]) -> int | None:
+        """The offset just before the last hole accepted at `key` (None: the log's start)."""
+        return self.holes.pop(key, None)
+
+
+async def in_order(
+    consumer: Any, records: AsyncIterator[tuple[Any, Any]]
+) -> AsyncIterator[tuple[Any, Any]]:
+    """One batch of `records` (tp, message) from Faust's ``getmany``, with every record
+    of an input topic that is not the next one expected left out (`Sequencer`), and a
+    seek back where records are missing."""
+    seq: Sequencer = consumer._tl_sequencer
+    seq.new_batch(consumer.app.consumer_generation_id)
+    is_changelog = consumer._is_changelog_tp
+    read_offset = consumer._read_offset
+    async for tp, message in records:
+        if is_changelog(tp):
+            yield tp, message
+            continue
+        key = (tp.topic, tp.partition)
+        offset = message.offset
+        verdict = seq.judge(key, offset)
+        if verdict is Verdict.DELIVER:
+            # Faust's drain loop drops a record below its read offset and counts a jump
+            # above it as handled; its read offset is the last record read, except after
+            # a seek (the next one) or once a record cut off by a rebalance came back
+            # late: set it so that this record is handed over, with no gap
+            read_offset[tp] = offset - 1 if offset > 0 else None
+            yield tp, message
+        elif verdict is Verdict.HOLE:
+            before = seq.hole_start(key)
+            log.warning(
+                "%s[%d]: offsets %d..%d are not in the log (deleted by retention?); "
+                "going on from %d",
+                tp.topic,
+                tp.partition,
+                0 if before is None else before + 1,
+                offset - 1,
+                offset,
+            )
+            read_offset[tp] = before  # Faust counts the hole as handled
+            yield tp, message
+        elif verdict is Verdict.REWIND:
+            want = seq.expected(key)
+            assert want is not None
+            log.warning(
+                "%s[%d]: got offset %d while %d was expected (records dropped by the "
+                "consumer); reading again from %d",
+                tp.topic,
+                tp.partition,
+                message.offset,
+                want,
+                want,
+            )
+            await consumer.seek(tp, want)
+    # Faust's getmany stops handing a batch over when the flow stops or the generation
+    # changes, and leaves out partitions it paused: those records are out of the
+    # consumer's buffer already. Read them again now, rather than when the partition's
+    # next record shows the jump (on a quiet partition, a heartbeat interval later).
+    pulled = consumer.__dict__.pop("_tl_pulled", None) or {}
+    for tp, got in pulled.items():
+        if not got or is_changelog(tp):
+            continue
+        key = (tp.topic, tp.partition)
+        want = seq.expected(key)
+        if want is not None and got[-1].offset >= want and not seq.seeking(key, want):
+            await consumer.seek(tp, want)
+
+
+def deliver_in_order() -> None:
+    from faust.transport import consumer as fc
+
+    cls = fc.Consumer
+    if getattr(cls.getmany, "_trunkline", False):
+        return
+    init = cls.__init__
+    getmany = cls.getmany
+    wait_next_records = cls._wait_next_records
+    perform_seek = cls.perform_seek
+    seek = cls.seek
+
+    def patched_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._tl_sequencer = Sequencer()
+
+    def patched_getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        return in_order(self, getmany(self, timeout))
+
+    async def patched_wait_next_records(self: Any, timeout: float) -> Any:
+        records, active = await wait_next_records(self, timeout)
+        self._tl_pulled = records  # what left the consumer's buffer for this batch
+        return records, active
+
+    async def patched_perform_seek(self: Any) -> None:
+        generation = self.app.consumer_generation_id
+        await perform_seek(self)
+        # Faust's perform_seek left each partition's read offset at its committed offset
+        # (next to read), or None where nothing was committed: aiokafka did not seek
+        # those, so records dropped before now would never come back; read them from the
+        # start of the log (the consumer's reset policy, earliest, would anyway)
+        inputs = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
+        read = self._read_offset
+        fresh = [tp for tp in inputs if not read.get(tp)]
+        placed = {tp: read.get(tp) for tp in inputs if read.get(tp)}
+        self._tl_sequencer.start(generation, {(t.topic, t.partition): o for t, o in placed.items()})
+        # records fetched from those positions before now were dropped (nothing was
+        # expected yet): put the consumer back at each position (no request to the broker)
+        for tp, offset in placed.items():
+            if generation != self.app.consumer_generation_id:
+                return
+            await self.seek(tp, offset)
+        if fresh:
+            try:
+                earliest = await self.earliest_offsets(*fresh)
+            except Exception as exc:  # the broker did not answer: Faust's way, as before
+                log.warning("earliest offsets of %s: %r; reading on from where it is", fresh, exc)
+                earliest = {}
+            for tp in fresh:
+                if generation != self.app.consumer_generation_id:
+                    return  # rebalanced meanwhile: the next seek decides
+                start = earliest.get(tp)
+                if start is None:  # no answer: take what the consumer reads first
+                    self._tl_sequencer.take_first((tp.topic, tp.partition))
+                else:
+                    await self.seek(tp, start)
+
+    async def patched_seek(self: Any, partition: Any, offset: int) -> None:
+        await seek(self, partition, offset)
+        if not self._is_changelog_tp(partition):
+            self._tl_sequencer.seek((partition.topic, partition.partition), offset)
+
+    patched_getmany._trunkline = True  # type: ignore[attr-defined]
+    cls.__init__ = patched_init  # type: ignore[method-assign]
+    cls.getmany = patched_getmany  # type: ignore[method-assign]
+    cls._wait_next_records = patched_wait_next_records  # type: ignore[method-assign]
+    cls.perform_seek = patched_perform_seek  # type: ignore[method-assign]
+    cls.seek = patched_seek  # type: ignore[method-assign]
+
+
 def apply() -> None:
     """Install the fetcher and commit patches (the flush hook is installed per emitter)."""
     tune_aiokafka_fetcher()
     hold_commits_at_undelivered()
+    deliver_in_order()

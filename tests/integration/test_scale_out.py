@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.error
 from collections import Counter
 
 import pytest
@@ -81,6 +82,14 @@ def _release_all(s: Stack, calls: dict[str, str]) -> None:
     publish_all(make_producer(s.settings.kafka_bootstrap), out)
 
 
+def _history(s: Stack, call_id: str) -> object:
+    """One call's stored events, or why there are none (for a failure's message)."""
+    try:
+        return s.sink.get(f"/calls/{call_id}/?events=1")
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_two_workers_one_killed_under_load_keep_exact_accounts(kafka_bootstrap, tmp_path):
     """Four partitions, two workers (one group), two SIP edges, two media nodes in two
     regions; two businesses whose admission partitions and two regions whose routing
@@ -150,11 +159,23 @@ def test_two_workers_one_killed_under_load_keep_exact_accounts(kafka_bootstrap, 
         sent = sum(x.sent for x in loads.values())
         for business in keys:
             want = {q for q, b in routed.items() if b == business}
-            survivor.poll(
-                "/state/admission-active/",
-                lambda body, b=business, w=want: set(body.get(b, [])) == w,
-                timeout=30,
-            )
+            try:
+                survivor.poll(
+                    "/state/admission-active/",
+                    lambda body, b=business, w=want: set(body.get(b, [])) == w,
+                    timeout=30,
+                )
+            except AssertionError:
+                held = set(survivor.get("/state/admission-active/").get(business, []))
+                odd = sorted(held ^ want)[:5]
+                raise AssertionError(
+                    {
+                        "business": business,
+                        "held, not 302'd": sorted(held - want),
+                        "302'd, not held": sorted(want - held),
+                        "history": {q: _history(s, q) for q in odd},
+                    }
+                ) from None
         # routing is one hop behind admission: a call the edge gave up on (503 at its
         # decision timeout while the group rebalanced) and that the survivor admitted
         # afterwards frees its plan slot first and its backend slot when routing reads

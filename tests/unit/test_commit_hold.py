@@ -144,10 +144,31 @@ def test_faust_still_hands_records_over_the_way_the_patch_expects():
     assert "callback = self.callback" in drain
     assert "callback(message), self.suspend_flow.wait()" in drain
     assert "set_read_offset(tp, offset)" in drain
-    for name in ("__init__", "perform_seek", "seek", "_new_offset"):
+    assert "getmany = self.getmany" in drain
+    assert "getmany(timeout=1.0)" in drain
+    assert "gap > 1 and r_offset" in drain  # the jump it counts as handled
+    getmany = inspect.getsource(patches_original("getmany"))
+    assert "records, active_partitions = await self._wait_next_records(timeout)" in getmany
+    assert "if not self.flow_active:" in getmany  # where it leaves a batch unfinished
+    assert getattr(fc.Consumer._new_offset, "__qualname__", "").startswith(
+        "hold_commits_at_undelivered"
+    )
+    for name in ("__init__", "perform_seek", "seek", "getmany", "_wait_next_records"):
         assert getattr(getattr(fc.Consumer, name), "__qualname__", "").startswith(
-            "hold_commits_at_undelivered"
+            "deliver_in_order"
         ), name
+    for name in ("_is_changelog_tp", "earliest_offsets", "assignment", "_read_offset"):
+        assert name in inspect.getsource(fc.Consumer) or hasattr(fc.Consumer, name), name
+
+
+def patches_original(name: str) -> Any:
+    """Faust's own method `name` (the patch keeps it in its closure)."""
+    patched = getattr(fc.Consumer, name)
+    for cell in patched.__closure__ or ():
+        value = cell.cell_contents
+        if callable(value) and getattr(value, "__name__", "") == name:
+            return value
+    raise AssertionError(f"Faust's {name} is not in the patch's closure")
 
 
 def test_faust_drain_cut_by_a_rebalance_no_longer_leads_to_a_commit_over_the_dropped_record():
