@@ -404,6 +404,14 @@ async def in_order(
         key = (tp.topic, tp.partition)
         want = seq.expected(key)
         if want is not None and got[-1].offset >= want and not seq.seeking(key, want):
+            log.info(
+                "%s[%d]: offsets %d..%d were fetched but not handed over; reading again from %d",
+                tp.topic,
+                tp.partition,
+                want,
+                got[-1].offset,
+                want,
+            )
             await consumer.seek(tp, want)
 
 
