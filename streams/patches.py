@@ -351,8 +351,15 @@ async def in_order(
     seek back where records are missing."""
     seq: Sequencer = consumer._tl_sequencer
     seq.new_batch(consumer.app.consumer_generation_id)
-    is_changelog = consumer._is_changelog_tp
+    changelog: dict[str, bool] = {}  # by topic, for this batch (Faust builds a set per ask)
     read_offset = consumer._read_offset
+
+    def is_changelog(tp: Any) -> bool:
+        known = changelog.get(tp.topic)
+        if known is None:
+            known = changelog[tp.topic] = consumer._is_changelog_tp(tp)
+        return known
+
     async for tp, message in records:
         if is_changelog(tp):
             yield tp, message
@@ -448,8 +455,8 @@ def deliver_in_order() -> None:
         # start of the log (the consumer's reset policy, earliest, would anyway)
         inputs = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
         read = self._read_offset
-        fresh = [tp for tp in inputs if not read.get(tp)]
-        placed = {tp: read.get(tp) for tp in inputs if read.get(tp)}
+        placed = {tp: read[tp] for tp in inputs if read.get(tp)}
+        fresh = [tp for tp in inputs if tp not in placed]
         self._tl_sequencer.start(generation, {(t.topic, t.partition): o for t, o in placed.items()})
         # records fetched from those positions before now were dropped (nothing was
         # expected yet): put the consumer back at each position (no request to the broker)
